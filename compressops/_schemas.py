@@ -1,0 +1,18 @@
+"""Mirror of the op schemas in csrc/ops.cpp, used only when the native library is absent.
+
+csrc/ops.cpp is the source of truth; tests/test_registry.py asserts these strings match what
+the native library registers, so the two cannot drift apart.
+"""
+
+SCHEMAS: dict[str, str] = {
+    "int8_pack_weight": "(Tensor w_q) -> Tensor",
+    "int8_quantize_activation": "(Tensor x, Tensor? act_scale=None) -> (Tensor, Tensor)",
+    "int8_linear": (
+        "(Tensor x, Tensor w_packed, Tensor w_scale, Tensor? bias=None, Tensor? act_scale=None, "
+        "ScalarType? out_dtype=None) -> Tensor"
+    ),
+    "int8_weight_only_linear": (
+        "(Tensor x, Tensor w_packed, Tensor w_scale, Tensor? bias=None, "
+        "ScalarType? out_dtype=None) -> Tensor"
+    ),
+}

@@ -1,0 +1,1 @@
+"""Algorithms that produce compressed weights: quantizers, observers/calibration, ..."""

@@ -1,0 +1,135 @@
+"""compressops.convert: swap the layers of a trained model for compressed ones."""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from collections.abc import Callable, Mapping
+
+from torch import nn
+
+from .algorithms.observers import calibrate
+from .configs import Int8
+from .nn import Int8Linear
+
+# config type -> (module types it converts, function(module, config, name, act_scale) -> module)
+_HANDLERS: dict[type, tuple[tuple[type, ...], Callable]] = {}
+
+REPORT_ATTR = "_compressops_skipped"
+
+
+def register_handler(config_type: type, module_types: tuple[type, ...]):
+    """Decorator: register how `config_type` converts modules of `module_types`."""
+
+    def wrap(fn):
+        _HANDLERS[config_type] = (module_types, fn)
+        return fn
+
+    return wrap
+
+
+@register_handler(Int8, (nn.Linear,))
+def _convert_int8(mod, config, name, act_scale=None):
+    return Int8Linear.from_float(mod, config, act_scale=act_scale, name=name)
+
+
+COMPRESSED_TYPES = (Int8Linear,)
+_CANDIDATE_TYPES = (nn.Linear, nn.Conv2d)
+
+
+def _config_for(name: str, config):
+    """(config or None, reason when None) for the module called `name`."""
+    if not isinstance(config, Mapping):
+        return config, None
+    for pattern, cfg in config.items():
+        if fnmatch.fnmatchcase(name, pattern):
+            return cfg, None if cfg is not None else f"pattern {pattern!r} maps it to None (left dense)"
+    return None, "no pattern matched"
+
+
+def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = True,
+            filter_fn: Callable[[nn.Module, str], bool] | None = None, progress: bool | None = None) -> nn.Module:
+    """Replace the supported layers of `model` with compressed modules.
+
+    Args:
+        model: a trained float model.
+        config: one config (e.g. compressops.Int8()) for every supported layer, or a mapping
+            {fnmatch pattern on module names: config or None}; the first matching pattern wins,
+            None leaves the layer dense, and unmatched layers stay dense.
+        calibration_data: batches to run through the model when a config needs activation
+            statistics (Int8(act="static")): a tensor, a dict of kwargs, or an iterable of batches.
+        inplace: modify `model` (default) or convert a deep copy.
+        filter_fn: optional extra predicate (module, name) -> bool; False leaves a layer dense.
+        progress: show a progress bar (default: when converting more than 50 layers).
+    Returns:
+        The converted model. Layers left dense and why are listed by compressops.report(model).
+    Raises:
+        ValueError: a layer cannot be converted (e.g. NaN weights; the message names it), or
+            static quantization without calibration_data.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert: model must be an nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    skipped: dict[str, str] = dict(getattr(model, REPORT_ATTR, {}))
+    plan = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, COMPRESSED_TYPES) or not isinstance(mod, _CANDIDATE_TYPES):
+            continue
+        cfg, reason = _config_for(name, config)
+        if cfg is None:
+            skipped[name] = reason
+            continue
+        handler = _HANDLERS.get(type(cfg))
+        if handler is None:
+            raise TypeError(f"convert: {type(cfg).__name__} is not a compressops config")
+        module_types, fn = handler
+        if not isinstance(mod, module_types):
+            skipped[name] = f"{type(cfg).__name__} does not support {type(mod).__name__}"
+            continue
+        if filter_fn is not None and not filter_fn(mod, name):
+            skipped[name] = "filter_fn returned False"
+            continue
+        skipped.pop(name, None)
+        plan.append((name, mod, cfg, fn))
+
+    act_scales = {}
+    needs_cal = {name: mod for name, mod, cfg, _ in plan if getattr(cfg, "needs_calibration", False)}
+    if needs_cal:
+        if calibration_data is None:
+            raise ValueError(f"convert: {len(needs_cal)} layer(s) use static activation quantization "
+                             f"(e.g. {next(iter(needs_cal))!r}) and need calibration_data")
+        observers = calibrate(model, needs_cal, calibration_data)
+        for name, obs in observers.items():
+            try:
+                act_scales[name] = obs.scale()
+            except ValueError as e:
+                raise ValueError(f"convert: layer {name!r}: {e}") from None
+
+    show = progress if progress is not None else len(plan) > 50
+    iterator = plan
+    if show:
+        try:
+            from tqdm import tqdm
+
+            iterator = tqdm(plan, desc="compressops.convert", unit="layer")
+        except ImportError:
+            pass
+    converted: dict[int, nn.Module] = {}  # a module reachable under two names is converted once
+    for name, mod, cfg, fn in iterator:
+        new = converted.get(id(mod))
+        if new is None:
+            new = fn(mod, cfg, name, act_scales.get(name))
+            converted[id(mod)] = new
+        _set_submodule(model, name, new)
+    setattr(model, REPORT_ATTR, skipped)
+    return model
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    if name == "":
+        raise ValueError("convert: the model itself is a single layer; convert it with "
+                         "compressops.nn.<Module>.from_float instead")
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

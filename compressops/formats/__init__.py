@@ -1,0 +1,1 @@
+"""Canonical and prepacked formats, one module per format (see each module's docstring)."""

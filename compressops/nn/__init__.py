@@ -1,0 +1,5 @@
+"""Drop-in compressed modules."""
+
+from .int8_linear import Int8Linear
+
+__all__ = ["Int8Linear"]

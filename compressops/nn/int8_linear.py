@@ -1,0 +1,125 @@
+"""Int8Linear: the drop-in replacement of nn.Linear with int8 weights."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..configs import Int8
+from ..formats import int8 as int8_format
+
+
+class Int8Linear(nn.Module):
+    """nn.Linear with an int8 weight and a float32 scale per output channel.
+
+    Activations are quantized per row at run time (act="dynamic", W8A8), with one calibrated
+    scale (act="static"), or left float (act="weight_only"). Inputs: float32/bfloat16/float16
+    (..., in_features), any leading dims; the output has the input's dtype.
+
+    Buffers (state_dict): weight int8 [out, in], weight_scale float32 [out], bias float32 [out]
+    (if any), act_scale float32 [] (static only). The prepacked weight used by the kernels is a
+    non-persistent buffer rebuilt after load_state_dict, never saved.
+
+    Example:
+        >>> lin = torch.nn.Linear(64, 32)
+        >>> q = Int8Linear.from_float(lin)
+        >>> y = q(torch.randn(4, 64))
+    """
+
+    _version = 1
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, act: str = "dynamic",
+                 device=None):
+        super().__init__()
+        Int8(act=act)  # validates act
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"Int8Linear: in_features and out_features must be >= 1, got "
+                             f"{in_features}, {out_features}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.act = act
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
+        self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device) if bias else None)
+        self.register_buffer("act_scale", torch.ones((), dtype=torch.float32, device=device) if act == "static" else None)
+        self.register_buffer("weight_packed", None, persistent=False)
+        self.repack()
+        self.register_load_state_dict_post_hook(lambda module, keys: module.repack())
+
+    def repack(self) -> None:
+        """Rebuild the prepacked weight from `weight` (after changing `weight` in place)."""
+        self.weight_packed = ops.int8_pack_weight(self.weight)
+
+    @classmethod
+    def from_float(cls, mod: nn.Linear, config: Int8 | None = None, act_scale: torch.Tensor | None = None,
+                   name: str = "") -> Int8Linear:
+        """Quantize a float nn.Linear.
+
+        Args:
+            mod: nn.Linear (float weight [out, in]).
+            config: Int8 config (default Int8()).
+            act_scale: the static activation scale (required when config.act == "static").
+            name: the layer's name, used in error messages.
+        Raises:
+            ValueError: non-finite weights, missing act_scale for static mode.
+        """
+        config = config or Int8()
+        label = name or "Int8Linear.from_float"
+        if not isinstance(mod, nn.Linear):
+            raise TypeError(f"{label}: expected nn.Linear, got {type(mod).__name__}")
+        if config.act == "static" and act_scale is None:
+            raise ValueError(f"{label}: Int8(act='static') needs an activation scale; pass calibration_data "
+                             f"to compressops.convert")
+        w_q, scale = int8_format.quantize_weight(mod.weight, name=label)
+        q = cls(mod.in_features, mod.out_features, bias=mod.bias is not None, act=config.act,
+                device=mod.weight.device)
+        q.weight.copy_(w_q)
+        q.weight_scale.copy_(scale)
+        if mod.bias is not None:
+            q.bias.copy_(mod.bias.detach().float())
+        if config.act == "static":
+            q.act_scale.copy_(act_scale.reshape(()).float())
+        q.repack()
+        return q
+
+    @property
+    def config(self) -> Int8:
+        return Int8(act=self.act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act == "weight_only":
+            return ops.int8_weight_only_linear(x, self.weight_packed, self.weight_scale, self.bias)
+        return ops.int8_linear(x, self.weight_packed, self.weight_scale, self.bias, self.act_scale)
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 weight [out, in] this layer computes with."""
+        return self.weight.float() * self.weight_scale[:, None]
+
+    def to_float(self) -> nn.Linear:
+        """An equivalent float32 nn.Linear (weight = int8 weight * scale)."""
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.weight.device)
+        with torch.no_grad():
+            lin.weight.copy_(self.dequantize())
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+    def compressed_bytes(self) -> int:
+        """Bytes of the canonical format (weight + scales + bias + act scale)."""
+        return sum(b.numel() * b.element_size() for n, b in self.named_buffers() if n != "weight_packed" and b is not None)
+
+    def _apply(self, fn, recurse=True):
+        # Module.to(dtype) would cast the float32 scales and bias; the format fixes them at float32, so
+        # keep their values and follow only the device change.
+        keep = {n: getattr(self, n) for n in ("weight_scale", "act_scale", "bias") if getattr(self, n) is not None}
+        super()._apply(fn, recurse)
+        for n, old in keep.items():
+            new = getattr(self, n)
+            if new.dtype != torch.float32:
+                setattr(self, n, old.to(new.device))
+        return self
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, weight=int8 per-channel, act={self.act}")

@@ -1,0 +1,170 @@
+"""Every compressops op, in four parts each: schema (csrc/ops.cpp, mirrored in _schemas.py for a
+build without the native library), fake kernel, "default" kernel (the pure-PyTorch reference,
+used wherever no native kernel is registered), and a typed public wrapper.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import _loader, _schemas, reference
+from .formats import int8 as int8_format
+
+_LIB = None
+
+
+def _define_missing_schemas() -> None:
+    """Without the native library, define the same schemas from Python so every op still exists."""
+    global _LIB
+    missing = [n for n in _schemas.SCHEMAS if not hasattr(torch.ops.compressops, n)]
+    if not missing:
+        return
+    _LIB = torch.library.Library("compressops", "FRAGMENT")
+    for name in missing:
+        _LIB.define(name + _schemas.SCHEMAS[name])
+
+
+def _has_op(name: str) -> bool:
+    try:
+        getattr(torch.ops.compressops, name)
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_define_missing_schemas()
+
+
+# ---------------------------------------------------------------------------------------------
+# int8_pack_weight
+
+@torch.library.register_fake("compressops::int8_pack_weight")
+def _(w_q):
+    torch._check(w_q.dtype == torch.int8, lambda: f"int8_pack_weight: w_q must be int8, got {w_q.dtype}")
+    torch._check(w_q.dim() == 2, lambda: f"int8_pack_weight: w_q must be 2-D, got {w_q.dim()}-D")
+    return w_q.new_empty((int8_format.packed_bytes(w_q.shape[0], w_q.shape[1]),), dtype=torch.uint8)
+
+
+torch.library.register_kernel("compressops::int8_pack_weight", "CompositeExplicitAutograd", reference.int8_pack_weight)
+
+
+def int8_pack_weight(w_q: Tensor) -> Tensor:
+    """Prepack an int8 weight for the int8 linear kernels.
+
+    Args:
+        w_q: int8 [N, K], values in [-127, 127] (as from compressops.formats.int8.quantize_weight).
+    Returns:
+        uint8 [compressops.formats.int8.packed_bytes(N, K)], the prepacked layout described in
+        compressops/formats/int8.py. Build it once per weight and reuse it.
+    """
+    return torch.ops.compressops.int8_pack_weight.default(w_q)
+
+
+# ---------------------------------------------------------------------------------------------
+# int8_quantize_activation
+
+@torch.library.register_fake("compressops::int8_quantize_activation")
+def _(x, act_scale=None):
+    torch._check(x.is_floating_point(), lambda: f"int8_quantize_activation: x must be float, got {x.dtype}")
+    return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[:-1], dtype=torch.float32)
+
+
+torch.library.register_kernel("compressops::int8_quantize_activation", "CompositeExplicitAutograd",
+                              reference.int8_quantize_activation)
+
+
+def int8_quantize_activation(x: Tensor, act_scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Symmetric int8 quantization of each row (last dim) of x, as int8_linear does internally.
+
+    Args:
+        x: float32/bfloat16/float16 (..., K), any strides.
+        act_scale: None for dynamic per-row scales, or a one-element float32 tensor (static).
+    Returns:
+        (q int8 (..., K), scale float32 (...)), with x ~= q * scale[..., None]. The exact rule
+        (rounding, zero rows, NaN) is in compressops.reference.int8_quantize_activation.
+    """
+    return torch.ops.compressops.int8_quantize_activation.default(x, act_scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# int8_linear and int8_weight_only_linear
+
+def _fake_linear(op, x, w_packed, w_scale, bias, out_dtype):
+    torch._check(x.is_floating_point(), lambda: f"{op}: x must be float, got {x.dtype}")
+    torch._check(w_packed.dtype == torch.uint8, lambda: f"{op}: w_packed must be uint8, got {w_packed.dtype}")
+    torch._check(w_scale.dim() == 1, lambda: f"{op}: w_scale must be 1-D [N], got {w_scale.dim()}-D")
+    n = w_scale.shape[0]
+    torch._check(bias is None or bias.shape == (n,), lambda: f"{op}: bias must have shape [{n}]")
+    return x.new_empty((*x.shape[:-1], n), dtype=out_dtype or x.dtype)
+
+
+@torch.library.register_fake("compressops::int8_linear")
+def _(x, w_packed, w_scale, bias=None, act_scale=None, out_dtype=None):
+    return _fake_linear("int8_linear", x, w_packed, w_scale, bias, out_dtype)
+
+
+torch.library.register_kernel("compressops::int8_linear", "CompositeExplicitAutograd", reference.int8_linear)
+
+
+def int8_linear(
+    x: Tensor,
+    w_packed: Tensor,
+    w_scale: Tensor,
+    bias: Tensor | None = None,
+    act_scale: Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """W8A8 linear: y = (q(x) @ w_q.T) * (x_scale * w_scale) + bias, int32 accumulation.
+
+    Args:
+        x: float32/bfloat16/float16 (..., K), any leading dims (including empty), any strides.
+        w_packed: uint8, from int8_pack_weight(w_q) with w_q int8 [N, K].
+        w_scale: float32 [N], per output channel.
+        bias: optional float [N].
+        act_scale: None quantizes each row of x dynamically (symmetric, per row); a one-element
+            float32 tensor gives a static (calibrated) scale.
+        out_dtype: float32, bfloat16 or float16; default x.dtype.
+    Returns:
+        (..., N) in out_dtype. Bit-identical to compressops.reference.int8_linear on every CPU ISA.
+    """
+    return torch.ops.compressops.int8_linear.default(x, w_packed, w_scale, bias, act_scale, out_dtype)
+
+
+@torch.library.register_fake("compressops::int8_weight_only_linear")
+def _(x, w_packed, w_scale, bias=None, out_dtype=None):
+    return _fake_linear("int8_weight_only_linear", x, w_packed, w_scale, bias, out_dtype)
+
+
+torch.library.register_kernel("compressops::int8_weight_only_linear", "CompositeExplicitAutograd",
+                              reference.int8_weight_only_linear)
+
+
+def int8_weight_only_linear(
+    x: Tensor,
+    w_packed: Tensor,
+    w_scale: Tensor,
+    bias: Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Weight-only int8 linear: activations stay float; y = (x @ w_q.T) * w_scale + bias.
+
+    Args:
+        x: float32/bfloat16/float16 (..., K).
+        w_packed, w_scale, bias, out_dtype: as in int8_linear.
+    Returns:
+        (..., N) in out_dtype; float32 accumulation, so equal to the reference within float
+        rounding (not bitwise).
+    """
+    return torch.ops.compressops.int8_weight_only_linear.default(x, w_packed, w_scale, bias, out_dtype)
+
+
+def native_kernels(op: str) -> list[str]:
+    """Dispatch keys with a native (C++/CUDA) kernel for compressops::<op>, e.g. ["CPU"]."""
+    lines = torch._C._dispatch_dump(f"compressops::{op}").splitlines()
+    return [key for key in ("CPU", "CUDA") if any(ln.startswith(f"{key}: registered") and "library.py" not in ln
+                                                   for ln in lines)]
+
+
+__all__ = ["int8_pack_weight", "int8_quantize_activation", "int8_linear", "int8_weight_only_linear", "native_kernels"]
+_ = _loader  # the loader ran before this module (compressops/__init__.py imports it first)

@@ -1,0 +1,126 @@
+"""Pure-PyTorch definition of every compressops op: the spec, the fallback kernel, the test oracle.
+
+Each function takes the op's arguments and computes in float32/int32/float64 with plain torch.
+Integer accumulations are done in float64, which is exact for every product sum these formats
+allow (|sum| < 2^53). Kernels must match these functions bit for bit on integer paths.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .formats import int8 as int8_format
+
+_FLOAT_OUT = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _check_x(x: torch.Tensor, op: str) -> None:
+    if not x.is_floating_point():
+        raise ValueError(f"{op}: x must be float32, bfloat16 or float16, got {x.dtype}")
+    if x.dim() < 1:
+        raise ValueError(f"{op}: x must have at least one dimension (..., K)")
+
+
+def _check_scale_bias(w_scale, bias, n, op):
+    if w_scale.dtype != torch.float32 or w_scale.dim() != 1 or w_scale.shape[0] != n:
+        raise ValueError(f"{op}: w_scale must be float32 of shape [N] = [{n}], got {w_scale.dtype} "
+                         f"{tuple(w_scale.shape)}")
+    if bias is not None and (not bias.is_floating_point() or bias.dim() != 1 or bias.shape[0] != n):
+        raise ValueError(f"{op}: bias must be a float tensor of shape [N] = [{n}], got {bias.dtype} "
+                         f"{tuple(bias.shape)}")
+
+
+def _out_dtype(x, out_dtype, op):
+    t = out_dtype or x.dtype
+    if t not in _FLOAT_OUT:
+        raise ValueError(f"{op}: out_dtype must be float32, bfloat16 or float16, got {t}")
+    return t
+
+
+def int8_pack_weight(w_q: torch.Tensor) -> torch.Tensor:
+    """See compressops.ops.int8_pack_weight."""
+    return int8_format.pack_weight(w_q)
+
+
+def int8_quantize_activation(x: torch.Tensor, act_scale: torch.Tensor | None = None):
+    """Symmetric int8 quantization of the rows of x (last dimension).
+
+    Dynamic (act_scale None), per row: amax = max|x|; scale = amax / 127;
+    q = round_half_even(clamp(x * (127 / amax), -127, 127)). A row with amax 0 gets scale 0 and
+    q 0; a row holding NaN/Inf gets scale NaN and q 0 (so its linear output is NaN).
+    Static: q = round_half_even(clamp(x * (1 / act_scale), -127, 127)), NaN -> 0, and every
+    row's scale is act_scale.
+    All arithmetic in float32, divisions as true divisions (not reciprocal multiplies).
+
+    Returns:
+        (q int8 shaped like x, scale float32 shaped x.shape[:-1]).
+    """
+    op = "int8_quantize_activation"
+    _check_x(x, op)
+    xf = x.float()
+    if act_scale is None:
+        if x.shape[-1] == 0:
+            return torch.zeros_like(xf, dtype=torch.int8), xf.new_zeros(x.shape[:-1])
+        amax = xf.abs().amax(dim=-1)
+        finite = torch.isfinite(amax)
+        usable = finite & (amax > 0)
+        safe = torch.where(usable, amax, torch.ones_like(amax))
+        scale = torch.where(finite, torch.div(amax, torch.full_like(amax, 127.0)),
+                            torch.full_like(amax, float("nan")))
+        inv = torch.where(usable, torch.div(torch.full_like(safe, 127.0), safe), torch.zeros_like(safe))
+        v = xf * inv.unsqueeze(-1)
+        v = torch.where(usable.unsqueeze(-1), v, torch.zeros_like(v))
+    else:
+        s = _check_act_scale(act_scale, op)
+        inv = torch.div(torch.ones_like(s), s)
+        v = xf * inv
+        scale = s.expand(x.shape[:-1]).clone()
+    v = torch.where(torch.isnan(v), torch.zeros_like(v), v)
+    q = v.clamp(-127.0, 127.0).round().to(torch.int8)
+    return q, scale
+
+
+def _check_act_scale(act_scale, op):
+    if act_scale.numel() != 1 or not act_scale.is_floating_point():
+        raise ValueError(f"{op}: act_scale must be a one-element float tensor, got {act_scale.dtype} "
+                         f"{tuple(act_scale.shape)}")
+    s = act_scale.detach().float().reshape(())
+    if not (torch.isfinite(s) and s > 0):
+        raise ValueError(f"{op}: act_scale must be finite and positive, got {float(s)}")
+    return s
+
+
+def int8_linear(x, w_packed, w_scale, bias=None, act_scale=None, out_dtype=None):
+    """y = float(q(x) @ w_q.T) * (x_scale * w_scale) + bias; see compressops.ops.int8_linear."""
+    op = "int8_linear"
+    _check_x(x, op)
+    h = int8_format.read_header(w_packed, op)
+    n, k = h["n"], h["k"]
+    if x.shape[-1] != k:
+        raise ValueError(f"{op}: x has K={x.shape[-1]} in its last dimension but the weight has K={k}")
+    _check_scale_bias(w_scale, bias, n, op)
+    out_t = _out_dtype(x, out_dtype, op)
+    w_q = int8_format.unpack_weight(w_packed)
+    q, sx = int8_quantize_activation(x, act_scale)
+    acc = (q.reshape(-1, k).double() @ w_q.double().t()).to(torch.int32)
+    y = acc.float() * (sx.reshape(-1, 1) * w_scale.reshape(1, -1))
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(out_t).reshape(*x.shape[:-1], n)
+
+
+def int8_weight_only_linear(x, w_packed, w_scale, bias=None, out_dtype=None):
+    """y = (x @ w_q.T) * w_scale + bias in float32; see compressops.ops.int8_weight_only_linear."""
+    op = "int8_weight_only_linear"
+    _check_x(x, op)
+    h = int8_format.read_header(w_packed, op)
+    n, k = h["n"], h["k"]
+    if x.shape[-1] != k:
+        raise ValueError(f"{op}: x has K={x.shape[-1]} in its last dimension but the weight has K={k}")
+    _check_scale_bias(w_scale, bias, n, op)
+    out_t = _out_dtype(x, out_dtype, op)
+    w_q = int8_format.unpack_weight(w_packed)
+    y = (x.reshape(-1, k).float() @ w_q.float().t()) * w_scale.reshape(1, -1)
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(out_t).reshape(*x.shape[:-1], n)

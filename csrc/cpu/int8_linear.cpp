@@ -1,0 +1,345 @@
+// Host side of the int8 linear family on CPU: argument checks, allocation, ISA selection (once
+// per call) and at::parallel_for over output tiles. The arithmetic lives in kernels/.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <cstring>
+
+#include "../common/int8_layout.h"
+#include "dispatch.h"
+#include "kernel_record.h"
+#include "kernels/int8_gemm_kernel.h"
+
+namespace compressops::cpu {
+namespace {
+
+using kernels::FloatKind;
+using kernels::Int8GemmParams;
+using kernels::Int8QuantizeParams;
+using kernels::Int8WeightOnlyParams;
+
+using QuantizeFn = bool (*)(const Int8QuantizeParams&, int64_t, int64_t);
+using GemmFn = bool (*)(const Int8GemmParams&, int64_t, int64_t);
+using WeightOnlyFn = bool (*)(const Int8WeightOnlyParams&, int64_t, int64_t);
+
+#ifdef COMPRESSOPS_HAVE_AVX2
+#define IF_AVX2(f) f
+#else
+#define IF_AVX2(f) nullptr
+#endif
+#ifdef COMPRESSOPS_HAVE_AVX512_VNNI
+#define IF_VNNI(f) f
+#else
+#define IF_VNNI(f) nullptr
+#endif
+
+// Levels without an entry (avx512, amx) fall through to the next one down.
+constexpr KernelTable<QuantizeFn> kQuantize{{kernels::int8_quantize_rows_SCALAR,
+                                             IF_AVX2(kernels::int8_quantize_rows_AVX2), nullptr,
+                                             IF_VNNI(kernels::int8_quantize_rows_AVX512_VNNI), nullptr}};
+constexpr KernelTable<GemmFn> kGemm{{kernels::int8_gemm_SCALAR, IF_AVX2(kernels::int8_gemm_AVX2), nullptr,
+                                     IF_VNNI(kernels::int8_gemm_AVX512_VNNI), nullptr}};
+constexpr KernelTable<WeightOnlyFn> kWeightOnly{{kernels::int8_weight_only_gemm_SCALAR,
+                                                 IF_AVX2(kernels::int8_weight_only_gemm_AVX2), nullptr,
+                                                 IF_VNNI(kernels::int8_weight_only_gemm_AVX512_VNNI), nullptr}};
+
+Int8PackedHeader read_header(const at::Tensor& packed, const char* op) {
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 1 && packed.is_contiguous(), op,
+              ": w_packed must be a contiguous 1-D uint8 tensor from compressops.ops.int8_pack_weight, got ",
+              packed.scalar_type(), " of shape ", packed.sizes());
+  TORCH_CHECK(packed.numel() >= kInt8HeaderBytes, op, ": w_packed is too small (", packed.numel(),
+              " bytes) to hold an int8 pack header");
+  Int8PackedHeader h;
+  std::memcpy(&h, packed.data_ptr<uint8_t>(), sizeof(h));
+  TORCH_CHECK(h.magic == kInt8PackMagic && h.version == kInt8PackVersion && h.nr == kInt8NR && h.kr == kInt8KR,
+              op, ": w_packed does not hold an int8 pack (version ", kInt8PackVersion,
+              "); repack it with compressops.ops.int8_pack_weight");
+  TORCH_CHECK(packed.numel() == int8_packed_bytes(h.n, h.k), op, ": w_packed has ", packed.numel(),
+              " bytes but its header (N=", h.n, ", K=", h.k, ") needs ", int8_packed_bytes(h.n, h.k));
+  return h;
+}
+
+// Float dtypes the kernels read and write directly; others go through fp32.
+bool native_float(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16; }
+FloatKind kind_of(at::ScalarType t) { return t == at::kFloat ? FloatKind::kF32 : FloatKind::kBF16; }
+
+void check_float_input(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op,
+              ": x must be float32, bfloat16 or float16, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension (..., K)");
+}
+
+at::Tensor rows_view(const at::Tensor& x, int64_t k) {
+  at::Tensor xc = native_float(x.scalar_type()) ? x : x.to(at::kFloat);
+  at::Tensor x2 = xc.reshape({-1, k});
+  if (x2.size(0) > 0 && x2.stride(1) != 1) x2 = x2.contiguous();
+  return x2;
+}
+
+at::Tensor checked_w_scale(const at::Tensor& w_scale, int64_t n, const char* op) {
+  TORCH_CHECK(w_scale.scalar_type() == at::kFloat && w_scale.dim() == 1 && w_scale.size(0) == n, op,
+              ": w_scale must be float32 of shape [N] = [", n, "], got ", w_scale.scalar_type(), " ",
+              w_scale.sizes());
+  return w_scale.contiguous();
+}
+
+std::optional<at::Tensor> checked_bias(const std::optional<at::Tensor>& bias, int64_t n, const char* op) {
+  if (!bias.has_value() || !bias->defined()) return std::nullopt;
+  TORCH_CHECK(at::isFloatingType(bias->scalar_type()) && bias->dim() == 1 && bias->size(0) == n, op,
+              ": bias must be a float tensor of shape [N] = [", n, "], got ", bias->scalar_type(), " ",
+              bias->sizes());
+  return bias->to(at::kFloat).contiguous();
+}
+
+at::ScalarType resolve_out_dtype(const at::Tensor& x, std::optional<at::ScalarType> out_dtype, const char* op) {
+  const at::ScalarType t = out_dtype.value_or(x.scalar_type());
+  TORCH_CHECK(t == at::kFloat || t == at::kBFloat16 || t == at::kHalf, op,
+              ": out_dtype must be float32, bfloat16 or float16, got ", t);
+  return t;
+}
+
+// Splits (rows x column blocks) into tiles: whole column blocks when there are enough of them to
+// keep every thread busy, otherwise row chunks too, so a narrow layer on a big batch still
+// spreads over all threads. `body(row0, rows, nb_begin, nb_end)` runs once per contiguous run.
+template <typename Body>
+void parallel_tiles(int64_t m, int64_t blocks, const Body& body) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t row_chunk = blocks >= 4 * threads ? m : std::max<int64_t>(16, (m + 4 * threads - 1) / (4 * threads));
+  const int64_t row_chunks = (m + row_chunk - 1) / row_chunk;
+  at::parallel_for(0, row_chunks * blocks, 1, [&](int64_t begin, int64_t end) {
+    int64_t t = begin;
+    while (t < end) {
+      const int64_t rc = t / blocks;
+      const int64_t nb0 = t % blocks;
+      const int64_t nb1 = std::min(blocks, nb0 + (end - t));
+      const int64_t row0 = rc * row_chunk;
+      body(row0, std::min(row_chunk, m - row0), nb0, nb1);
+      t += nb1 - nb0;
+    }
+  });
+}
+
+// Runs the selected quantize kernel over every row of x2 into q ([m, ldq]) and scale ([m]).
+void quantize_rows(const at::Tensor& x2, int64_t k, int64_t k_pad, int8_t* q, int64_t ldq, float* scale,
+                   const std::optional<at::Tensor>& act_scale, const char* op) {
+  float static_scale = 0.0f, static_inv = 0.0f;
+  const bool is_static = act_scale.has_value() && act_scale->defined();
+  if (is_static) {
+    TORCH_CHECK(act_scale->numel() == 1 && at::isFloatingType(act_scale->scalar_type()), op,
+                ": act_scale must be a one-element float tensor, got ", act_scale->scalar_type(), " ",
+                act_scale->sizes());
+    static_scale = act_scale->item<float>();
+    TORCH_CHECK(std::isfinite(static_scale) && static_scale > 0.0f, op,
+                ": act_scale must be finite and positive, got ", static_scale);
+    static_inv = 1.0f / static_scale;
+  }
+  Int8QuantizeParams p{};
+  p.x = x2.data_ptr();
+  p.x_kind = kind_of(x2.scalar_type());
+  p.ldx = x2.stride(0);
+  p.k = k;
+  p.k_pad = k_pad;
+  p.q = q;
+  p.ldq = ldq;
+  p.scale = scale;
+  p.static_scale = is_static ? &static_scale : nullptr;
+  p.static_inv = is_static ? &static_inv : nullptr;
+  const auto [fn, level] = kQuantize.select(active_isa(), p);
+  record_kernel_isa("int8_quantize_activation", level);
+  const QuantizeFn kernel = fn;
+  const int64_t m = x2.size(0);
+  at::parallel_for(0, m, std::max<int64_t>(1, 16384 / std::max<int64_t>(k, 1)),
+                   [&](int64_t b, int64_t e) { kernel(p, b, e); });
+}
+
+at::Tensor int8_pack_weight_cpu(const at::Tensor& w_q) {
+  constexpr const char* op = "int8_pack_weight";
+  TORCH_CHECK(w_q.scalar_type() == at::kChar, op, ": w_q must be int8, got ", w_q.scalar_type());
+  TORCH_CHECK(w_q.dim() == 2, op, ": w_q must be 2-D [N, K], got shape ", w_q.sizes());
+  const int64_t n = w_q.size(0), k = w_q.size(1);
+  TORCH_CHECK(n >= 1 && k >= 1 && n < (1LL << 30) && k < (1LL << 30), op,
+              ": w_q needs 1 <= N, K < 2^30, got [", n, ", ", k, "]");
+  // -128 has no positive counterpart; the symmetric format (and the AVX2 sign trick) needs +-127.
+  TORCH_CHECK(w_q.min().item<int8_t>() >= -127, op,
+              ": w_q must lie in [-127, 127] (symmetric int8); found -128");
+  const at::Tensor w = w_q.contiguous();
+  const int64_t n_pad = int8_round_up(n, kInt8NR), k_pad = int8_round_up(k, kInt8KR);
+  at::Tensor packed = at::empty({int8_packed_bytes(n, k)}, w.options().dtype(at::kByte));
+  uint8_t* base = packed.data_ptr<uint8_t>();
+  Int8PackedHeader h{};
+  h.magic = kInt8PackMagic;
+  h.version = kInt8PackVersion;
+  h.n = static_cast<int32_t>(n);
+  h.k = static_cast<int32_t>(k);
+  h.n_pad = static_cast<int32_t>(n_pad);
+  h.k_pad = static_cast<int32_t>(k_pad);
+  h.nr = static_cast<int32_t>(kInt8NR);
+  h.kr = static_cast<int32_t>(kInt8KR);
+  std::memcpy(base, &h, sizeof(h));
+  int8_t* dst = reinterpret_cast<int8_t*>(base + kInt8HeaderBytes);
+  int32_t* col_sums = reinterpret_cast<int32_t*>(base + kInt8HeaderBytes + n_pad * k_pad);
+  const int8_t* src = w.data_ptr<int8_t>();
+  at::parallel_for(0, n_pad / kInt8NR, 1, [&](int64_t b, int64_t e) {
+    for (int64_t nb = b; nb < e; ++nb) {
+      int8_t* blk = dst + nb * kInt8NR * k_pad;
+      for (int64_t c = 0; c < kInt8NR; ++c) {
+        const int64_t row = nb * kInt8NR + c;
+        int32_t sum = 0;
+        for (int64_t kk = 0; kk < k_pad; ++kk) {
+          const int8_t v = (row < n && kk < k) ? src[row * k + kk] : 0;
+          blk[((kk / kInt8KR) * kInt8NR + c) * kInt8KR + kk % kInt8KR] = v;
+          sum += v;
+        }
+        col_sums[row] = sum;
+      }
+    }
+  });
+  return packed;
+}
+
+std::tuple<at::Tensor, at::Tensor> int8_quantize_activation_cpu(const at::Tensor& x,
+                                                                  const std::optional<at::Tensor>& act_scale) {
+  constexpr const char* op = "int8_quantize_activation";
+  check_float_input(x, op);
+  const int64_t k = x.size(-1);
+  const at::Tensor x2 = rows_view(x, k);
+  at::Tensor q = at::empty(x.sizes(), x.options().dtype(at::kChar));
+  auto batch = x.sizes().vec();
+  batch.pop_back();
+  at::Tensor scale = at::empty(batch, x.options().dtype(at::kFloat));
+  if (x2.size(0) > 0 && k > 0) {
+    quantize_rows(x2, k, k, q.data_ptr<int8_t>(), k, scale.data_ptr<float>(), act_scale, op);
+  } else if (x2.size(0) > 0) {
+    scale.fill_(0.0f);
+  }
+  return {q, scale};
+}
+
+at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_scale,
+                           const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& act_scale,
+                           std::optional<at::ScalarType> out_dtype) {
+  constexpr const char* op = "int8_linear";
+  check_float_input(x, op);
+  const Int8PackedHeader h = read_header(w_packed, op);
+  const int64_t n = h.n, k = h.k, k_pad = h.k_pad;
+  TORCH_CHECK(x.size(-1) == k, op, ": x has K=", x.size(-1), " in its last dimension but the weight has K=", k);
+  const at::Tensor sw = checked_w_scale(w_scale, n, op);
+  const auto b = checked_bias(bias, n, op);
+  const at::ScalarType out_t = resolve_out_dtype(x, out_dtype, op);
+  const at::ScalarType kernel_out_t = native_float(out_t) ? out_t : at::kFloat;
+
+  const at::Tensor x2 = rows_view(x, k);
+  const int64_t m = x2.size(0);
+  auto out_shape = x.sizes().vec();
+  out_shape.back() = n;
+  at::Tensor out = at::empty({m, n}, x.options().dtype(kernel_out_t));
+  if (m > 0) {
+    at::Tensor q = at::empty({m, k_pad}, x.options().dtype(at::kChar));
+    at::Tensor sa = at::empty({m}, x.options().dtype(at::kFloat));
+    quantize_rows(x2, k, k_pad, q.data_ptr<int8_t>(), k_pad, sa.data_ptr<float>(), act_scale, op);
+
+    const uint8_t* base = w_packed.data_ptr<uint8_t>();
+    Int8GemmParams p{};
+    p.a = q.data_ptr<int8_t>();
+    p.lda = k_pad;
+    p.a_scale = sa.data_ptr<float>();
+    p.w = reinterpret_cast<const int8_t*>(base + kInt8HeaderBytes);
+    p.col_sums = reinterpret_cast<const int32_t*>(base + kInt8HeaderBytes + int64_t{h.n_pad} * k_pad);
+    p.w_scale = sw.data_ptr<float>();
+    p.bias = b ? b->data_ptr<float>() : nullptr;
+    p.out = out.data_ptr();
+    p.out_kind = kind_of(kernel_out_t);
+    p.ldo = n;
+    p.m = m;
+    p.n = n;
+    p.k_pad = k_pad;
+    const auto [fn, level] = kGemm.select(active_isa(), p);
+    record_kernel_isa(op, level);
+    const GemmFn kernel = fn;
+    const size_t out_elem = out.element_size();
+    parallel_tiles(m, h.n_pad / kInt8NR, [&](int64_t row0, int64_t rows, int64_t nb0, int64_t nb1) {
+      Int8GemmParams t = p;
+      t.a += row0 * p.lda;
+      t.a_scale += row0;
+      t.out = static_cast<char*>(p.out) + row0 * p.ldo * out_elem;
+      t.m = rows;
+      kernel(t, nb0, nb1);
+    });
+  }
+  if (kernel_out_t != out_t) out = out.to(out_t);
+  return out.view(out_shape);
+}
+
+at::Tensor int8_weight_only_linear_cpu(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_scale,
+                                       const std::optional<at::Tensor>& bias,
+                                       std::optional<at::ScalarType> out_dtype) {
+  constexpr const char* op = "int8_weight_only_linear";
+  check_float_input(x, op);
+  const Int8PackedHeader h = read_header(w_packed, op);
+  const int64_t n = h.n, k = h.k, k_pad = h.k_pad;
+  TORCH_CHECK(x.size(-1) == k, op, ": x has K=", x.size(-1), " in its last dimension but the weight has K=", k);
+  const at::Tensor sw = checked_w_scale(w_scale, n, op);
+  const auto b = checked_bias(bias, n, op);
+  const at::ScalarType out_t = resolve_out_dtype(x, out_dtype, op);
+  const at::ScalarType kernel_out_t = native_float(out_t) ? out_t : at::kFloat;
+
+  // The weight-only kernel reads fp32 rows, padded to k_pad so every group of 4 is whole.
+  at::Tensor x2 = x.reshape({-1, k});
+  const int64_t m = x2.size(0);
+  auto out_shape = x.sizes().vec();
+  out_shape.back() = n;
+  at::Tensor out = at::empty({m, n}, x.options().dtype(kernel_out_t));
+  if (m > 0) {
+    at::Tensor xf = at::zeros({m, k_pad}, x.options().dtype(at::kFloat));
+    xf.narrow(1, 0, k).copy_(x2);
+    const uint8_t* base = w_packed.data_ptr<uint8_t>();
+    Int8WeightOnlyParams p{};
+    p.x = xf.data_ptr<float>();
+    p.ldx = k_pad;
+    p.k = k;
+    p.w = reinterpret_cast<const int8_t*>(base + kInt8HeaderBytes);
+    p.w_scale = sw.data_ptr<float>();
+    p.bias = b ? b->data_ptr<float>() : nullptr;
+    p.out = out.data_ptr();
+    p.out_kind = kind_of(kernel_out_t);
+    p.ldo = n;
+    p.m = m;
+    p.n = n;
+    p.k_pad = k_pad;
+    const auto [fn, level] = kWeightOnly.select(active_isa(), p);
+    record_kernel_isa(op, level);
+    const WeightOnlyFn kernel = fn;
+    const size_t out_elem = out.element_size();
+    parallel_tiles(m, h.n_pad / kInt8NR, [&](int64_t row0, int64_t rows, int64_t nb0, int64_t nb1) {
+      Int8WeightOnlyParams t = p;
+      t.x += row0 * p.ldx;
+      t.out = static_cast<char*>(p.out) + row0 * p.ldo * out_elem;
+      t.m = rows;
+      kernel(t, nb0, nb1);
+    });
+  }
+  if (kernel_out_t != out_t) out = out.to(out_t);
+  return out.view(out_shape);
+}
+
+}  // namespace
+
+std::vector<std::string> int8_kernel_isas() {
+  std::vector<std::string> levels;
+  for (int l = 0; l < 5; ++l) {
+    if (kGemm.by_level[l]) levels.emplace_back(isa_name(static_cast<CpuIsa>(l)));
+  }
+  return levels;
+}
+
+TORCH_LIBRARY_IMPL(compressops, CPU, m) {
+  m.impl("int8_pack_weight", &int8_pack_weight_cpu);
+  m.impl("int8_quantize_activation", &int8_quantize_activation_cpu);
+  m.impl("int8_linear", &int8_linear_cpu);
+  m.impl("int8_weight_only_linear", &int8_weight_only_linear_cpu);
+}
+
+}  // namespace compressops::cpu

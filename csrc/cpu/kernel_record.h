@@ -1,0 +1,17 @@
+// Which ISA level each op's last CPU call ran on: lets tests and `compressops.info` check that a
+// forced level really reached the kernel, instead of trusting the dispatch table.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "isa.h"
+
+namespace compressops::cpu {
+
+void record_kernel_isa(const char* op, CpuIsa level);
+// Name of the level, or "" if the op has not run on CPU in this process.
+std::string last_kernel_isa(const std::string& op);
+// Levels each op family has kernels for in this build (defined next to each family's host code).
+std::vector<std::string> int8_kernel_isas();
+
+}  // namespace compressops::cpu

@@ -1,0 +1,426 @@
+// int8 linear kernels, compiled once per ISA level (see kernel_macros.h).
+//
+// Levels implemented here: scalar, avx2, avx512_vnni. The avx512 and amx objects compile this
+// file to nothing, so the host's fallback chain sends those levels to the next one down
+// (avx512 -> avx2, amx -> avx512_vnni).
+//
+// Every integer result is exact, and the float epilogue is written as separate multiply and add
+// (these files build with -ffp-contract=off), so each level returns the same bits as
+// compressops/reference.py.
+#include "kernel_macros.h"
+
+#if COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_SCALAR || \
+    COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_AVX2 ||   \
+    COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_AVX512_VNNI
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "../../common/int8_layout.h"
+#include "int8_gemm_kernel.h"
+
+#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
+#include <immintrin.h>
+#endif
+
+namespace compressops::cpu::kernels {
+namespace {
+
+constexpr int64_t NR = kInt8NR;
+constexpr int64_t KR = kInt8KR;
+// Column blocks that share one pass over a chunk of activation rows: the rows stay in L1 while
+// the weights of these blocks (NBG * 16 * K bytes) stay in L2.
+constexpr int64_t kBlocksPerGroup = 4;
+
+inline float bf16_to_f32(uint16_t h) {
+  uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// Round to nearest even, NaN to a quiet NaN: the same bits as c10::BFloat16(float).
+inline uint16_t f32_to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if (std::isnan(f)) return 0x7fc0;
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+inline float load_x(const void* x, FloatKind kind, int64_t i) {
+  return kind == FloatKind::kF32 ? static_cast<const float*>(x)[i]
+                                 : bf16_to_f32(static_cast<const uint16_t*>(x)[i]);
+}
+
+// q = round_half_even(clamp(v, -127, 127)), NaN -> 0. Clamping first keeps the conversion in
+// range; it equals clamp-after-round because the bounds are integers.
+inline int8_t quantize_value(float v) {
+  if (v != v) v = 0.0f;
+  v = std::min(std::max(v, -127.0f), 127.0f);
+  return static_cast<int8_t>(std::nearbyint(v));
+}
+
+template <typename P>
+inline void store_out(const P& p, int64_t m, int64_t n, float v) {
+  if (p.out_kind == FloatKind::kF32) {
+    static_cast<float*>(p.out)[m * p.ldo + n] = v;
+  } else {
+    static_cast<uint16_t*>(p.out)[m * p.ldo + n] = f32_to_bf16(v);
+  }
+}
+
+// Epilogue for one row and one block of 16 columns, scalar form (also the tail of every level).
+inline void epilogue_scalar(const Int8GemmParams& p, int64_t m, int64_t n0, const int32_t* acc) {
+  const int64_t cols = std::min<int64_t>(NR, p.n - n0);
+  const float sa = p.a_scale[m];
+  for (int64_t c = 0; c < cols; ++c) {
+    float v = static_cast<float>(acc[c]) * (sa * p.w_scale[n0 + c]);
+    if (p.bias) v = v + p.bias[n0 + c];
+    store_out(p, m, n0 + c, v);
+  }
+}
+
+#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
+
+inline __m256 load8_x(const void* x, FloatKind kind, int64_t i) {
+  if (kind == FloatKind::kF32) return _mm256_loadu_ps(static_cast<const float*>(x) + i);
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(x) + i));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+// 8 floats -> 8 bf16, round to nearest even, NaN -> 0x7fc0 (matches f32_to_bf16).
+inline __m128i f32x8_to_bf16(__m256 f) {
+  const __m256i bits = _mm256_castps_si256(f);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
+  r = _mm256_srli_epi32(r, 16);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q));
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
+  return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+}
+
+inline void store8(void* out, FloatKind kind, int64_t idx, __m256 v) {
+  if (kind == FloatKind::kF32) {
+    _mm256_storeu_ps(static_cast<float*>(out) + idx, v);
+  } else {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(out) + idx), f32x8_to_bf16(v));
+  }
+}
+
+inline void epilogue_avx2(const Int8GemmParams& p, int64_t m, int64_t n0, __m256i acc_lo, __m256i acc_hi) {
+  if (n0 + NR > p.n) {
+    alignas(32) int32_t tmp[NR];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), acc_lo);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(tmp + 8), acc_hi);
+    epilogue_scalar(p, m, n0, tmp);
+    return;
+  }
+  const __m256 sa = _mm256_set1_ps(p.a_scale[m]);
+  const __m256i accs[2] = {acc_lo, acc_hi};
+  for (int h = 0; h < 2; ++h) {
+    const int64_t n = n0 + 8 * h;
+    __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(accs[h]), _mm256_mul_ps(sa, _mm256_loadu_ps(p.w_scale + n)));
+    if (p.bias) v = _mm256_add_ps(v, _mm256_loadu_ps(p.bias + n));
+    store8(p.out, p.out_kind, m * p.ldo + n, v);
+  }
+}
+
+// Quantize one row; the arithmetic is the scalar path's, 8 lanes at a time.
+inline void quantize_row_avx2(const Int8QuantizeParams& p, int64_t r) {
+  const void* x = p.x_kind == FloatKind::kF32
+                      ? static_cast<const void*>(static_cast<const float*>(p.x) + r * p.ldx)
+                      : static_cast<const void*>(static_cast<const uint16_t*>(p.x) + r * p.ldx);
+  int8_t* q = p.q + r * p.ldq;
+  const int64_t k = p.k;
+  float scale, inv;
+  bool zero_row = false;
+  if (p.static_scale) {
+    scale = p.static_scale[0];
+    inv = p.static_inv[0];
+  } else {
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 fmax = _mm256_set1_ps(std::numeric_limits<float>::max());
+    __m256 vmax = _mm256_setzero_ps();
+    __m256 bad = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= k; i += 8) {
+      const __m256 a = _mm256_and_ps(load8_x(x, p.x_kind, i), abs_mask);
+      bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, fmax, _CMP_NLE_UQ));  // inf or NaN
+      vmax = _mm256_max_ps(vmax, a);
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, vmax);
+    float amax = 0.0f;
+    for (float l : lanes) amax = std::max(amax, l);
+    bool nonfinite = _mm256_movemask_ps(bad) != 0;
+    for (; i < k; ++i) {
+      const float a = std::fabs(load_x(x, p.x_kind, i));
+      nonfinite |= !std::isfinite(a);
+      amax = std::max(amax, a);
+    }
+    if (nonfinite) {
+      scale = std::numeric_limits<float>::quiet_NaN();
+      zero_row = true;
+    } else if (amax == 0.0f) {
+      scale = 0.0f;
+      zero_row = true;
+    } else {
+      scale = amax / 127.0f;
+      inv = 127.0f / amax;
+    }
+  }
+  p.scale[r] = scale;
+  if (zero_row) {
+    std::memset(q, 0, p.k_pad);
+    return;
+  }
+  const __m256 vinv = _mm256_set1_ps(inv);
+  const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+  auto quant8 = [&](int64_t i) {
+    __m256 v = _mm256_mul_ps(load8_x(x, p.x_kind, i), vinv);
+    v = _mm256_and_ps(v, _mm256_cmp_ps(v, v, _CMP_ORD_Q));  // NaN -> 0
+    v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+    return _mm256_cvtps_epi32(v);  // MXCSR default: round to nearest even
+  };
+  int64_t i = 0;
+  const __m256i fix_lanes = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (; i + 32 <= k; i += 32) {
+    const __m256i ab = _mm256_packs_epi32(quant8(i), quant8(i + 8));
+    const __m256i cd = _mm256_packs_epi32(quant8(i + 16), quant8(i + 24));
+    const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd), fix_lanes);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), bytes);
+  }
+  for (; i < k; ++i) q[i] = quantize_value(load_x(x, p.x_kind, i) * inv);
+  for (; i < p.k_pad; ++i) q[i] = 0;
+}
+
+#endif  // AVX2 and up
+
+#if COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_AVX2
+
+// MR rows x 16 columns over the whole of k. vpmaddubsw needs an unsigned operand; taking |a|
+// and moving a's sign onto w (vpsignb) keeps every pair sum within int16 (2 * 127 * 127), so
+// nothing saturates and the result is exact.
+template <int MR>
+inline void ukernel_avx2(const Int8GemmParams& p, int64_t m0, int64_t nb) {
+  const int8_t* wblk = p.w + nb * NR * p.k_pad;
+  const int64_t kg = p.k_pad / KR;
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i acc[MR][2];
+  const int8_t* arow[MR];
+  for (int r = 0; r < MR; ++r) {
+    acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    arow[r] = p.a + (m0 + r) * p.lda;
+  }
+  for (int64_t g = 0; g < kg; ++g) {
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wblk + g * NR * KR));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wblk + g * NR * KR + 32));
+    for (int r = 0; r < MR; ++r) {
+      int32_t a4;
+      std::memcpy(&a4, arow[r] + g * KR, 4);
+      const __m256i a = _mm256_set1_epi32(a4);
+      const __m256i abs_a = _mm256_sign_epi8(a, a);
+      const __m256i p0 = _mm256_maddubs_epi16(abs_a, _mm256_sign_epi8(w0, a));
+      const __m256i p1 = _mm256_maddubs_epi16(abs_a, _mm256_sign_epi8(w1, a));
+      acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(p0, ones));
+      acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(p1, ones));
+    }
+  }
+  for (int r = 0; r < MR; ++r) epilogue_avx2(p, m0 + r, nb * NR, acc[r][0], acc[r][1]);
+}
+
+constexpr int kMR = 4;
+inline void ukernel_rows(const Int8GemmParams& p, int64_t m0, int rows, int64_t nb) {
+  switch (rows) {
+    case 4: ukernel_avx2<4>(p, m0, nb); break;
+    case 3: ukernel_avx2<3>(p, m0, nb); break;
+    case 2: ukernel_avx2<2>(p, m0, nb); break;
+    default: ukernel_avx2<1>(p, m0, nb); break;
+  }
+}
+
+#elif COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_AVX512_VNNI
+
+// MR rows x 16 columns. vpdpbusd multiplies unsigned by signed bytes, so activations go in as
+// a + 128 (a xor 0x80) and 128 * col_sum comes off at the end; int32 lanes never overflow for
+// k below 2^31 / (255 * 127) ~ 66000 per lane group, which the host checks.
+template <int MR>
+inline void ukernel_vnni(const Int8GemmParams& p, int64_t m0, int64_t nb) {
+  const int8_t* wblk = p.w + nb * NR * p.k_pad;
+  const int64_t kg = p.k_pad / KR;
+  const __m512i flip = _mm512_set1_epi32(static_cast<int32_t>(0x80808080u));
+  __m512i acc[MR];
+  const int8_t* arow[MR];
+  for (int r = 0; r < MR; ++r) {
+    acc[r] = _mm512_setzero_si512();
+    arow[r] = p.a + (m0 + r) * p.lda;
+  }
+  for (int64_t g = 0; g < kg; ++g) {
+    const __m512i w = _mm512_loadu_si512(wblk + g * NR * KR);
+    for (int r = 0; r < MR; ++r) {
+      int32_t a4;
+      std::memcpy(&a4, arow[r] + g * KR, 4);
+      const __m512i a = _mm512_xor_si512(_mm512_set1_epi32(a4), flip);
+      acc[r] = _mm512_dpbusd_epi32(acc[r], a, w);
+    }
+  }
+  const __m512i comp = _mm512_slli_epi32(_mm512_loadu_si512(p.col_sums + nb * NR), 7);
+  for (int r = 0; r < MR; ++r) {
+    const __m512i v = _mm512_sub_epi32(acc[r], comp);
+    epilogue_avx2(p, m0 + r, nb * NR, _mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+  }
+}
+
+constexpr int kMR = 8;
+inline void ukernel_rows(const Int8GemmParams& p, int64_t m0, int rows, int64_t nb) {
+  switch (rows) {
+    case 8: ukernel_vnni<8>(p, m0, nb); break;
+    case 7: ukernel_vnni<7>(p, m0, nb); break;
+    case 6: ukernel_vnni<6>(p, m0, nb); break;
+    case 5: ukernel_vnni<5>(p, m0, nb); break;
+    case 4: ukernel_vnni<4>(p, m0, nb); break;
+    case 3: ukernel_vnni<3>(p, m0, nb); break;
+    case 2: ukernel_vnni<2>(p, m0, nb); break;
+    default: ukernel_vnni<1>(p, m0, nb); break;
+  }
+}
+
+#else  // scalar
+
+constexpr int kMR = 1;
+inline void ukernel_rows(const Int8GemmParams& p, int64_t m0, int /*rows*/, int64_t nb) {
+  const int8_t* wblk = p.w + nb * NR * p.k_pad;
+  const int8_t* a = p.a + m0 * p.lda;
+  int32_t acc[NR] = {0};
+  for (int64_t g = 0; g < p.k_pad / KR; ++g) {
+    for (int64_t c = 0; c < NR; ++c) {
+      const int8_t* w = wblk + (g * NR + c) * KR;
+      int32_t s = 0;
+      for (int64_t j = 0; j < KR; ++j) s += static_cast<int32_t>(a[g * KR + j]) * w[j];
+      acc[c] += s;
+    }
+  }
+  epilogue_scalar(p, m0, nb * NR, acc);
+}
+
+#endif
+
+}  // namespace
+
+bool COMPRESSOPS_KERNEL(int8_quantize_rows)(const Int8QuantizeParams& p, int64_t row_begin, int64_t row_end) {
+#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
+  for (int64_t r = row_begin; r < row_end; ++r) quantize_row_avx2(p, r);
+#else
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const int64_t off = r * p.ldx;
+    const void* x = p.x_kind == FloatKind::kF32
+                        ? static_cast<const void*>(static_cast<const float*>(p.x) + off)
+                        : static_cast<const void*>(static_cast<const uint16_t*>(p.x) + off);
+    int8_t* q = p.q + r * p.ldq;
+    float scale, inv = 0.0f;
+    bool zero_row = false;
+    if (p.static_scale) {
+      scale = p.static_scale[0];
+      inv = p.static_inv[0];
+    } else {
+      float amax = 0.0f;
+      bool nonfinite = false;
+      for (int64_t i = 0; i < p.k; ++i) {
+        const float a = std::fabs(load_x(x, p.x_kind, i));
+        nonfinite |= !std::isfinite(a);
+        amax = std::max(amax, a);
+      }
+      if (nonfinite) {
+        scale = std::numeric_limits<float>::quiet_NaN();
+        zero_row = true;
+      } else if (amax == 0.0f) {
+        scale = 0.0f;
+        zero_row = true;
+      } else {
+        scale = amax / 127.0f;
+        inv = 127.0f / amax;
+      }
+    }
+    p.scale[r] = scale;
+    for (int64_t i = 0; i < p.k_pad; ++i) {
+      q[i] = (zero_row || i >= p.k) ? 0 : quantize_value(load_x(x, p.x_kind, i) * inv);
+    }
+  }
+#endif
+  return true;
+}
+
+bool COMPRESSOPS_KERNEL(int8_gemm)(const Int8GemmParams& p, int64_t nb_begin, int64_t nb_end) {
+#if COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_AVX512_VNNI
+  // Lane overflow bound of the unsigned-activation trick (see ukernel_vnni).
+  if (p.k_pad > 65536) return false;
+#endif
+  for (int64_t g0 = nb_begin; g0 < nb_end; g0 += kBlocksPerGroup) {
+    const int64_t g1 = std::min(nb_end, g0 + kBlocksPerGroup);
+    for (int64_t m0 = 0; m0 < p.m; m0 += kMR) {
+      const int rows = static_cast<int>(std::min<int64_t>(kMR, p.m - m0));
+      for (int64_t nb = g0; nb < g1; ++nb) ukernel_rows(p, m0, rows, nb);
+    }
+  }
+  return true;
+}
+
+bool COMPRESSOPS_KERNEL(int8_weight_only_gemm)(const Int8WeightOnlyParams& p, int64_t nb_begin, int64_t nb_end) {
+  const int64_t kg = p.k_pad / KR;
+  // Per block, the weights dequantized once to fp32 in the packed order, reused by every row.
+  std::vector<float> wf(static_cast<size_t>(p.k_pad * NR));
+  for (int64_t nb = nb_begin; nb < nb_end; ++nb) {
+    const int8_t* wblk = p.w + nb * NR * p.k_pad;
+    const int64_t n0 = nb * NR;
+    const int64_t cols = std::min<int64_t>(NR, p.n - n0);
+    for (int64_t i = 0; i < p.k_pad * NR; ++i) wf[i] = static_cast<float>(wblk[i]);
+    for (int64_t m = 0; m < p.m; ++m) {
+      const float* x = p.x + m * p.ldx;
+      float sums[NR];
+#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
+      // Lanes hold (column, k mod 4) pairs: 8 accumulators x 8 lanes = 16 columns x 4.
+      __m256 acc[8];
+      for (auto& a : acc) a = _mm256_setzero_ps();
+      const int64_t kg_full = p.k / KR;  // groups with no padding inside
+      for (int64_t g = 0; g < kg_full; ++g) {
+        const __m256 x4 = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(x + g * KR));
+        const float* w = wf.data() + g * NR * KR;
+        for (int i = 0; i < 8; ++i) acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(w + 8 * i), x4, acc[i]);
+      }
+      alignas(32) float lanes[64];
+      for (int i = 0; i < 8; ++i) _mm256_store_ps(lanes + 8 * i, acc[i]);
+      for (int64_t c = 0; c < NR; ++c) sums[c] = (lanes[4 * c] + lanes[4 * c + 1]) + (lanes[4 * c + 2] + lanes[4 * c + 3]);
+      for (int64_t g = kg_full; g < kg; ++g) {
+        for (int64_t c = 0; c < NR; ++c) {
+          for (int64_t j = 0; j < KR && g * KR + j < p.k; ++j) {
+            sums[c] += x[g * KR + j] * wf[(g * NR + c) * KR + j];
+          }
+        }
+      }
+#else
+      for (int64_t c = 0; c < NR; ++c) sums[c] = 0.0f;
+      for (int64_t g = 0; g < kg; ++g) {
+        for (int64_t c = 0; c < NR; ++c) {
+          for (int64_t j = 0; j < KR && g * KR + j < p.k; ++j) {
+            sums[c] += x[g * KR + j] * wf[(g * NR + c) * KR + j];
+          }
+        }
+      }
+#endif
+      for (int64_t c = 0; c < cols; ++c) {
+        float v = sums[c] * p.w_scale[n0 + c];
+        if (p.bias) v = v + p.bias[n0 + c];
+        store_out(p, m, n0 + c, v);
+      }
+    }
+  }
+  return true;
+}
+
+}  // namespace compressops::cpu::kernels
+
+#endif  // levels implemented here

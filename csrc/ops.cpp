@@ -1,0 +1,77 @@
+// Every compressops op schema, in one place. A C++/libtorch process that loads the library gets
+// the same ops as Python. Python adds fake (meta) kernels and a pure-PyTorch "default" kernel
+// for each op (compressops/ops.py); compressops/_schemas.py mirrors these strings for the case
+// where this library is absent, and a test keeps the two identical.
+#include <torch/library.h>
+
+#include <atomic>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "cpu/isa.h"
+#include "cpu/kernel_record.h"
+
+namespace compressops::cpu {
+namespace {
+std::mutex g_record_mutex;
+std::unordered_map<std::string, int>& records() {
+  static std::unordered_map<std::string, int> r;
+  return r;
+}
+}  // namespace
+
+void record_kernel_isa(const char* op, CpuIsa level) {
+  std::lock_guard<std::mutex> lock(g_record_mutex);
+  records()[op] = static_cast<int>(level);
+}
+
+std::string last_kernel_isa(const std::string& op) {
+  std::lock_guard<std::mutex> lock(g_record_mutex);
+  auto it = records().find(op);
+  return it == records().end() ? std::string() : std::string(isa_name(static_cast<CpuIsa>(it->second)));
+}
+
+namespace {
+std::string cpu_isa_op() { return isa_name(active_isa()); }
+std::string detected_cpu_isa_op() { return isa_name(detected_isa()); }
+void set_cpu_isa_op(std::string name) { set_active_isa(parse_isa(name)); }
+std::vector<std::string> compiled_cpu_isas_op() {
+  std::vector<std::string> out;
+  for (int l = 0; l <= static_cast<int>(CpuIsa::kAMX); ++l) {
+    if (isa_compiled(static_cast<CpuIsa>(l))) out.emplace_back(isa_name(static_cast<CpuIsa>(l)));
+  }
+  return out;
+}
+std::vector<std::string> kernel_isas_op(std::string op) {
+  if (op.rfind("int8_", 0) == 0) return int8_kernel_isas();
+  TORCH_CHECK(false, "_kernel_isas: unknown op family for '", op, "'");
+}
+}  // namespace
+}  // namespace compressops::cpu
+
+TORCH_LIBRARY(compressops, m) {
+  m.set_python_module("compressops.ops");
+
+  // int8 linear (DESIGN.md section 4): weight int8 [N, K] with a float32 scale per output channel.
+  m.def("int8_pack_weight(Tensor w_q) -> Tensor");
+  m.def("int8_quantize_activation(Tensor x, Tensor? act_scale=None) -> (Tensor, Tensor)");
+  m.def(
+      "int8_linear(Tensor x, Tensor w_packed, Tensor w_scale, Tensor? bias=None, Tensor? act_scale=None, "
+      "ScalarType? out_dtype=None) -> Tensor");
+  m.def(
+      "int8_weight_only_linear(Tensor x, Tensor w_packed, Tensor w_scale, Tensor? bias=None, "
+      "ScalarType? out_dtype=None) -> Tensor");
+
+  // CPU ISA control (internal): read and force the level, list what was built and what ran.
+  m.def("_cpu_isa() -> str", &compressops::cpu::cpu_isa_op);
+  m.def("_detected_cpu_isa() -> str", &compressops::cpu::detected_cpu_isa_op);
+  m.def("_set_cpu_isa(str isa) -> ()", &compressops::cpu::set_cpu_isa_op);
+  m.def("_compiled_cpu_isas() -> str[]", &compressops::cpu::compiled_cpu_isas_op);
+  m.def("_kernel_isas(str op) -> str[]", &compressops::cpu::kernel_isas_op);
+  m.def("_last_kernel_isa(str op) -> str", &compressops::cpu::last_kernel_isa);
+}
+
+// Lets the Python module's initializer reference this library, so the linker keeps it as a
+// dependency of _C and loading _C loads (and registers) the ops.
+extern "C" __attribute__((visibility("default"))) int compressops_ops_abi_version() { return 1; }
