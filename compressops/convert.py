@@ -73,7 +73,9 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
         model = copy.deepcopy(model)
     skipped: dict[str, str] = dict(getattr(model, REPORT_ATTR, {}))
     plan = []
-    for name, mod in model.named_modules():
+    # remove_duplicate=False: a layer reachable under two names (tied weights) must be swapped
+    # under both; it is still converted once (see `converted` below).
+    for name, mod in model.named_modules(remove_duplicate=False):
         if isinstance(mod, COMPRESSED_TYPES) or not isinstance(mod, _CANDIDATE_TYPES):
             continue
         cfg, reason = _config_for(name, config)
