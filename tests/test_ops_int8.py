@@ -219,5 +219,7 @@ def test_bad_input_errors(use_reference):
         pack(w_q.float())
     with pytest.raises(err, match="2-D"):
         pack(w_q.flatten())
+    with pytest.raises(err, match="K <= 131072"):
+        pack(torch.zeros(1, 131073, dtype=torch.int8))
     with pytest.raises(err, match=r"\[-127, 127\]"):
         pack(torch.full((2, 3), -128, dtype=torch.int8))

@@ -23,6 +23,7 @@ VERSION = 1
 NR = 16
 KR = 4
 HEADER_BYTES = 64
+MAX_K = 131072  # int32 accumulation stays exact: MAX_K * 127 * 127 < 2**31
 
 
 def _round_up(v, m):
@@ -112,7 +113,8 @@ def check_weight(w_q: torch.Tensor, op: str) -> None:
         raise ValueError(f"{op}: w_q must be int8, got {w_q.dtype}")
     if w_q.dim() != 2:
         raise ValueError(f"{op}: w_q must be 2-D [N, K], got shape {tuple(w_q.shape)}")
-    if w_q.shape[0] < 1 or w_q.shape[1] < 1:
-        raise ValueError(f"{op}: w_q needs N, K >= 1, got {tuple(w_q.shape)}")
+    if w_q.shape[0] < 1 or not 1 <= w_q.shape[1] <= MAX_K:
+        raise ValueError(f"{op}: w_q needs N >= 1 and 1 <= K <= {MAX_K} (int32 accumulation), "
+                         f"got {tuple(w_q.shape)}")
     if w_q.numel() and int(w_q.min()) < -127:
         raise ValueError(f"{op}: w_q must lie in [-127, 127] (symmetric int8); found -128")

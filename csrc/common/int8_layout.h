@@ -23,6 +23,8 @@ constexpr int32_t kInt8PackVersion = 1;
 constexpr int64_t kInt8NR = 16;  // output channels per block: one zmm, two ymm of int32 lanes
 constexpr int64_t kInt8KR = 4;   // k values per lane
 constexpr int64_t kInt8HeaderBytes = 64;
+// Largest K whose dot products cannot overflow int32: 131072 * 127 * 127 < 2^31.
+constexpr int64_t kInt8MaxK = 131072;
 
 struct Int8PackedHeader {
   int32_t magic;

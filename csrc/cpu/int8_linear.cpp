@@ -160,8 +160,9 @@ at::Tensor int8_pack_weight_cpu(const at::Tensor& w_q) {
   TORCH_CHECK(w_q.scalar_type() == at::kChar, op, ": w_q must be int8, got ", w_q.scalar_type());
   TORCH_CHECK(w_q.dim() == 2, op, ": w_q must be 2-D [N, K], got shape ", w_q.sizes());
   const int64_t n = w_q.size(0), k = w_q.size(1);
-  TORCH_CHECK(n >= 1 && k >= 1 && n < (1LL << 30) && k < (1LL << 30), op,
-              ": w_q needs 1 <= N, K < 2^30, got [", n, ", ", k, "]");
+  // int32 accumulation stays exact while K * 127 * 127 < 2^31.
+  TORCH_CHECK(n >= 1 && k >= 1 && n < (1LL << 30) && k <= kInt8MaxK, op, ": w_q needs 1 <= N < 2^30 and 1 <= K <= ",
+              kInt8MaxK, " (int32 accumulation), got [", n, ", ", k, "]");
   // -128 has no positive counterpart; the symmetric format (and the AVX2 sign trick) needs +-127.
   TORCH_CHECK(w_q.min().item<int8_t>() >= -127, op,
               ": w_q must lie in [-127, 127] (symmetric int8); found -128");
