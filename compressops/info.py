@@ -31,7 +31,7 @@ def info() -> dict:
     for op in SCHEMAS:
         keys = native_kernels(op) if loaded else []
         entry = {"native": keys or ["none (reference)"]}
-        if loaded and "CPU" in keys:
+        if loaded and "CPU" in keys and list(torch.ops.compressops._kernel_isas(op)):
             levels = list(torch.ops.compressops._kernel_isas(op))
             active = isa()
             order = LEVELS

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _loader, _schemas, reference
+from . import _schemas, reference
 from .formats import int8 as int8_format
 
 _LIB = None
@@ -23,14 +23,6 @@ def _define_missing_schemas() -> None:
     _LIB = torch.library.Library("compressops", "FRAGMENT")
     for name in missing:
         _LIB.define(name + _schemas.SCHEMAS[name])
-
-
-def _has_op(name: str) -> bool:
-    try:
-        getattr(torch.ops.compressops, name)
-        return True
-    except (AttributeError, RuntimeError):
-        return False
 
 
 _define_missing_schemas()
@@ -167,4 +159,3 @@ def native_kernels(op: str) -> list[str]:
 
 
 __all__ = ["int8_pack_weight", "int8_quantize_activation", "int8_linear", "int8_weight_only_linear", "native_kernels"]
-_ = _loader  # the loader ran before this module (compressops/__init__.py imports it first)

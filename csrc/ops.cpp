@@ -44,6 +44,7 @@ std::vector<std::string> compiled_cpu_isas_op() {
   return out;
 }
 std::vector<std::string> kernel_isas_op(std::string op) {
+  if (op == "int8_pack_weight") return {};  // baseline host code, no per-ISA kernel
   if (op.rfind("int8_", 0) == 0) return int8_kernel_isas();
   TORCH_CHECK(false, "_kernel_isas: unknown op family for '", op, "'");
 }

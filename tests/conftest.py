@@ -4,6 +4,7 @@ with COMPRESSOPS_TEST_SEED=<seed>."""
 import os
 import random
 import time
+import zlib
 
 import pytest
 import torch
@@ -20,8 +21,9 @@ def pytest_report_header(config):
 
 @pytest.fixture(autouse=True)
 def _seed(request):
-    # Per-test seed derived from the run seed, so tests do not depend on execution order.
-    s = (SEED + hash(request.node.nodeid)) % 2**31
+    # Per-test seed derived from the run seed (crc32, not hash(): str hashes change per process),
+    # so a test's data depends on neither execution order nor PYTHONHASHSEED.
+    s = (SEED + zlib.crc32(request.node.nodeid.encode())) % 2**31
     torch.manual_seed(s)
     random.seed(s)
     yield

@@ -1,0 +1,3 @@
+"""Named benchmark shapes; they live in compressops.bench.shapes so `python -m compressops bench` has them."""
+
+from compressops.bench.shapes import DESIGN, MINILM, QUICK, SETS  # noqa: F401
