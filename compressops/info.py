@@ -11,7 +11,8 @@ from .isa import LEVELS, compiled_isas, detected_isa, isa
 from ._schemas import SCHEMAS
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or platform.processor())."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -42,7 +43,7 @@ def info() -> dict:
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "build_info": _loader.build_info(),
         "native_loaded": loaded,
         "load_error": _loader.load_error(),

@@ -90,16 +90,20 @@ def _check_act_scale(act_scale, op):
     return s
 
 
-def int8_linear(x, w_packed, w_scale, bias=None, act_scale=None, out_dtype=None):
-    """y = float(q(x) @ w_q.T) * (x_scale * w_scale) + bias; see compressops.ops.int8_linear."""
-    op = "int8_linear"
+def _check_linear(op, x, w_packed, w_scale, bias, out_dtype):
+    """Checks shared by the int8 linear ops; returns (N, K, output dtype)."""
     _check_x(x, op)
     h = int8_format.read_header(w_packed, op)
     n, k = h["n"], h["k"]
     if x.shape[-1] != k:
         raise ValueError(f"{op}: x has K={x.shape[-1]} in its last dimension but the weight has K={k}")
     _check_scale_bias(w_scale, bias, n, op)
-    out_t = _out_dtype(x, out_dtype, op)
+    return n, k, _out_dtype(x, out_dtype, op)
+
+
+def int8_linear(x, w_packed, w_scale, bias=None, act_scale=None, out_dtype=None):
+    """y = float(q(x) @ w_q.T) * (x_scale * w_scale) + bias; see compressops.ops.int8_linear."""
+    n, k, out_t = _check_linear("int8_linear", x, w_packed, w_scale, bias, out_dtype)
     w_q = int8_format.unpack_weight(w_packed)
     q, sx = int8_quantize_activation(x, act_scale)
     acc = (q.reshape(-1, k).double() @ w_q.double().t()).to(torch.int32)
@@ -111,14 +115,7 @@ def int8_linear(x, w_packed, w_scale, bias=None, act_scale=None, out_dtype=None)
 
 def int8_weight_only_linear(x, w_packed, w_scale, bias=None, out_dtype=None):
     """y = (x @ w_q.T) * w_scale + bias in float32; see compressops.ops.int8_weight_only_linear."""
-    op = "int8_weight_only_linear"
-    _check_x(x, op)
-    h = int8_format.read_header(w_packed, op)
-    n, k = h["n"], h["k"]
-    if x.shape[-1] != k:
-        raise ValueError(f"{op}: x has K={x.shape[-1]} in its last dimension but the weight has K={k}")
-    _check_scale_bias(w_scale, bias, n, op)
-    out_t = _out_dtype(x, out_dtype, op)
+    n, k, out_t = _check_linear("int8_weight_only_linear", x, w_packed, w_scale, bias, out_dtype)
     w_q = int8_format.unpack_weight(w_packed)
     y = (x.reshape(-1, k).float() @ w_q.float().t()) * w_scale.reshape(1, -1)
     if bias is not None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +37,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import compressops as co  # noqa: E402
+from compressops.info import cpu_model  # noqa: E402
 
 # The formats to compare against the fp32 baseline: (row label, compressops config).
 # A new format (int4, sparse, PQ, binary, ...) is one more entry here.
@@ -130,17 +130,6 @@ SENTENCES = [
     "Thank you!",
     "Error 404: the page you requested could not be found on this server.",
 ]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def model_dir() -> Path:

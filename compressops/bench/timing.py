@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 
 import torch
 from torch.utils.benchmark import Timer
+
+from ..info import cpu_model  # noqa: F401  (re-exported for the benchmark scripts)
 
 
 def median_us(fn, min_run_time: float = 0.3) -> float:
@@ -38,17 +39,6 @@ def llc_bytes() -> int:
     except OSError:
         pass
     return best or 32 * 1024**2
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def copies_beyond_cache(weight_bytes: int, llc: int, factor: int = 3) -> int:

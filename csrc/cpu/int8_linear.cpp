@@ -155,6 +155,39 @@ void quantize_rows(const at::Tensor& x2, int64_t k, int64_t k_pad, int8_t* q, in
                    [&](int64_t b, int64_t e) { kernel(p, b, e); });
 }
 
+// What both linear ops check and derive from their arguments before any kernel runs.
+struct LinearCall {
+  Int8PackedHeader h;
+  at::Tensor w_scale;                // fp32 [N], contiguous
+  std::optional<at::Tensor> bias;    // fp32 [N], contiguous
+  at::ScalarType out_t;              // what the caller gets
+  at::ScalarType kernel_out_t;       // what the kernel writes (fp32 for dtypes it cannot write)
+  std::vector<int64_t> out_shape;    // (..., N)
+
+  // The kernel's [m, n] output in the caller's dtype and shape.
+  at::Tensor finish(at::Tensor out) const {
+    if (kernel_out_t != out_t) out = out.to(out_t);
+    return out.view(out_shape);
+  }
+};
+
+LinearCall prepare_linear(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_scale,
+                          const std::optional<at::Tensor>& bias, std::optional<at::ScalarType> out_dtype,
+                          const char* op) {
+  check_float_input(x, op);
+  LinearCall c;
+  c.h = read_header(w_packed, op);
+  TORCH_CHECK(x.size(-1) == c.h.k, op, ": x has K=", x.size(-1), " in its last dimension but the weight has K=",
+              c.h.k);
+  c.w_scale = checked_w_scale(w_scale, c.h.n, op);
+  c.bias = checked_bias(bias, c.h.n, op);
+  c.out_t = resolve_out_dtype(x, out_dtype, op);
+  c.kernel_out_t = native_float(c.out_t) ? c.out_t : at::kFloat;
+  c.out_shape = x.sizes().vec();
+  c.out_shape.back() = c.h.n;
+  return c;
+}
+
 at::Tensor int8_pack_weight_cpu(const at::Tensor& w_q) {
   constexpr const char* op = "int8_pack_weight";
   TORCH_CHECK(w_q.scalar_type() == at::kChar, op, ": w_q must be int8, got ", w_q.scalar_type());
@@ -223,20 +256,12 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& w_packed, cons
                            const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& act_scale,
                            std::optional<at::ScalarType> out_dtype) {
   constexpr const char* op = "int8_linear";
-  check_float_input(x, op);
-  const Int8PackedHeader h = read_header(w_packed, op);
+  const LinearCall c = prepare_linear(x, w_packed, w_scale, bias, out_dtype, op);
+  const Int8PackedHeader& h = c.h;
   const int64_t n = h.n, k = h.k, k_pad = h.k_pad;
-  TORCH_CHECK(x.size(-1) == k, op, ": x has K=", x.size(-1), " in its last dimension but the weight has K=", k);
-  const at::Tensor sw = checked_w_scale(w_scale, n, op);
-  const auto b = checked_bias(bias, n, op);
-  const at::ScalarType out_t = resolve_out_dtype(x, out_dtype, op);
-  const at::ScalarType kernel_out_t = native_float(out_t) ? out_t : at::kFloat;
-
   const at::Tensor x2 = rows_view(x, k);
   const int64_t m = x2.size(0);
-  auto out_shape = x.sizes().vec();
-  out_shape.back() = n;
-  at::Tensor out = at::empty({m, n}, x.options().dtype(kernel_out_t));
+  at::Tensor out = at::empty({m, n}, x.options().dtype(c.kernel_out_t));
   if (m > 0) {
     at::Tensor q = at::empty({m, k_pad}, x.options().dtype(at::kChar));
     at::Tensor sa = at::empty({m}, x.options().dtype(at::kFloat));
@@ -249,10 +274,10 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& w_packed, cons
     p.a_scale = sa.data_ptr<float>();
     p.w = reinterpret_cast<const int8_t*>(base + kInt8HeaderBytes);
     p.col_sums = reinterpret_cast<const int32_t*>(base + kInt8HeaderBytes + int64_t{h.n_pad} * k_pad);
-    p.w_scale = sw.data_ptr<float>();
-    p.bias = b ? b->data_ptr<float>() : nullptr;
+    p.w_scale = c.w_scale.data_ptr<float>();
+    p.bias = c.bias ? c.bias->data_ptr<float>() : nullptr;
     p.out = out.data_ptr();
-    p.out_kind = kind_of(kernel_out_t);
+    p.out_kind = kind_of(c.kernel_out_t);
     p.ldo = n;
     p.m = m;
     p.n = n;
@@ -270,29 +295,20 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& w_packed, cons
       kernel(t, nb0, nb1);
     });
   }
-  if (kernel_out_t != out_t) out = out.to(out_t);
-  return out.view(out_shape);
+  return c.finish(out);
 }
 
 at::Tensor int8_weight_only_linear_cpu(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_scale,
                                        const std::optional<at::Tensor>& bias,
                                        std::optional<at::ScalarType> out_dtype) {
   constexpr const char* op = "int8_weight_only_linear";
-  check_float_input(x, op);
-  const Int8PackedHeader h = read_header(w_packed, op);
+  const LinearCall c = prepare_linear(x, w_packed, w_scale, bias, out_dtype, op);
+  const Int8PackedHeader& h = c.h;
   const int64_t n = h.n, k = h.k, k_pad = h.k_pad;
-  TORCH_CHECK(x.size(-1) == k, op, ": x has K=", x.size(-1), " in its last dimension but the weight has K=", k);
-  const at::Tensor sw = checked_w_scale(w_scale, n, op);
-  const auto b = checked_bias(bias, n, op);
-  const at::ScalarType out_t = resolve_out_dtype(x, out_dtype, op);
-  const at::ScalarType kernel_out_t = native_float(out_t) ? out_t : at::kFloat;
-
   // The weight-only kernel reads fp32 rows, padded to k_pad so every group of 4 is whole.
-  at::Tensor x2 = x.reshape({-1, k});
+  const at::Tensor x2 = x.reshape({-1, k});
   const int64_t m = x2.size(0);
-  auto out_shape = x.sizes().vec();
-  out_shape.back() = n;
-  at::Tensor out = at::empty({m, n}, x.options().dtype(kernel_out_t));
+  at::Tensor out = at::empty({m, n}, x.options().dtype(c.kernel_out_t));
   if (m > 0) {
     at::Tensor xf = at::zeros({m, k_pad}, x.options().dtype(at::kFloat));
     xf.narrow(1, 0, k).copy_(x2);
@@ -302,10 +318,10 @@ at::Tensor int8_weight_only_linear_cpu(const at::Tensor& x, const at::Tensor& w_
     p.ldx = k_pad;
     p.k = k;
     p.w = reinterpret_cast<const int8_t*>(base + kInt8HeaderBytes);
-    p.w_scale = sw.data_ptr<float>();
-    p.bias = b ? b->data_ptr<float>() : nullptr;
+    p.w_scale = c.w_scale.data_ptr<float>();
+    p.bias = c.bias ? c.bias->data_ptr<float>() : nullptr;
     p.out = out.data_ptr();
-    p.out_kind = kind_of(kernel_out_t);
+    p.out_kind = kind_of(c.kernel_out_t);
     p.ldo = n;
     p.m = m;
     p.n = n;
@@ -322,8 +338,7 @@ at::Tensor int8_weight_only_linear_cpu(const at::Tensor& x, const at::Tensor& w_
       kernel(t, nb0, nb1);
     });
   }
-  if (kernel_out_t != out_t) out = out.to(out_t);
-  return out.view(out_shape);
+  return c.finish(out);
 }
 
 }  // namespace

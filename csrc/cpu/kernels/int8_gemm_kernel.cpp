@@ -74,6 +74,22 @@ inline void store_out(const P& p, int64_t m, int64_t n, float v) {
 }
 
 // Epilogue for one row and one block of 16 columns, scalar form (also the tail of every level).
+// The dynamic per-row scale rule (see Int8QuantizeParams). Returns false when the row quantizes
+// to all zeros (amax 0: scale 0; NaN/Inf present: scale NaN, so the row's output is NaN).
+inline bool dynamic_scale(float amax, bool nonfinite, float* scale, float* inv) {
+  if (nonfinite) {
+    *scale = std::numeric_limits<float>::quiet_NaN();
+    return false;
+  }
+  if (amax == 0.0f) {
+    *scale = 0.0f;
+    return false;
+  }
+  *scale = amax / 127.0f;
+  *inv = 127.0f / amax;
+  return true;
+}
+
 inline void epilogue_scalar(const Int8GemmParams& p, int64_t m, int64_t n0, const int32_t* acc) {
   const int64_t cols = std::min<int64_t>(NR, p.n - n0);
   const float sa = p.a_scale[m];
@@ -136,7 +152,7 @@ inline void quantize_row_avx2(const Int8QuantizeParams& p, int64_t r) {
                       : static_cast<const void*>(static_cast<const uint16_t*>(p.x) + r * p.ldx);
   int8_t* q = p.q + r * p.ldq;
   const int64_t k = p.k;
-  float scale, inv;
+  float scale = 0.0f, inv = 0.0f;
   bool zero_row = false;
   if (p.static_scale) {
     scale = p.static_scale[0];
@@ -162,16 +178,7 @@ inline void quantize_row_avx2(const Int8QuantizeParams& p, int64_t r) {
       nonfinite |= !std::isfinite(a);
       amax = std::max(amax, a);
     }
-    if (nonfinite) {
-      scale = std::numeric_limits<float>::quiet_NaN();
-      zero_row = true;
-    } else if (amax == 0.0f) {
-      scale = 0.0f;
-      zero_row = true;
-    } else {
-      scale = amax / 127.0f;
-      inv = 127.0f / amax;
-    }
+    zero_row = !dynamic_scale(amax, nonfinite, &scale, &inv);
   }
   p.scale[r] = scale;
   if (zero_row) {
@@ -370,16 +377,7 @@ bool COMPRESSOPS_KERNEL(int8_quantize_rows)(const Int8QuantizeParams& p, int64_t
         nonfinite |= !std::isfinite(a);
         amax = std::max(amax, a);
       }
-      if (nonfinite) {
-        scale = std::numeric_limits<float>::quiet_NaN();
-        zero_row = true;
-      } else if (amax == 0.0f) {
-        scale = 0.0f;
-        zero_row = true;
-      } else {
-        scale = amax / 127.0f;
-        inv = 127.0f / amax;
-      }
+      zero_row = !dynamic_scale(amax, nonfinite, &scale, &inv);
     }
     p.scale[r] = scale;
     for (int64_t i = 0; i < p.k_pad; ++i) {
