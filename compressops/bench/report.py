@@ -34,14 +34,17 @@ def plot_speedups(path: Path, rows: list[dict], title: str) -> bool:
     except ImportError:
         return False
     rows = [r for r in rows if r.get("speedup_fp32") is not None]
-    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    # One group per (shape, thread count): keyed on the shape alone, later thread counts were dropped.
+    shapes = list(dict.fromkeys((r["shape"], r["threads"]) for r in rows))
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     fig, ax = plt.subplots(figsize=(max(8, len(shapes) * 1.2), 4.5))
     width = 0.8 / max(len(impls), 1)
     for i, impl in enumerate(impls):
-        vals = [next((r["speedup_fp32"] for r in rows if r["shape"] == s and r["impl"] == impl), 0) for s in shapes]
+        vals = [next((r["speedup_fp32"] for r in rows if (r["shape"], r["threads"]) == s and r["impl"] == impl), 0)
+                for s in shapes]
         ax.bar([x + i * width for x in range(len(shapes))], vals, width, label=impl)
-    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(shapes))], shapes, rotation=30, ha="right", fontsize=8)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(shapes))], [f"{s} {t}thr" for s, t in shapes],
+                  rotation=30, ha="right", fontsize=8)
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_ylabel("speedup vs fp32 nn.Linear")
     ax.set_title(title, fontsize=9)
