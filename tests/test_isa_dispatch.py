@@ -69,3 +69,28 @@ def test_vnni_declines_k_beyond_its_lane_bound():
         y = ops.int8_linear(x, p, s)
         assert torch.ops.compressops._last_kernel_isa("int8_linear") == "avx2"
     assert torch.equal(y, reference.int8_linear(x, p, s))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="needs Linux /proc/cpuinfo")
+def test_detection_agrees_with_the_kernels_cpu_flags():
+    """cpuid + xgetbv detection against the flags Linux reports for this CPU (and OS support)."""
+    flags = set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    if not {"avx", "xsave"} <= flags:
+        pytest.skip("unusual CPU flags listing")
+    tiers = [
+        ("avx2", {"avx2", "fma", "f16c", "bmi2", "popcnt"}),
+        ("avx512", {"avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl"}),
+        ("avx512_vnni", {"avx512_vnni", "avx512_vpopcntdq", "avx512vbmi", "avx512_vbmi2", "avx512_bitalg"}),
+        ("amx", {"amx_tile", "amx_int8", "amx_bf16"}),
+    ]
+    expected = "scalar"
+    for level, needed in tiers:
+        if not needed <= flags:
+            break
+        expected = level
+    assert co.detected_isa() == expected
