@@ -90,11 +90,12 @@ def test_int8_linear_static_scale_bit_exact(level):
 
 
 @pytest.mark.parametrize("level", isa_params())
+@pytest.mark.parametrize("m", [1, 6], ids=lambda m: f"m{m}")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_weight_only_close_to_reference(level, dtype):
+def test_weight_only_close_to_reference(level, m, dtype):
     k, n = 333, 71
     _, w_s, packed, b = make_layer(k, n)
-    x = randn_nonzero(6, k, dtype=dtype)
+    x = randn_nonzero(m, k, dtype=dtype)
     with co.cpu_isa(level):
         y = ops.int8_weight_only_linear(x, packed, w_s, b)
     y_ref64 = (x.double() @ f8.unpack_weight(packed).double().t()) * w_s.double() + b.double()

@@ -100,6 +100,9 @@ def run(shape_set: str, threads_list: list[int], min_run_time: float, with_refer
             x = torch.randn(m, k)
             xb = x.bfloat16()
             impls = [(f"compressops int8 ({active})", lambda: q(x), 1 * n * k)]
+            if m <= 8:  # weight-only is for the memory-bound regime; at large M it converts per call
+                q_wo = Int8Linear.from_float(lin, co.Int8(act="weight_only"))
+                impls.append((f"compressops int8 weight-only ({active})", lambda: q_wo(x), n * k))
             for lv in lower:
                 if lv == "scalar" and m * n * k > 8 * 4096 * 4096:
                     # Seconds per call; the scalar level is there for correctness, not speed.

@@ -411,44 +411,60 @@ bool COMPRESSOPS_KERNEL(int8_gemm)(const Int8GemmParams& p, int64_t nb_begin, in
   return true;
 }
 
+#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
+namespace {
+// One row times one 16-column block, fp32 accumulation. Lanes hold (column, k mod 4) pairs:
+// 8 accumulators x 8 lanes = 16 columns x 4. kFromInt8 converts the int8 weights in registers
+// (one row: no reuse to pay for a scratch pass); otherwise they come from a dequantized scratch.
+template <bool kFromInt8>
+inline void weight_only_row_avx2(const float* x, const int8_t* wblk, const float* wf, int64_t kg, float* sums) {
+  __m256 acc[8];
+  for (auto& a : acc) a = _mm256_setzero_ps();
+  for (int64_t g = 0; g < kg; ++g) {
+    const __m256 x4 = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(x + g * KR));
+    for (int i = 0; i < 8; ++i) {
+      const int64_t off = g * NR * KR + 8 * i;
+      const __m256 w = kFromInt8 ? _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                                       _mm_loadl_epi64(reinterpret_cast<const __m128i*>(wblk + off))))
+                                 : _mm256_loadu_ps(wf + off);
+      acc[i] = _mm256_fmadd_ps(w, x4, acc[i]);
+    }
+  }
+  alignas(32) float lanes[64];
+  for (int i = 0; i < 8; ++i) _mm256_store_ps(lanes + 8 * i, acc[i]);
+  for (int64_t c = 0; c < NR; ++c) sums[c] = (lanes[4 * c] + lanes[4 * c + 1]) + (lanes[4 * c + 2] + lanes[4 * c + 3]);
+}
+}  // namespace
+#endif
+
+// x rows arrive zero-padded to k_pad (host), and padded weights are zero, so whole k-groups suffice.
 bool COMPRESSOPS_KERNEL(int8_weight_only_gemm)(const Int8WeightOnlyParams& p, int64_t nb_begin, int64_t nb_end) {
   const int64_t kg = p.k_pad / KR;
+  const bool single_row = p.m == 1;
   // Per block, the weights dequantized once to fp32 in the packed order, reused by every row.
-  std::vector<float> wf(static_cast<size_t>(p.k_pad * NR));
+  std::vector<float> wf(single_row ? 0 : static_cast<size_t>(p.k_pad * NR));
   for (int64_t nb = nb_begin; nb < nb_end; ++nb) {
     const int8_t* wblk = p.w + nb * NR * p.k_pad;
     const int64_t n0 = nb * NR;
     const int64_t cols = std::min<int64_t>(NR, p.n - n0);
-    for (int64_t i = 0; i < p.k_pad * NR; ++i) wf[i] = static_cast<float>(wblk[i]);
+    if (!single_row) {
+      for (int64_t i = 0; i < p.k_pad * NR; ++i) wf[i] = static_cast<float>(wblk[i]);
+    }
     for (int64_t m = 0; m < p.m; ++m) {
       const float* x = p.x + m * p.ldx;
       float sums[NR];
 #if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
-      // Lanes hold (column, k mod 4) pairs: 8 accumulators x 8 lanes = 16 columns x 4.
-      __m256 acc[8];
-      for (auto& a : acc) a = _mm256_setzero_ps();
-      const int64_t kg_full = p.k / KR;  // groups with no padding inside
-      for (int64_t g = 0; g < kg_full; ++g) {
-        const __m256 x4 = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(x + g * KR));
-        const float* w = wf.data() + g * NR * KR;
-        for (int i = 0; i < 8; ++i) acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(w + 8 * i), x4, acc[i]);
-      }
-      alignas(32) float lanes[64];
-      for (int i = 0; i < 8; ++i) _mm256_store_ps(lanes + 8 * i, acc[i]);
-      for (int64_t c = 0; c < NR; ++c) sums[c] = (lanes[4 * c] + lanes[4 * c + 1]) + (lanes[4 * c + 2] + lanes[4 * c + 3]);
-      for (int64_t g = kg_full; g < kg; ++g) {
-        for (int64_t c = 0; c < NR; ++c) {
-          for (int64_t j = 0; j < KR && g * KR + j < p.k; ++j) {
-            sums[c] += x[g * KR + j] * wf[(g * NR + c) * KR + j];
-          }
-        }
+      if (single_row) {
+        weight_only_row_avx2<true>(x, wblk, nullptr, kg, sums);
+      } else {
+        weight_only_row_avx2<false>(x, wblk, wf.data(), kg, sums);
       }
 #else
-      for (int64_t c = 0; c < NR; ++c) sums[c] = 0.0f;
-      for (int64_t g = 0; g < kg; ++g) {
-        for (int64_t c = 0; c < NR; ++c) {
-          for (int64_t j = 0; j < KR && g * KR + j < p.k; ++j) {
-            sums[c] += x[g * KR + j] * wf[(g * NR + c) * KR + j];
+      for (int64_t c = 0; c < NR; ++c) {
+        sums[c] = 0.0f;
+        for (int64_t g = 0; g < kg; ++g) {
+          for (int64_t j = 0; j < KR; ++j) {
+            sums[c] += x[g * KR + j] * static_cast<float>(wblk[(g * NR + c) * KR + j]);
           }
         }
       }
