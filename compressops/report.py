@@ -38,7 +38,7 @@ class Report:
     def ratio(self) -> float:
         return self.dense_bytes / self.bytes if self.bytes else 1.0
 
-    def _table(self, sep: str) -> list[list[str]]:
+    def _table(self) -> list[list[str]]:
         head = ["layer", "module", "format", "shape", "fp32 KB", "now KB", "note"]
         body = [[r.name, r.module, r.format, r.shape, f"{r.dense_bytes / 1024:.1f}", f"{r.bytes / 1024:.1f}", r.note]
                 for r in self.rows]
@@ -47,13 +47,13 @@ class Report:
         return [head] + body + [total]
 
     def to_markdown(self) -> str:
-        t = self._table("|")
+        t = self._table()
         lines = ["| " + " | ".join(t[0]) + " |", "|" + "---|" * len(t[0])]
         lines += ["| " + " | ".join(r) + " |" for r in t[1:]]
         return "\n".join(lines)
 
     def __str__(self) -> str:
-        t = self._table(" ")
+        t = self._table()
         widths = [max(len(r[i]) for r in t) for i in range(len(t[0]))]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in t)
 

@@ -24,6 +24,7 @@ from torch import nn
 
 import compressops as co
 from compressops.bench import report, shapes, timing
+from compressops.info import cpu_model
 from compressops.nn import Int8Linear
 
 
@@ -134,7 +135,7 @@ def run(shape_set: str, threads_list: list[int], min_run_time: float, with_refer
             if cold and m == 1:
                 rows += _cold_rows(name, n, k, threads, llc, bw_dram, min_run_time, engine)
     _finish_rows(rows, peaks)
-    meta = {"date": datetime.date.today().isoformat(), "cpu": timing.cpu_model(), "isa": active,
+    meta = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(), "isa": active,
             "available_isas": co.available_isas(), "torch": torch.__version__, "ao_engine": engine,
             "llc_bytes": llc, "notes": notes, "shape_set": shape_set,
             "int8_peak": {t: {"source": src, "tops": tops} for t, (src, tops) in peaks.items()}}

@@ -8,8 +8,6 @@ import os
 import torch
 from torch.utils.benchmark import Timer
 
-from ..info import cpu_model  # noqa: F401  (re-exported for the benchmark scripts)
-
 
 def median_us(fn, min_run_time: float = 0.3) -> float:
     """Median wall time of fn() in microseconds (torch.utils.benchmark, after one warmup call)."""

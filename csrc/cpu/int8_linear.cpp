@@ -305,17 +305,23 @@ at::Tensor int8_weight_only_linear_cpu(const at::Tensor& x, const at::Tensor& w_
   const LinearCall c = prepare_linear(x, w_packed, w_scale, bias, out_dtype, op);
   const Int8PackedHeader& h = c.h;
   const int64_t n = h.n, k = h.k, k_pad = h.k_pad;
-  // The weight-only kernel reads fp32 rows, padded to k_pad so every group of 4 is whole.
+  // The weight-only kernel reads fp32 rows of k_pad values (whole groups of 4).
   const at::Tensor x2 = x.reshape({-1, k});
   const int64_t m = x2.size(0);
   at::Tensor out = at::empty({m, n}, x.options().dtype(c.kernel_out_t));
   if (m > 0) {
-    at::Tensor xf = at::zeros({m, k_pad}, x.options().dtype(at::kFloat));
-    xf.narrow(1, 0, k).copy_(x2);
+    // fp32 rows with unit stride and K already a multiple of 4 are read in place; anything else
+    // is copied once into a zero-padded fp32 buffer.
+    const bool in_place = x2.scalar_type() == at::kFloat && x2.stride(1) == 1 && k == k_pad;
+    at::Tensor xf = x2;
+    if (!in_place) {
+      xf = at::zeros({m, k_pad}, x.options().dtype(at::kFloat));
+      xf.narrow(1, 0, k).copy_(x2);
+    }
     const uint8_t* base = w_packed.data_ptr<uint8_t>();
     Int8WeightOnlyParams p{};
     p.x = xf.data_ptr<float>();
-    p.ldx = k_pad;
+    p.ldx = xf.stride(0);
     p.k = k;
     p.w = reinterpret_cast<const int8_t*>(base + kInt8HeaderBytes);
     p.w_scale = c.w_scale.data_ptr<float>();

@@ -73,7 +73,6 @@ inline void store_out(const P& p, int64_t m, int64_t n, float v) {
   }
 }
 
-// Epilogue for one row and one block of 16 columns, scalar form (also the tail of every level).
 // The dynamic per-row scale rule (see Int8QuantizeParams). Returns false when the row quantizes
 // to all zeros (amax 0: scale 0; NaN/Inf present: scale NaN, so the row's output is NaN).
 inline bool dynamic_scale(float amax, bool nonfinite, float* scale, float* inv) {
@@ -90,6 +89,7 @@ inline bool dynamic_scale(float amax, bool nonfinite, float* scale, float* inv) 
   return true;
 }
 
+// Epilogue for one row and one block of 16 columns, scalar form (also the tail of every level).
 inline void epilogue_scalar(const Int8GemmParams& p, int64_t m, int64_t n0, const int32_t* acc) {
   const int64_t cols = std::min<int64_t>(NR, p.n - n0);
   const float sa = p.a_scale[m];
@@ -437,7 +437,8 @@ inline void weight_only_row_avx2(const float* x, const int8_t* wblk, const float
 }  // namespace
 #endif
 
-// x rows arrive zero-padded to k_pad (host), and padded weights are zero, so whole k-groups suffice.
+// x rows hold k_pad values, zero beyond k (the host pads), and padded weights are zero, so whole
+// k-groups suffice.
 bool COMPRESSOPS_KERNEL(int8_weight_only_gemm)(const Int8WeightOnlyParams& p, int64_t nb_begin, int64_t nb_end) {
   const int64_t kg = p.k_pad / KR;
   const bool single_row = p.m == 1;
