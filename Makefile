@@ -30,7 +30,7 @@ test: build
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -rfE tests
 
 bench: build
-	$(PY) benchmarks/bench_int8_linear.py
+	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
 
 info: build
 	$(PY) -m compressops.info

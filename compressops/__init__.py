@@ -9,6 +9,7 @@ from . import _loader  # noqa: F401  (first: loading the native library register
 from . import ops  # noqa: F401  (fakes and reference kernels for every op)
 from . import nn  # noqa: F401
 from .configs import Int8
+# [family configs]  (one import line per family below, and extend __all__ at the end)
 from .convert import convert
 from .io import load, save
 from .isa import available_isas, cpu_isa, detected_isa, isa, set_isa
@@ -26,3 +27,11 @@ def info() -> dict:
 
 __all__ = ["Int8", "convert", "report", "save", "load", "info", "isa", "detected_isa", "available_isas",
            "cpu_isa", "set_isa", "nn", "ops"]
+
+# [int4 exports]
+
+# [sparse exports]
+
+# [pq exports]
+
+# [binary exports]

@@ -15,4 +15,12 @@ SCHEMAS: dict[str, str] = {
         "(Tensor x, Tensor w_packed, Tensor w_scale, Tensor? bias=None, "
         "ScalarType? out_dtype=None) -> Tensor"
     ),
+    # [int4 schemas]
+
+    # [sparse schemas]
+
+    # [pq schemas]
+
+    # [binary schemas]
+
 }

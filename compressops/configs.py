@@ -6,7 +6,22 @@ from dataclasses import asdict, dataclass
 
 _INT8_ACT_MODES = ("dynamic", "static", "weight_only")
 
+# format name (as saved in files) -> config class
+_FORMATS: dict[str, type] = {}
 
+
+def _register_format(name: str):
+    """Class decorator: make `name` the saved format name of a config (see to_dict/config_from_dict)."""
+
+    def wrap(cls):
+        _FORMATS[name] = cls
+        cls.format_name = name
+        return cls
+
+    return wrap
+
+
+@_register_format("int8")
 @dataclass(frozen=True)
 class Int8:
     """int8 weights, per-output-channel symmetric scale (DESIGN.md section 4).
@@ -33,10 +48,20 @@ class Int8:
         return {"format": "int8", **asdict(self)}
 
 
+# [int4 config]
+
+# [sparse configs]
+
+# [pq config]
+
+# [binary config]
+
+
 def config_from_dict(d: dict):
     """Inverse of Config.to_dict (used when loading a saved model)."""
     d = dict(d)
     fmt = d.pop("format")
-    if fmt == "int8":
-        return Int8(**d)
-    raise ValueError(f"unknown compressops format {fmt!r}")
+    cls = _FORMATS.get(fmt)
+    if cls is None:
+        raise ValueError(f"unknown compressops format {fmt!r} (known: {', '.join(sorted(_FORMATS))})")
+    return cls(**d)

@@ -11,30 +11,49 @@ from torch import nn
 from .algorithms.observers import calibrate
 from .configs import Int8
 from .nn import Int8Linear
+# [family imports]
 
 # config type -> (module types it converts, function(module, config, name, act_scale) -> module)
 _HANDLERS: dict[type, tuple[tuple[type, ...], Callable]] = {}
 
 REPORT_ATTR = "_compressops_skipped"
 
+# Every compressed module class (convert skips them; save/load recognise them). Each one has
+# `from_float(module, config, ...)` and `skeleton(float_module, config)`: an empty module of the
+# right shapes that load_state_dict then fills (used by compressops.load).
+COMPRESSED_TYPES: tuple[type, ...] = ()
+_CANDIDATE_TYPES = (nn.Linear, nn.Conv2d)
 
-def register_handler(config_type: type, module_types: tuple[type, ...]):
-    """Decorator: register how `config_type` converts modules of `module_types`."""
+
+def register_handler(config_type: type, module_types: tuple[type, ...], compressed_types: tuple[type, ...] = ()):
+    """Decorator: register how `config_type` converts modules of `module_types` into `compressed_types`."""
 
     def wrap(fn):
+        global COMPRESSED_TYPES
         _HANDLERS[config_type] = (module_types, fn)
+        COMPRESSED_TYPES = COMPRESSED_TYPES + tuple(t for t in compressed_types if t not in COMPRESSED_TYPES)
         return fn
 
     return wrap
 
 
-@register_handler(Int8, (nn.Linear,))
+@register_handler(Int8, (nn.Linear,), (Int8Linear,))
 def _convert_int8(mod, config, name, act_scale=None):
     return Int8Linear.from_float(mod, config, act_scale=act_scale, name=name)
 
 
-COMPRESSED_TYPES = (Int8Linear,)
-_CANDIDATE_TYPES = (nn.Linear, nn.Conv2d)
+# [int4 handler]
+
+# [sparse handlers]
+
+# [pq handler]
+
+# [binary handler]
+
+
+def compressed_types() -> tuple[type, ...]:
+    """Every registered compressed module class (the tuple grows as families register)."""
+    return COMPRESSED_TYPES
 
 
 def _config_for(name: str, config):

@@ -7,7 +7,7 @@ import json
 from torch import nn
 
 from .configs import config_from_dict
-from .convert import COMPRESSED_TYPES, _set_submodule
+from .convert import _set_submodule, compressed_types
 
 _META_KEY = "compressops_layers"
 
@@ -17,7 +17,7 @@ def save(model: nn.Module, path: str) -> None:
     from safetensors.torch import save_file
 
     layers = {name: {"class": type(m).__name__, "config": m.config.to_dict()}
-              for name, m in model.named_modules() if isinstance(m, COMPRESSED_TYPES)}
+              for name, m in model.named_modules() if isinstance(m, compressed_types())}
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, path, metadata={_META_KEY: json.dumps(layers)})
 
@@ -42,8 +42,6 @@ def load(model: nn.Module, path: str, strict: bool = True) -> nn.Module:
         old = model.get_submodule(name)
         if isinstance(old, cls):
             continue
-        new = cls(old.in_features, old.out_features, bias=old.bias is not None, act=cfg.act,
-                  device=old.weight.device)
-        _set_submodule(model, name, new)
+        _set_submodule(model, name, cls.skeleton(old, cfg))
     model.load_state_dict(load_file(path), strict=strict)
     return model

@@ -11,6 +11,9 @@ from torch import Tensor
 from . import _schemas, reference
 from .formats import int8 as int8_format
 
+__all__ = ["int8_pack_weight", "int8_quantize_activation", "int8_linear", "int8_weight_only_linear",
+           "native_kernels"]
+
 _LIB = None
 
 
@@ -26,6 +29,23 @@ def _define_missing_schemas() -> None:
 
 
 _define_missing_schemas()
+
+
+def _register_triton_cuda(op: str, module: str, fn: str) -> None:
+    """Register compressops.triton.<module>.<fn> as the CUDA kernel of compressops::<op>.
+
+    The Triton module is imported on the first CUDA call, never at import time. A native CUDA
+    kernel (csrc/cuda) registered for the same op takes precedence: nothing is registered then.
+    """
+    if "CUDA" in native_kernels(op):
+        return
+
+    def cuda_kernel(*args, **kwargs):
+        import importlib
+
+        return getattr(importlib.import_module(f"compressops.triton.{module}"), fn)(*args, **kwargs)
+
+    torch.library.register_kernel(f"compressops::{op}", "cuda", cuda_kernel)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,11 +171,17 @@ def int8_weight_only_linear(
     return torch.ops.compressops.int8_weight_only_linear.default(x, w_packed, w_scale, bias, out_dtype)
 
 
+# [int4 ops]  (each family: its own section below its marker; extend __all__ there)
+
+# [sparse ops]
+
+# [pq ops]
+
+# [binary ops]
+
+
 def native_kernels(op: str) -> list[str]:
     """Dispatch keys with a native (C++/CUDA) kernel for compressops::<op>, e.g. ["CPU"]."""
     lines = torch._C._dispatch_dump(f"compressops::{op}").splitlines()
     return [key for key in ("CPU", "CUDA") if any(ln.startswith(f"{key}: registered") and "library.py" not in ln
                                                    for ln in lines)]
-
-
-__all__ = ["int8_pack_weight", "int8_quantize_activation", "int8_linear", "int8_weight_only_linear", "native_kernels"]

@@ -121,3 +121,12 @@ def int8_weight_only_linear(x, w_packed, w_scale, bias=None, out_dtype=None):
     if bias is not None:
         y = y + bias.float()
     return y.to(out_t).reshape(*x.shape[:-1], n)
+
+
+# [int4 reference]
+
+# [sparse reference]
+
+# [pq reference]
+
+# [binary reference]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .convert import COMPRESSED_TYPES, REPORT_ATTR
+from .convert import REPORT_ATTR, compressed_types
 
 
 @dataclass
@@ -61,9 +61,6 @@ class Report:
 
 
 def _dense_bytes(mod: nn.Module) -> int:
-    if isinstance(mod, COMPRESSED_TYPES):
-        n = mod.out_features * mod.in_features + (mod.out_features if mod.bias is not None else 0)
-        return 4 * n
     return sum(4 * p.numel() for p in mod.parameters(recurse=False))
 
 
@@ -72,10 +69,11 @@ def report(model: nn.Module) -> Report:
     skipped = getattr(model, REPORT_ATTR, {})
     rows = []
     for name, mod in model.named_modules():
-        if isinstance(mod, COMPRESSED_TYPES):
-            fmt = f"int8 ({mod.act})"
-            rows.append(LayerRow(name, type(mod).__name__, fmt, f"{mod.out_features}x{mod.in_features}",
-                                 _dense_bytes(mod), mod.compressed_bytes(), ""))
+        if isinstance(mod, compressed_types()):
+            # Compressed modules describe themselves: format_label, shape_label, dense_bytes()
+            # (fp32 weight + bias of the layer they replace) and compressed_bytes() (canonical buffers).
+            rows.append(LayerRow(name, type(mod).__name__, mod.format_label, mod.shape_label,
+                                 mod.dense_bytes(), mod.compressed_bytes(), ""))
         elif isinstance(mod, (nn.Linear, nn.Conv2d)):
             b = sum(p.numel() * p.element_size() for p in mod.parameters(recurse=False))
             rows.append(LayerRow(name, type(mod).__name__, "dense", "x".join(map(str, mod.weight.shape)),

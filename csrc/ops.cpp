@@ -46,6 +46,14 @@ std::vector<std::string> compiled_cpu_isas_op() {
 std::vector<std::string> kernel_isas_op(std::string op) {
   if (op == "int8_pack_weight") return {};  // baseline host code, no per-ISA kernel
   if (op.rfind("int8_", 0) == 0) return int8_kernel_isas();
+  // [int4 kernel isas]
+
+  // [sparse kernel isas]
+
+  // [pq kernel isas]
+
+  // [binary kernel isas]
+
   TORCH_CHECK(false, "_kernel_isas: unknown op family for '", op, "'");
 }
 }  // namespace
@@ -63,6 +71,14 @@ TORCH_LIBRARY(compressops, m) {
   m.def(
       "int8_weight_only_linear(Tensor x, Tensor w_packed, Tensor w_scale, Tensor? bias=None, "
       "ScalarType? out_dtype=None) -> Tensor");
+
+  // [int4 schemas]
+
+  // [sparse schemas]
+
+  // [pq schemas]
+
+  // [binary schemas]
 
   // CPU ISA control (internal): read and force the level, list what was built and what ran.
   m.def("_cpu_isa() -> str", &compressops::cpu::cpu_isa_op);

@@ -43,6 +43,14 @@ from compressops.info import cpu_model  # noqa: E402
 # A new format (int4, sparse, PQ, binary, ...) is one more entry here.
 FORMATS: list[tuple[str, object]] = [
     ("int8 (W8A8 dynamic)", co.Int8()),
+    # [int4 rows]
+
+    # [sparse rows]
+
+    # [pq rows]
+
+    # [binary rows]
+
 ]
 
 BASELINE_LABEL = "fp32"

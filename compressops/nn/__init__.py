@@ -3,3 +3,11 @@
 from .int8_linear import Int8Linear
 
 __all__ = ["Int8Linear"]
+
+# [int4 module]
+
+# [sparse modules]
+
+# [pq module]
+
+# [binary modules]

@@ -83,9 +83,28 @@ class Int8Linear(nn.Module):
         q.repack()
         return q
 
+    @classmethod
+    def skeleton(cls, mod: nn.Linear, config: Int8) -> Int8Linear:
+        """An empty Int8Linear with the shapes of float `mod`, for load_state_dict (compressops.load)."""
+        return cls(mod.in_features, mod.out_features, bias=mod.bias is not None, act=config.act,
+                   device=mod.weight.device)
+
     @property
     def config(self) -> Int8:
         return Int8(act=self.act)
+
+    @property
+    def format_label(self) -> str:
+        """Short format description for compressops.report."""
+        return f"int8 ({self.act})"
+
+    @property
+    def shape_label(self) -> str:
+        return f"{self.out_features}x{self.in_features}"
+
+    def dense_bytes(self) -> int:
+        """Bytes of the fp32 weight and bias this layer replaces."""
+        return 4 * (self.out_features * self.in_features + (self.out_features if self.bias is not None else 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act == "weight_only":

@@ -13,5 +13,13 @@ void record_kernel_isa(const char* op, CpuIsa level);
 std::string last_kernel_isa(const std::string& op);
 // Levels each op family has kernels for in this build (defined next to each family's host code).
 std::vector<std::string> int8_kernel_isas();
+// [int4 kernel isas]
+
+// [sparse kernel isas]
+
+// [pq kernel isas]
+
+// [binary kernel isas]
+
 
 }  // namespace compressops::cpu
