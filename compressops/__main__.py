@@ -1,4 +1,4 @@
-"""`python -m compressops bench [args]`: the int8 linear benchmark (see compressops.bench.int8_linear);
+"""`python -m compressops bench [family] [args]`: a family's benchmark (int8 by default; see compressops.bench);
 `python -m compressops info`: build and kernel information."""
 
 import sys
@@ -7,9 +7,17 @@ import sys
 def main() -> int:
     cmd, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("info", [])
     if cmd == "bench":
-        from compressops.bench.int8_linear import main as bench
+        # `bench [family] [args]`: int8 when no family is named
+        family = args.pop(0) if args and not args[0].startswith("-") else "int8"
+        benches = {"int8": "compressops.bench.int8_linear"}
+        # [family benches]  (one line per family: benches["<family>"] = "compressops.bench.<module>")
 
-        return bench(args)
+        if family not in benches:
+            print(f"unknown benchmark family {family!r}; known: {', '.join(benches)}")
+            return 2
+        import importlib
+
+        return importlib.import_module(benches[family]).main(args)
     if cmd == "info":
         from compressops.info import main as info
 

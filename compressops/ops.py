@@ -31,6 +31,13 @@ def _define_missing_schemas() -> None:
 _define_missing_schemas()
 
 
+def native_kernels(op: str) -> list[str]:
+    """Dispatch keys with a native (C++/CUDA) kernel for compressops::<op>, e.g. ["CPU"]."""
+    lines = torch._C._dispatch_dump(f"compressops::{op}").splitlines()
+    return [key for key in ("CPU", "CUDA") if any(ln.startswith(f"{key}: registered") and "library.py" not in ln
+                                                   for ln in lines)]
+
+
 def _register_triton_cuda(op: str, module: str, fn: str) -> None:
     """Register compressops.triton.<module>.<fn> as the CUDA kernel of compressops::<op>.
 
@@ -178,10 +185,3 @@ def int8_weight_only_linear(
 # [pq ops]
 
 # [binary ops]
-
-
-def native_kernels(op: str) -> list[str]:
-    """Dispatch keys with a native (C++/CUDA) kernel for compressops::<op>, e.g. ["CPU"]."""
-    lines = torch._C._dispatch_dump(f"compressops::{op}").splitlines()
-    return [key for key in ("CPU", "CUDA") if any(ln.startswith(f"{key}: registered") and "library.py" not in ln
-                                                   for ln in lines)]
