@@ -13,7 +13,8 @@ from .configs import Int8
 from .nn import Int8Linear
 # [family imports]
 
-# config type -> (module types it converts, function(module, config, name, act_scale) -> module)
+# config type -> (module types it converts, function(module, config, name, calibration) -> module);
+# calibration is the layer's observer result (see convert) or None
 _HANDLERS: dict[type, tuple[tuple[type, ...], Callable]] = {}
 
 REPORT_ATTR = "_compressops_skipped"
@@ -114,16 +115,23 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
         skipped.pop(name, None)
         plan.append((name, mod, cfg, fn))
 
-    act_scales = {}
+    # Calibration: a config with needs_calibration=True requires calibration_data; one with
+    # uses_calibration=True uses it when given. The observer comes from cfg.make_observer() when the
+    # config has one (default: AbsMaxObserver), and its result() reaches the handler as `calibration`.
+    calibration = {}
     needs_cal = {name: mod for name, mod, cfg, _ in plan if getattr(cfg, "needs_calibration", False)}
-    if needs_cal:
-        if calibration_data is None:
-            raise ValueError(f"convert: {len(needs_cal)} layer(s) use static activation quantization "
-                             f"(e.g. {next(iter(needs_cal))!r}) and need calibration_data")
-        observers = calibrate(model, needs_cal, calibration_data)
+    uses_cal = {name: (mod, cfg) for name, mod, cfg, _ in plan
+                if getattr(cfg, "needs_calibration", False) or getattr(cfg, "uses_calibration", False)}
+    if needs_cal and calibration_data is None:
+        first = next(iter(needs_cal))
+        raise ValueError(f"convert: {len(needs_cal)} layer(s) need calibration_data "
+                         f"(e.g. {first!r}, {type(_plan_cfg(plan, first)).__name__})")
+    if uses_cal and calibration_data is not None:
+        factories = {name: cfg.make_observer for name, (_, cfg) in uses_cal.items() if hasattr(cfg, "make_observer")}
+        observers = calibrate(model, {n: m for n, (m, _) in uses_cal.items()}, calibration_data, factories)
         for name, obs in observers.items():
             try:
-                act_scales[name] = obs.scale()
+                calibration[name] = obs.result()
             except ValueError as e:
                 raise ValueError(f"convert: layer {name!r}: {e}") from None
 
@@ -140,11 +148,15 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
     for name, mod, cfg, fn in iterator:
         new = converted.get(id(mod))
         if new is None:
-            new = fn(mod, cfg, name, act_scales.get(name))
+            new = fn(mod, cfg, name, calibration.get(name))
             converted[id(mod)] = new
         _set_submodule(model, name, new)
     setattr(model, REPORT_ATTR, skipped)
     return model
+
+
+def _plan_cfg(plan, name):
+    return next(cfg for n, _, cfg, _ in plan if n == name)
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -30,6 +30,10 @@ class AbsMaxObserver:
             raise ValueError("observer saw no data: the calibration data never reached this layer")
         return torch.tensor(self.absmax / 127.0 if self.absmax > 0 else 1.0, dtype=torch.float32)
 
+    def result(self) -> torch.Tensor:
+        """What convert hands to the layer's handler: the static activation scale."""
+        return self.scale()
+
 
 def _run(model: nn.Module, batch) -> None:
     if isinstance(batch, dict):
@@ -41,7 +45,8 @@ def _run(model: nn.Module, batch) -> None:
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, modules: dict[str, nn.Module], calibration_data) -> dict[str, AbsMaxObserver]:
+def calibrate(model: nn.Module, modules: dict[str, nn.Module], calibration_data,
+              observer_factories: dict[str, Callable[[], object]] | None = None) -> dict[str, object]:
     """Run `model` on `calibration_data` and observe the input of each module in `modules`.
 
     Args:
@@ -49,10 +54,13 @@ def calibrate(model: nn.Module, modules: dict[str, nn.Module], calibration_data)
         modules: {name: module} whose inputs to observe.
         calibration_data: a tensor (one batch), a dict of keyword tensors (one batch), or an
             iterable of batches (each a tensor, a tuple of positional args or a dict of kwargs).
+        observer_factories: {name: zero-argument factory} for modules that need another observer
+            than AbsMaxObserver (anything with observe(x) and result()).
     Returns:
-        {name: AbsMaxObserver}.
+        {name: observer}.
     """
-    observers = {name: AbsMaxObserver() for name in modules}
+    factories = observer_factories or {}
+    observers = {name: factories.get(name, AbsMaxObserver)() for name in modules}
     handles = [
         mod.register_forward_pre_hook(lambda m, args, obs=observers[name]: obs.observe(args[0]))
         for name, mod in modules.items()
