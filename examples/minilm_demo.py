@@ -61,6 +61,27 @@ EMBED_BATCH = 32
 EMBED_MAX_LEN = 256         # all-MiniLM-L6-v2's max_seq_length (no sentence below gets near it)
 WARMUP_RUNS = 3
 
+# Calibration inputs for formats that use activation statistics (GPTQ, static scales, PQ
+# refinement). Deliberately disjoint from SENTENCES, which only measure the result.
+CALIBRATION_SENTENCES = [
+    "The river froze early that winter, and the ferry stopped running until March.",
+    "Can you recommend a good book about the history of mathematics?",
+    "Our quarterly revenue grew by 12 percent, driven mostly by subscriptions.",
+    "She tuned the old piano before the concert started.",
+    "Photosynthesis converts light energy into chemical energy stored in glucose.",
+    "The train to Lyon leaves from platform 7 at 14:35.",
+    "Why do cats knock things off tables?",
+    "A recursive function must have a base case, or it never terminates.",
+    "The museum extended its opening hours for the summer exhibition.",
+    "Mix the flour and butter until the dough feels like coarse sand.",
+    "The committee postponed its decision until more data is available.",
+    "Solar panels work less efficiently when they get very hot.",
+    "He lost his keys somewhere between the office and the parking lot.",
+    "In 1969, two astronauts walked on the surface of the Moon.",
+    "Please restart the router and check whether the light turns green.",
+    "The referee's decision sparked an argument among the fans.",
+]
+
 # Fixed, varied English sentences (topics, lengths, questions, numbers, punctuation).
 SENTENCES = [
     "The cat sat quietly on the warm windowsill, watching the rain.",
@@ -259,6 +280,9 @@ def main(argv=None) -> int:
     embed_batches = [tokenizer(SENTENCES[i:i + EMBED_BATCH], padding=True, truncation=True,
                                max_length=EMBED_MAX_LEN, return_tensors="pt")
                      for i in range(0, len(SENTENCES), EMBED_BATCH)]
+    calibration_batches = [dict(tokenizer(CALIBRATION_SENTENCES[i:i + 8], padding=True, truncation=True,
+                                          max_length=EMBED_MAX_LEN, return_tensors="pt"))
+                           for i in range(0, len(CALIBRATION_SENTENCES), 8)]
     latency_inputs = tokenizer([SENTENCES[i % len(SENTENCES)] for i in range(LATENCY_BATCH)],
                                padding="max_length", truncation=True, max_length=LATENCY_SEQ, return_tensors="pt")
     assert latency_inputs["input_ids"].shape == (LATENCY_BATCH, LATENCY_SEQ)
@@ -271,7 +295,7 @@ def main(argv=None) -> int:
     targets = {label: target for label, _, target in formats}
     for label, config, _ in formats:
         t0 = time.perf_counter()
-        qmodel = co.convert(copy.deepcopy(model), config).eval()
+        qmodel = co.convert(copy.deepcopy(model), config, calibration_data=calibration_batches).eval()
         dt = time.perf_counter() - t0
         rep = co.report(qmodel)
         models[label] = qmodel
