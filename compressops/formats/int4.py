@@ -79,23 +79,48 @@ def unpack_nibbles(qweight: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # quantization
 
-def group_params(w: torch.Tensor, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _range_params(w, symmetric, shrink):
+    if symmetric:
+        scale = w.abs().amax(dim=-1) * (shrink * 2.0 / 15.0)
+        return scale, torch.full_like(scale, 8.0)
+    lo = w.amin(dim=-1).clamp(max=0) * shrink
+    hi = w.amax(dim=-1).clamp(min=0) * shrink
+    scale = (hi - lo) / 15.0
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zero = torch.where(scale > 0, torch.round(-lo / safe).clamp(0, 15), torch.zeros_like(scale))
+    return scale, zero
+
+
+CLIP_GRID = 20      # range shrink factors tried per group: 1, 0.96, ..., 0.24
+CLIP_MAX_SHRINK = 0.8
+
+
+def group_params(w: torch.Tensor, symmetric: bool, clip_search: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Round-to-nearest parameters of groups: w float [..., g] -> (scale [...], zero [...] float).
 
-    Asymmetric: the range [min(w, 0), max(w, 0)] maps onto 0..15: scale = (hi - lo) / 15,
-    z = clamp(round(-lo / scale), 0, 15). Symmetric: scale = 2 * max|w| / 15, z = 8 (codes
-    clamp to [0, 15], i.e. w / scale in [-8, 7]). A group of zeros gets scale 0 (and z 0 / 8).
+    Asymmetric: the range [p * min(w, 0), p * max(w, 0)] maps onto 0..15: scale = (hi - lo) / 15,
+    z = clamp(round(-lo / scale), 0, 15). Symmetric: scale = 2 * p * max|w| / 15, z = 8 (codes
+    clamp to [0, 15]). With clip_search, p is chosen per group among 1 - 0.8 * i / 20
+    (i = 0..19) to minimise the group's squared rounding error (ties keep the larger range);
+    without it p = 1. A group of zeros gets scale 0.
     """
-    if symmetric:
-        scale = w.abs().amax(dim=-1) * (2.0 / 15.0)
-        zero = torch.full_like(scale, 8.0)
-    else:
-        lo = w.amin(dim=-1).clamp(max=0)
-        hi = w.amax(dim=-1).clamp(min=0)
-        scale = (hi - lo) / 15.0
-        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-        zero = torch.where(scale > 0, torch.round(-lo / safe).clamp(0, 15), torch.zeros_like(scale))
-    return scale, zero
+    best_s, best_z = _range_params(w, symmetric, 1.0)
+    if not clip_search:
+        return best_s, best_z
+    best_e = _sq_error(w, best_s, best_z)
+    for i in range(1, CLIP_GRID):
+        s, z = _range_params(w, symmetric, 1.0 - CLIP_MAX_SHRINK * i / CLIP_GRID)
+        e = _sq_error(w, s, z)
+        better = e < best_e
+        best_e = torch.where(better, e, best_e)
+        best_s = torch.where(better, s, best_s)
+        best_z = torch.where(better, z, best_z)
+    return best_s, best_z
+
+
+def _sq_error(w, s, z):
+    q = quantize_values(w, s, z)
+    return ((q - z.unsqueeze(-1)) * s.unsqueeze(-1) - w).pow(2).sum(dim=-1)
 
 
 def quantize_values(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
