@@ -25,6 +25,9 @@ namespace compressops::cpu::kernels {
 namespace {
 
 constexpr int64_t NR = kInt4NR;
+#ifndef COMPRESSOPS_INT4_NB
+#define COMPRESSOPS_INT4_NB 2
+#endif
 
 inline float bf16_to_f32(uint16_t h) {
   uint32_t bits = static_cast<uint32_t>(h) << 16;
@@ -203,18 +206,16 @@ void tile_avx2(const Int4GemmParams& p, int64_t nb, int64_t r0) {
   const int64_t bstride = gstride * p.groups;
   const __m256i mask = _mm256_set1_epi8(0x0f);
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256 y[MR][NB];
-  for (int r = 0; r < MR; ++r)
-    for (int b = 0; b < NB; ++b) y[r][b] = _mm256_setzero_ps();
+  // fp32 accumulators live in L1 (touched once per group), leaving the registers to the int8 loop.
+  alignas(32) float y[MR][NB][NR] = {};
   const uint8_t* wb[NB];
   for (int b = 0; b < NB; ++b) wb[b] = p.w + (nb + b) * bstride;
   const int8_t* xr[MR];
   for (int r = 0; r < MR; ++r) xr[r] = p.a + (r0 + r) * p.lda;
 
   for (int64_t g = 0; g < p.groups; ++g) {
-    __m256i acc[MR][NB];
-    for (int r = 0; r < MR; ++r)
-      for (int b = 0; b < NB; ++b) acc[r][b] = _mm256_setzero_si256();
+    // int32 group sums, also in L1 (updated once per 32 k)
+    alignas(32) int32_t acc[MR][NB][NR] = {};
     const int64_t kg = g * gs;
     for (int64_t j = 0; j < gs / 8; j += 4) {  // 4 chunks of 8 k = 32 k per step
       __m256i s16[MR][NB];
@@ -235,11 +236,17 @@ void tile_avx2(const Int4GemmParams& p, int64_t nb, int64_t r0) {
           for (int b = 0; b < NB; ++b) {
             s16[r][b] = _mm256_add_epi16(
                 s16[r][b], _mm256_add_epi16(_mm256_maddubs_epi16(lo[b], xa), _mm256_maddubs_epi16(hi[b], xb)));
+            // An empty asm keeps GCC's reassociation from hoisting every product of the unrolled
+            // chunk loop ahead of the adds (which spilled them all to the stack).
+            asm("" : "+x"(s16[r][b]));
           }
         }
       }
       for (int r = 0; r < MR; ++r)
-        for (int b = 0; b < NB; ++b) acc[r][b] = _mm256_add_epi32(acc[r][b], _mm256_madd_epi16(s16[r][b], ones));
+        for (int b = 0; b < NB; ++b) {
+          __m256i* a = reinterpret_cast<__m256i*>(acc[r][b]);
+          _mm256_store_si256(a, _mm256_add_epi32(_mm256_load_si256(a), _mm256_madd_epi16(s16[r][b], ones)));
+        }
     }
     for (int b = 0; b < NB; ++b) {
       const float* sc = reinterpret_cast<const float*>(wb[b] + g * gstride + gs * 4);
@@ -248,8 +255,8 @@ void tile_avx2(const Int4GemmParams& p, int64_t nb, int64_t r0) {
         const float* as = p.a_scale + (r0 + r) * p.ldas + g;
         const float* ac = p.a_corr + (r0 + r) * p.ldas + g;
         const __m256 t = _mm256_mul_ps(s, _mm256_set1_ps(*as));
-        y[r][b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][b]), t, y[r][b]);
-        y[r][b] = _mm256_fnmadd_ps(zs, _mm256_set1_ps(*ac), y[r][b]);
+        __m256 v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(acc[r][b]))), t, _mm256_load_ps(y[r][b]));
+        _mm256_store_ps(y[r][b], _mm256_fnmadd_ps(zs, _mm256_set1_ps(*ac), v));
       }
     }
   }
@@ -265,13 +272,13 @@ void tile_avx2(const Int4GemmParams& p, int64_t nb, int64_t r0) {
         bias = _mm256_load_ps(tmp);
       }
     }
-    for (int r = 0; r < MR; ++r) store8(p, r0 + r, n0, _mm256_add_ps(y[r][b], bias));
+    for (int r = 0; r < MR; ++r) store8(p, r0 + r, n0, _mm256_add_ps(_mm256_load_ps(y[r][b]), bias));
   }
 }
 
 template <int MR>
 void rows_avx2(const Int4GemmParams& p, int64_t nb_begin, int64_t nb_end, int64_t r0) {
-  constexpr int NB = MR == 1 ? 4 : 2;
+  constexpr int NB = MR == 1 ? 4 : COMPRESSOPS_INT4_NB;
   int64_t nb = nb_begin;
   for (; nb + NB <= nb_end; nb += NB) tile_avx2<MR, NB>(p, nb, r0);
   for (; nb < nb_end; ++nb) tile_avx2<MR, 1>(p, nb, r0);
