@@ -228,3 +228,19 @@ def test_from_gptq_tensors_matches_known_weights():
                        expect)
     with pytest.raises(ValueError, match="qweight must be int32"):
         f4.from_gptq_tensors(qweight.float(), scales, qzeros, group_size=gs)
+
+
+def test_bench_peers_compute_the_same_layer():
+    """The benchmark's torch int4pack and onnxruntime rows run the same codes as Int4Linear."""
+    from compressops.bench import int4_linear as bench
+
+    lin = nn.Linear(256, 24)
+    q = Int4Linear.from_float(lin, co.Int4(group_size=128))
+    x = randn_nonzero(3, 256)
+    y = q(x)
+    yt = bench._torch_int4(q)(x.bfloat16()).float()
+    assert rel_err(yt, y) < 0.03
+    sess, why = bench._ort_matmulnbits(q, 1)
+    if sess is not None:
+        yo = torch.from_numpy(sess.run(None, {"A": x.numpy()})[0])
+        assert rel_err(yo, y) < 0.03

@@ -70,6 +70,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, group_size: int =
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
     H += torch.eye(k, dtype=H.dtype, device=H.device) * (damp * torch.mean(torch.diag(H)))
+    hdiag = torch.diag(H).clone()
     L = torch.linalg.cholesky(H)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
 
@@ -90,7 +91,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, group_size: int =
                 g_end = min(k, col + group_size)
                 # the group's not-yet-quantized columns, updated so far (some may lie past this block)
                 cur = torch.cat([Wb[:, i:], W[:, b1:g_end]], dim=1)[:, :g_end - col]
-                s, z = int4_format.group_params(cur, symmetric)
+                s, z = int4_format.group_params(cur, symmetric, importance=hdiag[col:g_end])
                 scales[:, g], zeros[:, g] = s, z
             g = col // group_size
             s, z = scales[:, g], zeros[:, g]

@@ -95,22 +95,24 @@ CLIP_GRID = 20      # range shrink factors tried per group: 1, 0.96, ..., 0.24
 CLIP_MAX_SHRINK = 0.8
 
 
-def group_params(w: torch.Tensor, symmetric: bool, clip_search: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def group_params(w: torch.Tensor, symmetric: bool, clip_search: bool = True,
+                 importance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Round-to-nearest parameters of groups: w float [..., g] -> (scale [...], zero [...] float).
 
     Asymmetric: the range [p * min(w, 0), p * max(w, 0)] maps onto 0..15: scale = (hi - lo) / 15,
     z = clamp(round(-lo / scale), 0, 15). Symmetric: scale = 2 * p * max|w| / 15, z = 8 (codes
     clamp to [0, 15]). With clip_search, p is chosen per group among 1 - 0.8 * i / 20
-    (i = 0..19) to minimise the group's squared rounding error (ties keep the larger range);
-    without it p = 1. A group of zeros gets scale 0.
+    (i = 0..19) to minimise the group's squared rounding error (ties keep the larger range),
+    each column's error weighted by `importance` [g] when given (GPTQ passes diag(H));
+    without clip_search p = 1. A group of zeros gets scale 0.
     """
     best_s, best_z = _range_params(w, symmetric, 1.0)
     if not clip_search:
         return best_s, best_z
-    best_e = _sq_error(w, best_s, best_z)
+    best_e = _sq_error(w, best_s, best_z, importance)
     for i in range(1, CLIP_GRID):
         s, z = _range_params(w, symmetric, 1.0 - CLIP_MAX_SHRINK * i / CLIP_GRID)
-        e = _sq_error(w, s, z)
+        e = _sq_error(w, s, z, importance)
         better = e < best_e
         best_e = torch.where(better, e, best_e)
         best_s = torch.where(better, s, best_s)
@@ -118,9 +120,10 @@ def group_params(w: torch.Tensor, symmetric: bool, clip_search: bool = True) -> 
     return best_s, best_z
 
 
-def _sq_error(w, s, z):
+def _sq_error(w, s, z, importance=None):
     q = quantize_values(w, s, z)
-    return ((q - z.unsqueeze(-1)) * s.unsqueeze(-1) - w).pow(2).sum(dim=-1)
+    e = ((q - z.unsqueeze(-1)) * s.unsqueeze(-1) - w).pow(2)
+    return (e * importance if importance is not None else e).sum(dim=-1)
 
 
 def quantize_values(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
