@@ -234,7 +234,7 @@ def test_bench_peers_compute_the_same_layer():
     """The benchmark's torch int4pack and onnxruntime rows run the same codes as Int4Linear."""
     from compressops.bench import int4_linear as bench
 
-    lin = nn.Linear(256, 24)
+    lin = nn.Linear(256, 32)  # torch's int4pack needs N % 16 == 0
     q = Int4Linear.from_float(lin, co.Int4(group_size=128))
     x = randn_nonzero(3, 256)
     y = q(x)
