@@ -11,7 +11,8 @@ H = sum over calibration rows of x^T x, so that ||X W^T - X Q^T|| grows as littl
 
 A group's scale and zero point are chosen (round-to-nearest rule of compressops.formats.int4)
 from the already-updated weights when the group's first column is reached. Input channels
-never seen (diag(H) = 0) get H_ii = 1 and weight 0.
+never seen (diag(H) = 0) get H_ii = 1 and weight 0. The weight updates run in float32 (as the
+reference implementation), the Cholesky factorisation of H in float64.
 """
 
 from __future__ import annotations
@@ -64,21 +65,22 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, group_size: int =
     n, k = w0.shape
     if hessian.shape != (k, k):
         raise ValueError(f"{name}: GPTQ Hessian must be [{k}, {k}], got {tuple(hessian.shape)}")
-    W = w0.double().clone()
+    W = w0.clone()  # float32 updates (as the GPTQ reference); the factorisation runs in float64
     H = hessian.detach().double().clone().to(W.device)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
-    W[:, dead] = 0.0
+    W[:, dead.to(W.device)] = 0.0
     H += torch.eye(k, dtype=H.dtype, device=H.device) * (damp * torch.mean(torch.diag(H)))
     hdiag = torch.diag(H).clone()
     L = torch.linalg.cholesky(H)
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True).float()
+    hdiag = hdiag.float()
 
     kp = int4_format.padded_k(k, group_size)
     g_count = kp // group_size
-    Q = torch.empty(n, kp, dtype=torch.float64, device=W.device)
-    scales = torch.zeros(n, g_count, dtype=torch.float64, device=W.device)
-    zeros = torch.zeros(n, g_count, dtype=torch.float64, device=W.device)
+    Q = torch.empty(n, kp, dtype=torch.float32, device=W.device)
+    scales = torch.zeros(n, g_count, dtype=torch.float32, device=W.device)
+    zeros = torch.zeros(n, g_count, dtype=torch.float32, device=W.device)
     for b0 in range(0, k, block_size):
         b1 = min(k, b0 + block_size)
         Wb = W[:, b0:b1].clone()
