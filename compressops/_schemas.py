@@ -17,7 +17,9 @@ SCHEMAS: dict[str, str] = {
     ),
     # [int4 schemas]
     "int4_pack_weight": "(Tensor qweight, Tensor scales, Tensor? zeros, int in_features, int group_size) -> Tensor",
-    "int4_linear": "(Tensor x, Tensor w_packed, int out_features, Tensor? bias=None, ScalarType? out_dtype=None) -> Tensor",
+    "int4_linear": (
+        "(Tensor x, Tensor w_packed, int out_features, Tensor? bias=None, ScalarType? out_dtype=None) -> Tensor"
+    ),
 
     # [sparse schemas]
 

@@ -77,7 +77,9 @@ TORCH_LIBRARY(compressops, m) {
   // [int4 schemas]
   // int4 linear (DESIGN.md section 4): group-wise 4-bit weights, W4A8 CPU kernels.
   m.def("int4_pack_weight(Tensor qweight, Tensor scales, Tensor? zeros, int in_features, int group_size) -> Tensor");
-  m.def("int4_linear(Tensor x, Tensor w_packed, int out_features, Tensor? bias=None, ScalarType? out_dtype=None) -> Tensor");
+  m.def(
+      "int4_linear(Tensor x, Tensor w_packed, int out_features, Tensor? bias=None, ScalarType? out_dtype=None) "
+      "-> Tensor");
 
   // [sparse schemas]
 

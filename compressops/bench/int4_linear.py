@@ -73,7 +73,8 @@ def _ort_matmulnbits(q: Int4Linear, threads: int):
         nodes.append(helper.make_node("Add", ["YM", "bias"], ["Y"]))
     graph = helper.make_graph(nodes, "int4", [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", k])],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -203,7 +204,8 @@ def _print_targets(rows):
         if ort is not None:
             checks.append(("onnxruntime MatMulNBits", ort / ours, vs_ort))
         for label, ratio, target in checks:
-            print(f"  M={m}: {ratio:.2f}x faster than {label} (target >= {target}x): {'PASS' if ratio >= target else 'MISS'}")
+            verdict = "PASS" if ratio >= target else "MISS"
+            print(f"  M={m}: {ratio:.2f}x faster than {label} (target >= {target}x): {verdict}")
     slower = [r for r in rows if r["impl"].startswith("compressops") and r.get("speedup_bf16") is not None
               and r["speedup_bf16"] < 1.0]
     print("  never slower than bf16 nn.Linear: " + ("PASS" if not slower else

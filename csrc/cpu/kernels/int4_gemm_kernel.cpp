@@ -25,9 +25,6 @@ namespace compressops::cpu::kernels {
 namespace {
 
 constexpr int64_t NR = kInt4NR;
-#ifndef COMPRESSOPS_INT4_NB
-#define COMPRESSOPS_INT4_NB 2
-#endif
 
 inline float bf16_to_f32(uint16_t h) {
   uint32_t bits = static_cast<uint32_t>(h) << 16;
@@ -255,7 +252,8 @@ void tile_avx2(const Int4GemmParams& p, int64_t nb, int64_t r0) {
         const float* as = p.a_scale + (r0 + r) * p.ldas + g;
         const float* ac = p.a_corr + (r0 + r) * p.ldas + g;
         const __m256 t = _mm256_mul_ps(s, _mm256_set1_ps(*as));
-        __m256 v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(acc[r][b]))), t, _mm256_load_ps(y[r][b]));
+        const __m256i a = _mm256_load_si256(reinterpret_cast<const __m256i*>(acc[r][b]));
+        const __m256 v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), t, _mm256_load_ps(y[r][b]));
         _mm256_store_ps(y[r][b], _mm256_fnmadd_ps(zs, _mm256_set1_ps(*ac), v));
       }
     }
@@ -278,7 +276,8 @@ void tile_avx2(const Int4GemmParams& p, int64_t nb, int64_t r0) {
 
 template <int MR>
 void rows_avx2(const Int4GemmParams& p, int64_t nb_begin, int64_t nb_end, int64_t r0) {
-  constexpr int NB = MR == 1 ? 4 : COMPRESSOPS_INT4_NB;
+  // One row: four blocks share each activation broadcast. Several rows: 4 x 2 register tiles.
+  constexpr int NB = MR == 1 ? 4 : 2;
   int64_t nb = nb_begin;
   for (; nb + NB <= nb_end; nb += NB) tile_avx2<MR, NB>(p, nb, r0);
   for (; nb < nb_end; ++nb) tile_avx2<MR, 1>(p, nb, r0);
