@@ -242,6 +242,9 @@ def int4_linear(x: Tensor, w_packed: Tensor, out_features: int, bias: Tensor | N
     """
     return torch.ops.compressops.int4_linear.default(x, w_packed, out_features, bias, out_dtype)
 
+
+_register_triton_cuda("int4_linear", "int4_linear", "int4_linear")
+
 # [sparse ops]
 
 # [pq ops]

@@ -245,3 +245,51 @@ def test_zero_weight_groups():
         qw, s, z = f4.quantize_weight(w, 32, sym)
         wd = f4.dequantize(qw, s, z, 96, 32)
         assert torch.equal(wd[3], torch.zeros(96)) and torch.equal(wd[5, 32:64], torch.zeros(32))
+
+
+_TRITON_SCRIPT = r"""
+import os
+os.environ["TRITON_INTERPRET"] = "1"
+import torch
+from compressops.formats import int4 as f4
+from compressops.triton.int4_linear import int4_linear
+torch.manual_seed(int(os.environ["SEED"]))
+# (67, 19, 32) and (67, 19, 128) have the same pack size: the header decides
+for (m, k, n, gs, sym, bias) in [(3, 67, 19, 32, False, True), (2, 67, 19, 128, False, False),
+                                 (5, 130, 40, 64, True, True)]:
+    w = torch.randn(n, k)
+    qw, s, z = f4.quantize_weight(w, gs, sym)
+    p = f4.pack_weight(qw, s, z, k, gs)
+    b = torch.randn(n) if bias else None
+    x = torch.randn(2, m, k)
+    y = int4_linear(x, p, n, b)
+    yd = x.double() @ f4.dequantize(qw, s, z, k, gs).double().t() + (b.double() if bias else 0)
+    assert y.shape == (2, m, n) and y.dtype == torch.float32
+    err = ((y.double() - yd).norm() / yd.norm()).item()
+    assert err < 1e-5, err
+print("ok")
+"""
+
+
+def test_triton_kernel_under_interpreter(tmp_path):
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "t.py"
+    script.write_text(_TRITON_SCRIPT)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(co.__file__)))  # the tree under test
+    env = dict(os.environ, SEED=str(torch.initial_seed() % 2**31),
+               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300, cwd=root)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_int4_linear_cuda_matches_cpu():
+    _, _, packed, b = make_layer(300, 70, 64)
+    x = randn_nonzero(9, 300)
+    y_cpu = ops.int4_linear(x, packed, 70, b)
+    y = ops.int4_linear(x.cuda(), packed.cuda(), 70, b.cuda())
+    assert y.is_cuda and rel_err(y.cpu(), y_cpu) < 0.02
