@@ -10,6 +10,7 @@ from . import ops  # noqa: F401  (fakes and reference kernels for every op)
 from . import nn  # noqa: F401
 from .configs import Int8
 # [family configs]  (one import line per family below, and extend __all__ at the end)
+from .configs import Int4
 from .convert import convert
 from .io import load, save
 from .isa import available_isas, cpu_isa, detected_isa, isa, set_isa
@@ -29,6 +30,7 @@ __all__ = ["Int8", "convert", "report", "save", "load", "info", "isa", "detected
            "cpu_isa", "set_isa", "nn", "ops"]
 
 # [int4 exports]
+__all__ += ["Int4"]
 
 # [sparse exports]
 

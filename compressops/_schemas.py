@@ -16,6 +16,10 @@ SCHEMAS: dict[str, str] = {
         "ScalarType? out_dtype=None) -> Tensor"
     ),
     # [int4 schemas]
+    "int4_pack_weight": "(Tensor qweight, Tensor scales, Tensor? zeros, int in_features, int group_size) -> Tensor",
+    "int4_linear": (
+        "(Tensor x, Tensor w_packed, int out_features, Tensor? bias=None, ScalarType? out_dtype=None) -> Tensor"
+    ),
 
     # [sparse schemas]
 

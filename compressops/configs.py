@@ -49,6 +49,47 @@ class Int8:
 
 
 # [int4 config]
+_INT4_METHODS = ("rtn", "gptq")
+
+
+@_register_format("int4")
+@dataclass(frozen=True)
+class Int4:
+    """Group-wise 4-bit weights (DESIGN.md section 4); CPU kernels run W4A8.
+
+    Args:
+        group_size: input channels per scale/zero point: 32, 64, 128 (default) or 256.
+        symmetric: zero point fixed at 8 (one scale per group, no zero points) instead of a
+            per-group zero point (asymmetric, default).
+        method: "rtn" (round to nearest) or "gptq" (error-compensated rounding with the inverse
+            Hessian of each layer's inputs; needs `calibration_data` in compressops.convert).
+    """
+
+    group_size: int = 128
+    symmetric: bool = False
+    method: str = "rtn"
+
+    def __post_init__(self):
+        if self.group_size not in (32, 64, 128, 256):
+            raise ValueError(f"Int4(group_size={self.group_size!r}): group_size must be 32, 64, 128 or 256")
+        if self.method not in _INT4_METHODS:
+            raise ValueError(f"Int4(method={self.method!r}): method must be one of {', '.join(_INT4_METHODS)}")
+        if not isinstance(self.symmetric, bool):
+            raise ValueError(f"Int4(symmetric={self.symmetric!r}): symmetric must be a bool")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method == "gptq"
+
+    def make_observer(self):
+        """Observer convert attaches to each layer's input (GPTQ: the Hessian X^T X)."""
+        from .algorithms.gptq import HessianObserver
+
+        return HessianObserver()
+
+    def to_dict(self) -> dict:
+        return {"format": "int4", **asdict(self)}
+
 
 # [sparse configs]
 

@@ -12,6 +12,7 @@ from .algorithms.observers import calibrate
 from .configs import Int8
 from .nn import Int8Linear
 # [family imports]
+from .nn.int4_linear import Int4, Int4Linear
 
 # config type -> (module types it converts, function(module, config, name, calibration) -> module);
 # calibration is the layer's observer result (see convert) or None
@@ -44,6 +45,9 @@ def _convert_int8(mod, config, name, act_scale=None):
 
 
 # [int4 handler]
+@register_handler(Int4, (nn.Linear,), (Int4Linear,))
+def _convert_int4(mod, config, name, calibration=None):
+    return Int4Linear.from_float(mod, config, hessian=calibration, name=name)
 
 # [sparse handlers]
 

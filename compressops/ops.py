@@ -10,6 +10,7 @@ from torch import Tensor
 
 from . import _schemas, reference
 from .formats import int8 as int8_format
+from .formats import int4 as int4_format
 
 __all__ = ["int8_pack_weight", "int8_quantize_activation", "int8_linear", "int8_weight_only_linear",
            "native_kernels"]
@@ -179,6 +180,70 @@ def int8_weight_only_linear(
 
 
 # [int4 ops]  (each family: its own section below its marker; extend __all__ there)
+__all__ += ["int4_pack_weight", "int4_linear"]
+
+
+@torch.library.register_fake("compressops::int4_pack_weight")
+def _(qweight, scales, zeros, in_features, group_size):
+    torch._check(qweight.dtype == torch.uint8, lambda: f"int4_pack_weight: qweight must be uint8, got {qweight.dtype}")
+    torch._check(qweight.dim() == 2, lambda: f"int4_pack_weight: qweight must be 2-D, got {qweight.dim()}-D")
+    return qweight.new_empty((int4_format.packed_bytes(qweight.shape[0], in_features, group_size),), dtype=torch.uint8)
+
+
+torch.library.register_kernel("compressops::int4_pack_weight", "CompositeExplicitAutograd", reference.int4_pack_weight)
+
+
+def int4_pack_weight(qweight: Tensor, scales: Tensor, zeros: Tensor | None, in_features: int,
+                     group_size: int) -> Tensor:
+    """Prepack a canonical int4 weight (compressops/formats/int4.py) for the int4 linear kernels.
+
+    Args:
+        qweight: uint8 [N, K_pad/2], two codes a byte (low nibble = even k), K_pad = in_features
+            rounded up to group_size.
+        scales: float32 [N, G]. zeros: uint8 [N, G] in [0, 15], or None for symmetric (z = 8).
+        in_features: K, the number of columns of the inputs.
+        group_size: 32, 64, 128 or 256.
+    Returns:
+        uint8 [compressops.formats.int4.packed_bytes(N, K, group_size)]: codes, scales and
+        zero*scale in the kernel layout. Build it once per weight and reuse it.
+    """
+    return torch.ops.compressops.int4_pack_weight.default(qweight, scales, zeros, in_features, group_size)
+
+
+@torch.library.register_fake("compressops::int4_linear")
+def _(x, w_packed, out_features, bias=None, out_dtype=None):
+    torch._check(x.is_floating_point(), lambda: f"int4_linear: x must be float, got {x.dtype}")
+    torch._check(w_packed.dtype == torch.uint8, lambda: f"int4_linear: w_packed must be uint8, got {w_packed.dtype}")
+    torch._check(bias is None or bias.shape == (out_features,),
+                 lambda: f"int4_linear: bias must have shape [{out_features}]")
+    return x.new_empty((*x.shape[:-1], out_features), dtype=out_dtype or x.dtype)
+
+
+torch.library.register_kernel("compressops::int4_linear", "CompositeExplicitAutograd", reference.int4_linear)
+
+
+def int4_linear(x: Tensor, w_packed: Tensor, out_features: int, bias: Tensor | None = None,
+                out_dtype: torch.dtype | None = None) -> Tensor:
+    """Int4 (group-wise) linear, W4A8: y ~= x @ dequantize(w).T + bias.
+
+    Each row of x is quantized to int8 per group of group_size columns (symmetric, amax/127),
+    dotted exactly in integers with the 4-bit codes, and the group's scales and zero point are
+    applied in fp32 (exact formula in compressops.reference.int4_linear). Relative error against
+    the fp32 product with the dequantized weight: about 0.5-1% on Gaussian data (tests bound it at 2%).
+
+    Args:
+        x: float32/bfloat16/float16 (..., K), any leading dims (including empty), any strides.
+        w_packed: uint8 from int4_pack_weight (holds the codes, scales and zero points).
+        out_features: N (the pack's N; given so shapes are known without reading the data).
+        bias: optional float [N].
+        out_dtype: float32, bfloat16 or float16; default x.dtype.
+    Returns:
+        (..., N) in out_dtype; within fp32 rounding of compressops.reference.int4_linear.
+    """
+    return torch.ops.compressops.int4_linear.default(x, w_packed, out_features, bias, out_dtype)
+
+
+_register_triton_cuda("int4_linear", "int4_linear", "int4_linear")
 
 # [sparse ops]
 

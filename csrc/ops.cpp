@@ -47,6 +47,8 @@ std::vector<std::string> kernel_isas_op(std::string op) {
   if (op == "int8_pack_weight") return {};  // baseline host code, no per-ISA kernel
   if (op.rfind("int8_", 0) == 0) return int8_kernel_isas();
   // [int4 kernel isas]
+  if (op == "int4_pack_weight") return {};
+  if (op.rfind("int4_", 0) == 0) return int4_kernel_isas();
 
   // [sparse kernel isas]
 
@@ -73,6 +75,11 @@ TORCH_LIBRARY(compressops, m) {
       "ScalarType? out_dtype=None) -> Tensor");
 
   // [int4 schemas]
+  // int4 linear (DESIGN.md section 4): group-wise 4-bit weights, W4A8 CPU kernels.
+  m.def("int4_pack_weight(Tensor qweight, Tensor scales, Tensor? zeros, int in_features, int group_size) -> Tensor");
+  m.def(
+      "int4_linear(Tensor x, Tensor w_packed, int out_features, Tensor? bias=None, ScalarType? out_dtype=None) "
+      "-> Tensor");
 
   // [sparse schemas]
 

@@ -45,6 +45,8 @@ from compressops.info import cpu_model  # noqa: E402
 FORMATS: list[tuple[str, object, float | None]] = [
     ("int8 (W8A8 dynamic)", co.Int8(), 0.99),
     # [int4 rows]
+    ("int4 g128 (RTN)", co.Int4(group_size=128), 0.97),
+    ("int4 g128 (GPTQ)", co.Int4(group_size=128, method="gptq"), 0.97),
 
     # [sparse rows]
 

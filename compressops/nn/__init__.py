@@ -5,6 +5,9 @@ from .int8_linear import Int8Linear
 __all__ = ["Int8Linear"]
 
 # [int4 module]
+from .int4_linear import Int4Linear  # noqa: E402
+
+__all__ += ["Int4Linear"]
 
 # [sparse modules]
 

@@ -14,6 +14,7 @@ std::string last_kernel_isa(const std::string& op);
 // Levels each op family has kernels for in this build (defined next to each family's host code).
 std::vector<std::string> int8_kernel_isas();
 // [int4 kernel isas]
+std::vector<std::string> int4_kernel_isas();
 
 // [sparse kernel isas]
 

@@ -1,0 +1,386 @@
+// int4 (W4A8) linear kernels, compiled once per ISA level (see kernel_macros.h).
+//
+// Levels implemented here: scalar and avx2. Every other level's object compiles this file to
+// nothing and the host's fallback chain sends it down to avx2.
+//
+// The integer dot products are exact at every level; only the fp32 epilogue (one multiply-add
+// per group) may differ in the last bits between levels (scalar uses std::fma, avx2 vfmadd).
+#include "kernel_macros.h"
+
+#if COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_SCALAR || COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_AVX2
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "../../common/int4_layout.h"
+#include "int4_gemm_kernel.h"
+
+#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
+#include <immintrin.h>
+#endif
+
+namespace compressops::cpu::kernels {
+namespace {
+
+constexpr int64_t NR = kInt4NR;
+
+inline float bf16_to_f32(uint16_t h) {
+  uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline uint16_t f32_to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if (std::isnan(f)) return 0x7fc0;
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+inline float load_x(const void* x, Int4FloatKind kind, int64_t i) {
+  return kind == Int4FloatKind::kF32 ? static_cast<const float*>(x)[i]
+                                     : bf16_to_f32(static_cast<const uint16_t*>(x)[i]);
+}
+
+inline void store_out(const Int4GemmParams& p, int64_t m, int64_t n, float v) {
+  if (p.out_kind == Int4FloatKind::kF32) {
+    static_cast<float*>(p.out)[m * p.ldo + n] = v;
+  } else {
+    static_cast<uint16_t*>(p.out)[m * p.ldo + n] = f32_to_bf16(v);
+  }
+}
+
+// Scale rule of one group (see Int4QuantizeParams). Returns false when the group quantizes to zeros.
+inline bool group_scale(float amax, bool nonfinite, float* scale, float* inv) {
+  if (nonfinite) {
+    *scale = std::numeric_limits<float>::quiet_NaN();
+    return false;
+  }
+  if (amax == 0.0f) {
+    *scale = 0.0f;
+    return false;
+  }
+  *scale = amax / 127.0f;
+  *inv = 127.0f / amax;
+  return true;
+}
+
+inline int8_t quantize_value(float v) {
+  if (v != v) v = 0.0f;
+  v = std::min(std::max(v, -127.0f), 127.0f);
+  return static_cast<int8_t>(std::nearbyint(v));
+}
+
+// One row, scalar form (also used for the ragged last group at every level).
+void quantize_group_scalar(const Int4QuantizeParams& p, const void* x, int8_t* q, int64_t k0, int64_t k1,
+                           float* scale_out, float* corr_out) {
+  float amax = 0.0f;
+  bool nonfinite = false;
+  for (int64_t i = k0; i < k1; ++i) {
+    const float a = std::fabs(load_x(x, p.x_kind, i));
+    nonfinite |= !std::isfinite(a);
+    amax = std::max(amax, a);
+  }
+  float scale = 0.0f, inv = 0.0f;
+  const int64_t g_end = k0 + p.group_size;
+  if (!group_scale(amax, nonfinite, &scale, &inv)) {
+    std::memset(q + k0, 0, g_end - k0);
+    *scale_out = scale;
+    *corr_out = scale == scale ? 0.0f : scale;
+    return;
+  }
+  int32_t sum = 0;
+  for (int64_t i = k0; i < k1; ++i) {
+    q[i] = quantize_value(load_x(x, p.x_kind, i) * inv);
+    sum += q[i];
+  }
+  std::memset(q + k1, 0, g_end - k1);
+  *scale_out = scale;
+  *corr_out = scale * static_cast<float>(sum);
+}
+
+#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
+
+inline __m256 load8_x(const void* x, Int4FloatKind kind, int64_t i) {
+  if (kind == Int4FloatKind::kF32) return _mm256_loadu_ps(static_cast<const float*>(x) + i);
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(x) + i));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+inline __m128i f32x8_to_bf16(__m256 f) {
+  const __m256i bits = _mm256_castps_si256(f);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
+  r = _mm256_srli_epi32(r, 16);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q));
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
+  return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+}
+
+inline int32_t hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  return _mm_cvtsi128_si32(s);
+}
+
+// A whole group of real columns (k1 - k0 == group_size, a multiple of 32), 8 lanes at a time.
+void quantize_group_avx2(const Int4QuantizeParams& p, const void* x, int8_t* q, int64_t k0, float* scale_out,
+                         float* corr_out) {
+  const int64_t k1 = k0 + p.group_size;
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 fmax = _mm256_set1_ps(std::numeric_limits<float>::max());
+  __m256 vmax = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+  for (int64_t i = k0; i < k1; i += 8) {
+    const __m256 a = _mm256_and_ps(load8_x(x, p.x_kind, i), abs_mask);
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, fmax, _CMP_NLE_UQ));
+    vmax = _mm256_max_ps(vmax, a);
+  }
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+  const float amax = _mm_cvtss_f32(m4);
+  float scale = 0.0f, inv = 0.0f;
+  if (!group_scale(amax, _mm256_movemask_ps(bad) != 0, &scale, &inv)) {
+    std::memset(q + k0, 0, p.group_size);
+    *scale_out = scale;
+    *corr_out = scale == scale ? 0.0f : scale;
+    return;
+  }
+  const __m256 vinv = _mm256_set1_ps(inv);
+  const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+  auto quant8 = [&](int64_t i) {
+    __m256 v = _mm256_mul_ps(load8_x(x, p.x_kind, i), vinv);
+    v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+    return _mm256_cvtps_epi32(v);
+  };
+  const __m256i fix_lanes = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  __m256i sum = _mm256_setzero_si256();
+  for (int64_t i = k0; i < k1; i += 32) {
+    const __m256i a = quant8(i), b = quant8(i + 8), c = quant8(i + 16), d = quant8(i + 24);
+    sum = _mm256_add_epi32(sum, _mm256_add_epi32(_mm256_add_epi32(a, b), _mm256_add_epi32(c, d)));
+    const __m256i ab = _mm256_packs_epi32(a, b);
+    const __m256i cd = _mm256_packs_epi32(c, d);
+    const __m256i packed = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd), fix_lanes);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), packed);
+  }
+  *scale_out = scale;
+  *corr_out = scale * static_cast<float>(hsum_epi32(sum));
+}
+
+inline void store8(const Int4GemmParams& p, int64_t m, int64_t n0, __m256 v) {
+  if (n0 + NR > p.n) {
+    alignas(32) float tmp[NR];
+    _mm256_store_ps(tmp, v);
+    for (int64_t c = 0; c < p.n - n0; ++c) store_out(p, m, n0 + c, tmp[c]);
+    return;
+  }
+  if (p.out_kind == Int4FloatKind::kF32) {
+    _mm256_storeu_ps(static_cast<float*>(p.out) + m * p.ldo + n0, v);
+  } else {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(p.out) + m * p.ldo + n0), f32x8_to_bf16(v));
+  }
+}
+
+inline __m256i bcast4(const int8_t* ptr) {
+  int32_t v;
+  std::memcpy(&v, ptr, 4);
+  return _mm256_set1_epi32(v);
+}
+
+// MR rows x NB column blocks starting at block nb, rows [r0, r0 + MR). Per group: the int8
+// products go through vpmaddubsw (u8 weight nibbles x s8 activations -> int16 pairs, at most
+// 2 * 15 * 127 = 3810), are summed in int16 over 4 chunks (<= 30480, no saturation), widened
+// with vpmaddwd(ones) and summed in int32; then y += float(acc) * (s * a_scale) - zs * a_corr.
+template <int MR, int NB>
+void tile_avx2(const Int4GemmParams& p, int64_t nb, int64_t r0) {
+  const int64_t gs = p.group_size;
+  const int64_t gstride = int4_group_stride(gs);
+  const int64_t bstride = gstride * p.groups;
+  const __m256i mask = _mm256_set1_epi8(0x0f);
+  const __m256i ones = _mm256_set1_epi16(1);
+  // fp32 accumulators live in L1 (touched once per group), leaving the registers to the int8 loop.
+  alignas(32) float y[MR][NB][NR] = {};
+  const uint8_t* wb[NB];
+  for (int b = 0; b < NB; ++b) wb[b] = p.w + (nb + b) * bstride;
+  const int8_t* xr[MR];
+  for (int r = 0; r < MR; ++r) xr[r] = p.a + (r0 + r) * p.lda;
+
+  for (int64_t g = 0; g < p.groups; ++g) {
+    // int32 group sums, also in L1 (updated once per 32 k)
+    alignas(32) int32_t acc[MR][NB][NR] = {};
+    const int64_t kg = g * gs;
+    for (int64_t j = 0; j < gs / 8; j += 4) {  // 4 chunks of 8 k = 32 k per step
+      __m256i s16[MR][NB];
+      for (int r = 0; r < MR; ++r)
+        for (int b = 0; b < NB; ++b) s16[r][b] = _mm256_setzero_si256();
+      for (int jj = 0; jj < 4; ++jj) {
+        __m256i lo[NB], hi[NB];
+        for (int b = 0; b < NB; ++b) {
+          const uint8_t* src = wb[b] + g * gstride + (j + jj) * 32;
+          if (MR == 1) _mm_prefetch(reinterpret_cast<const char*>(src) + 1024, _MM_HINT_T0);
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+          lo[b] = _mm256_and_si256(v, mask);
+          hi[b] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+        }
+        for (int r = 0; r < MR; ++r) {
+          const int8_t* xp = xr[r] + kg + (j + jj) * 8;
+          const __m256i xa = bcast4(xp), xb = bcast4(xp + 4);
+          for (int b = 0; b < NB; ++b) {
+            s16[r][b] = _mm256_add_epi16(
+                s16[r][b], _mm256_add_epi16(_mm256_maddubs_epi16(lo[b], xa), _mm256_maddubs_epi16(hi[b], xb)));
+            // An empty asm keeps GCC's reassociation from hoisting every product of the unrolled
+            // chunk loop ahead of the adds (which spilled them all to the stack).
+            asm("" : "+x"(s16[r][b]));
+          }
+        }
+      }
+      for (int r = 0; r < MR; ++r)
+        for (int b = 0; b < NB; ++b) {
+          __m256i* a = reinterpret_cast<__m256i*>(acc[r][b]);
+          _mm256_store_si256(a, _mm256_add_epi32(_mm256_load_si256(a), _mm256_madd_epi16(s16[r][b], ones)));
+        }
+    }
+    for (int b = 0; b < NB; ++b) {
+      const float* sc = reinterpret_cast<const float*>(wb[b] + g * gstride + gs * 4);
+      const __m256 s = _mm256_loadu_ps(sc), zs = _mm256_loadu_ps(sc + NR);
+      for (int r = 0; r < MR; ++r) {
+        const float* as = p.a_scale + (r0 + r) * p.ldas + g;
+        const float* ac = p.a_corr + (r0 + r) * p.ldas + g;
+        const __m256 t = _mm256_mul_ps(s, _mm256_set1_ps(*as));
+        const __m256i a = _mm256_load_si256(reinterpret_cast<const __m256i*>(acc[r][b]));
+        const __m256 v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), t, _mm256_load_ps(y[r][b]));
+        _mm256_store_ps(y[r][b], _mm256_fnmadd_ps(zs, _mm256_set1_ps(*ac), v));
+      }
+    }
+  }
+  for (int b = 0; b < NB; ++b) {
+    const int64_t n0 = (nb + b) * NR;
+    __m256 bias = _mm256_setzero_ps();
+    if (p.bias) {
+      if (n0 + NR <= p.n) {
+        bias = _mm256_loadu_ps(p.bias + n0);
+      } else {
+        alignas(32) float tmp[NR] = {};
+        for (int64_t c = 0; c < p.n - n0; ++c) tmp[c] = p.bias[n0 + c];
+        bias = _mm256_load_ps(tmp);
+      }
+    }
+    for (int r = 0; r < MR; ++r) store8(p, r0 + r, n0, _mm256_add_ps(_mm256_load_ps(y[r][b]), bias));
+  }
+}
+
+template <int MR>
+void rows_avx2(const Int4GemmParams& p, int64_t nb_begin, int64_t nb_end, int64_t r0) {
+  // One row: four blocks share each activation broadcast. Several rows: 4 x 2 register tiles.
+  constexpr int NB = MR == 1 ? 4 : 2;
+  int64_t nb = nb_begin;
+  for (; nb + NB <= nb_end; nb += NB) tile_avx2<MR, NB>(p, nb, r0);
+  for (; nb < nb_end; ++nb) tile_avx2<MR, 1>(p, nb, r0);
+}
+
+void gemm_avx2(const Int4GemmParams& p, int64_t nb_begin, int64_t nb_end) {
+  // Column chunks of a few blocks: their weights (chunk * 4 * K_pad bytes) stay in L2 while every
+  // row tile of the batch passes over them.
+  const int64_t chunk = 4;
+  for (int64_t c0 = nb_begin; c0 < nb_end; c0 += chunk) {
+    const int64_t c1 = std::min(nb_end, c0 + chunk);
+    int64_t r = 0;
+    if (p.m == 1) {
+      rows_avx2<1>(p, c0, c1, 0);
+      continue;
+    }
+    for (; r + 4 <= p.m; r += 4) rows_avx2<4>(p, c0, c1, r);
+    switch (p.m - r) {
+      case 3: rows_avx2<3>(p, c0, c1, r); break;
+      case 2: rows_avx2<2>(p, c0, c1, r); break;
+      case 1: rows_avx2<1>(p, c0, c1, r); break;
+      default: break;
+    }
+  }
+}
+
+#else  // scalar
+
+void gemm_scalar(const Int4GemmParams& p, int64_t nb_begin, int64_t nb_end) {
+  const int64_t gs = p.group_size;
+  const int64_t gstride = int4_group_stride(gs);
+  const int64_t bstride = gstride * p.groups;
+  for (int64_t nb = nb_begin; nb < nb_end; ++nb) {
+    const uint8_t* wb = p.w + nb * bstride;
+    for (int64_t m = 0; m < p.m; ++m) {
+      const int8_t* xr = p.a + m * p.lda;
+      float y[NR] = {};
+      for (int64_t g = 0; g < p.groups; ++g) {
+        const uint8_t* wg = wb + g * gstride;
+        int32_t acc[NR] = {};
+        for (int64_t j = 0; j < gs / 8; ++j) {
+          const int8_t* xp = xr + g * gs + j * 8;
+          for (int64_t c = 0; c < NR; ++c) {
+            for (int64_t i = 0; i < 4; ++i) {
+              const uint8_t v = wg[j * 32 + c * 4 + i];
+              acc[c] += static_cast<int32_t>(v & 15) * xp[i] + static_cast<int32_t>(v >> 4) * xp[4 + i];
+            }
+          }
+        }
+        float s[NR], zs[NR];
+        std::memcpy(s, wg + gs * 4, sizeof(s));
+        std::memcpy(zs, wg + gs * 4 + sizeof(s), sizeof(zs));
+        const float as = p.a_scale[m * p.ldas + g], ac = p.a_corr[m * p.ldas + g];
+        for (int64_t c = 0; c < NR; ++c) {
+          y[c] = std::fma(static_cast<float>(acc[c]), s[c] * as, y[c]);
+          y[c] = std::fma(-zs[c], ac, y[c]);
+        }
+      }
+      const int64_t n0 = nb * NR;
+      for (int64_t c = 0; c < NR && n0 + c < p.n; ++c) {
+        float v = y[c];
+        if (p.bias) v = v + p.bias[n0 + c];
+        store_out(p, m, n0 + c, v);
+      }
+    }
+  }
+}
+
+#endif
+
+}  // namespace
+
+bool COMPRESSOPS_KERNEL(int4_quantize_rows)(const Int4QuantizeParams& p, int64_t row_begin, int64_t row_end) {
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const void* x = p.x_kind == Int4FloatKind::kF32
+                        ? static_cast<const void*>(static_cast<const float*>(p.x) + r * p.ldx)
+                        : static_cast<const void*>(static_cast<const uint16_t*>(p.x) + r * p.ldx);
+    int8_t* q = p.q + r * p.k_pad;
+    for (int64_t g = 0; g < p.groups; ++g) {
+      const int64_t k0 = g * p.group_size, k1 = std::min(p.k, k0 + p.group_size);
+      float* sc = p.a_scale + r * p.groups + g;
+      float* co = p.a_corr + r * p.groups + g;
+#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
+      if (k1 - k0 == p.group_size) {
+        quantize_group_avx2(p, x, q, k0, sc, co);
+        continue;
+      }
+#endif
+      quantize_group_scalar(p, x, q, k0, k1, sc, co);
+    }
+  }
+  return true;
+}
+
+bool COMPRESSOPS_KERNEL(int4_gemm)(const Int4GemmParams& p, int64_t nb_begin, int64_t nb_end) {
+#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
+  gemm_avx2(p, nb_begin, nb_end);
+#else
+  gemm_scalar(p, nb_begin, nb_end);
+#endif
+  return true;
+}
+
+}  // namespace compressops::cpu::kernels
+
+#endif
