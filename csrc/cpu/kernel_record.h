@@ -16,6 +16,7 @@ std::vector<std::string> int8_kernel_isas();
 // [int4 kernel isas]
 
 // [sparse kernel isas]
+std::vector<std::string> sparse_kernel_isas(const std::string& op);
 
 // [pq kernel isas]
 
