@@ -31,6 +31,9 @@ __all__ = ["Int8", "convert", "report", "save", "load", "info", "isa", "detected
 # [int4 exports]
 
 # [sparse exports]
+from .configs import CSR, Sparse24  # noqa: E402
+
+__all__ += ["Sparse24", "CSR"]
 
 # [pq exports]
 

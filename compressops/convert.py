@@ -12,6 +12,7 @@ from .algorithms.observers import calibrate
 from .configs import Int8
 from .nn import Int8Linear
 # [family imports]
+from .nn.sparse_linear import CSR, CSRLinear, Sparse24, Sparse24Linear
 
 # config type -> (module types it converts, function(module, config, name, calibration) -> module);
 # calibration is the layer's observer result (see convert) or None
@@ -46,6 +47,21 @@ def _convert_int8(mod, config, name, act_scale=None):
 # [int4 handler]
 
 # [sparse handlers]
+@register_handler(Sparse24, (nn.Linear,), (Sparse24Linear,))
+def _convert_sparse24(mod, config, name, calibration=None):
+    return Sparse24Linear.from_float(mod, config, name=name)
+
+
+@register_handler(CSR, (nn.Linear,), (CSRLinear,))
+def _convert_csr(mod, config, name, calibration=None):
+    mask = None
+    if config.scope == "global" and config.sparsity is not None:
+        from .algorithms.pruning import _global_threshold_in_convert
+
+        thr = _global_threshold_in_convert(config, name)
+        mask = (mod.weight.detach().abs().float() > thr) & (mod.weight.detach() != 0)
+    return CSRLinear.from_float(mod, config, name=name, mask=mask)
+
 
 # [pq handler]
 
