@@ -51,7 +51,8 @@ Call check(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be float32, bfloat16 or float16, got ",
               x.scalar_type());
   TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension (..., K)");
-  TORCH_CHECK(in_features >= 1 && in_features < (1LL << 31), op, ": in_features must be >= 1, got ", in_features);
+  TORCH_CHECK(in_features >= 1 && in_features <= (int8 ? 262144 : (1LL << 30)), op,
+              ": in_features must be >= 1 (and <= 262144 for int8 values: exact int32 sums), got ", in_features);
   Call c;
   c.k = in_features;
   c.kp = padded_k(c.k);
@@ -197,6 +198,14 @@ at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, const at::Tensor& value
     p.kp = c.kp;
     const auto [fn, level] = kI.select(active_isa(), p);
     record_kernel_isa(op, level);
+    at::Tensor qt;
+    if (level != CpuIsa::kScalar && m >= kernels::kSparse24TransposeM) {
+      const int64_t ldt = (m + 15) / 16 * 16;
+      qt = at::zeros({c.kp, ldt}, x.options().dtype(at::kShort));
+      qt.narrow(1, 0, m).copy_(q.t());
+      p.qt16 = qt.data_ptr<int16_t>();
+      p.ldt16 = ldt;
+    }
     const IFn kernel = fn;
     at::parallel_for(0, c.n, 32, [&](int64_t b, int64_t e) { kernel(p, b, e); });
   }

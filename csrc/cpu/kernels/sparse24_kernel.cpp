@@ -249,6 +249,79 @@ inline int32_t idot_row_avx2(const Lut& t, const Sparse24Int8Params& p, const in
   return hsum_i32(acc) + idot_groups(p, vrow, mrow, q, k / 4, p.kp / 4);
 }
 
+// int8, large batches: qt16 is the quantized block transposed and widened to int16 [kp, ldt16]
+// (ldt16 a multiple of 16). For each group, the rows of its two kept positions are interleaved
+// (vpunpck{l,h}wd) and vpmaddwd'd with the broadcast (v0, v1) pair: 32 exact MACs per 16 lanes.
+// The accumulators keep the unpack lane order; the epilogue restores it.
+template <int V>
+void i8_tile_rows(const Sparse24Int8Params& p, const int16_t* qt, int64_t ldt, int64_t n0, int64_t nb, int64_t mc,
+                  int32_t (*acc)[64]) {
+  constexpr int64_t kKc = 256;
+  const int64_t half = p.kp / 2;
+  for (int64_t r = 0; r < nb; ++r) std::fill(acc[r], acc[r] + 16 * V, 0);
+  for (int64_t k0 = 0; k0 < p.kp; k0 += kKc) {
+    const int64_t g0 = k0 / 4, g1 = std::min(p.kp, k0 + kKc) / 4;
+    for (int64_t r = 0; r < nb; ++r) {
+      const int64_t n = n0 + r;
+      const int8_t* vrow = p.values + n * half;
+      const uint8_t* mrow = p.meta + n * p.meta_stride;
+      __m256i lo[V], hi[V];
+      for (int v = 0; v < V; ++v) {
+        lo[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc[r] + 16 * v));
+        hi[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc[r] + 16 * v + 8));
+      }
+      for (int64_t g = g0; g < g1; ++g) {
+        int64_t ka, kb;
+        group_positions(mrow, g, &ka, &kb);
+        const uint32_t pair = static_cast<uint16_t>(static_cast<int16_t>(vrow[2 * g])) |
+                              (static_cast<uint32_t>(static_cast<uint16_t>(static_cast<int16_t>(vrow[2 * g + 1]))) << 16);
+        const __m256i w = _mm256_set1_epi32(static_cast<int32_t>(pair));
+        const int16_t* xa = qt + ka * ldt + mc;
+        const int16_t* xb = qt + kb * ldt + mc;
+        for (int v = 0; v < V; ++v) {
+          const __m256i ra = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xa + 16 * v));
+          const __m256i rb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + 16 * v));
+          lo[v] = _mm256_add_epi32(lo[v], _mm256_madd_epi16(_mm256_unpacklo_epi16(ra, rb), w));
+          hi[v] = _mm256_add_epi32(hi[v], _mm256_madd_epi16(_mm256_unpackhi_epi16(ra, rb), w));
+        }
+      }
+      for (int v = 0; v < V; ++v) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc[r] + 16 * v), lo[v]);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc[r] + 16 * v + 8), hi[v]);
+      }
+    }
+  }
+  // unpack order -> lane order: lo = lanes 0-3 | 8-11, hi = lanes 4-7 | 12-15
+  for (int64_t r = 0; r < nb; ++r) {
+    for (int v = 0; v < V; ++v) {
+      const __m256i l = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc[r] + 16 * v));
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc[r] + 16 * v + 8));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc[r] + 16 * v), _mm256_permute2x128_si256(l, h, 0x20));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc[r] + 16 * v + 8), _mm256_permute2x128_si256(l, h, 0x31));
+    }
+  }
+}
+
+void i8_transposed_avx2(const Sparse24Int8Params& p, int64_t n_begin, int64_t n_end) {
+  constexpr int64_t kNB = 32;
+  alignas(32) int32_t acc[kNB][64];
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kNB) {
+    const int64_t nb = std::min(kNB, n_end - n0);
+    for (int64_t mc = 0; mc < p.m; mc += 64) {
+      const int64_t lanes = std::min<int64_t>(64, p.m - mc);
+      switch ((lanes + 15) / 16) {
+        case 1: i8_tile_rows<1>(p, p.qt16, p.ldt16, n0, nb, mc, acc); break;
+        case 2: i8_tile_rows<2>(p, p.qt16, p.ldt16, n0, nb, mc, acc); break;
+        case 3: i8_tile_rows<3>(p, p.qt16, p.ldt16, n0, nb, mc, acc); break;
+        default: i8_tile_rows<4>(p, p.qt16, p.ldt16, n0, nb, mc, acc); break;
+      }
+      for (int64_t r = 0; r < nb; ++r) {
+        for (int64_t l = 0; l < lanes; ++l) store_i8(p, mc + l, n0 + r, acc[r][l]);
+      }
+    }
+  }
+}
+
 #endif  // AVX2
 
 }  // namespace
@@ -280,6 +353,10 @@ bool COMPRESSOPS_KERNEL(sparse24_f)(const Sparse24Params& p, int64_t n_begin, in
 
 bool COMPRESSOPS_KERNEL(sparse24_i8)(const Sparse24Int8Params& p, int64_t n_begin, int64_t n_end) {
 #if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
+  if (p.qt16 != nullptr) {
+    i8_transposed_avx2(p, n_begin, n_end);
+    return true;
+  }
   const Lut& t = lut();
 #endif
   const int64_t half = p.kp / 2;

@@ -40,6 +40,8 @@ struct Sparse24Int8Params {
   float* out;
   int64_t ldo;
   int64_t m, n, kp;
+  const int16_t* qt16;  // m >= kSparse24TransposeM: q transposed to [kp, ldt16] int16, or nullptr
+  int64_t ldt16;
 };
 
 // Output channels [n_begin, n_end); return false to decline (never, at the levels implemented).
