@@ -7,7 +7,8 @@ Canonical (what state_dict and files hold):
     values  float32 or bfloat16 [nnz]
 
 Prepacked index blob (CPU kernel; built by compressops.ops.csr_pack, never serialized), 1-D uint8:
-    header  64 bytes: int32 magic, version, N, K, col_bytes (2 when K <= 65536, else 4), 3 reserved,
+    header  64 bytes: int32 magic, version, N, K, col_bytes (2 when K <= 65536, else 4), sorted (1 when
+            the columns of every row are non-decreasing: the kernel then tiles K), 2 reserved,
             int64 nnz, 3 int64 reserved
     rowptr  int64 [N+1]
     cols    uint16 or int32 [nnz] (little endian), padded to a multiple of 8 bytes
@@ -88,7 +89,13 @@ def pack(crow: torch.Tensor, col: torch.Tensor, k: int) -> torch.Tensor:
     nnz = col.shape[0]
     cb = col_bytes(k)
     out = torch.zeros(packed_bytes(n, k, nnz), dtype=torch.uint8)
-    hdr = torch.tensor([MAGIC, VERSION, n, k, cb, 0, 0, 0], dtype=torch.int32)
+    c64 = crow.to(torch.int64).cpu()
+    counts = c64[1:] - c64[:-1]
+    row_of = torch.repeat_interleave(torch.arange(n), counts)
+    cl = col.cpu().to(torch.int64)
+    same_row = row_of[1:] == row_of[:-1]
+    is_sorted = int(not bool(((cl[1:] < cl[:-1]) & same_row).any())) if nnz > 1 else 1
+    hdr = torch.tensor([MAGIC, VERSION, n, k, cb, is_sorted, 0, 0], dtype=torch.int32)
     out[:32] = hdr.view(torch.uint8)
     out[32:40] = torch.tensor([nnz], dtype=torch.int64).view(torch.uint8)
     off = HEADER_BYTES
@@ -111,7 +118,7 @@ def read_header(packed: torch.Tensor, op: str) -> dict:
     n, k = h[2], h[3]
     if packed.numel() != packed_bytes(n, k, nnz):
         raise ValueError(f"{op}: packed has {packed.numel()} bytes but its header needs {packed_bytes(n, k, nnz)}")
-    return {"n": n, "k": k, "nnz": nnz, "col_bytes": h[4]}
+    return {"n": n, "k": k, "nnz": nnz, "col_bytes": h[4], "sorted": h[5]}
 
 
 def unpack(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -33,7 +33,7 @@ constexpr int32_t kVersion = 1;
 constexpr int64_t kHeader = 64;
 
 struct Header {
-  int32_t magic, version, n, k, col_bytes, r0, r1, r2;
+  int32_t magic, version, n, k, col_bytes, r0 /* sorted */, r1, r2;
   int64_t nnz, q0, q1, q2;
 };
 static_assert(sizeof(Header) == kHeader, "CSR pack header is 64 bytes");
@@ -68,6 +68,15 @@ at::Tensor csr_pack_cpu(const at::Tensor& crow, const at::Tensor& col, int64_t i
     TORCH_CHECK(c[j] >= 0 && c[j] < k, op, ": col values must lie in [0, in_features) = [0, ", k, "), col[", j,
                 "] = ", c[j]);
   }
+  int32_t sorted = 1;
+  for (int64_t i = 0; i < n && sorted; ++i) {
+    for (int64_t j = r[i] + 1; j < r[i + 1]; ++j) {
+      if (c[j] < c[j - 1]) {
+        sorted = 0;
+        break;
+      }
+    }
+  }
   const int64_t cb = k <= 65536 ? 2 : 4;
   at::Tensor out = at::zeros({packed_bytes(n, k, nnz)}, crow.options().dtype(at::kByte));
   uint8_t* base = out.data_ptr<uint8_t>();
@@ -77,6 +86,7 @@ at::Tensor csr_pack_cpu(const at::Tensor& crow, const at::Tensor& col, int64_t i
   h.n = static_cast<int32_t>(n);
   h.k = static_cast<int32_t>(k);
   h.col_bytes = static_cast<int32_t>(cb);
+  h.r0 = sorted;
   h.nnz = nnz;
   std::memcpy(base, &h, sizeof(h));
   std::memcpy(base + kHeader, r, 8 * (n + 1));
@@ -141,6 +151,7 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
     p.rowptr = reinterpret_cast<const int64_t*>(base + kHeader);
     p.cols = base + kHeader + 8 * (n + 1);
     p.col_bytes = h.col_bytes;
+    p.sorted = h.r0 == 1;
     p.values = vals.data_ptr();
     p.values_bf16 = vals.scalar_type() == at::kBFloat16;
     p.x = x2.data_ptr<float>();

@@ -114,6 +114,63 @@ void transposed_avx2(const CsrParams& p, int64_t n_begin, int64_t n_end) {
   }
 }
 
+// Sorted columns: tiles of 32 rows x 128 K-positions x 64 lanes; each row keeps a cursor into its
+// nonzeros, so the transposed activations of one K tile (32 KB) stay in L1 while the rows sweep it.
+template <int V>
+void sorted_tile(const CsrParams& p, int64_t n0, int64_t nb, int64_t mc, float (*acc)[64], int64_t* cur) {
+  constexpr int64_t kKc = 128;
+  for (int64_t r = 0; r < nb; ++r) {
+    std::fill(acc[r], acc[r] + 8 * V, 0.0f);
+    cur[r] = p.rowptr[n0 + r];
+  }
+  const float* xt = p.xt + mc;
+  for (int64_t k0 = 0; k0 < p.k; k0 += kKc) {
+    const int64_t k1 = k0 + kKc;
+    for (int64_t r = 0; r < nb; ++r) {
+      int64_t j = cur[r];
+      const int64_t j1 = p.rowptr[n0 + r + 1];
+      if (j >= j1 || col(p, j) >= k1) continue;
+      __m256 a[V];
+      for (int v = 0; v < V; ++v) a[v] = _mm256_loadu_ps(acc[r] + 8 * v);
+      for (; j < j1; ++j) {
+        const int64_t c = col(p, j);
+        if (c >= k1) break;
+        const __m256 w = _mm256_set1_ps(val(p, j));
+        const float* xr = xt + c * p.ldt;
+        for (int v = 0; v < V; ++v) a[v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr + 8 * v), a[v]);
+      }
+      cur[r] = j;
+      for (int v = 0; v < V; ++v) _mm256_storeu_ps(acc[r] + 8 * v, a[v]);
+    }
+  }
+}
+
+void sorted_transposed_avx2(const CsrParams& p, int64_t n_begin, int64_t n_end) {
+  constexpr int64_t kNB = 32;
+  alignas(32) float acc[kNB][64];
+  int64_t cur[kNB];
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kNB) {
+    const int64_t nb = std::min(kNB, n_end - n0);
+    for (int64_t mc = 0; mc < p.m; mc += 64) {
+      const int64_t lanes = std::min<int64_t>(64, p.m - mc);
+      switch ((lanes + 7) / 8) {
+        case 1: sorted_tile<1>(p, n0, nb, mc, acc, cur); break;
+        case 2: sorted_tile<2>(p, n0, nb, mc, acc, cur); break;
+        case 3: sorted_tile<3>(p, n0, nb, mc, acc, cur); break;
+        case 4: sorted_tile<4>(p, n0, nb, mc, acc, cur); break;
+        case 5: sorted_tile<5>(p, n0, nb, mc, acc, cur); break;
+        case 6: sorted_tile<6>(p, n0, nb, mc, acc, cur); break;
+        case 7: sorted_tile<7>(p, n0, nb, mc, acc, cur); break;
+        default: sorted_tile<8>(p, n0, nb, mc, acc, cur); break;
+      }
+      for (int64_t r = 0; r < nb; ++r) {
+        const float b = p.bias ? p.bias[n0 + r] : 0.0f;
+        for (int64_t l = 0; l < lanes; ++l) p.out[(mc + l) * p.ldo + n0 + r] = p.bias ? acc[r][l] + b : acc[r][l];
+      }
+    }
+  }
+}
+
 #endif  // AVX2
 
 }  // namespace
@@ -121,7 +178,11 @@ void transposed_avx2(const CsrParams& p, int64_t n_begin, int64_t n_end) {
 bool COMPRESSOPS_KERNEL(csr_spmm)(const CsrParams& p, int64_t n_begin, int64_t n_end) {
 #if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
   if (p.xt != nullptr) {
-    transposed_avx2(p, n_begin, n_end);
+    if (p.sorted) {
+      sorted_transposed_avx2(p, n_begin, n_end);
+    } else {
+      transposed_avx2(p, n_begin, n_end);
+    }
     return true;
   }
 #endif

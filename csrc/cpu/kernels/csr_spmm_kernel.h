@@ -12,6 +12,7 @@ struct CsrParams {
   const int64_t* rowptr;  // [n+1]
   const void* cols;       // uint16 or int32 [nnz]
   int col_bytes;          // 2 or 4
+  int sorted;             // 1: columns non-decreasing within every row (enables K tiling)
   const void* values;     // [nnz]
   int values_bf16;
   const float* x;
