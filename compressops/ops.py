@@ -217,6 +217,9 @@ def sparse24_linear(x: Tensor, values: Tensor, meta: Tensor, in_features: int, b
     return torch.ops.compressops.sparse24_linear.default(x, values, meta, in_features, bias)
 
 
+_register_triton_cuda("sparse24_linear", "sparse24_linear", "sparse24_linear")
+
+
 @torch.library.register_fake("compressops::sparse24_int8_linear")
 def _(x, values, meta, w_scale, in_features, bias=None):
     torch._check(values.dim() == 2, lambda: "sparse24_int8_linear: values must be 2-D [N, Kp/2]")

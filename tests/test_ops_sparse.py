@@ -292,3 +292,47 @@ def test_bad_input_errors(use_reference):
         mod.csr_linear(randn_nonzero(2, 7), packed, vals, 2)
     with pytest.raises(err, match="packed"):
         mod.csr_linear(randn_nonzero(2, 8), packed[:40], vals, 2)
+
+
+# ------------------------------------------------------------------------------------- Triton
+
+_TRITON_SCRIPT = r"""
+import os, sys
+os.environ["TRITON_INTERPRET"] = "1"
+import torch
+from compressops import reference
+from compressops.formats import sparse24 as s24
+from compressops.triton.sparse24_linear import sparse24_linear
+torch.manual_seed(0)
+for (m, k, n, bias, dt) in [(3, 37, 19, True, torch.float32), (17, 64, 33, False, torch.bfloat16)]:
+    w = torch.randn(n, k)
+    x = torch.randn(m, k).to(dt)
+    v, mt = s24.compress(w.to(dt))
+    b = torch.randn(n) if bias else None
+    y = sparse24_linear(x, v, mt, k, b)
+    r = reference.sparse24_linear(x, v, mt, k, b)
+    assert y.dtype == dt and y.shape == r.shape
+    e = float((y.float() - r.float()).norm() / r.float().norm())
+    assert e < (1e-5 if dt == torch.float32 else 1e-2), e
+print("TRITON_OK")
+"""
+
+
+def test_triton_sparse24_interpreter():
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, "-c", _TRITON_SCRIPT], capture_output=True, text=True, env=env, timeout=300,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert "TRITON_OK" in r.stdout, r.stderr[-2000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_sparse24_linear_cuda_matches_reference():
+    values, meta, b = make24(300, 70)
+    x = randn_nonzero(9, 300)
+    y = ops.sparse24_linear(x.cuda(), values.cuda(), meta.cuda(), 300, b.cuda())
+    assert relerr(y.cpu(), reference.sparse24_linear(x, values, meta, 300, b)) < F32_TOL
