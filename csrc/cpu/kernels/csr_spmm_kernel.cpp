@@ -2,7 +2,7 @@
 //
 // Levels implemented here: scalar and avx2 (avx512 and above fall back to avx2).
 // Small batches: each output row is a dot product over its nonzeros, vectorized 8 nonzeros at a
-// time (16- or 32-bit column indices widened, vgatherdps on the activation row).
+// time (8 scalar loads assembled in a register: faster than vgatherdps on Zen 3).
 // Large batches: the host transposes the activations to [k, ldt]; each nonzero is broadcast and
 // FMA'd across 16 batch lanes at a time (an L2-sized slice of the transposed block), so a row's
 // nonzeros are read once per 16 lanes and stay in L1.
@@ -52,14 +52,6 @@ inline __m256 load8_vals(const CsrParams& p, int64_t j) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-inline __m256i load8_cols(const CsrParams& p, int64_t j) {
-  if (p.col_bytes == 2) {
-    return _mm256_cvtepu16_epi32(
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p.cols) + j)));
-  }
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const int32_t*>(p.cols) + j));
-}
-
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -67,18 +59,32 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-inline float dot_avx2(const CsrParams& p, const float* x, int64_t j0, int64_t j1) {
+// x at 8 columns: scalar loads assembled in registers (faster than vgatherdps on Zen 3).
+template <typename C>
+inline __m256 gather8(const float* x, const C* c) {
+  const __m128 lo = _mm_setr_ps(x[c[0]], x[c[1]], x[c[2]], x[c[3]]);
+  const __m128 hi = _mm_setr_ps(x[c[4]], x[c[5]], x[c[6]], x[c[7]]);
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
+}
+
+template <typename C>
+inline float dot_cols(const CsrParams& p, const float* x, const C* cols, int64_t j0, int64_t j1) {
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
   int64_t j = j0;
   for (; j + 16 <= j1; j += 16) {
-    a0 = _mm256_fmadd_ps(_mm256_i32gather_ps(x, load8_cols(p, j), 4), load8_vals(p, j), a0);
-    a1 = _mm256_fmadd_ps(_mm256_i32gather_ps(x, load8_cols(p, j + 8), 4), load8_vals(p, j + 8), a1);
+    a0 = _mm256_fmadd_ps(gather8(x, cols + j), load8_vals(p, j), a0);
+    a1 = _mm256_fmadd_ps(gather8(x, cols + j + 8), load8_vals(p, j + 8), a1);
   }
   if (j + 8 <= j1) {
-    a0 = _mm256_fmadd_ps(_mm256_i32gather_ps(x, load8_cols(p, j), 4), load8_vals(p, j), a0);
+    a0 = _mm256_fmadd_ps(gather8(x, cols + j), load8_vals(p, j), a0);
     j += 8;
   }
   return hsum(_mm256_add_ps(a0, a1)) + dot_scalar(p, x, j, j1);
+}
+
+inline float dot_avx2(const CsrParams& p, const float* x, int64_t j0, int64_t j1) {
+  if (p.col_bytes == 2) return dot_cols(p, x, static_cast<const uint16_t*>(p.cols), j0, j1);
+  return dot_cols(p, x, static_cast<const int32_t*>(p.cols), j0, j1);
 }
 
 template <int V>
