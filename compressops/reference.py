@@ -131,8 +131,9 @@ def _check_sparse24(op, x, values, meta, in_features, bias, int8=False):
     from .formats import sparse24 as s24
 
     k = int(in_features)
-    if k < 1:
-        raise ValueError(f"{op}: in_features must be >= 1, got {k}")
+    if k < 1 or (int8 and k > 262144):
+        raise ValueError(f"{op}: in_features must be >= 1 (and <= 262144 for int8 values: exact int32 sums), "
+                         f"got {k}")
     want = (torch.int8,) if int8 else (torch.float32, torch.bfloat16)
     if values.dtype not in want or values.dim() != 2 or values.shape[1] != s24.padded_k(k) // 2:
         raise ValueError(f"{op}: values must be {'/'.join(str(t) for t in want)} of shape [N, {s24.padded_k(k) // 2}] "

@@ -70,7 +70,8 @@ def bench_shape(name, m, n, k, threads, mrt, sparsities, rows):
     lin_bf.load_state_dict({"weight": w.bfloat16(), "bias": b.bfloat16()})
     xb = x.bfloat16()
     add("bf16 nn.Linear", lambda: lin_bf(xb), w.bfloat16().float(), note="bf16 in/out")
-    for label, cfg in (("Sparse24Linear fp32", co.Sparse24()), ("Sparse24Linear bf16", co.Sparse24(dtype=torch.bfloat16)),
+    for label, cfg in (("Sparse24Linear fp32", co.Sparse24()),
+                       ("Sparse24Linear bf16", co.Sparse24(dtype=torch.bfloat16)),
                        ("Sparse24Linear int8", co.Sparse24(dtype=torch.int8))):
         mod = Sparse24Linear.from_float(lin, cfg)
         xin = xb if cfg.dtype == "bfloat16" else x
