@@ -118,13 +118,15 @@ inline __m256i idx_pair(const Lut& t, unsigned b0, unsigned b1) {
 }
 
 // x at the 8 kept positions of K-positions [k, k+16) (metadata bytes b0, b1), in K order. A group
-// of 4 fp32 is one 128-bit lane, so in-lane vpermilps does the selection: A holds groups 0 and 2,
-// B groups 1 and 3; each picks its group's 2 values into lane elements 0-1 (A) or 2-3 (B), using
-// the same index vector (vpermilps reads the low 2 bits, so the +4 of the odd groups drops out).
-inline __m256 gather16(const Lut& t, const float* x, unsigned b0, unsigned b1) {
+// of 4 fp32 is one 128-bit lane, so in-lane vpermilps does the selection. xs is x with the groups
+// of every 16 positions stored in the order 0, 2, 1, 3 (the host builds it once per call): A =
+// xs[0..8) holds groups 0 and 2, B = xs[8..16) groups 1 and 3; each picks its group's 2 values into
+// lane elements 0-1 (A) or 2-3 (B) with the same index vector (vpermilps reads the low 2 bits, so
+// the +4 of the odd groups drops out), and one blend puts them in K order.
+inline __m256 gather16(const Lut& t, const float* xs, unsigned b0, unsigned b1) {
   const __m256i idx = idx_pair(t, b0, b1);
-  const __m256 a = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(x)), _mm_loadu_ps(x + 8), 1);
-  const __m256 b = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(x + 4)), _mm_loadu_ps(x + 12), 1);
+  const __m256 a = _mm256_loadu_ps(xs);
+  const __m256 b = _mm256_loadu_ps(xs + 8);
   return _mm256_blend_ps(_mm256_permutevar_ps(a, idx), _mm256_permutevar_ps(b, idx), 0xCC);
 }
 
@@ -136,7 +138,7 @@ inline float hsum(__m256 v) {
 }
 
 inline float dot_row_avx2(const Lut& t, const Sparse24Params& p, const void* vrow, const uint8_t* mrow,
-                          const float* x) {
+                          const float* x, const float* xs) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
   int64_t k = 0;
@@ -145,12 +147,12 @@ inline float dot_row_avx2(const Lut& t, const Sparse24Params& p, const void* vro
     std::memcpy(&mb, mrow + k / 8, 8);
     const int64_t j = k / 2;
     const int bf = p.values_bf16;
-    acc0 = _mm256_fmadd_ps(gather16(t, x + k, mb & 255u, (mb >> 8) & 255u), load8_values(vrow, bf, j), acc0);
-    acc1 = _mm256_fmadd_ps(gather16(t, x + k + 16, (mb >> 16) & 255u, (mb >> 24) & 255u),
+    acc0 = _mm256_fmadd_ps(gather16(t, xs + k, mb & 255u, (mb >> 8) & 255u), load8_values(vrow, bf, j), acc0);
+    acc1 = _mm256_fmadd_ps(gather16(t, xs + k + 16, (mb >> 16) & 255u, (mb >> 24) & 255u),
                            load8_values(vrow, bf, j + 8), acc1);
-    acc2 = _mm256_fmadd_ps(gather16(t, x + k + 32, (mb >> 32) & 255u, (mb >> 40) & 255u),
+    acc2 = _mm256_fmadd_ps(gather16(t, xs + k + 32, (mb >> 32) & 255u, (mb >> 40) & 255u),
                            load8_values(vrow, bf, j + 16), acc2);
-    acc3 = _mm256_fmadd_ps(gather16(t, x + k + 48, (mb >> 48) & 255u, (mb >> 56) & 255u),
+    acc3 = _mm256_fmadd_ps(gather16(t, xs + k + 48, (mb >> 48) & 255u, (mb >> 56) & 255u),
                            load8_values(vrow, bf, j + 24), acc3);
   }
   acc0 = _mm256_add_ps(acc0, acc2);
@@ -159,9 +161,9 @@ inline float dot_row_avx2(const Lut& t, const Sparse24Params& p, const void* vro
     uint32_t mb;
     std::memcpy(&mb, mrow + k / 8, 4);
     const int64_t j = k / 2;
-    acc0 = _mm256_fmadd_ps(gather16(t, x + k, mb & 255u, (mb >> 8) & 255u), load8_values(vrow, p.values_bf16, j),
+    acc0 = _mm256_fmadd_ps(gather16(t, xs + k, mb & 255u, (mb >> 8) & 255u), load8_values(vrow, p.values_bf16, j),
                            acc0);
-    acc1 = _mm256_fmadd_ps(gather16(t, x + k + 16, (mb >> 16) & 255u, mb >> 24),
+    acc1 = _mm256_fmadd_ps(gather16(t, xs + k + 16, (mb >> 16) & 255u, mb >> 24),
                            load8_values(vrow, p.values_bf16, j + 8), acc1);
   }
   return hsum(_mm256_add_ps(acc0, acc1)) + dot_groups(p, vrow, mrow, x, k / 4, p.kp / 4);
@@ -340,7 +342,7 @@ bool COMPRESSOPS_KERNEL(sparse24_f)(const Sparse24Params& p, int64_t n_begin, in
     for (int64_t m = 0; m < p.m; ++m) {
       const float* x = p.x + m * p.ldx;
 #if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
-      float v = dot_row_avx2(t, p, vrow, mrow, x);
+      float v = dot_row_avx2(t, p, vrow, mrow, x, p.xs + m * p.ldxs);
 #else
       float v = dot_groups(p, vrow, mrow, x, 0, p.kp / 4);
 #endif

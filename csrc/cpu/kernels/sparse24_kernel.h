@@ -13,6 +13,8 @@ namespace compressops::cpu::kernels {
 struct Sparse24Params {
   const float* x;   // [m, kp] or nullptr
   int64_t ldx;
+  const float* xs;  // avx2, small batches: x[:, :kp16] with groups of each 16 stored 0, 2, 1, 3
+  int64_t ldxs;
   const float* xt;  // [kp, ldt] or nullptr
   int64_t ldt;
   const void* values;  // [n, kp/2], row stride kp/2
