@@ -30,7 +30,8 @@ using IFn = bool (*)(const Sparse24Int8Params&, int64_t, int64_t);
 #endif
 
 // Levels without an entry (avx512 and up) fall through to avx2.
-constexpr KernelTable<FFn> kF{{kernels::sparse24_f_SCALAR, IF_AVX2(kernels::sparse24_f_AVX2), nullptr, nullptr, nullptr}};
+constexpr KernelTable<FFn> kF{
+    {kernels::sparse24_f_SCALAR, IF_AVX2(kernels::sparse24_f_AVX2), nullptr, nullptr, nullptr}};
 constexpr KernelTable<IFn> kI{{kernels::sparse24_i8_SCALAR, IF_AVX2(kernels::sparse24_i8_AVX2), nullptr, nullptr,
                                nullptr}};
 

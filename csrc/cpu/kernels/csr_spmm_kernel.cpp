@@ -30,7 +30,8 @@ inline float bf16_to_f32(uint16_t h) {
 }
 
 inline float val(const CsrParams& p, int64_t j) {
-  return p.values_bf16 ? bf16_to_f32(static_cast<const uint16_t*>(p.values)[j]) : static_cast<const float*>(p.values)[j];
+  return p.values_bf16 ? bf16_to_f32(static_cast<const uint16_t*>(p.values)[j])
+                       : static_cast<const float*>(p.values)[j];
 }
 
 inline int64_t col(const CsrParams& p, int64_t j) {

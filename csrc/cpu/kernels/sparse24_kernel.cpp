@@ -10,8 +10,9 @@
 // Large batches: the host passes x transposed ([kp, ldt]); each kept weight is broadcast and
 // FMA'd across up to 64 batch lanes, over tiles of 32 output rows x 128 K-positions, so a tile of
 // the transposed activations stays in L1 while the accumulators live in a small buffer.
-// int8 values: the quantized row is shuffled with vpshufb to the kept positions (16 a step) and
-// multiplied with vpmaddubsw/vpmaddwd; the int32 sums are exact, the epilogue matches the reference.
+// int8 values: the kept-position byte indices are computed in registers from 8 metadata bytes,
+// the quantized row is shuffled with vpshufb to the kept positions (32 a step) and multiplied with
+// vpmaddubsw/vpmaddwd; the int32 sums are exact, the epilogue matches the reference.
 #include "kernel_macros.h"
 
 #if COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_SCALAR || COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_AVX2
@@ -229,11 +230,51 @@ inline int32_t hsum_i32(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
+// int8, one row, 64 K-positions (32 kept values) a step, indices computed in registers:
+// output byte b of lane L holds kept value i (lane 0: 0-7 then 16-23, lane 1: 8-15 then 24-31);
+// its metadata byte is i/4, its nibble (i/2)%2, its slot i%2 and its offset 4*((i/2)%4) in the
+// 16-byte lane of x it comes from (A = x[k..k+32) for values 0-15, B = x[k+32..k+64) for 16-31).
+constexpr uint8_t kSel[32] = {0, 0, 0, 0, 1, 1, 1, 1, 4, 4, 4, 4, 5, 5, 5, 5,
+                              2, 2, 2, 2, 3, 3, 3, 3, 6, 6, 6, 6, 7, 7, 7, 7};
+constexpr uint8_t kNibhi[32] = {0, 0, 128, 128, 0, 0, 128, 128, 0, 0, 128, 128, 0, 0, 128, 128,
+                                0, 0, 128, 128, 0, 0, 128, 128, 0, 0, 128, 128, 0, 0, 128, 128};
+constexpr uint8_t kSlot[32] = {0, 128, 0, 128, 0, 128, 0, 128, 0, 128, 0, 128, 0, 128, 0, 128,
+                               0, 128, 0, 128, 0, 128, 0, 128, 0, 128, 0, 128, 0, 128, 0, 128};
+constexpr uint8_t kOff[32] = {0, 0, 4, 4, 8, 8, 12, 12, 0, 0, 4, 4, 8, 8, 12, 12,
+                              0, 0, 4, 4, 8, 8, 12, 12, 0, 0, 4, 4, 8, 8, 12, 12};
+constexpr uint8_t kZeroHi[32] = {0, 0, 0, 0, 0, 0, 0, 0, 128, 128, 128, 128, 128, 128, 128, 128,
+                                 0, 0, 0, 0, 0, 0, 0, 0, 128, 128, 128, 128, 128, 128, 128, 128};
+constexpr uint8_t kZeroLo[32] = {128, 128, 128, 128, 128, 128, 128, 128, 0, 0, 0, 0, 0, 0, 0, 0,
+                                 128, 128, 128, 128, 128, 128, 128, 128, 0, 0, 0, 0, 0, 0, 0, 0};
+
+inline __m256i load_const(const uint8_t* c) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c)); }
+
 inline int32_t idot_row_avx2(const Lut& t, const Sparse24Int8Params& p, const int8_t* vrow, const uint8_t* mrow,
                              const int8_t* q) {
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i acc = _mm256_setzero_si256();
+  const __m256i sel = load_const(kSel), nibhi = load_const(kNibhi), slot = load_const(kSlot);
+  const __m256i off = load_const(kOff), zero_hi = load_const(kZeroHi), zero_lo = load_const(kZeroLo);
+  const __m256i low4 = _mm256_set1_epi8(0x0F), low2 = _mm256_set1_epi8(0x03);
   int64_t k = 0;
+  for (; k + 64 <= p.kp; k += 64) {
+    uint64_t mb;
+    std::memcpy(&mb, mrow + k / 8, 8);
+    const __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi64x(static_cast<int64_t>(mb)), sel);
+    const __m256i nib = _mm256_blendv_epi8(_mm256_and_si256(b, low4),
+                                           _mm256_and_si256(_mm256_srli_epi16(b, 4), low4), nibhi);
+    const __m256i pos = _mm256_blendv_epi8(_mm256_and_si256(nib, low2),
+                                           _mm256_and_si256(_mm256_srli_epi16(nib, 2), low2), slot);
+    const __m256i idx = _mm256_add_epi8(pos, off);
+    const __m256i xa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + k));
+    const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + k + 32));
+    const __m256i xg = _mm256_or_si256(_mm256_shuffle_epi8(xa, _mm256_or_si256(idx, zero_hi)),
+                                       _mm256_shuffle_epi8(xb, _mm256_or_si256(idx, zero_lo)));
+    const __m256i w = _mm256_permute4x64_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(vrow + k / 2)),
+                                                 0xD8);
+    const __m256i prod = _mm256_maddubs_epi16(_mm256_abs_epi8(xg), _mm256_sign_epi8(w, xg));
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(prod, ones));
+  }
   for (; k + 32 <= p.kp; k += 32) {
     uint32_t mb;
     std::memcpy(&mb, mrow + k / 8, 4);
@@ -275,8 +316,9 @@ void i8_tile_rows(const Sparse24Int8Params& p, const int16_t* qt, int64_t ldt, i
       for (int64_t g = g0; g < g1; ++g) {
         int64_t ka, kb;
         group_positions(mrow, g, &ka, &kb);
-        const uint32_t pair = static_cast<uint16_t>(static_cast<int16_t>(vrow[2 * g])) |
-                              (static_cast<uint32_t>(static_cast<uint16_t>(static_cast<int16_t>(vrow[2 * g + 1]))) << 16);
+        const uint32_t lo16 = static_cast<uint16_t>(static_cast<int16_t>(vrow[2 * g]));
+        const uint32_t hi16 = static_cast<uint16_t>(static_cast<int16_t>(vrow[2 * g + 1]));
+        const uint32_t pair = lo16 | (hi16 << 16);
         const __m256i w = _mm256_set1_epi32(static_cast<int32_t>(pair));
         const int16_t* xa = qt + ka * ldt + mc;
         const int16_t* xb = qt + kb * ldt + mc;
