@@ -218,3 +218,13 @@ def test_pruner_masks_hold_through_optimizer_steps(kind):
         assert total / (48 * 37 + 37 * 10) >= 0.79
         conv = co.convert(copy.deepcopy(model), co.CSR())
         assert torch.equal(conv.fc1.dequantize(), model.fc1.weight.detach())
+
+
+def test_benchmark_module_imports_and_break_even():
+    from compressops.bench import sparse as bench
+
+    rows = [{"shape": "s", "threads": 1, "impl": "CSRLinear 90%", "speedup": 2.0},
+            {"shape": "s", "threads": 1, "impl": "CSRLinear 70%", "speedup": 1.1},
+            {"shape": "s", "threads": 1, "impl": "CSRLinear 50%", "speedup": 0.6}]
+    assert bench.break_even(rows, "s", 1) == "<= 70%"
+    assert bench.break_even(rows[2:], "s", 1) == "> measured range"
