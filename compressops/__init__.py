@@ -33,6 +33,9 @@ __all__ = ["Int8", "convert", "report", "save", "load", "info", "isa", "detected
 __all__ += ["Int4"]
 
 # [sparse exports]
+from .configs import CSR, Sparse24  # noqa: E402
+
+__all__ += ["Sparse24", "CSR"]
 
 # [pq exports]
 

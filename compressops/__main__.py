@@ -12,6 +12,7 @@ def main() -> int:
         benches = {"int8": "compressops.bench.int8_linear"}
         # [family benches]  (one line per family: benches["<family>"] = "compressops.bench.<module>")
         benches["int4"] = "compressops.bench.int4_linear"
+        benches["sparse"] = "compressops.bench.sparse"
 
         if family not in benches:
             print(f"unknown benchmark family {family!r}; known: {', '.join(benches)}")

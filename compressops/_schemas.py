@@ -22,6 +22,12 @@ SCHEMAS: dict[str, str] = {
     ),
 
     # [sparse schemas]
+    "sparse24_linear": "(Tensor x, Tensor values, Tensor meta, int in_features, Tensor? bias=None) -> Tensor",
+    "sparse24_int8_linear": (
+        "(Tensor x, Tensor values, Tensor meta, Tensor w_scale, int in_features, Tensor? bias=None) -> Tensor"
+    ),
+    "csr_pack": "(Tensor crow, Tensor col, int in_features) -> Tensor",
+    "csr_linear": "(Tensor x, Tensor packed, Tensor values, int out_features, Tensor? bias=None) -> Tensor",
 
     # [pq schemas]
 

@@ -93,6 +93,79 @@ class Int4:
 
 # [sparse configs]
 
+
+def _dtype_name(dtype, label: str, allowed: tuple[str, ...]):
+    """None, a torch.dtype or its name -> the canonical name (or None)."""
+    if dtype is None:
+        return None
+    name = str(dtype).replace("torch.", "")
+    if name not in allowed:
+        raise ValueError(f"{label}: dtype must be None or one of {', '.join(allowed)}, got {dtype!r}")
+    return name
+
+
+@_register_format("sparse24")
+@dataclass(frozen=True)
+class Sparse24:
+    """2:4 semi-structured sparsity: the 2 largest |w| of every 4 along K are kept (DESIGN.md section 4).
+
+    A weight that already has a 2:4 pattern keeps it exactly. Magnitude pruning without fine-tuning
+    costs accuracy; prune and fine-tune with compressops.algorithms.pruning first for the best results.
+
+    Args:
+        dtype: kept-value dtype: None keeps the layer's float dtype (float32, or bfloat16 for a
+            bfloat16 layer), torch.float32 / torch.bfloat16, or torch.int8 (per-channel scales,
+            activations quantized to int8 per row at run time).
+    """
+
+    dtype: object = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "dtype", _dtype_name(self.dtype, "Sparse24", ("float32", "bfloat16", "int8")))
+
+    def torch_dtype(self, default=None):
+        import torch
+
+        return getattr(torch, self.dtype) if self.dtype is not None else default
+
+    def to_dict(self) -> dict:
+        return {"format": "sparse24", **asdict(self)}
+
+
+@_register_format("csr")
+@dataclass(frozen=True)
+class CSR:
+    """Unstructured sparsity stored as CSR (row pointer, 16/32-bit columns, values).
+
+    Args:
+        sparsity: fraction of weights set to zero by magnitude (e.g. 0.9), or None to keep the
+            zeros the weight already has (a model pruned beforehand).
+        scope: "layer" prunes each layer to `sparsity`; "global" uses one magnitude threshold over
+            all layers compressops.convert converts with this config (so sparsity varies per layer).
+        dtype: value dtype: None keeps the layer's float dtype (float32 or bfloat16), or
+            torch.float32 / torch.bfloat16.
+    """
+
+    sparsity: float | None = None
+    scope: str = "layer"
+    dtype: object = None
+
+    def __post_init__(self):
+        if self.sparsity is not None and not (0.0 <= float(self.sparsity) < 1.0):
+            raise ValueError(f"CSR(sparsity={self.sparsity!r}): sparsity must be None or in [0, 1)")
+        if self.scope not in ("layer", "global"):
+            raise ValueError(f"CSR(scope={self.scope!r}): scope must be 'layer' or 'global'")
+        object.__setattr__(self, "dtype", _dtype_name(self.dtype, "CSR", ("float32", "bfloat16")))
+
+    def torch_dtype(self, default=None):
+        import torch
+
+        return getattr(torch, self.dtype) if self.dtype is not None else default
+
+    def to_dict(self) -> dict:
+        return {"format": "csr", **asdict(self)}
+
+
 # [pq config]
 
 # [binary config]

@@ -13,6 +13,7 @@ from .configs import Int8
 from .nn import Int8Linear
 # [family imports]
 from .nn.int4_linear import Int4, Int4Linear
+from .nn.sparse_linear import CSR, CSRLinear, Sparse24, Sparse24Linear
 
 # config type -> (module types it converts, function(module, config, name, calibration) -> module);
 # calibration is the layer's observer result (see convert) or None
@@ -50,6 +51,21 @@ def _convert_int4(mod, config, name, calibration=None):
     return Int4Linear.from_float(mod, config, hessian=calibration, name=name)
 
 # [sparse handlers]
+@register_handler(Sparse24, (nn.Linear,), (Sparse24Linear,))
+def _convert_sparse24(mod, config, name, calibration=None):
+    return Sparse24Linear.from_float(mod, config, name=name)
+
+
+@register_handler(CSR, (nn.Linear,), (CSRLinear,))
+def _convert_csr(mod, config, name, calibration=None):
+    mask = None
+    if config.scope == "global" and config.sparsity is not None:
+        from .algorithms.pruning import _global_threshold_in_convert
+
+        thr = _global_threshold_in_convert(config, name)
+        mask = (mod.weight.detach().abs().float() > thr) & (mod.weight.detach() != 0)
+    return CSRLinear.from_float(mod, config, name=name, mask=mask)
+
 
 # [pq handler]
 

@@ -246,6 +246,115 @@ def int4_linear(x: Tensor, w_packed: Tensor, out_features: int, bias: Tensor | N
 _register_triton_cuda("int4_linear", "int4_linear", "int4_linear")
 
 # [sparse ops]
+# 2:4 semi-structured (compressops/formats/sparse24.py) and CSR (compressops/formats/csr.py).
+
+__all__ += ["sparse24_linear", "sparse24_int8_linear", "csr_pack", "csr_linear"]
+
+
+def _fake_sparse_out(op, x, n, bias):
+    torch._check(x.is_floating_point(), lambda: f"{op}: x must be float, got {x.dtype}")
+    torch._check(bias is None or bias.shape == (n,), lambda: f"{op}: bias must have shape [{n}]")
+    return x.new_empty((*x.shape[:-1], n))
+
+
+@torch.library.register_fake("compressops::sparse24_linear")
+def _(x, values, meta, in_features, bias=None):
+    torch._check(values.dim() == 2, lambda: "sparse24_linear: values must be 2-D [N, Kp/2]")
+    return _fake_sparse_out("sparse24_linear", x, values.shape[0], bias)
+
+
+torch.library.register_kernel("compressops::sparse24_linear", "CompositeExplicitAutograd", reference.sparse24_linear)
+
+
+def sparse24_linear(x: Tensor, values: Tensor, meta: Tensor, in_features: int, bias: Tensor | None = None) -> Tensor:
+    """2:4 sparse linear: y = x @ W.T + bias, W given by its kept values and 2-bit positions.
+
+    Args:
+        x: float32/bfloat16/float16 (..., K) with K = in_features, any leading dims and strides.
+        values: float32 or bfloat16 [N, Kp/2] (Kp = K rounded up to 4), from
+            compressops.formats.sparse24.compress.
+        meta: uint8 [N, ceil(Kp/8)] positions (bit order in compressops/formats/sparse24.py).
+        in_features: K.
+        bias: optional float [N].
+    Returns:
+        (..., N) in x.dtype; float32 accumulation (equal to the reference within float rounding).
+    """
+    return torch.ops.compressops.sparse24_linear.default(x, values, meta, in_features, bias)
+
+
+_register_triton_cuda("sparse24_linear", "sparse24_linear", "sparse24_linear")
+
+
+@torch.library.register_fake("compressops::sparse24_int8_linear")
+def _(x, values, meta, w_scale, in_features, bias=None):
+    torch._check(values.dim() == 2, lambda: "sparse24_int8_linear: values must be 2-D [N, Kp/2]")
+    return _fake_sparse_out("sparse24_int8_linear", x, values.shape[0], bias)
+
+
+torch.library.register_kernel("compressops::sparse24_int8_linear", "CompositeExplicitAutograd",
+                              reference.sparse24_int8_linear)
+
+
+def sparse24_int8_linear(x: Tensor, values: Tensor, meta: Tensor, w_scale: Tensor, in_features: int,
+                         bias: Tensor | None = None) -> Tensor:
+    """2:4 sparse linear with int8 kept values and dynamic per-row int8 activations.
+
+    y = float(q(x) @ Wq.T) * (x_scale * w_scale) + bias, with q(x) exactly as
+    compressops.ops.int8_quantize_activation and an exact int32 sum.
+
+    Args:
+        x: float32/bfloat16/float16 (..., K).
+        values: int8 [N, Kp/2] in [-127, 127]; meta: uint8 [N, ceil(Kp/8)]; w_scale: float32 [N].
+        in_features: K. bias: optional float [N].
+    Returns:
+        (..., N) in x.dtype, bit-identical to compressops.reference.sparse24_int8_linear.
+    """
+    return torch.ops.compressops.sparse24_int8_linear.default(x, values, meta, w_scale, in_features, bias)
+
+
+@torch.library.register_fake("compressops::csr_pack")
+def _(crow, col, in_features):
+    from .formats import csr as csr_format
+
+    n = crow.shape[0] - 1
+    return crow.new_empty((csr_format.packed_bytes(n, in_features, col.shape[0]),), dtype=torch.uint8)
+
+
+torch.library.register_kernel("compressops::csr_pack", "CompositeExplicitAutograd", reference.csr_pack)
+
+
+def csr_pack(crow: Tensor, col: Tensor, in_features: int) -> Tensor:
+    """Validate a CSR index once and pack it for csr_linear (16-bit columns when K <= 65536).
+
+    Args:
+        crow: int32/int64 [N+1]; col: int32 [nnz] in [0, in_features).
+    Returns:
+        uint8 [compressops.formats.csr.packed_bytes(N, K, nnz)] (layout in compressops/formats/csr.py).
+    """
+    return torch.ops.compressops.csr_pack.default(crow, col, in_features)
+
+
+@torch.library.register_fake("compressops::csr_linear")
+def _(x, packed, values, out_features, bias=None):
+    return _fake_sparse_out("csr_linear", x, out_features, bias)
+
+
+torch.library.register_kernel("compressops::csr_linear", "CompositeExplicitAutograd", reference.csr_linear)
+
+
+def csr_linear(x: Tensor, packed: Tensor, values: Tensor, out_features: int, bias: Tensor | None = None) -> Tensor:
+    """CSR sparse linear: y = x @ W.T + bias.
+
+    Args:
+        x: float32/bfloat16/float16 (..., K).
+        packed: uint8 index pack from csr_pack(crow, col, K).
+        values: float32 or bfloat16 [nnz] (the CSR values, in crow/col order).
+        out_features: N. bias: optional float [N].
+    Returns:
+        (..., N) in x.dtype; float32 accumulation.
+    """
+    return torch.ops.compressops.csr_linear.default(x, packed, values, out_features, bias)
+
 
 # [pq ops]
 

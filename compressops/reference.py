@@ -191,6 +191,96 @@ def int4_linear(x, w_packed, out_features, bias=None, out_dtype=None):
 
 
 # [sparse reference]
+def _check_sparse24(op, x, values, meta, in_features, bias, int8=False):
+    _check_x(x, op)
+    from .formats import sparse24 as s24
+
+    k = int(in_features)
+    if k < 1 or (int8 and k > 262144):
+        raise ValueError(f"{op}: in_features must be >= 1 (and <= 262144 for int8 values: exact int32 sums), "
+                         f"got {k}")
+    want = (torch.int8,) if int8 else (torch.float32, torch.bfloat16)
+    if values.dtype not in want or values.dim() != 2 or values.shape[1] != s24.padded_k(k) // 2:
+        raise ValueError(f"{op}: values must be {'/'.join(str(t) for t in want)} of shape [N, {s24.padded_k(k) // 2}] "
+                         f"for in_features={k}, got {values.dtype} {tuple(values.shape)}")
+    n = values.shape[0]
+    if meta.dtype != torch.uint8 or tuple(meta.shape) != (n, s24.meta_bytes(k)):
+        raise ValueError(f"{op}: meta must be uint8 of shape [N, {s24.meta_bytes(k)}] = [{n}, {s24.meta_bytes(k)}], "
+                         f"got {meta.dtype} {tuple(meta.shape)}")
+    if x.shape[-1] != k:
+        raise ValueError(f"{op}: x has K={x.shape[-1]} in its last dimension but in_features={k}")
+    if bias is not None and (not bias.is_floating_point() or bias.dim() != 1 or bias.shape[0] != n):
+        raise ValueError(f"{op}: bias must be a float tensor of shape [N] = [{n}], got {bias.dtype} "
+                         f"{tuple(bias.shape)}")
+    return n, k, _out_dtype(x, None, op)
+
+
+def sparse24_linear(x, values, meta, in_features, bias=None):
+    """y = x @ W.T + bias with W the dense form of the 2:4 (values, meta); float32 accumulation."""
+    from .formats import sparse24 as s24
+
+    n, k, out_t = _check_sparse24("sparse24_linear", x, values, meta, in_features, bias)
+    w = s24.decompress(values, meta, k, torch.float32)
+    y = x.reshape(-1, k).float() @ w.t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(out_t).reshape(*x.shape[:-1], n)
+
+
+def sparse24_int8_linear(x, values, meta, w_scale, in_features, bias=None):
+    """2:4 with int8 kept values: y = float(q(x) @ Wq.T) * (x_scale * w_scale) + bias.
+
+    q(x) is int8_quantize_activation (dynamic, per row); the integer sum is exact (int32).
+    """
+    from .formats import sparse24 as s24
+
+    op = "sparse24_int8_linear"
+    n, k, out_t = _check_sparse24(op, x, values, meta, in_features, bias, int8=True)
+    if w_scale.dtype != torch.float32 or w_scale.dim() != 1 or w_scale.shape[0] != n:
+        raise ValueError(f"{op}: w_scale must be float32 of shape [N] = [{n}], got {w_scale.dtype} "
+                         f"{tuple(w_scale.shape)}")
+    w = s24.decompress(values, meta, k, torch.float64)
+    q, sx = int8_quantize_activation(x)
+    acc = (q.reshape(-1, k).double() @ w.t()).to(torch.int32)
+    y = acc.float() * (sx.reshape(-1, 1) * w_scale.reshape(1, -1))
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(out_t).reshape(*x.shape[:-1], n)
+
+
+def csr_pack(crow, col, in_features):
+    """See compressops.ops.csr_pack."""
+    from .formats import csr
+
+    return csr.pack(crow, col, int(in_features))
+
+
+def csr_linear(x, packed, values, out_features, bias=None):
+    """y = x @ W.T + bias, W the dense form of the CSR (packed index, values); float32 accumulation."""
+    from .formats import csr
+
+    op = "csr_linear"
+    _check_x(x, op)
+    h = csr.read_header(packed, op)
+    n, k, nnz = h["n"], h["k"], h["nnz"]
+    if int(out_features) != n:
+        raise ValueError(f"{op}: out_features={out_features} but the pack has N={n}")
+    if values.dtype not in (torch.float32, torch.bfloat16) or values.dim() != 1 or values.shape[0] != nnz:
+        raise ValueError(f"{op}: values must be float32/bfloat16 of shape [nnz] = [{nnz}], got {values.dtype} "
+                         f"{tuple(values.shape)}")
+    if x.shape[-1] != k:
+        raise ValueError(f"{op}: x has K={x.shape[-1]} in its last dimension but the pack has K={k}")
+    if bias is not None and (not bias.is_floating_point() or bias.dim() != 1 or bias.shape[0] != n):
+        raise ValueError(f"{op}: bias must be a float tensor of shape [N] = [{n}], got {bias.dtype} "
+                         f"{tuple(bias.shape)}")
+    out_t = _out_dtype(x, None, op)
+    crow, col, _ = csr.unpack(packed)
+    w = csr.to_dense(crow, col, values, k, torch.float32)
+    y = x.reshape(-1, k).float() @ w.t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(out_t).reshape(*x.shape[:-1], n)
+
 
 # [pq reference]
 

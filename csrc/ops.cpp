@@ -51,6 +51,8 @@ std::vector<std::string> kernel_isas_op(std::string op) {
   if (op.rfind("int4_", 0) == 0) return int4_kernel_isas();
 
   // [sparse kernel isas]
+  if (op == "csr_pack") return {};
+  if (op.rfind("sparse24_", 0) == 0 || op.rfind("csr_", 0) == 0) return sparse_kernel_isas(op);
 
   // [pq kernel isas]
 
@@ -82,6 +84,13 @@ TORCH_LIBRARY(compressops, m) {
       "-> Tensor");
 
   // [sparse schemas]
+  // 2:4 semi-structured and CSR sparse linear (DESIGN.md section 4, compressops/formats/sparse24.py, csr.py).
+  m.def("sparse24_linear(Tensor x, Tensor values, Tensor meta, int in_features, Tensor? bias=None) -> Tensor");
+  m.def(
+      "sparse24_int8_linear(Tensor x, Tensor values, Tensor meta, Tensor w_scale, int in_features, "
+      "Tensor? bias=None) -> Tensor");
+  m.def("csr_pack(Tensor crow, Tensor col, int in_features) -> Tensor");
+  m.def("csr_linear(Tensor x, Tensor packed, Tensor values, int out_features, Tensor? bias=None) -> Tensor");
 
   // [pq schemas]
 

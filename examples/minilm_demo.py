@@ -49,6 +49,11 @@ FORMATS: list[tuple[str, object, float | None]] = [
     ("int4 g128 (GPTQ)", co.Int4(group_size=128, method="gptq"), 0.97),
 
     # [sparse rows]
+    # Magnitude pruning without fine-tuning costs accuracy (no cosine target); prune during
+    # fine-tuning with compressops.algorithms.pruning.MagnitudePruner for usable quality.
+    ("2:4 fp32", co.Sparse24(), None),
+    ("2:4 int8", co.Sparse24(dtype=torch.int8), None),
+    ("CSR 50%", co.CSR(sparsity=0.5), None),
 
     # [pq rows]
 

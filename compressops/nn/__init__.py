@@ -10,6 +10,9 @@ from .int4_linear import Int4Linear  # noqa: E402
 __all__ += ["Int4Linear"]
 
 # [sparse modules]
+from .sparse_linear import CSRLinear, Sparse24Linear  # noqa: E402
+
+__all__ += ["Sparse24Linear", "CSRLinear"]
 
 # [pq module]
 

@@ -17,6 +17,7 @@ std::vector<std::string> int8_kernel_isas();
 std::vector<std::string> int4_kernel_isas();
 
 // [sparse kernel isas]
+std::vector<std::string> sparse_kernel_isas(const std::string& op);
 
 // [pq kernel isas]
 

@@ -1,0 +1,262 @@
+"""Sparse24Linear and CSRLinear: drop-in replacements of nn.Linear with sparse weights."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..configs import CSR, Sparse24
+from ..formats import csr as csr_format
+from ..formats import sparse24 as s24
+
+
+def _float_dtype(weight: torch.Tensor) -> torch.dtype:
+    return weight.dtype if weight.dtype in (torch.float32, torch.bfloat16) else torch.float32
+
+
+class _KeepDtypes(nn.Module):
+    """Module.to(dtype) must not recast the stored format (values dtype, fp32 scales and bias)."""
+
+    _fixed: tuple[str, ...] = ()
+
+    def _apply(self, fn, recurse=True):
+        keep = {n: getattr(self, n) for n in self._fixed if getattr(self, n, None) is not None}
+        super()._apply(fn, recurse)
+        for n, old in keep.items():
+            new = getattr(self, n)
+            if new.dtype != old.dtype:
+                setattr(self, n, old.to(new.device))
+        return self
+
+
+class Sparse24Linear(_KeepDtypes):
+    """nn.Linear with a 2:4 semi-structured weight: 2 kept values of every 4 along in_features.
+
+    Inputs: float32/bfloat16/float16 (..., in_features); the output has the input's dtype.
+
+    Buffers (state_dict): values [out, Kp/2] (float32, bfloat16 or int8), meta uint8
+    [out, ceil(Kp/8)] (2-bit positions, layout in compressops/formats/sparse24.py), weight_scale
+    float32 [out] (int8 only), bias float32 [out] (if any). Kp = in_features rounded up to 4.
+    With int8 values the activations are quantized to int8 per row at run time (as Int8Linear).
+
+    Example:
+        >>> sp = Sparse24Linear.from_float(torch.nn.Linear(64, 32))
+        >>> y = sp(torch.randn(4, 64))
+    """
+
+    _version = 1
+    _fixed = ("values", "weight_scale", "bias")
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, dtype=torch.float32, device=None):
+        super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"Sparse24Linear: in_features and out_features must be >= 1, got "
+                             f"{in_features}, {out_features}")
+        if dtype not in (torch.float32, torch.bfloat16, torch.int8):
+            raise ValueError(f"Sparse24Linear: dtype must be float32, bfloat16 or int8, got {dtype}")
+        self.in_features = in_features
+        self.out_features = out_features
+        kp = s24.padded_k(in_features)
+        self.register_buffer("values", torch.zeros(out_features, kp // 2, dtype=dtype, device=device))
+        self.register_buffer("meta", torch.full((out_features, s24.meta_bytes(in_features)), 0x44, dtype=torch.uint8,
+                                                device=device))
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device)
+                             if dtype == torch.int8 else None)
+        self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device) if bias else None)
+
+    @classmethod
+    def from_float(cls, mod: nn.Linear, config: Sparse24 | None = None, name: str = "") -> Sparse24Linear:
+        """Prune a float nn.Linear to 2:4 by magnitude (an existing 2:4 pattern is kept exactly).
+
+        Raises:
+            TypeError: not an nn.Linear. ValueError: NaN/Inf weights.
+        """
+        config = config or Sparse24()
+        label = name or "Sparse24Linear.from_float"
+        if not isinstance(mod, nn.Linear):
+            raise TypeError(f"{label}: expected nn.Linear, got {type(mod).__name__}")
+        dtype = config.torch_dtype(_float_dtype(mod.weight))
+        w = mod.weight.detach()
+        values, meta = s24.compress(w.to(torch.float32) if dtype == torch.int8 else w.to(dtype), name=label)
+        m = cls(mod.in_features, mod.out_features, bias=mod.bias is not None, dtype=dtype, device=w.device)
+        if dtype == torch.int8:
+            values, scale = s24.quantize_values(values)
+            m.weight_scale.copy_(scale)
+        m.values.copy_(values)
+        m.meta.copy_(meta)
+        if mod.bias is not None:
+            m.bias.copy_(mod.bias.detach().float())
+        return m
+
+    @classmethod
+    def skeleton(cls, mod: nn.Linear, config: Sparse24) -> Sparse24Linear:
+        """An empty Sparse24Linear with the shapes of float `mod` (for compressops.load)."""
+        return cls(mod.in_features, mod.out_features, bias=mod.bias is not None,
+                   dtype=config.torch_dtype(_float_dtype(mod.weight)), device=mod.weight.device)
+
+    @property
+    def config(self) -> Sparse24:
+        return Sparse24(dtype=self.values.dtype)
+
+    @property
+    def format_label(self) -> str:
+        return f"2:4 {str(self.values.dtype).replace('torch.', '')}"
+
+    @property
+    def shape_label(self) -> str:
+        return f"{self.out_features}x{self.in_features}"
+
+    def dense_bytes(self) -> int:
+        return 4 * (self.out_features * self.in_features + (self.out_features if self.bias is not None else 0))
+
+    def compressed_bytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.buffers() if b is not None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight_scale is not None:
+            return ops.sparse24_int8_linear(x, self.values, self.meta, self.weight_scale, self.in_features, self.bias)
+        return ops.sparse24_linear(x, self.values, self.meta, self.in_features, self.bias)
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 dense weight [out, in] this layer computes with."""
+        w = s24.decompress(self.values, self.meta, self.in_features, torch.float32)
+        return w * self.weight_scale[:, None] if self.weight_scale is not None else w
+
+    def to_float(self) -> nn.Linear:
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.values.device)
+        with torch.no_grad():
+            lin.weight.copy_(self.dequantize())
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"weight=2:4 {str(self.values.dtype).replace('torch.', '')}")
+
+
+class CSRLinear(_KeepDtypes):
+    """nn.Linear with an unstructured sparse weight stored as CSR.
+
+    Buffers (state_dict): crow int64 [out+1], col int32 [nnz], values float32/bfloat16 [nnz],
+    bias float32 [out] (if any). The kernel's index pack (16-bit columns when in_features <=
+    65536, see compressops/formats/csr.py) is a non-persistent buffer rebuilt on load.
+
+    Example:
+        >>> sp = CSRLinear.from_float(torch.nn.Linear(64, 32), compressops.CSR(sparsity=0.9))
+        >>> y = sp(torch.randn(4, 64))
+    """
+
+    _version = 1
+    _fixed = ("values", "bias", "crow", "col", "packed")
+
+    def __init__(self, in_features: int, out_features: int, nnz: int = 0, bias: bool = True, *,
+                 dtype=torch.float32, device=None):
+        super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"CSRLinear: in_features and out_features must be >= 1, got {in_features}, "
+                             f"{out_features}")
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"CSRLinear: dtype must be float32 or bfloat16, got {dtype}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.register_buffer("crow", torch.zeros(out_features + 1, dtype=torch.int64, device=device))
+        self.register_buffer("col", torch.zeros(nnz, dtype=torch.int32, device=device))
+        self.register_buffer("values", torch.zeros(nnz, dtype=dtype, device=device))
+        self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device) if bias else None)
+        self.register_buffer("packed", None, persistent=False)
+        if nnz == 0:
+            self.repack()
+        self.register_load_state_dict_post_hook(lambda module, keys: module.repack())
+
+    def repack(self) -> None:
+        """Rebuild the kernel's index pack from crow/col (validates them)."""
+        self.packed = ops.csr_pack(self.crow, self.col, self.in_features)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # nnz is only known from the file: take the incoming shapes of col and values.
+        for name in ("col", "values"):
+            t = state_dict.get(prefix + name)
+            if isinstance(t, torch.Tensor) and t.dim() == 1:
+                setattr(self, name, torch.empty(t.shape, dtype=t.dtype, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    @classmethod
+    def from_float(cls, mod: nn.Linear, config: CSR | None = None, name: str = "",
+                   mask: torch.Tensor | None = None) -> CSRLinear:
+        """Convert a float nn.Linear: keep its nonzeros (config.sparsity None), prune by magnitude to
+        config.sparsity, or keep `mask` (bool [out, in], e.g. from a global threshold)."""
+        config = config or CSR()
+        label = name or "CSRLinear.from_float"
+        if not isinstance(mod, nn.Linear):
+            raise TypeError(f"{label}: expected nn.Linear, got {type(mod).__name__}")
+        w = mod.weight.detach()
+        if not torch.isfinite(w).all():
+            raise ValueError(f"{label}: weight holds NaN/Inf values")
+        dtype = config.torch_dtype(_float_dtype(w))
+        if mask is None:
+            mask = csr_format.magnitude_mask(w, config.sparsity)
+        crow, col, values = csr_format.compress(w.to(dtype), mask, name=label)
+        m = cls(mod.in_features, mod.out_features, nnz=col.numel(), bias=mod.bias is not None, dtype=dtype,
+                device=w.device)
+        m.crow.copy_(crow)
+        m.col.copy_(col)
+        m.values.copy_(values)
+        if mod.bias is not None:
+            m.bias.copy_(mod.bias.detach().float())
+        m.repack()
+        return m
+
+    @classmethod
+    def skeleton(cls, mod: nn.Linear, config: CSR) -> CSRLinear:
+        """An empty CSRLinear with the shapes of float `mod`; load_state_dict sets nnz."""
+        return cls(mod.in_features, mod.out_features, 0, bias=mod.bias is not None,
+                   dtype=config.torch_dtype(_float_dtype(mod.weight)), device=mod.weight.device)
+
+    @property
+    def nnz(self) -> int:
+        return self.col.numel()
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nnz / (self.in_features * self.out_features)
+
+    @property
+    def config(self) -> CSR:
+        return CSR(sparsity=None, dtype=self.values.dtype)
+
+    @property
+    def format_label(self) -> str:
+        return f"CSR {self.sparsity:.0%} {str(self.values.dtype).replace('torch.', '')}"
+
+    @property
+    def shape_label(self) -> str:
+        return f"{self.out_features}x{self.in_features}"
+
+    def dense_bytes(self) -> int:
+        return 4 * (self.out_features * self.in_features + (self.out_features if self.bias is not None else 0))
+
+    def compressed_bytes(self) -> int:
+        return sum(b.numel() * b.element_size() for n, b in self.named_buffers() if n != "packed" and b is not None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.csr_linear(x, self.packed, self.values, self.out_features, self.bias)
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 dense weight [out, in]."""
+        return csr_format.to_dense(self.crow, self.col, self.values, self.in_features, torch.float32)
+
+    def to_float(self) -> nn.Linear:
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.values.device)
+        with torch.no_grad():
+            lin.weight.copy_(self.dequantize())
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"nnz={self.nnz} ({self.sparsity:.1%} sparse), values={str(self.values.dtype).replace('torch.', '')}")

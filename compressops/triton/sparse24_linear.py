@@ -1,0 +1,58 @@
+"""Triton kernel for compressops::sparse24_linear (CUDA): each program computes a [BM, BN] output
+tile; per K step it loads the kept values and metadata of BN rows, expands them to a dense
+[BN, BK] tile in registers (a position matches one of its group's two kept slots or is zero) and
+runs tl.dot with fp32 accumulation. Tested on CPU tensors under TRITON_INTERPRET=1.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _sparse24_kernel(x_ptr, v_ptr, m_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_v, stride_m,
+                     HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        rk = k0 + tl.arange(0, BK)
+        xt = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K),
+                     other=0.0).to(tl.float32)
+        g = rk // 4  # group of each K position
+        pos = rk % 4
+        row_ok = (rn[:, None] < N) & (rk[None, :] < K)
+        byte = tl.load(m_ptr + rn[:, None] * stride_m + (g // 2)[None, :], mask=row_ok, other=0).to(tl.int32)
+        nib = (byte >> (4 * (g % 2))[None, :]) & 15
+        p0 = nib & 3
+        p1 = (nib >> 2) & 3
+        v0 = tl.load(v_ptr + rn[:, None] * stride_v + (2 * g)[None, :], mask=row_ok, other=0.0).to(tl.float32)
+        v1 = tl.load(v_ptr + rn[:, None] * stride_v + (2 * g + 1)[None, :], mask=row_ok, other=0.0).to(tl.float32)
+        w = tl.where(p0 == pos[None, :], v0, 0.0) + tl.where(p1 == pos[None, :], v1, 0.0)  # [BN, BK]
+        acc += tl.dot(xt, tl.trans(w), input_precision="ieee")
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0)[None, :]
+    tl.store(out_ptr + rm[:, None] * N + rn[None, :], acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+def sparse24_linear(x, values, meta, in_features, bias=None):
+    """Same contract as compressops.ops.sparse24_linear (argument checks by the reference)."""
+    from .. import reference
+
+    n, k, out_t = reference._check_sparse24("sparse24_linear", x, values, meta, in_features, bias)
+    x2 = x.reshape(-1, k).contiguous()
+    m = x2.shape[0]
+    out = torch.empty(m, n, dtype=torch.float32, device=x.device)
+    if m > 0:
+        vals = values.contiguous()
+        meta_c = meta.contiguous()
+        b = bias.float().contiguous() if bias is not None else out
+        bm, bn, bk = 16, 32, 32
+        grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
+        _sparse24_kernel[grid](x2, vals, meta_c, b, out, m, n, k, x2.stride(0), vals.stride(0), meta_c.stride(0),
+                               HAS_BIAS=bias is not None, BM=bm, BN=bn, BK=bk)
+    return out.to(out_t).reshape(*x.shape[:-1], n)

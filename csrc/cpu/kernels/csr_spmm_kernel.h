@@ -1,0 +1,36 @@
+// Torch-free CSR sparse linear kernels (row-parallel SpMM). See csr_spmm_kernel.cpp and
+// compressops/formats/csr.py for the packed index layout.
+#pragma once
+#include <cstdint>
+
+namespace compressops::cpu::kernels {
+
+// out[m, n] = sum_{j in row n} values[j] * x[m, col[j]] + bias[n], fp32 accumulation.
+// Small batches read rows of x ([m, k], stride ldx); m >= kCsrTransposeM read xt ([k, ldt], the
+// activation block transposed, ldt a multiple of 8, zero padded lanes).
+struct CsrParams {
+  const int64_t* rowptr;  // [n+1]
+  const void* cols;       // uint16 or int32 [nnz]
+  int col_bytes;          // 2 or 4
+  int sorted;             // 1: columns non-decreasing within every row (enables K tiling)
+  const void* values;     // [nnz]
+  int values_bf16;
+  const float* x;
+  int64_t ldx;
+  const float* xt;
+  int64_t ldt;
+  const float* bias;
+  float* out;
+  int64_t ldo;
+  int64_t m, n, k;
+};
+
+constexpr int64_t kCsrTransposeM = 8;
+
+// Output rows [n_begin, n_end) (the host splits them by nonzero count).
+#define COMPRESSOPS_DECLARE_CSR(SUFFIX) bool csr_spmm_##SUFFIX(const CsrParams&, int64_t n_begin, int64_t n_end);
+COMPRESSOPS_DECLARE_CSR(SCALAR)
+COMPRESSOPS_DECLARE_CSR(AVX2)
+#undef COMPRESSOPS_DECLARE_CSR
+
+}  // namespace compressops::cpu::kernels

@@ -1,0 +1,241 @@
+// Host side of the 2:4 sparse linear ops on CPU: argument checks, activation staging (fp32 rows,
+// transposed block for large batches, int8 quantization), ISA selection once per call and
+// at::parallel_for over output channels. Format: compressops/formats/sparse24.py.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+
+#include "dispatch.h"
+#include "kernel_record.h"
+#include "kernels/sparse24_kernel.h"
+
+namespace compressops::cpu {
+
+std::vector<std::string> csr_kernel_isas();  // csr_linear.cpp
+
+namespace {
+
+using kernels::Sparse24Int8Params;
+using kernels::Sparse24Params;
+using FFn = bool (*)(const Sparse24Params&, int64_t, int64_t);
+using IFn = bool (*)(const Sparse24Int8Params&, int64_t, int64_t);
+
+#ifdef COMPRESSOPS_HAVE_AVX2
+#define IF_AVX2(f) f
+#else
+#define IF_AVX2(f) nullptr
+#endif
+
+// Levels without an entry (avx512 and up) fall through to avx2.
+constexpr KernelTable<FFn> kF{
+    {kernels::sparse24_f_SCALAR, IF_AVX2(kernels::sparse24_f_AVX2), nullptr, nullptr, nullptr}};
+constexpr KernelTable<IFn> kI{{kernels::sparse24_i8_SCALAR, IF_AVX2(kernels::sparse24_i8_AVX2), nullptr, nullptr,
+                               nullptr}};
+
+int64_t padded_k(int64_t k) { return (k + 3) / 4 * 4; }
+int64_t meta_bytes(int64_t k) { return (padded_k(k) / 4 + 1) / 2; }
+
+struct Call {
+  int64_t n, k, kp;
+  at::Tensor values, meta;
+  std::optional<at::Tensor> bias;
+  std::vector<int64_t> out_shape;
+  at::ScalarType out_t;
+};
+
+Call check(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta, int64_t in_features,
+           const std::optional<at::Tensor>& bias, bool int8, const char* op) {
+  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be float32, bfloat16 or float16, got ",
+              x.scalar_type());
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension (..., K)");
+  TORCH_CHECK(in_features >= 1 && in_features <= (int8 ? 262144 : (1LL << 30)), op,
+              ": in_features must be >= 1 (and <= 262144 for int8 values: exact int32 sums), got ", in_features);
+  Call c;
+  c.k = in_features;
+  c.kp = padded_k(c.k);
+  if (int8) {
+    TORCH_CHECK(values.scalar_type() == at::kChar, op, ": values must be int8, got ", values.scalar_type());
+  } else {
+    TORCH_CHECK(values.scalar_type() == at::kFloat || values.scalar_type() == at::kBFloat16, op,
+                ": values must be float32 or bfloat16, got ", values.scalar_type());
+  }
+  TORCH_CHECK(values.dim() == 2 && values.size(1) == c.kp / 2, op, ": values must have shape [N, ", c.kp / 2,
+              "] for in_features=", c.k, ", got ", values.sizes());
+  TORCH_CHECK(values.device().is_cpu() && meta.device().is_cpu(), op, ": values and meta must be CPU tensors");
+  c.n = values.size(0);
+  TORCH_CHECK(c.n >= 1, op, ": values must have at least one row (N >= 1)");
+  TORCH_CHECK(meta.scalar_type() == at::kByte && meta.dim() == 2 && meta.size(0) == c.n &&
+                  meta.size(1) == meta_bytes(c.k),
+              op, ": meta must be uint8 of shape [N, ", meta_bytes(c.k), "] = [", c.n, ", ", meta_bytes(c.k),
+              "], got ", meta.scalar_type(), " ", meta.sizes());
+  TORCH_CHECK(x.size(-1) == c.k, op, ": x has K=", x.size(-1), " in its last dimension but in_features=", c.k);
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(at::isFloatingType(bias->scalar_type()) && bias->dim() == 1 && bias->size(0) == c.n, op,
+                ": bias must be a float tensor of shape [N] = [", c.n, "], got ", bias->scalar_type(), " ",
+                bias->sizes());
+    c.bias = bias->to(at::kFloat).contiguous();
+  }
+  c.values = values.contiguous();
+  c.meta = meta.contiguous();
+  c.out_shape = x.sizes().vec();
+  c.out_shape.back() = c.n;
+  c.out_t = x.scalar_type();
+  return c;
+}
+
+// x as fp32 rows [m, kp] with a zero tail (in place when it already is one).
+at::Tensor fp32_rows(const at::Tensor& x, int64_t k, int64_t kp) {
+  at::Tensor x2 = x.reshape({-1, k});
+  if (x2.scalar_type() == at::kFloat && kp == k && x2.is_contiguous()) return x2;
+  at::Tensor xf = at::zeros({x2.size(0), kp}, x.options().dtype(at::kFloat));
+  xf.narrow(1, 0, k).copy_(x2);
+  return xf;
+}
+
+at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                               int64_t in_features, const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "sparse24_linear";
+  const Call c = check(x, values, meta, in_features, bias, false, op);
+  const at::Tensor xf = fp32_rows(x, c.k, c.kp);
+  const int64_t m = xf.size(0);
+  at::Tensor out = at::empty({m, c.n}, x.options().dtype(at::kFloat));
+  if (m > 0) {
+    Sparse24Params p{};
+    p.x = xf.data_ptr<float>();
+    p.ldx = xf.stride(0);
+    p.values = c.values.data_ptr();
+    p.values_bf16 = c.values.scalar_type() == at::kBFloat16;
+    p.meta = c.meta.data_ptr<uint8_t>();
+    p.meta_stride = c.meta.size(1);
+    p.bias = c.bias ? c.bias->data_ptr<float>() : nullptr;
+    p.out = out.data_ptr<float>();
+    p.ldo = c.n;
+    p.m = m;
+    p.n = c.n;
+    p.kp = c.kp;
+    const auto [fn, level] = kF.select(active_isa(), p);
+    record_kernel_isa(op, level);
+    at::Tensor xt, xs;
+    if (level != CpuIsa::kScalar && m < kernels::kSparse24TransposeM) {
+      const int64_t kp16 = c.kp / 16 * 16;
+      const at::Tensor order = at::tensor(std::vector<int64_t>{0, 2, 1, 3}, xf.options().dtype(at::kLong));
+      xs = kp16 > 0 ? xf.narrow(1, 0, kp16).reshape({m, kp16 / 16, 4, 4}).index_select(2, order).reshape({m, kp16})
+                    : at::zeros({m, 16}, xf.options());
+      p.xs = xs.data_ptr<float>();
+      p.ldxs = xs.size(1);
+    }
+    if (level != CpuIsa::kScalar && m >= kernels::kSparse24TransposeM) {
+      const int64_t ldt = (m + 7) / 8 * 8;
+      xt = at::zeros({c.kp, ldt}, xf.options());
+      xt.narrow(1, 0, m).copy_(xf.t());
+      p.xt = xt.data_ptr<float>();
+      p.ldt = ldt;
+    }
+    const FFn kernel = fn;
+    at::parallel_for(0, c.n, 32, [&](int64_t b, int64_t e) { kernel(p, b, e); });
+  }
+  if (c.out_t != at::kFloat) out = out.to(c.out_t);
+  return out.view(c.out_shape);
+}
+
+// Dynamic symmetric per-row int8, the rule of compressops.reference.int8_quantize_activation.
+void quantize_rows(const at::Tensor& xf, int64_t k, int8_t* q, int64_t ldq, float* scale) {
+  const int64_t m = xf.size(0);
+  const float* x = xf.data_ptr<float>();
+  const int64_t ldx = xf.stride(0);
+  at::parallel_for(0, m, std::max<int64_t>(1, 16384 / std::max<int64_t>(k, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const float* xr = x + r * ldx;
+      int8_t* qr = q + r * ldq;
+      float amax = 0.0f;
+      bool nonfinite = false;
+      for (int64_t i = 0; i < k; ++i) {
+        const float v = xr[i];
+        if (!std::isfinite(v)) nonfinite = true;
+        amax = std::max(amax, std::fabs(v));
+      }
+      if (nonfinite || amax == 0.0f) {
+        scale[r] = nonfinite ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
+        std::fill(qr, qr + k, int8_t{0});
+        continue;
+      }
+      scale[r] = amax / 127.0f;
+      const float inv = 127.0f / amax;
+      for (int64_t i = 0; i < k; ++i) {
+        float v = xr[i] * inv;
+        v = std::min(std::max(v, -127.0f), 127.0f);
+        qr[i] = static_cast<int8_t>(std::nearbyint(v));
+      }
+    }
+  });
+}
+
+at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                                    const at::Tensor& w_scale, int64_t in_features,
+                                    const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "sparse24_int8_linear";
+  const Call c = check(x, values, meta, in_features, bias, true, op);
+  TORCH_CHECK(w_scale.scalar_type() == at::kFloat && w_scale.dim() == 1 && w_scale.size(0) == c.n, op,
+              ": w_scale must be float32 of shape [N] = [", c.n, "], got ", w_scale.scalar_type(), " ",
+              w_scale.sizes());
+  const at::Tensor ws = w_scale.contiguous();
+  at::Tensor x2 = x.reshape({-1, c.k});
+  if (x2.scalar_type() != at::kFloat || (x2.size(0) > 0 && x2.stride(1) != 1)) x2 = x2.to(at::kFloat).contiguous();
+  const int64_t m = x2.size(0);
+  at::Tensor out = at::empty({m, c.n}, x.options().dtype(at::kFloat));
+  if (m > 0) {
+    at::Tensor q = at::zeros({m, c.kp}, x.options().dtype(at::kChar));
+    at::Tensor sa = at::empty({m}, x.options().dtype(at::kFloat));
+    quantize_rows(x2, c.k, q.data_ptr<int8_t>(), c.kp, sa.data_ptr<float>());
+    Sparse24Int8Params p{};
+    p.q = q.data_ptr<int8_t>();
+    p.ldq = c.kp;
+    p.a_scale = sa.data_ptr<float>();
+    p.values = c.values.data_ptr<int8_t>();
+    p.meta = c.meta.data_ptr<uint8_t>();
+    p.meta_stride = c.meta.size(1);
+    p.w_scale = ws.data_ptr<float>();
+    p.bias = c.bias ? c.bias->data_ptr<float>() : nullptr;
+    p.out = out.data_ptr<float>();
+    p.ldo = c.n;
+    p.m = m;
+    p.n = c.n;
+    p.kp = c.kp;
+    const auto [fn, level] = kI.select(active_isa(), p);
+    record_kernel_isa(op, level);
+    at::Tensor qt;
+    if (level != CpuIsa::kScalar && m >= kernels::kSparse24TransposeM) {
+      const int64_t ldt = (m + 15) / 16 * 16;
+      qt = at::zeros({c.kp, ldt}, x.options().dtype(at::kShort));
+      qt.narrow(1, 0, m).copy_(q.t());
+      p.qt16 = qt.data_ptr<int16_t>();
+      p.ldt16 = ldt;
+    }
+    const IFn kernel = fn;
+    at::parallel_for(0, c.n, 32, [&](int64_t b, int64_t e) { kernel(p, b, e); });
+  }
+  if (c.out_t != at::kFloat) out = out.to(c.out_t);
+  return out.view(c.out_shape);
+}
+
+}  // namespace
+
+std::vector<std::string> sparse_kernel_isas(const std::string& op) {
+  if (op.rfind("csr_", 0) == 0) return csr_kernel_isas();
+  std::vector<std::string> levels;
+  for (int l = 0; l < 5; ++l) {
+    if (kF.by_level[l]) levels.emplace_back(isa_name(static_cast<CpuIsa>(l)));
+  }
+  return levels;
+}
+
+TORCH_LIBRARY_IMPL(compressops, CPU, m) {
+  m.impl("sparse24_linear", &sparse24_linear_cpu);
+  m.impl("sparse24_int8_linear", &sparse24_int8_linear_cpu);
+}
+
+}  // namespace compressops::cpu

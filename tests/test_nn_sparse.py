@@ -1,0 +1,230 @@
+"""Sparse24Linear / CSRLinear modules, convert, save/load, compile/export, and the pruning helpers."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import compressops as co
+from compressops.algorithms import pruning
+from compressops.formats import sparse24 as s24
+from compressops.nn import CSRLinear, Sparse24Linear
+
+from .helpers import randn_nonzero
+
+CONFIGS = [co.Sparse24(), co.Sparse24(dtype=torch.bfloat16), co.Sparse24(dtype=torch.int8),
+           co.CSR(sparsity=0.7), co.CSR(), co.CSR(sparsity=0.5, dtype="bfloat16")]
+IDS = ["24_f32", "24_bf16", "24_int8", "csr70", "csr_keep", "csr50_bf16"]
+
+
+class TwoLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(48, 37)
+        self.fc2 = nn.Linear(37, 10, bias=False)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def convert_one(lin, cfg):
+    return (Sparse24Linear if isinstance(cfg, co.Sparse24) else CSRLinear).from_float(lin, cfg)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
+def test_forward_matches_dequantized_dense(cfg):
+    lin = nn.Linear(67, 29)
+    with torch.no_grad():
+        lin.weight.mul_(torch.rand(29, 67) > 0.3)  # some existing zeros for CSR()
+    sp = convert_one(lin, cfg)
+    x = randn_nonzero(2, 3, 67)
+    y = sp(x)
+    dense = nn.functional.linear(x, sp.dequantize(), sp.bias)
+    tol = 2e-2 if (getattr(cfg, "dtype", None) == "int8") else 1e-5
+    assert y.shape == (2, 3, 29)
+    assert float((y - dense).norm() / dense.norm()) < tol
+    ref = sp.to_float()
+    assert isinstance(ref, nn.Linear) and torch.equal(ref.weight, sp.dequantize())
+    assert sp.compressed_bytes() > 0 and sp.dense_bytes() == 4 * (29 * 67 + 29)
+    assert "in_features=67" in repr(sp) and sp.shape_label == "29x67"
+    assert sp.config.to_dict()["format"] in ("sparse24", "csr")
+
+
+def test_sparse24_pruning_pattern_and_existing_pattern_kept():
+    lin = nn.Linear(64, 16)
+    sp = Sparse24Linear.from_float(lin)
+    w = sp.dequantize()
+    assert ((w.view(16, 16, 4) != 0).sum(-1) <= 2).all()
+    assert torch.equal(w, lin.weight.detach() * s24.mask_24(lin.weight))
+    lin2 = nn.Linear(64, 16)
+    with torch.no_grad():
+        lin2.weight.copy_(w)
+    assert torch.equal(Sparse24Linear.from_float(lin2).dequantize(), w)
+
+
+def test_csr_sparsity_and_keep_zeros():
+    lin = nn.Linear(100, 50)
+    sp = CSRLinear.from_float(lin, co.CSR(sparsity=0.9))
+    assert abs(sp.sparsity - 0.9) < 0.01
+    with torch.no_grad():
+        lin.weight.mul_(torch.rand(50, 100) > 0.8)
+    keep = CSRLinear.from_float(lin, co.CSR())
+    assert torch.equal(keep.dequantize(), lin.weight.detach())
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
+def test_state_dict_and_save_load_round_trip(cfg, tmp_path):
+    model = TwoLayer()
+    conv = co.convert(copy.deepcopy(model), cfg)
+    x = randn_nonzero(4, 48)
+    expected = conv(x)
+    other = co.convert(copy.deepcopy(model), cfg)
+    other.load_state_dict(conv.state_dict())
+    assert torch.equal(other(x), expected)
+    assert all("packed" not in k for k in conv.state_dict())
+    path = tmp_path / "m.safetensors"
+    co.save(conv, path)
+    loaded = co.load(TwoLayer(), path)
+    assert type(loaded.fc1) is type(conv.fc1)
+    assert torch.equal(loaded(x), expected)
+
+
+def test_no_grad_inference_mode_empty_batch_bf16_input_and_to():
+    sp = Sparse24Linear.from_float(nn.Linear(32, 8))
+    cs = CSRLinear.from_float(nn.Linear(32, 8), co.CSR(sparsity=0.5))
+    for m in (sp, cs):
+        with torch.no_grad():
+            assert m(randn_nonzero(0, 32)).shape == (0, 8)
+        with torch.inference_mode():
+            y = m(randn_nonzero(3, 32, dtype=torch.bfloat16))
+        assert y.dtype == torch.bfloat16
+        m.to(torch.bfloat16)  # the format keeps its dtypes
+        assert m.values.dtype == torch.float32 and m.bias.dtype == torch.float32
+
+
+def test_nan_weights_and_constructor_errors():
+    lin = nn.Linear(8, 4)
+    with torch.no_grad():
+        lin.weight[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        co.convert(nn.Sequential(lin), co.Sparse24())
+    with pytest.raises(ValueError, match="NaN"):
+        co.convert(nn.Sequential(lin), co.CSR())
+    with pytest.raises(ValueError, match="in_features"):
+        Sparse24Linear(0, 4)
+    with pytest.raises(ValueError, match="dtype"):
+        Sparse24Linear(8, 4, dtype=torch.float16)
+    with pytest.raises(ValueError, match="sparsity"):
+        co.CSR(sparsity=1.5)
+    with pytest.raises(ValueError, match="scope"):
+        co.CSR(scope="model")
+    with pytest.raises(ValueError, match="dtype"):
+        co.Sparse24(dtype=torch.float16)
+    with pytest.raises(TypeError, match="nn.Linear"):
+        Sparse24Linear.from_float(nn.Conv2d(3, 3, 1))
+    sp = Sparse24Linear.from_float(nn.Linear(8, 4))
+    with pytest.raises((RuntimeError, ValueError), match="K=7"):
+        sp(torch.randn(2, 7))
+
+
+def test_convert_mapping_and_report():
+    model = TwoLayer()
+    conv = co.convert(model, {"fc1": co.Sparse24(dtype=torch.int8), "fc2": co.CSR(sparsity=0.8)}, inplace=False)
+    assert isinstance(conv.fc1, Sparse24Linear) and isinstance(conv.fc2, CSRLinear)
+    text = str(co.report(conv))
+    assert "2:4 int8" in text and "CSR 80%" in text
+
+
+def test_csr_global_scope_one_threshold():
+    model = TwoLayer()
+    with torch.no_grad():
+        model.fc2.weight.mul_(0.1)  # smaller weights -> pruned harder under one global threshold
+    conv = co.convert(model, co.CSR(sparsity=0.6, scope="global"), inplace=False)
+    total = conv.fc1.nnz + conv.fc2.nnz
+    assert abs(1 - total / (48 * 37 + 37 * 10) - 0.6) < 0.01
+    assert conv.fc2.sparsity > conv.fc1.sparsity
+    pruned = copy.deepcopy(model)
+    pruning.global_magnitude_prune(pruned, 0.6)
+    conv2 = co.convert(pruned, co.CSR())
+    assert torch.equal(conv2.fc1.dequantize(), conv.fc1.dequantize())
+
+
+@pytest.mark.parametrize("cfg", [co.Sparse24(), co.Sparse24(dtype=torch.int8), co.CSR(sparsity=0.7)],
+                         ids=["24", "24_int8", "csr"])
+def test_torch_compile_fullgraph_matches_eager(cfg):
+    model = co.convert(TwoLayer(), cfg)
+    x = randn_nonzero(5, 48)
+    eager = model(x)
+    out = torch.compile(model, fullgraph=True)(x)
+    torch.testing.assert_close(out, eager)
+
+
+def test_torch_export_matches_eager():
+    model = co.convert(TwoLayer(), {"fc1": co.Sparse24(), "fc2": co.CSR(sparsity=0.5)})
+    x = randn_nonzero(3, 48)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    ep = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert any("sparse24_linear" in t for t in targets) and any("csr_linear" in t for t in targets)
+    x2 = randn_nonzero(7, 48)
+    torch.testing.assert_close(ep.module()(x2), model(x2))
+
+
+# ------------------------------------------------------------------------------------- pruning
+
+def test_nm_and_magnitude_masks():
+    w = randn_nonzero(6, 19)
+    m = pruning.nm_mask(w, 2, 4)
+    assert torch.equal(m, s24.mask_24(w))
+    m13 = pruning.nm_mask(w, 1, 3)
+    assert (torch.nn.functional.pad(m13.int(), (0, 2)).view(6, 7, 3).sum(-1) <= 1).all()
+    mm = pruning.magnitude_mask(w, 0.75)
+    assert abs(1 - mm.float().mean().item() - 0.75) < 0.02
+    assert w[~mm].abs().max() <= w[mm].abs().min()
+
+
+def test_cubic_schedule():
+    assert pruning.cubic_sparsity(0, 0.9, 0, 100) == 0.0
+    assert pruning.cubic_sparsity(100, 0.9, 0, 100) == 0.9
+    mid = pruning.cubic_sparsity(50, 0.9, 0, 100)
+    assert 0.9 * 0.8 < mid < 0.9  # cubic: most of the pruning early
+
+
+@pytest.mark.parametrize("kind", ["unstructured", "2:4", "global"])
+def test_pruner_masks_hold_through_optimizer_steps(kind):
+    torch.manual_seed(0)
+    model = TwoLayer()
+    if kind == "2:4":
+        pruner = pruning.MagnitudePruner(model, pattern="2:4", begin=0, end=10, every=5)
+    else:
+        pruner = pruning.MagnitudePruner(model, sparsity=0.8, scope="global" if kind == "global" else "layer",
+                                         begin=0, end=10, every=5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(12):
+        loss = model(randn_nonzero(8, 48)).pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        pruner.step()
+        for name, mod in pruner.layers:
+            assert (mod.weight[~pruner.masks[name]] == 0).all()
+    pruner.remove()
+    if kind == "2:4":
+        conv = co.convert(copy.deepcopy(model), co.Sparse24())
+        assert torch.equal(conv.fc1.dequantize(), model.fc1.weight.detach())
+    else:
+        total = sum(int((m.weight == 0).sum()) for _, m in pruner.layers)
+        assert total / (48 * 37 + 37 * 10) >= 0.79
+        conv = co.convert(copy.deepcopy(model), co.CSR())
+        assert torch.equal(conv.fc1.dequantize(), model.fc1.weight.detach())
+
+
+def test_benchmark_module_imports_and_break_even():
+    from compressops.bench import sparse as bench
+
+    rows = [{"shape": "s", "threads": 1, "impl": "CSRLinear 90%", "speedup": 2.0},
+            {"shape": "s", "threads": 1, "impl": "CSRLinear 70%", "speedup": 1.1},
+            {"shape": "s", "threads": 1, "impl": "CSRLinear 50%", "speedup": 0.6}]
+    assert bench.break_even(rows, "s", 1) == "<= 70%"
+    assert bench.break_even(rows[2:], "s", 1) == "> measured range"
