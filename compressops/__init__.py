@@ -33,5 +33,7 @@ __all__ = ["Int8", "convert", "report", "save", "load", "info", "isa", "detected
 # [sparse exports]
 
 # [pq exports]
+from .configs import PQ  # noqa: E402
+__all__ += ["PQ"]
 
 # [binary exports]

@@ -12,6 +12,7 @@ from .algorithms.observers import calibrate
 from .configs import Int8
 from .nn import Int8Linear
 # [family imports]
+from .nn.pq_linear import PQ, PQLinear
 
 # config type -> (module types it converts, function(module, config, name, calibration) -> module);
 # calibration is the layer's observer result (see convert) or None
@@ -48,6 +49,10 @@ def _convert_int8(mod, config, name, act_scale=None):
 # [sparse handlers]
 
 # [pq handler]
+@register_handler(PQ, (nn.Linear,), (PQLinear,))
+def _convert_pq(mod, config, name, calibration=None):
+    return PQLinear.from_float(mod, config, calibration=calibration, name=name)
+
 
 # [binary handler]
 

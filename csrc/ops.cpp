@@ -51,6 +51,8 @@ std::vector<std::string> kernel_isas_op(std::string op) {
   // [sparse kernel isas]
 
   // [pq kernel isas]
+  if (op == "pq_pack") return {};  // baseline host code, no per-ISA kernel
+  if (op.rfind("pq_", 0) == 0) return pq_kernel_isas();
 
   // [binary kernel isas]
 
@@ -77,6 +79,11 @@ TORCH_LIBRARY(compressops, m) {
   // [sparse schemas]
 
   // [pq schemas]
+  // PQ lookup-table linear (DESIGN.md section 4, compressops/formats/pq.py).
+  m.def("pq_pack(Tensor codes, Tensor codebooks, int in_features) -> Tensor");
+  m.def(
+      "pq_linear(Tensor x, Tensor packed, int in_features, int out_features, Tensor? bias=None, "
+      "ScalarType? out_dtype=None) -> Tensor");
 
   // [binary schemas]
 

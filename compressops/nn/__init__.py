@@ -9,5 +9,7 @@ __all__ = ["Int8Linear"]
 # [sparse modules]
 
 # [pq module]
+from .pq_linear import PQLinear  # noqa: E402
+__all__ += ["PQLinear"]
 
 # [binary modules]

@@ -18,6 +18,7 @@ std::vector<std::string> int8_kernel_isas();
 // [sparse kernel isas]
 
 // [pq kernel isas]
+std::vector<std::string> pq_kernel_isas();
 
 // [binary kernel isas]
 
