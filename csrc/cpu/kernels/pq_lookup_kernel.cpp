@@ -133,21 +133,27 @@ void scan16(const Pq16ScanParams& p, int64_t nb0, int64_t nb1) {
   }
 }
 
+// Scalar loads, 8 independent accumulators (one per row of the block), 8 codes per 64-bit load.
 void scan256(const Pq256ScanParams& p, int64_t nb0, int64_t nb1) {
   const int64_t n_pad = (p.n + 7) / 8 * 8;
   for (int64_t s0 = 0; s0 < p.s; s0 += kPq256ChunkSubspaces) {
     const int64_t s1 = std::min(p.s, s0 + kPq256ChunkSubspaces);
-    const uint8_t* chunk = p.codes + s0 * n_pad;  // this chunk's [N_pad/8][s1-s0][8] codes
+    const uint8_t* chunk = p.codes + s0 * n_pad;
     for (int64_t m = 0; m < p.m; ++m) {
       const float* tab = p.table + m * p.s * 256;
       for (int64_t nb = nb0; nb < nb1; ++nb) {
         const uint8_t* blk = chunk + nb * (s1 - s0) * 8 - s0 * 8;
-        float* o = p.out + m * p.ldo + nb * 8;
-        for (int j = 0; j < 8; ++j) {
-          float acc = 0.0f;
-          for (int64_t s = s0; s < s1; ++s) acc += tab[s * 256 + blk[s * 8 + j]];
-          o[j] = (s0 == 0 ? 0.0f : o[j]) + acc;
+        float a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+        for (int64_t s = s0; s < s1; ++s) {
+          uint64_t c;
+          std::memcpy(&c, blk + s * 8, 8);
+          const float* t = tab + s * 256;
+          a0 += t[c & 255]; a1 += t[(c >> 8) & 255]; a2 += t[(c >> 16) & 255]; a3 += t[(c >> 24) & 255];
+          a4 += t[(c >> 32) & 255]; a5 += t[(c >> 40) & 255]; a6 += t[(c >> 48) & 255]; a7 += t[c >> 56];
         }
+        float* o = p.out + m * p.ldo + nb * 8;
+        const float a[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+        for (int j = 0; j < 8; ++j) o[j] = (s0 == 0 ? 0.0f : o[j]) + a[j];
       }
     }
   }
