@@ -184,3 +184,22 @@ def test_torch_export_matches_eager():
     assert any("compressops.pq_linear" in t for t in targets)
     x2 = randn_nonzero(7, 48)
     assert torch.equal(ep.module()(x2), model(x2))
+
+
+def test_bench_imports_and_study_quick_slice(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    import compressops.bench.pq_linear as bench  # noqa: F401  (the benchmark is only imported here)
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "pq_digits_study.py"
+    spec = importlib.util.spec_from_file_location("pq_digits_study", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    threads = torch.get_num_threads()
+    try:
+        assert study.main(["--quick"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "| 4 | 16 |" in out

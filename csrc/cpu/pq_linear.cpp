@@ -171,7 +171,8 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t 
   (void)tlevel;
   const int64_t chunks = (s_pad + kernels::kPqTableChunk - 1) / kernels::kPqTableChunk;
   const int64_t unit_work = kernels::kPqTableChunk * d * kc;
-  at::parallel_for(0, m * chunks, std::max<int64_t>(1, 32768 / unit_work), [&](int64_t u0, int64_t u1) {
+  // small builds (k=16, a few rows) run inline: a parallel region costs more than the FMAs
+  at::parallel_for(0, m * chunks, std::max<int64_t>(1, 262144 / unit_work), [&](int64_t u0, int64_t u1) {
     build(tp, u0, u1);
   });
   const uint8_t* codes = base + kPqHeaderBytes + pq_codebook_bytes(s_pad, d, kc);
