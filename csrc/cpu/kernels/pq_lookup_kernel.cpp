@@ -201,19 +201,25 @@ void scan16(const Pq16ScanParams& p, int64_t nb0, int64_t nb1) {
   const int64_t pairs = p.s_pad / 2;
   constexpr int MR = 4;
   alignas(32) int32_t acc[MR][32];
-  for (int64_t nb = nb0; nb < nb1; ++nb) {
-    const uint8_t* blk = p.codes + nb * pairs * 32;
-    int64_t m = 0;
-    for (; m + MR <= p.m; m += MR) {
-      const uint8_t* q[MR];
-      for (int r = 0; r < MR; ++r) q[r] = p.qtab + (m + r) * p.s_pad * 16;
-      scan16_rows<MR>(blk, q, pairs, acc);
-      for (int r = 0; r < MR; ++r) finish_block16(p, m + r, nb, acc[r]);
-    }
-    for (; m < p.m; ++m) {
-      const uint8_t* q[1] = {p.qtab + m * p.s_pad * 16};
-      scan16_rows<1>(blk, q, pairs, acc);
-      finish_block16(p, m, nb, acc[0]);
+  // Rows of x in tiles whose uint8 tables (s_pad * 16 bytes each) fit in about 256 KiB of L2, so a
+  // large batch streams the codes once per tile instead of every table once per code block.
+  const int64_t tile = std::max<int64_t>(MR, (262144 / std::max<int64_t>(1, p.s_pad * 16)) / MR * MR);
+  for (int64_t mt = 0; mt < p.m; mt += tile) {
+    const int64_t mt_end = std::min(p.m, mt + tile);
+    for (int64_t nb = nb0; nb < nb1; ++nb) {
+      const uint8_t* blk = p.codes + nb * pairs * 32;
+      int64_t m = mt;
+      for (; m + MR <= mt_end; m += MR) {
+        const uint8_t* q[MR];
+        for (int r = 0; r < MR; ++r) q[r] = p.qtab + (m + r) * p.s_pad * 16;
+        scan16_rows<MR>(blk, q, pairs, acc);
+        for (int r = 0; r < MR; ++r) finish_block16(p, m + r, nb, acc[r]);
+      }
+      for (; m < mt_end; ++m) {
+        const uint8_t* q[1] = {p.qtab + m * p.s_pad * 16};
+        scan16_rows<1>(blk, q, pairs, acc);
+        finish_block16(p, m, nb, acc[0]);
+      }
     }
   }
 }
