@@ -253,6 +253,8 @@ def pq_linear(
     return torch.ops.compressops.pq_linear.default(x, packed, in_features, out_features, bias, out_dtype)
 
 
+_register_triton_cuda("pq_linear", "pq_linear", "pq_linear")
+
 __all__ += ["pq_pack", "pq_linear"]
 
 # [binary ops]

@@ -13,7 +13,7 @@ import compressops as co
 from compressops import ops, reference
 from compressops.formats import pq as fpq
 
-from .helpers import OPCHECK_UTILS, isa_params, randn_nonzero, requires_native
+from .helpers import OPCHECK_UTILS, isa_params, randn_nonzero, requires_cuda, requires_native
 
 FALLBACK = {"avx512": "avx2", "avx512_vnni": "avx2", "amx": "avx2"}
 
@@ -172,3 +172,46 @@ def test_bad_inputs(impl):
         pack(canon[:, :-1].contiguous(), cb, 40)
     with pytest.raises(err, match="in_features"):
         pack(canon, cb, 45)
+
+
+_TRITON_SCRIPT = r"""
+import os, sys
+os.environ["TRITON_INTERPRET"] = "1"
+import torch
+from compressops import reference
+from compressops.formats import pq as fpq
+from compressops.triton.pq_linear import pq_linear
+torch.manual_seed(0)
+for k_in, n, d, k, m in ((37, 20, 4, 16, 2), (40, 9, 8, 256, 1), (70, 33, 2, 256, 2), (5, 3, 1, 16, 0)):
+    s = fpq.num_subspaces(k_in, d)
+    cb = torch.randn(s, k, d)
+    codes = torch.randint(0, k, (n, s), dtype=torch.uint8)
+    canon = fpq.pack_nibbles(codes) if k == 16 else codes
+    p = fpq.pack(canon, cb, k_in)
+    x, b = torch.randn(m, k_in), torch.randn(n)
+    torch.testing.assert_close(pq_linear(x, p, k_in, n, b), reference.pq_linear(x, p, k_in, n, b),
+                               rtol=1e-5, atol=1e-5)
+print("ok")
+"""
+
+
+def test_triton_kernel_under_interpreter():
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**__import__("os").environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
+    r = subprocess.run([sys.executable, "-c", _TRITON_SCRIPT], cwd=root, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
+
+
+@requires_cuda
+@pytest.mark.parametrize("k", [16, 256])
+def test_cuda_pq_linear_matches_reference(k):
+    canon, cb, packed, bias = make_layer(67, 45, 4, k)
+    x = randn_nonzero(3, 67)
+    y = ops.pq_linear(x.cuda(), packed.cuda(), 67, 45, bias.cuda())
+    torch.testing.assert_close(y.cpu(), reference.pq_linear(x, packed, 67, 45, bias), rtol=1e-4, atol=1e-4)
