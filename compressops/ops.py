@@ -220,7 +220,8 @@ def pq_pack(codes: Tensor, codebooks: Tensor, in_features: int) -> Tensor:
 def _(x, packed, in_features, out_features, bias=None, out_dtype=None):
     torch._check(x.is_floating_point(), lambda: f"pq_linear: x must be float, got {x.dtype}")
     torch._check(packed.dtype == torch.uint8, lambda: f"pq_linear: packed must be uint8, got {packed.dtype}")
-    torch._check(bias is None or bias.shape == (out_features,), lambda: f"pq_linear: bias must have shape [{out_features}]")
+    torch._check(bias is None or bias.shape == (out_features,),
+                 lambda: f"pq_linear: bias must have shape [{out_features}]")
     return x.new_empty((*x.shape[:-1], out_features), dtype=out_dtype or x.dtype)
 
 

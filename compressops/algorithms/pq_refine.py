@@ -67,7 +67,8 @@ def refine_codebooks(weight: torch.Tensor, codes: torch.Tensor, codebooks: torch
     what = c[ar, cd].reshape(n, kp)
     e = w - what
     p = e @ g  # [N, Kp], kept equal to E G
-    counts = torch.zeros(s_num, k, dtype=torch.float64).scatter_add_(1, cd.t(), torch.ones(s_num, n, dtype=torch.float64))
+    ones = torch.ones(s_num, n, dtype=torch.float64)
+    counts = torch.zeros(s_num, k, dtype=torch.float64).scatter_add_(1, cd.t(), ones)
     eye = torch.eye(d, dtype=torch.float64)
     for _ in range(sweeps):
         for s in range(s_num):

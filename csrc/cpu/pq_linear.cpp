@@ -53,7 +53,8 @@ PqPackedHeader read_header(const at::Tensor& packed, const char* op) {
   PqPackedHeader h;
   std::memcpy(&h, packed.data_ptr<uint8_t>(), sizeof(h));
   TORCH_CHECK(h.magic == kPqPackMagic && h.version == kPqPackVersion, op,
-              ": packed does not hold a PQ pack (version ", kPqPackVersion, "); repack it with compressops.ops.pq_pack");
+              ": packed does not hold a PQ pack (version ", kPqPackVersion,
+              "); repack it with compressops.ops.pq_pack");
   TORCH_CHECK((h.ncent == 16 || h.ncent == 256) && valid_d(h.d) && h.n >= 1 && h.k_in >= 1 &&
                   h.s == (h.k_in + h.d - 1) / h.d && h.s_pad == pq_s_pad(h.s, h.ncent) &&
                   h.n_pad == pq_round_up(h.n, pq_block_rows(h.ncent)),
