@@ -22,6 +22,8 @@ constexpr int64_t kPqHeaderBytes = 64;
 constexpr int64_t kPq16BlockRows = 32;
 constexpr int64_t kPq256BlockRows = 8;
 constexpr int64_t kPq256ChunkSubspaces = 16;
+// k=256 with at least this many input rows: decode the weight once and run a dense GEMM instead.
+constexpr int64_t kPq256DenseMinRows = 8;
 
 struct PqPackedHeader {
   int32_t magic;

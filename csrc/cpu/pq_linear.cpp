@@ -152,14 +152,37 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t 
   at::Tensor out = at::empty({m, n_pad}, fopts);
   if (m == 0) return out.narrow(1, 0, n).to(out_t).view(out_shape);
 
+  const uint8_t* base = packed.data_ptr<uint8_t>();
+  const float* cb_t = reinterpret_cast<const float*>(base + kPqHeaderBytes);
+  const uint8_t* codes = base + kPqHeaderBytes + pq_codebook_bytes(s_pad, d, kc);
+  if (kc == 256 && m >= kPq256DenseMinRows) {
+    // k=256 costs about one gather per code and input row, so beyond a few rows decoding the
+    // weight once per call and running a dense GEMM is faster (and exact up to fp32 rounding).
+    at::Tensor w = at::empty({n, s * d}, fopts);
+    float* wp = w.data_ptr<float>();
+    at::parallel_for(0, n, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t ss = 0; ss < s; ++ss) {
+          const int64_t c0 = (ss / kPq256ChunkSubspaces) * kPq256ChunkSubspaces;
+          const int64_t sc = std::min(kPq256ChunkSubspaces, s - c0);
+          const int64_t code = codes[c0 * n_pad + ((r / 8) * sc + (ss - c0)) * 8 + r % 8];
+          for (int64_t j = 0; j < d; ++j) wp[r * s * d + ss * d + j] = cb_t[(ss * d + j) * kc + code];
+        }
+      }
+    });
+    at::Tensor xin = x2.to(at::kFloat);
+    at::Tensor y = at::matmul(xin, w.narrow(1, 0, in_features).t());
+    if (b) y.add_(*b);
+    record_kernel_isa(op, CpuIsa::kScalar);  // the decode is plain code; the GEMM is ATen's
+    return y.to(out_t).view(out_shape);
+  }
   // fp32 input rows padded with zeros to S_pad * d
   at::Tensor xf = at::zeros({m, s_pad * d}, fopts);
   xf.narrow(1, 0, in_features).copy_(x2);
-  const uint8_t* base = packed.data_ptr<uint8_t>();
   PqTableParams tp{};
   tp.x = xf.data_ptr<float>();
   tp.ldx = s_pad * d;
-  tp.cb_t = reinterpret_cast<const float*>(base + kPqHeaderBytes);
+  tp.cb_t = cb_t;
   tp.s_pad = s_pad;
   tp.d = d;
   tp.ncent = kc;
@@ -176,7 +199,6 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t 
   at::parallel_for(0, m * chunks, std::max<int64_t>(1, 262144 / unit_work), [&](int64_t u0, int64_t u1) {
     build(tp, u0, u1);
   });
-  const uint8_t* codes = base + kPqHeaderBytes + pq_codebook_bytes(s_pad, d, kc);
   float* outp = out.data_ptr<float>();
   const float* biasp = b ? b->data_ptr<float>() : nullptr;
 
