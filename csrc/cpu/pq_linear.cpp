@@ -160,13 +160,20 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t 
     // weight once per call and running a dense GEMM is faster (and exact up to fp32 rounding).
     at::Tensor w = at::empty({n, s * d}, fopts);
     float* wp = w.data_ptr<float>();
-    at::parallel_for(0, n, 16, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        for (int64_t ss = 0; ss < s; ++ss) {
-          const int64_t c0 = (ss / kPq256ChunkSubspaces) * kPq256ChunkSubspaces;
-          const int64_t sc = std::min(kPq256ChunkSubspaces, s - c0);
-          const int64_t code = codes[c0 * n_pad + ((r / 8) * sc + (ss - c0)) * 8 + r % 8];
-          for (int64_t j = 0; j < d; ++j) wp[r * s * d + ss * d + j] = cb_t[(ss * d + j) * kc + code];
+    // chunk-major, like the code layout: a chunk's codebooks (16 * d KiB) stay in L2 while its
+    // codes stream past once
+    at::parallel_for(0, n_pad / 8, 4, [&](int64_t nb0, int64_t nb1) {
+      for (int64_t c0 = 0; c0 < s; c0 += kPq256ChunkSubspaces) {
+        const int64_t sc = std::min(kPq256ChunkSubspaces, s - c0);
+        for (int64_t nb = nb0; nb < nb1; ++nb) {
+          const uint8_t* blk = codes + c0 * n_pad + nb * sc * 8;
+          for (int64_t i = 0; i < 8 && nb * 8 + i < n; ++i) {
+            float* wr = wp + (nb * 8 + i) * s * d;
+            for (int64_t t = 0; t < sc; ++t) {
+              const int64_t code = blk[t * 8 + i], ss = c0 + t;
+              for (int64_t j = 0; j < d; ++j) wr[ss * d + j] = cb_t[(ss * d + j) * kc + code];
+            }
+          }
         }
       }
     });
