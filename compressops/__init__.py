@@ -38,5 +38,7 @@ from .configs import CSR, Sparse24  # noqa: E402
 __all__ += ["Sparse24", "CSR"]
 
 # [pq exports]
+from .configs import PQ  # noqa: E402
+__all__ += ["PQ"]
 
 # [binary exports]

@@ -13,6 +13,7 @@ def main() -> int:
         # [family benches]  (one line per family: benches["<family>"] = "compressops.bench.<module>")
         benches["int4"] = "compressops.bench.int4_linear"
         benches["sparse"] = "compressops.bench.sparse"
+        benches["pq"] = "compressops.bench.pq_linear"
 
         if family not in benches:
             print(f"unknown benchmark family {family!r}; known: {', '.join(benches)}")

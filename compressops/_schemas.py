@@ -30,6 +30,11 @@ SCHEMAS: dict[str, str] = {
     "csr_linear": "(Tensor x, Tensor packed, Tensor values, int out_features, Tensor? bias=None) -> Tensor",
 
     # [pq schemas]
+    "pq_pack": "(Tensor codes, Tensor codebooks, int in_features) -> Tensor",
+    "pq_linear": (
+        "(Tensor x, Tensor packed, int in_features, int out_features, Tensor? bias=None, "
+        "ScalarType? out_dtype=None) -> Tensor"
+    ),
 
     # [binary schemas]
 

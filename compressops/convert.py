@@ -14,6 +14,7 @@ from .nn import Int8Linear
 # [family imports]
 from .nn.int4_linear import Int4, Int4Linear
 from .nn.sparse_linear import CSR, CSRLinear, Sparse24, Sparse24Linear
+from .nn.pq_linear import PQ, PQLinear
 
 # config type -> (module types it converts, function(module, config, name, calibration) -> module);
 # calibration is the layer's observer result (see convert) or None
@@ -68,6 +69,10 @@ def _convert_csr(mod, config, name, calibration=None):
 
 
 # [pq handler]
+@register_handler(PQ, (nn.Linear,), (PQLinear,))
+def _convert_pq(mod, config, name, calibration=None):
+    return PQLinear.from_float(mod, config, calibration=calibration, name=name)
+
 
 # [binary handler]
 

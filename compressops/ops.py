@@ -358,4 +358,80 @@ def csr_linear(x: Tensor, packed: Tensor, values: Tensor, out_features: int, bia
 
 # [pq ops]
 
+def _pq_format():
+    from .formats import pq as pq_format
+
+    return pq_format
+
+
+@torch.library.register_fake("compressops::pq_pack")
+def _(codes, codebooks, in_features):
+    torch._check(codebooks.dim() == 3, lambda: f"pq_pack: codebooks must be [S, k, d], got {codebooks.dim()}-D")
+    torch._check(codes.dim() == 2, lambda: f"pq_pack: codes must be 2-D, got {codes.dim()}-D")
+    _, k, d = codebooks.shape
+    return codes.new_empty((_pq_format().packed_bytes(codes.shape[0], in_features, d, k),), dtype=torch.uint8)
+
+
+torch.library.register_kernel("compressops::pq_pack", "CompositeExplicitAutograd", reference.pq_pack)
+
+
+def pq_pack(codes: Tensor, codebooks: Tensor, in_features: int) -> Tensor:
+    """Prepack canonical PQ buffers for the pq_linear kernels.
+
+    Args:
+        codes: uint8 [N, S] (k=256) or [N, ceil(S/2)] (k=16, two 4-bit codes a byte, low nibble =
+            even subspace), S = ceil(in_features / d).
+        codebooks: float32 [S, k, d], k in (16, 256), d in (1, 2, 4, 8, 16).
+        in_features: K (the layer's input width; K <= S * d, the rest is zero padding).
+    Returns:
+        uint8 [compressops.formats.pq.packed_bytes(N, K, d, k)], the layout described in
+        compressops/formats/pq.py. Build it once per layer and reuse it.
+    """
+    return torch.ops.compressops.pq_pack.default(codes, codebooks, in_features)
+
+
+@torch.library.register_fake("compressops::pq_linear")
+def _(x, packed, in_features, out_features, bias=None, out_dtype=None):
+    torch._check(x.is_floating_point(), lambda: f"pq_linear: x must be float, got {x.dtype}")
+    torch._check(packed.dtype == torch.uint8, lambda: f"pq_linear: packed must be uint8, got {packed.dtype}")
+    torch._check(bias is None or bias.shape == (out_features,),
+                 lambda: f"pq_linear: bias must have shape [{out_features}]")
+    return x.new_empty((*x.shape[:-1], out_features), dtype=out_dtype or x.dtype)
+
+
+torch.library.register_kernel("compressops::pq_linear", "CompositeExplicitAutograd", reference.pq_linear)
+
+
+def pq_linear(
+    x: Tensor,
+    packed: Tensor,
+    in_features: int,
+    out_features: int,
+    bias: Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Product-quantized linear by table lookup: y[n] = sum_s x_s . C_s[code(n, s)] + bias[n].
+
+    Args:
+        x: float32/bfloat16/float16 (..., in_features), any leading dims (including empty), any strides.
+        packed: uint8 from pq_pack(codes, codebooks, in_features).
+        in_features, out_features: K and N (checked against the pack).
+        bias: optional float [N].
+        out_dtype: float32, bfloat16 or float16; default x.dtype.
+    Returns:
+        (..., N) in out_dtype.
+        k=256: fp32 tables, equal to compressops.reference.pq_linear within fp32 summation rounding
+        (from 8 input rows on, the CPU kernel decodes the weight once and runs a dense fp32 GEMM:
+        a lookup per code and row costs more than the GEMM there).
+        k=16: the CPU kernel quantizes each row's table to uint8 (one scale per row, one offset per
+        subspace) and sums exactly in integers, so |y - reference| <= S * scale / 2 (plus fp32
+        rounding), scale = max_s (max_c L[s, c] - min_c L[s, c]) / 255 for that input row.
+    """
+    return torch.ops.compressops.pq_linear.default(x, packed, in_features, out_features, bias, out_dtype)
+
+
+_register_triton_cuda("pq_linear", "pq_linear", "pq_linear")
+
+__all__ += ["pq_pack", "pq_linear"]
+
 # [binary ops]

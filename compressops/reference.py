@@ -283,5 +283,46 @@ def csr_linear(x, packed, values, out_features, bias=None):
 
 
 # [pq reference]
+def pq_pack(codes: torch.Tensor, codebooks: torch.Tensor, in_features: int) -> torch.Tensor:
+    """See compressops.ops.pq_pack."""
+    from .formats import pq as pq_format
+
+    return pq_format.pack(codes, codebooks, in_features)
+
+
+def pq_tables(x: torch.Tensor, codebooks: torch.Tensor, in_features: int) -> torch.Tensor:
+    """float64 lookup tables L[m, s, c] = x_m[s*d:(s+1)*d] . C[s, c] for x (..., K) -> [M, S, k]."""
+    s, _, d = codebooks.shape
+    x2 = x.reshape(-1, in_features).double()
+    xp = x2.new_zeros(x2.shape[0], s * d)
+    xp[:, :in_features] = x2
+    return torch.einsum("msd,scd->msc", xp.view(-1, s, d), codebooks.double())
+
+
+def pq_linear(x, packed, in_features, out_features, bias=None, out_dtype=None):
+    """y[n] = sum_s L[s, code(n, s)] + bias[n] with the exact table; see compressops.ops.pq_linear."""
+    from .formats import pq as pq_format
+
+    op = "pq_linear"
+    _check_x(x, op)
+    codes, codebooks, k_in = pq_format.unpack(packed, op)
+    n = codes.shape[0]
+    if k_in != in_features or n != out_features:
+        raise ValueError(f"{op}: packed holds a [{n}, {k_in}] layer but in_features={in_features}, "
+                         f"out_features={out_features}")
+    if x.shape[-1] != in_features:
+        raise ValueError(f"{op}: x has K={x.shape[-1]} in its last dimension but the layer has K={in_features}")
+    if bias is not None and (not bias.is_floating_point() or bias.dim() != 1 or bias.shape[0] != n):
+        raise ValueError(f"{op}: bias must be a float tensor of shape [N] = [{n}], got {bias.dtype} "
+                         f"{tuple(bias.shape)}")
+    out_t = _out_dtype(x, out_dtype, op)
+    tab = pq_tables(x, codebooks, in_features)  # [M, S, k]
+    s = codebooks.shape[0]
+    idx = codes.long().t()  # [S, N]
+    y = torch.gather(tab, 2, idx[None].expand(tab.shape[0], s, n)).sum(1)  # [M, N]
+    if bias is not None:
+        y = y + bias.double()
+    return y.float().to(out_t).reshape(*x.shape[:-1], n)
+
 
 # [binary reference]

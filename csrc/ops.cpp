@@ -55,6 +55,8 @@ std::vector<std::string> kernel_isas_op(std::string op) {
   if (op.rfind("sparse24_", 0) == 0 || op.rfind("csr_", 0) == 0) return sparse_kernel_isas(op);
 
   // [pq kernel isas]
+  if (op == "pq_pack") return {};  // baseline host code, no per-ISA kernel
+  if (op.rfind("pq_", 0) == 0) return pq_kernel_isas();
 
   // [binary kernel isas]
 
@@ -93,6 +95,11 @@ TORCH_LIBRARY(compressops, m) {
   m.def("csr_linear(Tensor x, Tensor packed, Tensor values, int out_features, Tensor? bias=None) -> Tensor");
 
   // [pq schemas]
+  // PQ lookup-table linear (DESIGN.md section 4, compressops/formats/pq.py).
+  m.def("pq_pack(Tensor codes, Tensor codebooks, int in_features) -> Tensor");
+  m.def(
+      "pq_linear(Tensor x, Tensor packed, int in_features, int out_features, Tensor? bias=None, "
+      "ScalarType? out_dtype=None) -> Tensor");
 
   // [binary schemas]
 

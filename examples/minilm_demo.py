@@ -56,6 +56,8 @@ FORMATS: list[tuple[str, object, float | None]] = [
     ("CSR 50%", co.CSR(sparsity=0.5), None),
 
     # [pq rows]
+    ("PQ k=256 d=4", co.PQ(num_centroids=256, subvector_dim=4), None),
+    ("PQ k=16 d=2", co.PQ(num_centroids=16, subvector_dim=2), None),
 
     # [binary rows]
 

@@ -15,5 +15,7 @@ from .sparse_linear import CSRLinear, Sparse24Linear  # noqa: E402
 __all__ += ["Sparse24Linear", "CSRLinear"]
 
 # [pq module]
+from .pq_linear import PQLinear  # noqa: E402
+__all__ += ["PQLinear"]
 
 # [binary modules]

@@ -20,6 +20,7 @@ std::vector<std::string> int4_kernel_isas();
 std::vector<std::string> sparse_kernel_isas(const std::string& op);
 
 // [pq kernel isas]
+std::vector<std::string> pq_kernel_isas();
 
 // [binary kernel isas]
 

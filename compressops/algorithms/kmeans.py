@@ -1,0 +1,87 @@
+"""k-means batched over independent subspaces (the codebook fit of product quantization)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _assign(x: torch.Tensor, c: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(squared distance to the nearest centroid [S, N], its index [S, N]) for points x [S, N, d],
+    centroids c [S, k, d] and x2 = |x|^2 [S, N]: one fused |c|^2 - 2 x.c product, then a min."""
+    part = torch.baddbmm((c * c).sum(-1)[:, None, :], x, c.transpose(1, 2), alpha=-2)
+    v, i = part.min(-1)
+    return (v + x2).clamp_min_(0), i
+
+
+def _sample(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One index per row of weights [S, N] with probability proportional to the weight
+    (inverse CDF; much faster than torch.multinomial for this shape)."""
+    cdf = weights.double().cumsum(1)
+    u = torch.rand(weights.shape[0], 1, generator=generator, dtype=torch.float64, device=weights.device)
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_max_(weights.shape[1] - 1).squeeze(1)
+
+
+def kmeans_pp_init(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding for every subspace at once: x [S, N, d] -> centroids [S, k, d]."""
+    s, n, d = x.shape
+    ar = torch.arange(s, device=x.device)
+    first = torch.randint(n, (s,), generator=generator, device=x.device)
+    cents = x.new_empty(s, k, d)
+    cents[:, 0] = x[ar, first]
+    best = ((x - cents[:, :1]) ** 2).sum(-1)  # [S, N]
+    for i in range(1, k):
+        w = best.clamp_min(0)
+        total = w.sum(1, keepdim=True)
+        # a subspace whose points all coincide with chosen centroids: sample uniformly
+        w = torch.where(total > 0, w, torch.ones_like(w))
+        idx = _sample(w, generator)
+        cents[:, i] = x[ar, idx]
+        best = torch.minimum(best, ((x - cents[:, i:i + 1]) ** 2).sum(-1))
+    return cents
+
+
+@torch.no_grad()
+def kmeans_subspaces(x: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 25,
+                     tol: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means run independently in each subspace, batched in torch.
+
+    Args:
+        x: float32 [S, N, d], N points of dimension d per subspace.
+        k: centroids per subspace.
+        seed: k-means++ seed (fixed seed -> deterministic result).
+        max_iter: most Lloyd iterations; stops earlier when no assignment changes or the total
+            inertia improves by less than `tol` (relative).
+    Returns:
+        (centroids float32 [S, k, d], assignments int64 [S, N]).
+    Empty clusters are re-seeded with the points that currently have the largest error, so every
+    centroid stays useful (when N >= k).
+    """
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    x = x.float()
+    s, n, d = x.shape
+    cents = kmeans_pp_init(x, k, g)
+    x2 = (x * x).sum(-1)
+    assign = None
+    prev_inertia = None
+    for _ in range(max_iter):
+        err, new_assign = _assign(x, cents, x2)  # [S, N]
+        inertia = float(err.sum())
+        if assign is not None and torch.equal(new_assign, assign):
+            break
+        if prev_inertia is not None and prev_inertia - inertia <= tol * max(prev_inertia, 1e-30):
+            assign = new_assign
+            break
+        assign, prev_inertia = new_assign, inertia
+        sums = x.new_zeros(s, k, d).scatter_add_(1, assign[..., None].expand(s, n, d), x)
+        counts = x.new_zeros(s, k).scatter_add_(1, assign, torch.ones_like(err))
+        new = sums / counts.clamp_min(1)[..., None]
+        empty = counts == 0
+        if empty.any() and n >= k:
+            far = err.topk(k, dim=1).indices  # [S, k] worst-served points
+            cand = torch.gather(x, 1, far[..., None].expand(s, k, d))
+            new = torch.where(empty[..., None], cand, new)
+        else:
+            new = torch.where(empty[..., None], cents, new)
+        cents = new
+    assign = _assign(x, cents, x2)[1]
+    return cents.contiguous(), assign

@@ -1,0 +1,156 @@
+"""PQLinear: nn.Linear with a product-quantized weight, computed by table lookup."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..configs import PQ
+from ..formats import pq as pq_format
+
+__all__ = ["PQ", "PQLinear"]
+
+
+class PQLinear(nn.Module):
+    """nn.Linear whose weight is product-quantized (codes + per-subspace codebooks).
+
+    Each weight row is split into S = ceil(in_features / d) subvectors; subvector s of row n is
+    codebooks[s, code(n, s)]. The forward pass builds, per input row, the table
+    L[s, c] = x_s . codebooks[s, c] and sums the looked-up entries (asymmetric distance
+    computation): no dense weight is ever formed. Inputs: float32/bfloat16/float16
+    (..., in_features); the output has the input's dtype.
+
+    Buffers (state_dict): codes uint8 [out, S] (k=256) or [out, ceil(S/2)] (k=16, two 4-bit codes
+    a byte, low nibble = even s), codebooks float32 [S, k, d], bias float32 [out] (if any). The
+    prepacked layout used by the kernels is a non-persistent buffer rebuilt after load_state_dict.
+
+    Example:
+        >>> q = PQLinear.from_float(torch.nn.Linear(64, 32), PQ(num_centroids=16, subvector_dim=4))
+        >>> y = q(torch.randn(4, 64))
+    """
+
+    _version = 1
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, num_centroids: int = 256,
+                 subvector_dim: int = 4, device=None):
+        super().__init__()
+        PQ(num_centroids=num_centroids, subvector_dim=subvector_dim)  # validates
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"PQLinear: in_features and out_features must be >= 1, got {in_features}, {out_features}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.num_centroids = num_centroids
+        self.subvector_dim = subvector_dim
+        s = pq_format.num_subspaces(in_features, subvector_dim)
+        self.register_buffer("codes", torch.zeros(pq_format.codes_shape(out_features, s, num_centroids),
+                                                  dtype=torch.uint8, device=device))
+        self.register_buffer("codebooks", torch.zeros(s, num_centroids, subvector_dim, dtype=torch.float32,
+                                                      device=device))
+        self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device) if bias else None)
+        self.register_buffer("packed", None, persistent=False)
+        self.repack()
+        self.register_load_state_dict_post_hook(lambda module, keys: module.repack())
+
+    @property
+    def num_subspaces(self) -> int:
+        return self.codebooks.shape[0]
+
+    def repack(self) -> None:
+        """Rebuild the prepacked buffer from `codes` and `codebooks` (after changing them in place)."""
+        self.packed = ops.pq_pack(self.codes, self.codebooks, self.in_features)
+
+    @classmethod
+    def from_float(cls, mod: nn.Linear, config: PQ | None = None, calibration: torch.Tensor | None = None,
+                   name: str = "") -> PQLinear:
+        """Product-quantize a float nn.Linear.
+
+        Args:
+            mod: nn.Linear (float weight [out, in]).
+            config: PQ config (default PQ()).
+            calibration: optional Gram matrix X^T X [in, in] of the layer's inputs (what
+                PQ.make_observer() collects); with config.refine the codebooks are re-fitted to
+                minimise the output error on those inputs.
+            name: the layer's name, used in error messages.
+        Raises:
+            TypeError: mod is not nn.Linear. ValueError: non-finite weights, bad calibration shape.
+        """
+        from ..algorithms.pq_refine import refine_codebooks
+
+        config = config or PQ()
+        label = name or "PQLinear.from_float"
+        if not isinstance(mod, nn.Linear):
+            raise TypeError(f"{label}: expected nn.Linear, got {type(mod).__name__}")
+        k, d = config.num_centroids, config.subvector_dim
+        codes, codebooks = pq_format.quantize_weight(mod.weight, k, d, seed=config.seed, max_iter=config.max_iter,
+                                                     name=label)
+        if calibration is not None and config.refine:
+            if tuple(calibration.shape) != (mod.in_features, mod.in_features):
+                raise ValueError(f"{label}: calibration must be the [in, in] = [{mod.in_features}, "
+                                 f"{mod.in_features}] Gram matrix of the inputs, got {tuple(calibration.shape)}")
+            s = codebooks.shape[0]
+            codebooks = refine_codebooks(mod.weight, pq_format.unpacked_codes(codes, s, k), codebooks, calibration)
+        q = cls(mod.in_features, mod.out_features, bias=mod.bias is not None, num_centroids=k, subvector_dim=d,
+                device=mod.weight.device)
+        q.codes.copy_(codes)
+        q.codebooks.copy_(codebooks)
+        if mod.bias is not None:
+            q.bias.copy_(mod.bias.detach().float())
+        q.repack()
+        return q
+
+    @classmethod
+    def skeleton(cls, mod: nn.Linear, config: PQ) -> PQLinear:
+        """An empty PQLinear with the shapes of float `mod`, for load_state_dict (compressops.load)."""
+        return cls(mod.in_features, mod.out_features, bias=mod.bias is not None, num_centroids=config.num_centroids,
+                   subvector_dim=config.subvector_dim, device=mod.weight.device)
+
+    @property
+    def config(self) -> PQ:
+        return PQ(num_centroids=self.num_centroids, subvector_dim=self.subvector_dim)
+
+    @property
+    def format_label(self) -> str:
+        return f"pq (k={self.num_centroids}, d={self.subvector_dim})"
+
+    @property
+    def shape_label(self) -> str:
+        return f"{self.out_features}x{self.in_features}"
+
+    def dense_bytes(self) -> int:
+        """Bytes of the fp32 weight and bias this layer replaces."""
+        return 4 * (self.out_features * self.in_features + (self.out_features if self.bias is not None else 0))
+
+    def compressed_bytes(self) -> int:
+        """Bytes of the canonical format (codes + codebooks + bias)."""
+        return sum(b.numel() * b.element_size() for n, b in self.named_buffers() if n != "packed" and b is not None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.pq_linear(x, self.packed, self.in_features, self.out_features, self.bias)
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 weight [out, in] this layer represents."""
+        return pq_format.dequantize(self.codes, self.codebooks, self.in_features)
+
+    def to_float(self) -> nn.Linear:
+        """An equivalent float32 nn.Linear (weight = the decoded codebook entries)."""
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.codes.device)
+        with torch.no_grad():
+            lin.weight.copy_(self.dequantize())
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+    def _apply(self, fn, recurse=True):
+        # Module.to(dtype) would cast the float32 codebooks and bias; the format fixes them at float32.
+        keep = {n: getattr(self, n) for n in ("codebooks", "bias") if getattr(self, n) is not None}
+        super()._apply(fn, recurse)
+        for n, old in keep.items():
+            new = getattr(self, n)
+            if new.dtype != torch.float32:
+                setattr(self, n, old.to(new.device))
+        return self
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"num_centroids={self.num_centroids}, subvector_dim={self.subvector_dim}")

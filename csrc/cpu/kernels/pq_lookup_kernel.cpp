@@ -1,0 +1,308 @@
+// PQ lookup-table linear kernels, compiled once per ISA level (see kernel_macros.h).
+//
+// Levels implemented here: scalar and avx2. The avx512, avx512_vnni and amx objects compile this
+// file to nothing, so those levels fall down the chain to avx2.
+//
+// k=16 ("fast scan"): each input row's fp32 table L[s][c] is quantized to uint8 (one scale per
+// row, one offset per subspace); 16-entry tables fit one xmm lane, so one vpshufb looks up a
+// subspace for 32 output rows whose 4-bit codes sit in one 32-byte load. Sums of uint8 lookups
+// are accumulated in 16-bit lanes (two registers: the whole 16-bit words and the odd bytes
+// shifted down; the even-byte sums are recovered as words - (odd << 8), modulo 2^16) and widened
+// to int32 every 256 subspaces, before 257 * 255 could exceed 65535. Integer sums are exact, so
+// the only error against the exact fp32 table is the table rounding: |err| <= S * scale / 2.
+//
+// k=256: exact fp32 tables; vpgatherdd over 8 output rows' codes of one subspace, with the table
+// walked in chunks of 16 subspaces (16 KiB) so the gathered slice stays in L1.
+#include "kernel_macros.h"
+
+#if COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_SCALAR || COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_AVX2
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "../../common/pq_layout.h"
+#include "pq_lookup_kernel.h"
+
+#if COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_AVX2
+#include <immintrin.h>
+#endif
+
+namespace compressops::cpu::kernels {
+namespace {
+
+constexpr int64_t kFlushPairs = 128;   // 256 subspaces: 256 * 255 = 65280 <= 65535
+
+void build_tables_generic(const PqTableParams& p, int64_t u0, int64_t u1) {
+  const int64_t chunks = (p.s_pad + kPqTableChunk - 1) / kPqTableChunk;
+  const int64_t kc = p.ncent, d = p.d;
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t m = u / chunks, s0 = (u % chunks) * kPqTableChunk;
+    const int64_t s1 = std::min(p.s_pad, s0 + kPqTableChunk);
+    const float* x = p.x + m * p.ldx;
+    float* tab = p.table + m * p.s_pad * kc;
+    for (int64_t s = s0; s < s1; ++s) {
+      float* t = tab + s * kc;
+      const float* cb = p.cb_t + s * d * kc;
+#if COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_AVX2
+      for (int64_t c = 0; c < kc; c += 16) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        for (int64_t j = 0; j < d; ++j) {
+          const __m256 xv = _mm256_set1_ps(x[s * d + j]);
+          a0 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(cb + j * kc + c), a0);
+          a1 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(cb + j * kc + c + 8), a1);
+        }
+        _mm256_storeu_ps(t + c, a0);
+        _mm256_storeu_ps(t + c + 8, a1);
+      }
+#else
+      for (int64_t c = 0; c < kc; ++c) t[c] = 0.0f;
+      for (int64_t j = 0; j < d; ++j) {
+        const float xv = x[s * d + j];
+        for (int64_t c = 0; c < kc; ++c) t[c] += xv * cb[j * kc + c];
+      }
+#endif
+    }
+  }
+}
+
+void quantize_generic(const PqQuantizeParams& p, int64_t m0, int64_t m1) {
+  for (int64_t m = m0; m < m1; ++m) {
+    const float* tab = p.table + m * p.s_pad * 16;
+    uint8_t* q = p.qtab + m * p.s_pad * 16;
+    float range = 0.0f;
+    bool finite = true;
+    for (int64_t s = 0; s < p.s_pad; ++s) {
+      float lo = tab[s * 16], hi = tab[s * 16];
+      for (int c = 1; c < 16; ++c) {
+        lo = std::min(lo, tab[s * 16 + c]);
+        hi = std::max(hi, tab[s * 16 + c]);
+      }
+      if (!(std::isfinite(lo) && std::isfinite(hi))) finite = false;
+      range = std::max(range, hi - lo);
+    }
+    const float scale = (finite && range > 0.0f) ? range / 255.0f : 1.0f;
+    const float inv = 1.0f / scale;
+    double offsum = 0.0;
+    for (int64_t s = 0; s < p.s_pad; ++s) {
+      float lo = tab[s * 16];
+      for (int c = 1; c < 16; ++c) lo = std::min(lo, tab[s * 16 + c]);
+      offsum += lo;
+      for (int c = 0; c < 16; ++c) {
+        float v = std::nearbyint((tab[s * 16 + c] - lo) * inv);
+        v = std::min(255.0f, std::max(0.0f, v));
+        q[s * 16 + c] = finite ? static_cast<uint8_t>(v) : 0;
+      }
+    }
+    p.scale[m] = scale;
+    // a non-finite table (x held Inf/NaN) makes the whole row NaN, as the fp32 product would be
+    p.offsum[m] = finite ? static_cast<float>(offsum) : std::nanf("");
+  }
+}
+
+void finish_block16(const Pq16ScanParams& p, int64_t m, int64_t nb, const int32_t* acc) {
+  const float sc = p.scale[m], off = p.offsum[m];
+  float* o = p.out + m * p.ldo + nb * 32;
+  for (int j = 0; j < 32; ++j) {
+    const int64_t n = nb * 32 + j;
+    float v = sc * static_cast<float>(acc[j]) + off;
+    if (p.bias && n < p.n) v += p.bias[n];
+    o[j] = v;
+  }
+}
+
+#if COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_SCALAR
+
+void scan16(const Pq16ScanParams& p, int64_t nb0, int64_t nb1) {
+  const int64_t pairs = p.s_pad / 2;
+  int32_t acc[32];
+  for (int64_t nb = nb0; nb < nb1; ++nb) {
+    const uint8_t* blk = p.codes + nb * pairs * 32;
+    for (int64_t m = 0; m < p.m; ++m) {
+      const uint8_t* q = p.qtab + m * p.s_pad * 16;
+      for (int j = 0; j < 32; ++j) {
+        int32_t s = 0;
+        for (int64_t pr = 0; pr < pairs; ++pr) {
+          const uint8_t b = blk[pr * 32 + j];
+          s += q[(2 * pr) * 16 + (b & 15)] + q[(2 * pr + 1) * 16 + (b >> 4)];
+        }
+        acc[j] = s;
+      }
+      finish_block16(p, m, nb, acc);
+    }
+  }
+}
+
+// Scalar loads, 8 independent accumulators (one per row of the block), 8 codes per 64-bit load.
+void scan256(const Pq256ScanParams& p, int64_t nb0, int64_t nb1) {
+  const int64_t n_pad = (p.n + 7) / 8 * 8;
+  for (int64_t s0 = 0; s0 < p.s; s0 += kPq256ChunkSubspaces) {
+    const int64_t s1 = std::min(p.s, s0 + kPq256ChunkSubspaces);
+    const uint8_t* chunk = p.codes + s0 * n_pad;
+    for (int64_t m = 0; m < p.m; ++m) {
+      const float* tab = p.table + m * p.s * 256;
+      for (int64_t nb = nb0; nb < nb1; ++nb) {
+        const uint8_t* blk = chunk + nb * (s1 - s0) * 8 - s0 * 8;
+        float a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+        for (int64_t s = s0; s < s1; ++s) {
+          uint64_t c;
+          std::memcpy(&c, blk + s * 8, 8);
+          const float* t = tab + s * 256;
+          a0 += t[c & 255]; a1 += t[(c >> 8) & 255]; a2 += t[(c >> 16) & 255]; a3 += t[(c >> 24) & 255];
+          a4 += t[(c >> 32) & 255]; a5 += t[(c >> 40) & 255]; a6 += t[(c >> 48) & 255]; a7 += t[c >> 56];
+        }
+        float* o = p.out + m * p.ldo + nb * 8;
+        const float a[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+        for (int j = 0; j < 8; ++j) o[j] = (s0 == 0 ? 0.0f : o[j]) + a[j];
+      }
+    }
+  }
+}
+
+#else  // AVX2
+
+// Looks up MR input rows' tables for one block of 32 output rows; acc[r][32] receives the sums.
+template <int MR>
+inline void scan16_rows(const uint8_t* blk, const uint8_t* const* q, int64_t pairs, int32_t (*acc)[32]) {
+  const __m256i mask = _mm256_set1_epi8(0x0f);
+  for (int r = 0; r < MR; ++r) std::memset(acc[r], 0, sizeof(acc[r]));
+  for (int64_t p0 = 0; p0 < pairs; p0 += kFlushPairs) {
+    const int64_t p1 = std::min(pairs, p0 + kFlushPairs);
+    __m256i a[MR], b[MR];
+    for (int r = 0; r < MR; ++r) a[r] = b[r] = _mm256_setzero_si256();
+    for (int64_t pr = p0; pr < p1; ++pr) {
+      const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + pr * 32));
+      const __m256i lo = _mm256_and_si256(c, mask);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), mask);
+      for (int r = 0; r < MR; ++r) {
+        const uint8_t* t = q[r] + pr * 32;
+        const __m256i t0 = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(t)));
+        const __m256i t1 = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(t + 16)));
+        const __m256i r0 = _mm256_shuffle_epi8(t0, lo);
+        const __m256i r1 = _mm256_shuffle_epi8(t1, hi);
+        // plain (wrapping) 16-bit adds; never saturating adds, which would corrupt the even bytes
+        a[r] = _mm256_add_epi16(a[r], _mm256_add_epi16(r0, r1));
+        b[r] = _mm256_add_epi16(b[r], _mm256_add_epi16(_mm256_srli_epi16(r0, 8), _mm256_srli_epi16(r1, 8)));
+      }
+    }
+    for (int r = 0; r < MR; ++r) {
+      alignas(32) uint16_t ev[16], od[16];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(ev), _mm256_sub_epi16(a[r], _mm256_slli_epi16(b[r], 8)));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(od), b[r]);
+      for (int i = 0; i < 16; ++i) {
+        acc[r][2 * i] += ev[i];
+        acc[r][2 * i + 1] += od[i];
+      }
+    }
+  }
+}
+
+void scan16(const Pq16ScanParams& p, int64_t nb0, int64_t nb1) {
+  const int64_t pairs = p.s_pad / 2;
+  constexpr int MR = 4;
+  alignas(32) int32_t acc[MR][32];
+  // Rows of x in tiles whose uint8 tables (s_pad * 16 bytes each) fit in about 256 KiB of L2, so a
+  // large batch streams the codes once per tile instead of every table once per code block.
+  const int64_t tile = std::max<int64_t>(MR, (262144 / std::max<int64_t>(1, p.s_pad * 16)) / MR * MR);
+  for (int64_t mt = 0; mt < p.m; mt += tile) {
+    const int64_t mt_end = std::min(p.m, mt + tile);
+    for (int64_t nb = nb0; nb < nb1; ++nb) {
+      const uint8_t* blk = p.codes + nb * pairs * 32;
+      int64_t m = mt;
+      for (; m + MR <= mt_end; m += MR) {
+        const uint8_t* q[MR];
+        for (int r = 0; r < MR; ++r) q[r] = p.qtab + (m + r) * p.s_pad * 16;
+        scan16_rows<MR>(blk, q, pairs, acc);
+        for (int r = 0; r < MR; ++r) finish_block16(p, m + r, nb, acc[r]);
+      }
+      for (; m < mt_end; ++m) {
+        const uint8_t* q[1] = {p.qtab + m * p.s_pad * 16};
+        scan16_rows<1>(blk, q, pairs, acc);
+        finish_block16(p, m, nb, acc[0]);
+      }
+    }
+  }
+}
+
+void scan256(const Pq256ScanParams& p, int64_t nb0, int64_t nb1) {
+  const int64_t n_pad = (p.n + 7) / 8 * 8;
+  for (int64_t s0 = 0; s0 < p.s; s0 += kPq256ChunkSubspaces) {
+    const int64_t s1 = std::min(p.s, s0 + kPq256ChunkSubspaces);
+    const uint8_t* chunk = p.codes + s0 * n_pad;  // this chunk's [N_pad/8][s1-s0][8] codes
+    for (int64_t m = 0; m < p.m; ++m) {
+      const float* tab = p.table + m * p.s * 256;
+      int64_t nb = nb0;
+      // two blocks of 8 rows per pass: independent gathers in flight
+      for (; nb + 2 <= nb1; nb += 2) {
+        const uint8_t* b0 = chunk + nb * (s1 - s0) * 8 - s0 * 8;
+        const uint8_t* b1 = b0 + (s1 - s0) * 8;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        for (int64_t s = s0; s < s1; ++s) {
+          const __m256i i0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b0 + s * 8)));
+          const __m256i i1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b1 + s * 8)));
+          a0 = _mm256_add_ps(a0, _mm256_i32gather_ps(tab + s * 256, i0, 4));
+          a1 = _mm256_add_ps(a1, _mm256_i32gather_ps(tab + s * 256, i1, 4));
+        }
+        float* o0 = p.out + m * p.ldo + nb * 8;
+        float* o1 = o0 + 8;
+        if (s0 != 0) {
+          a0 = _mm256_add_ps(_mm256_loadu_ps(o0), a0);
+          a1 = _mm256_add_ps(_mm256_loadu_ps(o1), a1);
+        }
+        _mm256_storeu_ps(o0, a0);
+        _mm256_storeu_ps(o1, a1);
+      }
+      for (; nb < nb1; ++nb) {
+        const uint8_t* b0 = chunk + nb * (s1 - s0) * 8 - s0 * 8;
+        __m256 a0 = _mm256_setzero_ps();
+        for (int64_t s = s0; s < s1; ++s) {
+          const __m256i i0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b0 + s * 8)));
+          a0 = _mm256_add_ps(a0, _mm256_i32gather_ps(tab + s * 256, i0, 4));
+        }
+        float* o0 = p.out + m * p.ldo + nb * 8;
+        if (s0 != 0) a0 = _mm256_add_ps(_mm256_loadu_ps(o0), a0);
+        _mm256_storeu_ps(o0, a0);
+      }
+    }
+  }
+}
+
+#endif
+
+void add_bias256(const Pq256ScanParams& p, int64_t nb0, int64_t nb1) {
+  if (!p.bias) return;
+  for (int64_t m = 0; m < p.m; ++m) {
+    float* o = p.out + m * p.ldo;
+    for (int64_t n = nb0 * 8; n < std::min(p.n, nb1 * 8); ++n) o[n] += p.bias[n];
+  }
+}
+
+}  // namespace
+
+bool COMPRESSOPS_KERNEL(pq_build_tables)(const PqTableParams& p, int64_t u0, int64_t u1) {
+  if (p.ncent % 16 != 0) return false;
+  build_tables_generic(p, u0, u1);
+  return true;
+}
+
+bool COMPRESSOPS_KERNEL(pq16_quantize_tables)(const PqQuantizeParams& p, int64_t m0, int64_t m1) {
+  quantize_generic(p, m0, m1);
+  return true;
+}
+
+bool COMPRESSOPS_KERNEL(pq16_scan)(const Pq16ScanParams& p, int64_t nb0, int64_t nb1) {
+  if (nb0 < nb1) scan16(p, nb0, nb1);
+  return true;
+}
+
+bool COMPRESSOPS_KERNEL(pq256_scan)(const Pq256ScanParams& p, int64_t nb0, int64_t nb1) {
+  if (nb0 < nb1) {
+    scan256(p, nb0, nb1);
+    add_bias256(p, nb0, nb1);
+  }
+  return true;
+}
+
+}  // namespace compressops::cpu::kernels
+
+#endif  // levels implemented here

@@ -1,0 +1,253 @@
+// Host side of the PQ lookup-table linear on CPU: argument checks, packing, table build, ISA
+// selection (once per call) and at::parallel_for over blocks of output rows. Arithmetic lives in
+// kernels/pq_lookup_kernel.cpp; the layout in common/pq_layout.h.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstring>
+
+#include "../common/pq_layout.h"
+#include "dispatch.h"
+#include "kernel_record.h"
+#include "kernels/pq_lookup_kernel.h"
+
+namespace compressops::cpu {
+namespace {
+
+using kernels::Pq16ScanParams;
+using kernels::Pq256ScanParams;
+using kernels::PqQuantizeParams;
+using kernels::PqTableParams;
+
+using TableFn = bool (*)(const PqTableParams&, int64_t, int64_t);
+using QuantFn = bool (*)(const PqQuantizeParams&, int64_t, int64_t);
+using Scan16Fn = bool (*)(const Pq16ScanParams&, int64_t, int64_t);
+using Scan256Fn = bool (*)(const Pq256ScanParams&, int64_t, int64_t);
+
+#ifdef COMPRESSOPS_HAVE_AVX2
+#define IF_AVX2(f) f
+#else
+#define IF_AVX2(f) nullptr
+#endif
+
+// avx512 / avx512_vnni / amx have no entry: they fall through to avx2.
+constexpr KernelTable<TableFn> kTable{{kernels::pq_build_tables_SCALAR, IF_AVX2(kernels::pq_build_tables_AVX2),
+                                       nullptr, nullptr, nullptr}};
+constexpr KernelTable<QuantFn> kQuant{{kernels::pq16_quantize_tables_SCALAR,
+                                       IF_AVX2(kernels::pq16_quantize_tables_AVX2), nullptr, nullptr, nullptr}};
+constexpr KernelTable<Scan16Fn> kScan16{{kernels::pq16_scan_SCALAR, IF_AVX2(kernels::pq16_scan_AVX2), nullptr,
+                                         nullptr, nullptr}};
+constexpr KernelTable<Scan256Fn> kScan256{{kernels::pq256_scan_SCALAR, IF_AVX2(kernels::pq256_scan_AVX2), nullptr,
+                                           nullptr, nullptr}};
+
+bool valid_d(int64_t d) { return d == 1 || d == 2 || d == 4 || d == 8 || d == 16; }
+
+PqPackedHeader read_header(const at::Tensor& packed, const char* op) {
+  TORCH_CHECK(packed.device().is_cpu(), op, ": packed must be a CPU tensor here, got ", packed.device());
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 1 && packed.is_contiguous(), op,
+              ": packed must be a contiguous 1-D uint8 tensor from compressops.ops.pq_pack, got ",
+              packed.scalar_type(), " of shape ", packed.sizes());
+  TORCH_CHECK(packed.numel() >= kPqHeaderBytes, op, ": packed is too small (", packed.numel(),
+              " bytes) to hold a PQ pack header");
+  PqPackedHeader h;
+  std::memcpy(&h, packed.data_ptr<uint8_t>(), sizeof(h));
+  TORCH_CHECK(h.magic == kPqPackMagic && h.version == kPqPackVersion, op,
+              ": packed does not hold a PQ pack (version ", kPqPackVersion,
+              "); repack it with compressops.ops.pq_pack");
+  TORCH_CHECK((h.ncent == 16 || h.ncent == 256) && valid_d(h.d) && h.n >= 1 && h.k_in >= 1 &&
+                  h.s == (h.k_in + h.d - 1) / h.d && h.s_pad == pq_s_pad(h.s, h.ncent) &&
+                  h.n_pad == pq_round_up(h.n, pq_block_rows(h.ncent)),
+              op, ": packed has an inconsistent PQ header");
+  TORCH_CHECK(packed.numel() == pq_packed_bytes(h.n, h.k_in, h.d, h.ncent), op, ": packed has ", packed.numel(),
+              " bytes but its header needs ", pq_packed_bytes(h.n, h.k_in, h.d, h.ncent));
+  return h;
+}
+
+at::Tensor pq_pack_cpu(const at::Tensor& codes, const at::Tensor& codebooks, int64_t in_features) {
+  constexpr const char* op = "pq_pack";
+  TORCH_CHECK(codebooks.device().is_cpu() && codes.device().is_cpu(), op, ": codes and codebooks must be CPU tensors");
+  TORCH_CHECK(codebooks.scalar_type() == at::kFloat && codebooks.dim() == 3, op,
+              ": codebooks must be float32 [S, k, d], got ", codebooks.scalar_type(), " ", codebooks.sizes());
+  const int64_t s = codebooks.size(0), kc = codebooks.size(1), d = codebooks.size(2);
+  TORCH_CHECK(kc == 16 || kc == 256, op, ": codebooks must have k in (16, 256) centroids (dim 1), got ", kc);
+  TORCH_CHECK(valid_d(d) && s >= 1, op, ": codebooks need S >= 1 and d in (1, 2, 4, 8, 16), got S=", s, ", d=", d);
+  TORCH_CHECK(in_features >= 1 && (in_features + d - 1) / d == s, op, ": in_features=", in_features,
+              " needs S=ceil(K/d)=", (in_features + d - 1) / d, " subspaces but codebooks have S=", s);
+  TORCH_CHECK(codes.scalar_type() == at::kByte && codes.dim() == 2, op, ": codes must be uint8 [N, ",
+              kc == 16 ? "ceil(S/2)" : "S", "], got ", codes.scalar_type(), " ", codes.sizes());
+  const int64_t n = codes.size(0);
+  const int64_t cols = kc == 16 ? (s + 1) / 2 : s;
+  TORCH_CHECK(n >= 1 && codes.size(1) == cols, op, ": codes must have shape [N >= 1, ", cols, "] for S=", s, ", k=",
+              kc, ", got ", codes.sizes());
+  TORCH_CHECK(n < (1LL << 30) && s < (1LL << 24), op, ": shape too large");
+  const int64_t s_pad = pq_s_pad(s, kc), n_pad = pq_round_up(n, pq_block_rows(kc));
+  at::Tensor packed = at::zeros({pq_packed_bytes(n, in_features, d, kc)}, codes.options());
+  uint8_t* base = packed.data_ptr<uint8_t>();
+  PqPackedHeader h{};
+  h.magic = kPqPackMagic;
+  h.version = kPqPackVersion;
+  h.n = static_cast<int32_t>(n);
+  h.k_in = static_cast<int32_t>(in_features);
+  h.s = static_cast<int32_t>(s);
+  h.d = static_cast<int32_t>(d);
+  h.ncent = static_cast<int32_t>(kc);
+  h.n_pad = static_cast<int32_t>(n_pad);
+  h.s_pad = static_cast<int32_t>(s_pad);
+  std::memcpy(base, &h, sizeof(h));
+  float* cb_t = reinterpret_cast<float*>(base + kPqHeaderBytes);
+  const at::Tensor cb = codebooks.contiguous();
+  const float* src = cb.data_ptr<float>();
+  for (int64_t ss = 0; ss < s; ++ss)
+    for (int64_t c = 0; c < kc; ++c)
+      for (int64_t j = 0; j < d; ++j) cb_t[(ss * d + j) * kc + c] = src[(ss * kc + c) * d + j];
+  uint8_t* body = base + kPqHeaderBytes + pq_codebook_bytes(s_pad, d, kc);
+  const at::Tensor cd = codes.contiguous();
+  const uint8_t* cs = cd.data_ptr<uint8_t>();
+  if (kc == 16) {
+    // canonical bytes already hold (even s) | (odd s) << 4, and S_pad/2 = ceil(S/2) = cols
+    const int64_t pairs = s_pad / 2;
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t pr = 0; pr < pairs; ++pr) body[((r / 32) * pairs + pr) * 32 + r % 32] = cs[r * cols + pr];
+  } else {
+    for (int64_t s0 = 0; s0 < s; s0 += kPq256ChunkSubspaces) {
+      const int64_t sc = std::min(kPq256ChunkSubspaces, s - s0);
+      uint8_t* chunk = body + s0 * n_pad;
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t j = 0; j < sc; ++j) chunk[((r / 8) * sc + j) * 8 + r % 8] = cs[r * s + s0 + j];
+    }
+  }
+  return packed;
+}
+
+at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t in_features, int64_t out_features,
+                         const std::optional<at::Tensor>& bias, std::optional<at::ScalarType> out_dtype) {
+  constexpr const char* op = "pq_linear";
+  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be float32, bfloat16 or float16, got ",
+              x.scalar_type());
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension (..., K)");
+  const PqPackedHeader h = read_header(packed, op);
+  TORCH_CHECK(h.k_in == in_features && h.n == out_features, op, ": packed holds a [", h.n, ", ", h.k_in,
+              "] layer but in_features=", in_features, ", out_features=", out_features);
+  TORCH_CHECK(x.size(-1) == in_features, op, ": x has K=", x.size(-1), " in its last dimension but the layer has K=",
+              in_features);
+  std::optional<at::Tensor> b;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(at::isFloatingType(bias->scalar_type()) && bias->dim() == 1 && bias->size(0) == h.n, op,
+                ": bias must be a float tensor of shape [N] = [", h.n, "], got ", bias->scalar_type(), " ",
+                bias->sizes());
+    b = bias->to(at::kFloat).contiguous();
+  }
+  const at::ScalarType out_t = out_dtype.value_or(x.scalar_type());
+  TORCH_CHECK(out_t == at::kFloat || out_t == at::kBFloat16 || out_t == at::kHalf, op,
+              ": out_dtype must be float32, bfloat16 or float16, got ", out_t);
+  std::vector<int64_t> out_shape = x.sizes().vec();
+  out_shape.back() = h.n;
+
+  const int64_t n = h.n, kc = h.ncent, d = h.d, s = h.s, s_pad = h.s_pad, n_pad = h.n_pad;
+  const at::Tensor x2 = x.reshape({-1, in_features});
+  const int64_t m = x2.size(0);
+  const auto fopts = x.options().dtype(at::kFloat);
+  at::Tensor out = at::empty({m, n_pad}, fopts);
+  if (m == 0) return out.narrow(1, 0, n).to(out_t).view(out_shape);
+
+  const uint8_t* base = packed.data_ptr<uint8_t>();
+  const float* cb_t = reinterpret_cast<const float*>(base + kPqHeaderBytes);
+  const uint8_t* codes = base + kPqHeaderBytes + pq_codebook_bytes(s_pad, d, kc);
+  if (kc == 256 && m >= kPq256DenseMinRows) {
+    // k=256 costs about one gather per code and input row, so beyond a few rows decoding the
+    // weight once per call and running a dense GEMM is faster (and exact up to fp32 rounding).
+    at::Tensor w = at::empty({n, s * d}, fopts);
+    float* wp = w.data_ptr<float>();
+    // chunk-major, like the code layout: a chunk's codebooks (16 * d KiB) stay in L2 while its
+    // codes stream past once
+    at::parallel_for(0, n_pad / 8, 4, [&](int64_t nb0, int64_t nb1) {
+      for (int64_t c0 = 0; c0 < s; c0 += kPq256ChunkSubspaces) {
+        const int64_t sc = std::min(kPq256ChunkSubspaces, s - c0);
+        for (int64_t nb = nb0; nb < nb1; ++nb) {
+          const uint8_t* blk = codes + c0 * n_pad + nb * sc * 8;
+          for (int64_t i = 0; i < 8 && nb * 8 + i < n; ++i) {
+            float* wr = wp + (nb * 8 + i) * s * d;
+            for (int64_t t = 0; t < sc; ++t) {
+              const int64_t code = blk[t * 8 + i], ss = c0 + t;
+              for (int64_t j = 0; j < d; ++j) wr[ss * d + j] = cb_t[(ss * d + j) * kc + code];
+            }
+          }
+        }
+      }
+    });
+    at::Tensor xin = x2.to(at::kFloat);
+    at::Tensor y = at::matmul(xin, w.narrow(1, 0, in_features).t());
+    if (b) y.add_(*b);
+    record_kernel_isa(op, CpuIsa::kScalar);  // the decode is plain code; the GEMM is ATen's
+    return y.to(out_t).view(out_shape);
+  }
+  // fp32 input rows padded with zeros to S_pad * d
+  at::Tensor xf = at::zeros({m, s_pad * d}, fopts);
+  xf.narrow(1, 0, in_features).copy_(x2);
+  PqTableParams tp{};
+  tp.x = xf.data_ptr<float>();
+  tp.ldx = s_pad * d;
+  tp.cb_t = cb_t;
+  tp.s_pad = s_pad;
+  tp.d = d;
+  tp.ncent = kc;
+  at::Tensor table = at::empty({m, s_pad, kc}, fopts);
+  tp.table = table.data_ptr<float>();
+  tp.m = m;
+  const CpuIsa isa = active_isa();
+  const auto [tfn, tlevel] = kTable.select(isa, tp);
+  const TableFn build = tfn;
+  (void)tlevel;
+  const int64_t chunks = (s_pad + kernels::kPqTableChunk - 1) / kernels::kPqTableChunk;
+  const int64_t unit_work = kernels::kPqTableChunk * d * kc;
+  // small builds (k=16, a few rows) run inline: a parallel region costs more than the FMAs
+  at::parallel_for(0, m * chunks, std::max<int64_t>(1, 262144 / unit_work), [&](int64_t u0, int64_t u1) {
+    build(tp, u0, u1);
+  });
+  float* outp = out.data_ptr<float>();
+  const float* biasp = b ? b->data_ptr<float>() : nullptr;
+
+  if (kc == 16) {
+    at::Tensor qtab = at::empty({m, s_pad, 16}, x.options().dtype(at::kByte));
+    at::Tensor sc = at::empty({m}, fopts), off = at::empty({m}, fopts);
+    PqQuantizeParams qp{tp.table, s_pad, qtab.data_ptr<uint8_t>(), sc.data_ptr<float>(), off.data_ptr<float>()};
+    const auto [qfn, qlevel] = kQuant.select(isa, qp);
+    (void)qlevel;
+    const QuantFn quant = qfn;
+    at::parallel_for(0, m, std::max<int64_t>(1, 4096 / std::max<int64_t>(s_pad, 1)),
+                     [&](int64_t a, int64_t e) { quant(qp, a, e); });
+    Pq16ScanParams p{codes, qp.qtab, qp.scale, qp.offsum, biasp, outp, n_pad, m, n, s_pad};
+    const auto [fn, level] = kScan16.select(isa, p);
+    record_kernel_isa(op, level);
+    const Scan16Fn scan = fn;
+    at::parallel_for(0, n_pad / kPq16BlockRows, 1, [&](int64_t a, int64_t e) { scan(p, a, e); });
+  } else {
+    Pq256ScanParams p{codes, tp.table, biasp, outp, n_pad, m, n, s};
+    const auto [fn, level] = kScan256.select(isa, p);
+    record_kernel_isa(op, level);
+    const Scan256Fn scan = fn;
+    at::parallel_for(0, n_pad / kPq256BlockRows, 1, [&](int64_t a, int64_t e) { scan(p, a, e); });
+  }
+  at::Tensor y = out.narrow(1, 0, n);
+  y = out_t == at::kFloat && n == n_pad ? y : y.to(out_t).contiguous();
+  return y.view(out_shape);
+}
+
+}  // namespace
+
+std::vector<std::string> pq_kernel_isas() {
+  std::vector<std::string> levels;
+  for (int l = 0; l < 5; ++l) {
+    if (kScan16.by_level[l]) levels.emplace_back(isa_name(static_cast<CpuIsa>(l)));
+  }
+  return levels;
+}
+
+TORCH_LIBRARY_IMPL(compressops, CPU, m) {
+  m.impl("pq_pack", &pq_pack_cpu);
+  m.impl("pq_linear", &pq_linear_cpu);
+}
+
+}  // namespace compressops::cpu
