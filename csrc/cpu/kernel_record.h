@@ -20,6 +20,7 @@ std::vector<std::string> int8_kernel_isas();
 // [pq kernel isas]
 
 // [binary kernel isas]
+std::vector<std::string> binary_kernel_isas();
 
 
 }  // namespace compressops::cpu
