@@ -35,3 +35,6 @@ __all__ = ["Int8", "convert", "report", "save", "load", "info", "isa", "detected
 # [pq exports]
 
 # [binary exports]
+from .configs import Binary  # noqa: E402
+
+__all__ += ["Binary"]

@@ -11,6 +11,7 @@ def main() -> int:
         family = args.pop(0) if args and not args[0].startswith("-") else "int8"
         benches = {"int8": "compressops.bench.int8_linear"}
         # [family benches]  (one line per family: benches["<family>"] = "compressops.bench.<module>")
+        benches["binary"] = "compressops.bench.binary_conv"
 
         if family not in benches:
             print(f"unknown benchmark family {family!r}; known: {', '.join(benches)}")

@@ -12,6 +12,7 @@ from .algorithms.observers import calibrate
 from .configs import Int8
 from .nn import Int8Linear
 # [family imports]
+from .nn.binary import BinaryConv2d, BinaryLinear  # noqa: E402
 
 # config type -> (module types it converts, function(module, config, name, calibration) -> module);
 # calibration is the layer's observer result (see convert) or None
@@ -50,6 +51,16 @@ def _convert_int8(mod, config, name, act_scale=None):
 # [pq handler]
 
 # [binary handler]
+from .configs import Binary  # noqa: E402
+
+
+@register_handler(Binary, (nn.Conv2d, nn.Linear), (BinaryConv2d, BinaryLinear))
+def _convert_binary(mod, config, name, calibration=None):
+    # keep_first_last needs the whole model, which handlers never see: convert applies it only
+    # through filter_fn=config.model_filter(model) (compressops.algorithms.binarize.binarize does).
+    if isinstance(mod, nn.Conv2d):
+        return BinaryConv2d.from_float(mod, config, name=name)
+    return BinaryLinear.from_float(mod, config, name=name)
 
 
 def compressed_types() -> tuple[type, ...]:

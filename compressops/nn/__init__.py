@@ -11,3 +11,6 @@ __all__ = ["Int8Linear"]
 # [pq module]
 
 # [binary modules]
+from .binary import BinaryConv2d, BinaryLinear  # noqa: E402
+
+__all__ += ["BinaryConv2d", "BinaryLinear"]
