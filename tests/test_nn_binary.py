@@ -228,5 +228,5 @@ def test_digits_example_quick():
     spec = importlib.util.spec_from_file_location("binary_digits", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    acc_fp32, acc_bnn = mod.main(["--epochs", "3"])
-    assert acc_fp32 > 0.5 and acc_bnn > 0.3
+    acc_fp32, acc_bnn = mod.main(["--epochs", "1", "--train-size", "256"])
+    assert acc_fp32 > 0.3 and acc_bnn > 0.2
