@@ -18,7 +18,9 @@ namespace {
 using kernels::BinaryConvParams;
 using kernels::BinaryPackParams;
 
+using kernels::BinaryPackPlanesParams;
 using PackFn = bool (*)(const BinaryPackParams&, int64_t, int64_t);
+using PackPlanesFn = bool (*)(const BinaryPackPlanesParams&, int64_t, int64_t);
 using ConvFn = bool (*)(const BinaryConvParams&, int64_t, int64_t);
 
 #ifdef COMPRESSOPS_HAVE_AVX2
@@ -30,6 +32,8 @@ using ConvFn = bool (*)(const BinaryConvParams&, int64_t, int64_t);
 // Levels without an entry (avx512, avx512_vnni, amx) fall through to avx2.
 constexpr KernelTable<PackFn> kPack{{kernels::binary_pack_rows_SCALAR, IF_AVX2(kernels::binary_pack_rows_AVX2),
                                      nullptr, nullptr, nullptr}};
+constexpr KernelTable<PackPlanesFn> kPackPlanes{{kernels::binary_pack_planes_SCALAR,
+                                                 IF_AVX2(kernels::binary_pack_planes_AVX2), nullptr, nullptr, nullptr}};
 constexpr KernelTable<ConvFn> kConv{{kernels::binary_conv_rows_SCALAR, IF_AVX2(kernels::binary_conv_rows_AVX2),
                                      nullptr, nullptr, nullptr}};
 
@@ -63,7 +67,33 @@ at::Tensor binary_pack_activation_cpu(const at::Tensor& x) {
     TORCH_CHECK(c >= 1, op, ": x must have at least one channel, got shape ", x.sizes());
     at::Tensor out = at::empty({n, h, w, words_for(c)}, x.options().dtype(at::kLong));
     if (out.numel() == 0) return out;
-    const at::Tensor xc = x.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
+    const at::Tensor xf = x.to(at::kFloat);
+    if (xf.is_contiguous() && !xf.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+      // Plain NCHW: pack straight from the channel planes (no transposed copy).
+      BinaryPackPlanesParams p{};
+      p.ldc = h * w;
+      p.hw = h * w;
+      p.c = c;
+      p.cw = words_for(c);
+      const auto [fn, level] = kPackPlanes.select(active_isa(), p);
+      record_kernel_isa(op, level);
+      const PackPlanesFn kernel = fn;
+      const float* base = xf.data_ptr<float>();
+      uint64_t* obase = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
+      const int64_t grain = std::max<int64_t>(8, 32768 / c / 8 * 8);
+      const int64_t chunks = (h * w + grain - 1) / grain;
+      at::parallel_for(0, n * chunks, 1, [&](int64_t b, int64_t e) {
+        for (int64_t t = b; t < e; ++t) {
+          const int64_t img = t / chunks, ch = t % chunks;
+          BinaryPackPlanesParams q = p;
+          q.x = base + img * c * h * w;
+          q.out = obase + img * h * w * p.cw;
+          kernel(q, ch * grain, std::min(h * w, (ch + 1) * grain));
+        }
+      });
+      return out;
+    }
+    const at::Tensor xc = xf.contiguous(at::MemoryFormat::ChannelsLast);
     const at::Tensor x2 = xc.permute({0, 2, 3, 1}).reshape({n * h * w, c});
     pack_rows(x2, c, out, op);
     return out;

@@ -141,6 +141,45 @@ bool COMPRESSOPS_KERNEL(binary_pack_rows)(const BinaryPackParams& p, int64_t beg
   return true;
 }
 
+bool COMPRESSOPS_KERNEL(binary_pack_planes)(const BinaryPackPlanesParams& p, int64_t begin, int64_t end) {
+  int64_t px = begin;
+#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
+  // 8 pixels at a time: channel j of the word sets bit j of 8 pixel words (two vectors of 4 x u64).
+  const __m256 zero = _mm256_setzero_ps();
+  for (; px + 8 <= end; px += 8) {
+    for (int64_t wi = 0; wi < p.cw; ++wi) {
+      const int64_t base = wi * 64;
+      const int64_t nbits = std::min<int64_t>(64, p.c - base);
+      __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+      for (int64_t j = 0; j < nbits; ++j) {
+        const __m256 v = _mm256_loadu_ps(p.x + (base + j) * p.ldc + px);
+        // all-ones lanes where v >= 0, widened to 64 bits, keep bit j
+        const __m256i m = _mm256_castps_si256(_mm256_cmp_ps(v, zero, _CMP_GE_OQ));
+        const __m256i bit = _mm256_set1_epi64x(static_cast<long long>(uint64_t{1} << j));
+        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(m)), bit));
+        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cvtepi32_epi64(_mm256_extracti128_si256(m, 1)), bit));
+      }
+      alignas(32) uint64_t words[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(words), lo);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(words + 4), hi);
+      for (int q = 0; q < 8; ++q) p.out[(px + q) * p.cw + wi] = words[q];
+    }
+  }
+#endif
+  for (; px < end; ++px) {
+    for (int64_t wi = 0; wi < p.cw; ++wi) {
+      const int64_t base = wi * 64;
+      const int64_t nbits = std::min<int64_t>(64, p.c - base);
+      uint64_t word = 0;
+      for (int64_t j = 0; j < nbits; ++j) {
+        if (p.x[(base + j) * p.ldc + px] >= 0.0f) word |= uint64_t{1} << j;
+      }
+      p.out[px * p.cw + wi] = word;
+    }
+  }
+  return true;
+}
+
 bool COMPRESSOPS_KERNEL(binary_conv_rows)(const BinaryConvParams& p, int64_t begin, int64_t end) {
   if (begin >= end) return true;
   // Kernel heights beyond this would need a bigger tap-row table; the host rejects them.

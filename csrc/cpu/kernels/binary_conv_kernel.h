@@ -19,6 +19,17 @@ struct BinaryPackParams {
   int64_t cw;
 };
 
+// Sign-and-pack an NCHW image without transposing it first: x points at channel 0 of one image
+// (planes of hw values, channel stride ldc); pixels [begin, end) of out ([hw, cw] words) are written.
+struct BinaryPackPlanesParams {
+  const float* x;
+  int64_t ldc;  // stride between channel planes
+  int64_t hw;
+  int64_t c;
+  uint64_t* out;
+  int64_t cw;
+};
+
 // out[n, oh, ow, o] (channels-last, row stride oc) =
 //   alpha[o] * float(c * valid_taps - 2 * popcount(x XOR w over the valid taps)) + bias[o],
 // then clamped to [cmin, cmax] when has_min / has_max. Taps that fall in the zero spatial padding
@@ -39,6 +50,7 @@ struct BinaryConvParams {
 // flattened (n, oh) index. Both return false to decline (the host retries one level lower).
 #define COMPRESSOPS_DECLARE_BINARY(SUFFIX)                                                   \
   bool binary_pack_rows_##SUFFIX(const BinaryPackParams&, int64_t begin, int64_t end); \
+  bool binary_pack_planes_##SUFFIX(const BinaryPackPlanesParams&, int64_t begin, int64_t end); \
   bool binary_conv_rows_##SUFFIX(const BinaryConvParams&, int64_t begin, int64_t end);
 
 COMPRESSOPS_DECLARE_BINARY(SCALAR)
