@@ -25,7 +25,7 @@ namespace compressops::cpu::kernels {
 namespace {
 
 // Output channels computed together (each loaded activation vector is reused OCB times).
-constexpr int kOCB = 4;
+constexpr int kOCB = 8;
 // Output channels whose weights stay in L1 while one output row is swept (64 * 9 taps * 32 B =
 // 18 KiB for a 3x3 conv with 256 input channels).
 constexpr int64_t kOcChunk = 64;
@@ -91,9 +91,22 @@ inline void conv_block(const BinaryConvParams& p, const TapRow* rows, int nrows,
       for (int o = 0; o < OCB; ++o) tot[o] += _mm_popcnt_u64(x[i] ^ wbase[o][off + i]);
     }
   }
-  for (int o = 0; o < OCB; ++o) {
-    acc64[o] = _mm256_add_epi64(acc64[o], _mm256_sad_epu8(acc8[o], zero));
-    tot[o] += hsum_epi64(acc64[o]);
+  for (int o = 0; o < OCB; ++o) acc64[o] = _mm256_add_epi64(acc64[o], _mm256_sad_epu8(acc8[o], zero));
+  if constexpr (OCB % 4 == 0) {
+    // Transpose-add four channels' 4 x u64 partial sums into one vector of four totals.
+    for (int g = 0; g < OCB; g += 4) {
+      const __m256i u01 = _mm256_add_epi64(_mm256_unpacklo_epi64(acc64[g], acc64[g + 1]),
+                                           _mm256_unpackhi_epi64(acc64[g], acc64[g + 1]));
+      const __m256i u23 = _mm256_add_epi64(_mm256_unpacklo_epi64(acc64[g + 2], acc64[g + 3]),
+                                           _mm256_unpackhi_epi64(acc64[g + 2], acc64[g + 3]));
+      const __m256i v = _mm256_add_epi64(_mm256_permute2x128_si256(u01, u23, 0x20),
+                                         _mm256_permute2x128_si256(u01, u23, 0x31));
+      alignas(32) int64_t four[4];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(four), v);
+      for (int q = 0; q < 4; ++q) tot[g + q] += four[q];
+    }
+  } else {
+    for (int o = 0; o < OCB; ++o) tot[o] += hsum_epi64(acc64[o]);
   }
 #else
   for (int r = 0; r < nrows; ++r) {
