@@ -200,3 +200,22 @@ def test_bad_input_errors(use_reference):
         mod.binary_linear(reference.binary_pack_activation(randn_nonzero(2, 70)), bits, alpha, None, 70)
     with pytest.raises(err, match="in_features"):
         mod.binary_linear(reference.binary_pack_activation(randn_nonzero(2, 70)), lbits, lalpha, None, 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_kernels_bit_exact():
+    if "CUDA" not in ops.native_kernels("binary_conv2d"):
+        pytest.skip("binary CUDA kernels not built (csrc/cuda/binary_conv.cu.pending, see its header)")
+    for c, k, s, p in ((3, 3, 1, 1), (65, 5, 2, 2), (130, 1, 1, 0), (256, 7, 2, 3)):
+        x = randn_nonzero(2, c, 9, 10)
+        w, bits, alpha, b = make_conv(c, 7, k)
+        xp = reference.binary_pack_activation(x)
+        xp_cuda = ops.binary_pack_activation(x.cuda())
+        assert torch.equal(xp_cuda.cpu(), xp)
+        y = ops.binary_conv2d(xp_cuda, bits.cuda(), alpha.cuda(), b.cuda(), c, (k, k), (s, s), (p, p))
+        assert torch.equal(y.cpu(), reference.binary_conv2d(xp, bits, alpha, b, c, (k, k), (s, s), (p, p)))
+    xl = randn_nonzero(5, 130)
+    lbits, lalpha = bf.binarize_weight(randn_nonzero(9, 130))
+    xlp = reference.binary_pack_activation(xl)
+    y = ops.binary_linear(xlp.cuda(), lbits.cuda(), lalpha.cuda(), None, 130)
+    assert torch.equal(y.cpu(), reference.binary_linear(xlp, lbits, lalpha, None, 130))
