@@ -42,3 +42,6 @@ from .configs import PQ  # noqa: E402
 __all__ += ["PQ"]
 
 # [binary exports]
+from .configs import Binary  # noqa: E402
+
+__all__ += ["Binary"]

@@ -14,6 +14,7 @@ def main() -> int:
         benches["int4"] = "compressops.bench.int4_linear"
         benches["sparse"] = "compressops.bench.sparse"
         benches["pq"] = "compressops.bench.pq_linear"
+        benches["binary"] = "compressops.bench.binary_conv"
 
         if family not in benches:
             print(f"unknown benchmark family {family!r}; known: {', '.join(benches)}")

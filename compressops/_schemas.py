@@ -37,5 +37,14 @@ SCHEMAS: dict[str, str] = {
     ),
 
     # [binary schemas]
+    "binary_pack_activation": "(Tensor x) -> Tensor",
+    "binary_conv2d": (
+        "(Tensor x_packed, Tensor w_packed, Tensor alpha, Tensor? bias, int in_channels, "
+        "int[2] kernel_size, int[2] stride, int[2] padding, float? clamp_min=None, float? clamp_max=None) -> Tensor"
+    ),
+    "binary_linear": (
+        "(Tensor x_packed, Tensor w_packed, Tensor alpha, Tensor? bias, int in_features, "
+        "float? clamp_min=None, float? clamp_max=None) -> Tensor"
+    ),
 
 }

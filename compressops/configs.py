@@ -220,6 +220,45 @@ class PQ:
 
 
 # [binary config]
+_BINARY_SCALES = ("channel", "none")
+
+
+@_register_format("binary")
+@dataclass(frozen=True)
+class Binary:
+    """Binary (1-bit) weights, XNOR-popcount kernels (DESIGN.md section 4, compressops/formats/binary.py).
+
+    Args:
+        scale: "channel" (default): one fp32 scale per output channel, alpha = mean |w|;
+            "none": alpha = 1 (pure +-1 weights).
+        binarize_activations: True (default): activations are binarized at run time too (W1A1,
+            XNOR-popcount kernels); False: activations stay float and the layer computes
+            conv/linear(x, sign(w)) * alpha + bias (W1A32, additions and subtractions only).
+        keep_first_last: leave the model's first and last convertible layer dense (the usual BNN
+            recipe). compressops.convert hands layers to handlers one at a time, so this is applied
+            by compressops.algorithms.binarize.binarize(model, config), or by passing
+            filter_fn=config.model_filter(model) to compressops.convert.
+    """
+
+    scale: str = "channel"
+    binarize_activations: bool = True
+    keep_first_last: bool = True
+
+    def __post_init__(self):
+        if self.scale not in _BINARY_SCALES:
+            raise ValueError(f"Binary(scale={self.scale!r}): scale must be one of {', '.join(_BINARY_SCALES)}")
+
+    def model_filter(self, model):
+        """filter_fn for compressops.convert that leaves the first and last convertible layer of
+        `model` dense when keep_first_last is True (None otherwise)."""
+        if not self.keep_first_last:
+            return None
+        from .algorithms.binarize import first_last_filter
+
+        return first_last_filter(model)
+
+    def to_dict(self) -> dict:
+        return {"format": "binary", **asdict(self)}
 
 
 def config_from_dict(d: dict):

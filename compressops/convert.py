@@ -15,6 +15,7 @@ from .nn import Int8Linear
 from .nn.int4_linear import Int4, Int4Linear
 from .nn.sparse_linear import CSR, CSRLinear, Sparse24, Sparse24Linear
 from .nn.pq_linear import PQ, PQLinear
+from .nn.binary import BinaryConv2d, BinaryLinear  # noqa: E402
 
 # config type -> (module types it converts, function(module, config, name, calibration) -> module);
 # calibration is the layer's observer result (see convert) or None
@@ -75,6 +76,16 @@ def _convert_pq(mod, config, name, calibration=None):
 
 
 # [binary handler]
+from .configs import Binary  # noqa: E402
+
+
+@register_handler(Binary, (nn.Conv2d, nn.Linear), (BinaryConv2d, BinaryLinear))
+def _convert_binary(mod, config, name, calibration=None):
+    # keep_first_last needs the whole model, which handlers never see: convert applies it only
+    # through filter_fn=config.model_filter(model) (compressops.algorithms.binarize.binarize does).
+    if isinstance(mod, nn.Conv2d):
+        return BinaryConv2d.from_float(mod, config, name=name)
+    return BinaryLinear.from_float(mod, config, name=name)
 
 
 def compressed_types() -> tuple[type, ...]:

@@ -435,3 +435,107 @@ _register_triton_cuda("pq_linear", "pq_linear", "pq_linear")
 __all__ += ["pq_pack", "pq_linear"]
 
 # [binary ops]
+
+__all__ += ["binary_pack_activation", "binary_conv2d", "binary_linear"]
+
+
+@torch.library.register_fake("compressops::binary_pack_activation")
+def _(x):
+    torch._check(x.is_floating_point(), lambda: f"binary_pack_activation: x must be float, got {x.dtype}")
+    cw = (x.shape[1] + 63) // 64 if x.dim() == 4 else (x.shape[-1] + 63) // 64
+    if x.dim() == 4:
+        return x.new_empty((x.shape[0], x.shape[2], x.shape[3], cw), dtype=torch.int64)
+    return x.new_empty((*x.shape[:-1], cw), dtype=torch.int64)
+
+
+torch.library.register_kernel("compressops::binary_pack_activation", "CompositeExplicitAutograd",
+                              reference.binary_pack_activation)
+
+
+def binary_pack_activation(x: Tensor) -> Tensor:
+    """Fused sign-and-pack of activations (x >= 0 -> bit 1, so sign(0) = +1).
+
+    Args:
+        x: float32/bfloat16/float16. 4-D is read as NCHW (any memory format, channels_last is the
+            fast case); any other rank packs the last dimension.
+    Returns:
+        int64 [N, H, W, ceil(C/64)] for 4-D x, else (..., ceil(C/64)); channel c is bit c % 64 of
+        word c // 64, pad bits 0 (compressops/formats/binary.py).
+    """
+    return torch.ops.compressops.binary_pack_activation.default(x)
+
+
+@torch.library.register_fake("compressops::binary_conv2d")
+def _(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding, clamp_min=None, clamp_max=None):
+    torch._check(x_packed.dtype == torch.int64, lambda: "binary_conv2d: x_packed must be int64")
+    torch._check(w_packed.dtype == torch.int64, lambda: "binary_conv2d: w_packed must be int64")
+    n, h, w = x_packed.shape[0], x_packed.shape[1], x_packed.shape[2]
+    oh = (h + 2 * padding[0] - kernel_size[0]) // stride[0] + 1
+    ow = (w + 2 * padding[1] - kernel_size[1]) // stride[1] + 1
+    return x_packed.new_empty((n, w_packed.shape[0], oh, ow), dtype=torch.float32).contiguous(
+        memory_format=torch.channels_last)
+
+
+def _binary_conv2d_default(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding,
+                           clamp_min=None, clamp_max=None):
+    return reference.binary_conv2d(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding,
+                                   clamp_min, clamp_max).contiguous(memory_format=torch.channels_last)
+
+
+torch.library.register_kernel("compressops::binary_conv2d", "CompositeExplicitAutograd", _binary_conv2d_default)
+
+
+def binary_conv2d(
+    x_packed: Tensor,
+    w_packed: Tensor,
+    alpha: Tensor,
+    bias: Tensor | None,
+    in_channels: int,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int] = (1, 1),
+    padding: tuple[int, int] = (0, 0),
+    clamp_min: float | None = None,
+    clamp_max: float | None = None,
+) -> Tensor:
+    """XNOR-popcount conv2d: alpha * (valid_bits - 2 * popcount(x XOR w)) + bias, then clamped.
+
+    Equals conv2d(sign(x), sign(w), stride, zero padding) * alpha + bias bit for bit (padded taps
+    contribute 0). Dilation 1, groups 1.
+
+    Args:
+        x_packed: int64 [N, H, W, ceil(in_channels/64)] from binary_pack_activation.
+        w_packed: int64 [OC, KH, KW, ceil(in_channels/64)] (compressops.formats.binary.binarize_weight).
+        alpha: float32 [OC]. bias: optional float [OC].
+        in_channels: C (the number of valid bits per tap).
+        kernel_size, stride, padding: (h, w) pairs.
+        clamp_min, clamp_max: optional bounds applied last (e.g. hard-tanh before the next binary layer).
+    Returns:
+        float32 [N, OC, OH, OW] in channels_last memory format.
+    """
+    return torch.ops.compressops.binary_conv2d.default(x_packed, w_packed, alpha, bias, in_channels,
+                                                       list(kernel_size), list(stride), list(padding),
+                                                       clamp_min, clamp_max)
+
+
+@torch.library.register_fake("compressops::binary_linear")
+def _(x_packed, w_packed, alpha, bias, in_features, clamp_min=None, clamp_max=None):
+    torch._check(x_packed.dtype == torch.int64, lambda: "binary_linear: x_packed must be int64")
+    torch._check(w_packed.dtype == torch.int64, lambda: "binary_linear: w_packed must be int64")
+    return x_packed.new_empty((*x_packed.shape[:-1], w_packed.shape[0]), dtype=torch.float32)
+
+
+torch.library.register_kernel("compressops::binary_linear", "CompositeExplicitAutograd", reference.binary_linear)
+
+
+def binary_linear(x_packed: Tensor, w_packed: Tensor, alpha: Tensor, bias: Tensor | None, in_features: int,
+                  clamp_min: float | None = None, clamp_max: float | None = None) -> Tensor:
+    """XNOR-popcount linear: (sign(x) @ sign(w).T) * alpha + bias, then clamped; bit-exact.
+
+    Args:
+        x_packed: int64 [..., ceil(in_features/64)] from binary_pack_activation.
+        w_packed: int64 [OUT, ceil(in_features/64)]. alpha: float32 [OUT]. bias: optional [OUT].
+    Returns:
+        float32 [..., OUT].
+    """
+    return torch.ops.compressops.binary_linear.default(x_packed, w_packed, alpha, bias, in_features,
+                                                       clamp_min, clamp_max)

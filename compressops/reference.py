@@ -326,3 +326,90 @@ def pq_linear(x, packed, in_features, out_features, bias=None, out_dtype=None):
 
 
 # [binary reference]
+
+def _binary_check_common(op, x_packed, w_packed, alpha, bias, c, w_dims):
+    from .formats import binary as binary_format
+
+    cw = binary_format.words(c) if c >= 1 else 0
+    if c < 1:
+        raise ValueError(f"{op}: in_channels/in_features must be >= 1, got {c}")
+    if x_packed.dtype != torch.int64 or x_packed.shape[-1] != cw:
+        raise ValueError(f"{op}: x_packed must be int64 with last dimension ceil(C/64) = {cw}, got "
+                         f"{x_packed.dtype} {tuple(x_packed.shape)}")
+    if w_packed.dtype != torch.int64 or w_packed.dim() != w_dims or w_packed.shape[-1] != cw:
+        raise ValueError(f"{op}: w_packed must be int64 {w_dims}-D with last dimension {cw}, got "
+                         f"{w_packed.dtype} {tuple(w_packed.shape)}")
+    oc = w_packed.shape[0]
+    if alpha.dtype != torch.float32 or alpha.dim() != 1 or alpha.shape[0] != oc:
+        raise ValueError(f"{op}: alpha must be float32 of shape [{oc}], got {alpha.dtype} {tuple(alpha.shape)}")
+    if bias is not None and (not bias.is_floating_point() or bias.dim() != 1 or bias.shape[0] != oc):
+        raise ValueError(f"{op}: bias must be a float tensor of shape [{oc}], got {bias.dtype} "
+                         f"{tuple(bias.shape)}")
+
+
+def _binary_epilogue(acc, alpha, bias, clamp_min, clamp_max, channel_dim):
+    shape = [1] * acc.dim()
+    shape[channel_dim] = -1
+    y = acc.float() * alpha.reshape(shape)
+    if bias is not None:
+        y = y + bias.float().reshape(shape)
+    if clamp_min is not None:
+        y = torch.clamp_min(y, clamp_min)
+    if clamp_max is not None:
+        y = torch.clamp_max(y, clamp_max)
+    return y
+
+
+def binary_pack_activation(x: torch.Tensor) -> torch.Tensor:
+    """Sign-and-pack (x >= 0 -> bit 1): 4-D NCHW x -> int64 [N, H, W, ceil(C/64)]; any other rank
+    packs the last dimension, (..., C) -> (..., ceil(C/64)). Layout: compressops/formats/binary.py."""
+    from .formats import binary as binary_format
+
+    op = "binary_pack_activation"
+    _check_x(x, op)
+    if x.dim() == 4:
+        if x.shape[1] < 1:
+            raise ValueError(f"{op}: x must have at least one channel, got shape {tuple(x.shape)}")
+        return binary_format.pack_bits(x.permute(0, 2, 3, 1)).contiguous()
+    if x.shape[-1] < 1:
+        raise ValueError(f"{op}: x must have a non-empty last dimension, got shape {tuple(x.shape)}")
+    return binary_format.pack_bits(x).contiguous()
+
+
+def binary_conv2d(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding,
+                  clamp_min=None, clamp_max=None):
+    """conv2d(sign(x), sign(w), zero padding) * alpha + bias, optionally clamped; float32 NCHW.
+
+    x_packed int64 [N, H, W, CW] (from binary_pack_activation), w_packed int64 [OC, KH, KW, CW].
+    The integer part is computed exactly in float64 (padded taps contribute 0).
+    """
+    from .formats import binary as binary_format
+
+    op = "binary_conv2d"
+    _binary_check_common(op, x_packed, w_packed, alpha, bias, in_channels, 4)
+    if x_packed.dim() != 4:
+        raise ValueError(f"{op}: x_packed must be 4-D [N, H, W, CW], got {tuple(x_packed.shape)}")
+    kh, kw = kernel_size
+    if tuple(w_packed.shape[1:3]) != (kh, kw):
+        raise ValueError(f"{op}: w_packed has taps {tuple(w_packed.shape[1:3])} but kernel_size is {(kh, kw)}")
+    if min(stride) < 1 or min(padding) < 0:
+        raise ValueError(f"{op}: stride must be >= 1 and padding >= 0, got {stride}, {padding}")
+    xs = binary_format.unpack_bits(x_packed, in_channels, torch.float64).permute(0, 3, 1, 2)
+    ws = binary_format.unpack_bits(w_packed, in_channels, torch.float64).permute(0, 3, 1, 2)
+    acc = torch.nn.functional.conv2d(xs, ws, stride=tuple(stride), padding=tuple(padding))
+    return _binary_epilogue(acc, alpha, bias, clamp_min, clamp_max, 1)
+
+
+def binary_linear(x_packed, w_packed, alpha, bias, in_features, clamp_min=None, clamp_max=None):
+    """(sign(x) @ sign(w).T) * alpha + bias, optionally clamped; float32 (..., OUT).
+
+    x_packed int64 [..., CW], w_packed int64 [OUT, CW]; integer part exact (float64).
+    """
+    from .formats import binary as binary_format
+
+    op = "binary_linear"
+    _binary_check_common(op, x_packed, w_packed, alpha, bias, in_features, 2)
+    xs = binary_format.unpack_bits(x_packed, in_features, torch.float64)
+    ws = binary_format.unpack_bits(w_packed, in_features, torch.float64)
+    acc = xs @ ws.T
+    return _binary_epilogue(acc, alpha, bias, clamp_min, clamp_max, -1)

@@ -59,6 +59,7 @@ std::vector<std::string> kernel_isas_op(std::string op) {
   if (op.rfind("pq_", 0) == 0) return pq_kernel_isas();
 
   // [binary kernel isas]
+  if (op.rfind("binary_", 0) == 0) return binary_kernel_isas();
 
   TORCH_CHECK(false, "_kernel_isas: unknown op family for '", op, "'");
 }
@@ -102,6 +103,14 @@ TORCH_LIBRARY(compressops, m) {
       "ScalarType? out_dtype=None) -> Tensor");
 
   // [binary schemas]
+  // binary (DESIGN.md section 4): sign bits packed along channels into int64 words, fp32 alpha [OC].
+  m.def("binary_pack_activation(Tensor x) -> Tensor");
+  m.def(
+      "binary_conv2d(Tensor x_packed, Tensor w_packed, Tensor alpha, Tensor? bias, int in_channels, "
+      "int[2] kernel_size, int[2] stride, int[2] padding, float? clamp_min=None, float? clamp_max=None) -> Tensor");
+  m.def(
+      "binary_linear(Tensor x_packed, Tensor w_packed, Tensor alpha, Tensor? bias, int in_features, "
+      "float? clamp_min=None, float? clamp_max=None) -> Tensor");
 
   // CPU ISA control (internal): read and force the level, list what was built and what ran.
   m.def("_cpu_isa() -> str", &compressops::cpu::cpu_isa_op);

@@ -19,3 +19,6 @@ from .pq_linear import PQLinear  # noqa: E402
 __all__ += ["PQLinear"]
 
 # [binary modules]
+from .binary import BinaryConv2d, BinaryLinear  # noqa: E402
+
+__all__ += ["BinaryConv2d", "BinaryLinear"]

@@ -23,6 +23,7 @@ std::vector<std::string> sparse_kernel_isas(const std::string& op);
 std::vector<std::string> pq_kernel_isas();
 
 // [binary kernel isas]
+std::vector<std::string> binary_kernel_isas();
 
 
 }  // namespace compressops::cpu

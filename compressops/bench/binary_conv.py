@@ -1,0 +1,145 @@
+"""Binary conv benchmark: BinaryConv2d against fp32/bf16 nn.Conv2d and torch.ao int8 Conv2d.
+
+Rows per shape (3x3, stride 1, padding 1; C=256 at 56x56 and C=512 at 28x28), batch N and thread
+count, all in one process with medians:
+  - compressops BinaryConv2d, fp32 NCHW-channels_last in and out (sign-and-pack included);
+  - compressops binary_conv2d kernel alone (activations already packed);
+  - fp32 and bf16 nn.Conv2d (channels_last; bf16 given bf16 input);
+  - torch.ao quantized int8 Conv2d (static, x86 engine, channels_last, input already quantized:
+    kernel only, the strongest int8 number torch offers).
+The same table is then produced again in a subprocess with COMPRESSOPS_ISA=avx2 and
+ONEDNN_MAX_CPU_ISA=AVX2 set before torch loads, so every library is limited to AVX2.
+`binary GMAC/s` counts N*OC*OH*OW*C*KH*KW binary multiply-accumulates per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import compressops as co
+from compressops.bench import report, timing
+from compressops.nn import BinaryConv2d
+
+FULL_SHAPES = [(256, 56), (512, 28)]  # (C = OC, H = W)
+QUICK_SHAPES = [(256, 56)]
+
+
+def _ao_conv(conv: nn.Conv2d, x: torch.Tensor):
+    """torch.ao static int8 Conv2d (x86 engine) and its quantized channels_last input."""
+    import torch.ao.nn.quantized as nnq
+
+    engines = torch.backends.quantized.supported_engines
+    torch.backends.quantized.engine = "x86" if "x86" in engines else "fbgemm"
+    c_out = conv.out_channels
+    w = conv.weight.detach()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wq = torch.quantize_per_channel(w, (w.abs().flatten(1).amax(1) / 127).clamp_min(1e-8),
+                                        torch.zeros(c_out, dtype=torch.long), 0, torch.qint8)
+        q = nnq.Conv2d(conv.in_channels, c_out, conv.kernel_size, conv.stride, conv.padding)
+        q.set_weight_bias(wq, conv.bias.detach())
+        q.scale, q.zero_point = float(x.abs().max() / 64), 64
+        xq = torch.quantize_per_tensor(x, float(x.abs().max() / 127), 128, torch.quint8)
+    return q, xq.contiguous(memory_format=torch.channels_last)
+
+
+def run_table(shapes, batches, threads_list, min_run_time: float) -> list[dict]:
+    rows = []
+    old_threads = torch.get_num_threads()
+    try:
+        for c, hw in shapes:
+            conv = nn.Conv2d(c, c, 3, padding=1).to(memory_format=torch.channels_last)
+            bconv = BinaryConv2d.from_float(conv)
+            conv_bf16 = nn.Conv2d(c, c, 3, padding=1).to(torch.bfloat16).to(memory_format=torch.channels_last)
+            for n in batches:
+                x = torch.randn(n, c, hw, hw).contiguous(memory_format=torch.channels_last)
+                xb = x.bfloat16()
+                xp = co.ops.binary_pack_activation(x)
+                qconv, xq = _ao_conv(conv, x)
+                macs = n * c * c * hw * hw * 9
+                for t in threads_list:
+                    torch.set_num_threads(t)
+                    impls = {
+                        "BinaryConv2d (pack + conv)": lambda: bconv(x),
+                        "binary_conv2d kernel (packed in)": lambda: co.ops.binary_conv2d(
+                            xp, bconv.weight_bits, bconv.alpha, bconv.bias, c, (3, 3), (1, 1), (1, 1)),
+                        "fp32 nn.Conv2d": lambda: conv(x),
+                        "bf16 nn.Conv2d": lambda: conv_bf16(xb),
+                        "torch.ao int8 Conv2d (kernel only)": lambda: qconv(xq),
+                    }
+                    res = {}
+                    with torch.inference_mode():
+                        for name, fn in impls.items():
+                            res[name] = timing.median_us(fn, min_run_time)
+                    fp32, int8 = res["fp32 nn.Conv2d"], res["torch.ao int8 Conv2d (kernel only)"]
+                    for name, us in res.items():
+                        rows.append({
+                            "impl": name, "shape": f"C={c} {hw}x{hw} 3x3", "n": n, "threads": t, "us": us,
+                            "vs_fp32": fp32 / us, "vs_int8": int8 / us,
+                            "gmacs": macs / us / 1e3 if name.startswith(("Binary", "binary")) else None,
+                            "isa": co.isa() if name.startswith(("Binary", "binary")) else
+                            os.environ.get("ONEDNN_MAX_CPU_ISA", "default"),
+                        })
+    finally:
+        torch.set_num_threads(old_threads)
+    return rows
+
+
+COLUMNS = [("impl", "implementation", ""), ("shape", "shape", ""), ("n", "N", "d"), ("threads", "thr", "d"),
+           ("us", "time (us)", ".0f"), ("vs_fp32", "x fp32", ".2f"), ("vs_int8", "x int8", ".2f"),
+           ("gmacs", "binary GMAC/s", ".0f"), ("isa", "isa", "")]
+
+
+def _avx2_subprocess(argv: list[str]) -> list[dict]:
+    env = dict(os.environ, COMPRESSOPS_ISA="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
+    out = subprocess.run([sys.executable, "-m", "compressops.bench.binary_conv", "--child", *argv], env=env,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="C=256 56x56, N=1, 2 threads, short timings")
+    ap.add_argument("--threads", type=int, nargs="*", default=None, help="thread counts (default 1 2)")
+    ap.add_argument("--min-run-time", type=float, default=None)
+    ap.add_argument("--no-avx2", action="store_true", help="skip the AVX2-limited table (subprocess)")
+    ap.add_argument("--out", type=str, default="benchmarks/results/binary_conv.json")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
+    batches = [1] if args.quick else [1, 8]
+    threads = args.threads or ([2] if args.quick else [1, 2])
+    mrt = args.min_run_time or (0.1 if args.quick else 0.5)
+    if args.child:
+        print(json.dumps(run_table(shapes, batches, threads, mrt)))
+        return 0
+    child_argv = (["--quick"] if args.quick else []) + ["--threads", *map(str, threads), "--min-run-time", str(mrt)]
+    rows = run_table(shapes, batches, threads, mrt)
+    print(f"## Best ISA here (compressops {co.isa()}, oneDNN default)\n")
+    print(report.markdown_table(rows, COLUMNS))
+    avx2_rows = []
+    if not args.no_avx2:
+        avx2_rows = _avx2_subprocess(child_argv)
+        print("\n## Every library limited to AVX2 (COMPRESSOPS_ISA=avx2, ONEDNN_MAX_CPU_ISA=AVX2)\n")
+        print(report.markdown_table(avx2_rows, COLUMNS))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "torch": torch.__version__,
+            "compressops_isa": co.isa(), "quick": args.quick}
+    report.write_json(out, meta, [dict(r, table="best") for r in rows] + [dict(r, table="avx2") for r in avx2_rows])
+    print(f"\nJSON: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,351 @@
+"""BinaryConv2d and BinaryLinear: 1-bit weights (and activations), XNOR-popcount kernels."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from ..configs import Binary
+from ..formats import binary as binary_format
+
+
+def _pair(v, name):
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(int(t) for t in v)
+    if len(v) != 2:
+        raise ValueError(f"{name} must be an int or a pair, got {v}")
+    return v
+
+
+class _BinaryBase(nn.Module):
+    """What BinaryConv2d and BinaryLinear share: buffers, latent training weight, bookkeeping."""
+
+    _version = 1
+
+    def _init_buffers(self, bits_shape, out_ch, bias, device):
+        self.register_buffer("weight_bits", torch.zeros(bits_shape, dtype=torch.int64, device=device))
+        self.register_buffer("alpha", torch.ones(out_ch, dtype=torch.float32, device=device))
+        self.register_buffer("bias", torch.zeros(out_ch, dtype=torch.float32, device=device) if bias else None)
+        # +-1 float weight for binarize_activations=False (rebuilt from weight_bits, never saved).
+        self.register_buffer("weight_signs", None, persistent=False)
+        # The latent real-valued weight, only while the layer is trainable (see enable_training).
+        self.weight = None
+        self.register_load_state_dict_post_hook(lambda module, keys: module._refresh())
+
+    # -- format ----------------------------------------------------------------------------------
+    def _set_from_weight(self, w: torch.Tensor, name: str) -> None:
+        bits, alpha = binary_format.binarize_weight(w, name=name)
+        if self.scale == "none":
+            alpha = torch.ones_like(alpha)
+        with torch.no_grad():
+            self.weight_bits.copy_(bits)
+            self.alpha.copy_(alpha)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self.weight_signs = None
+        if not self.binarize_activations:
+            self.weight_signs = binary_format.weight_signs(self.weight_bits, self._in)
+
+    @property
+    def config(self) -> Binary:
+        return Binary(scale=self.scale, binarize_activations=self.binarize_activations)
+
+    @property
+    def format_label(self) -> str:
+        return f"binary ({'W1A1' if self.binarize_activations else 'W1A32'}, scale={self.scale})"
+
+    def dense_bytes(self) -> int:
+        """Bytes of the fp32 weight and bias this layer replaces."""
+        return 4 * (self._weight_numel() + (self.alpha.numel() if self.bias is not None else 0))
+
+    def compressed_bytes(self) -> int:
+        """Bytes of the canonical format (sign bits + alpha + bias)."""
+        return sum(b.numel() * b.element_size() for b in (self.weight_bits, self.alpha, self.bias) if b is not None)
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 weight alpha * sign(w) this layer computes with (torch layout)."""
+        return binary_format.dequantize(self.weight_bits, self.alpha, self._in)
+
+    # -- training --------------------------------------------------------------------------------
+    def enable_training(self, weight: torch.Tensor | None = None) -> None:
+        """Keep a latent float weight Parameter (default: the dequantized weight) for training.
+
+        In train mode the layer then runs a differentiable path (straight-through sign); eval()
+        repacks the bits from the latent weight; freeze() drops it."""
+        w = self.dequantize() if weight is None else weight.detach().float().clone()
+        self.weight = nn.Parameter(w.to(self.weight_bits.device))
+
+    def pack(self) -> None:
+        """Repack weight_bits and alpha from the latent weight (after optimizer steps)."""
+        if self.weight is not None:
+            self._set_from_weight(self.weight, type(self).__name__)
+
+    def freeze(self) -> None:
+        """Pack the bits from the latent weight and drop it: the layer is inference-only afterwards."""
+        self.pack()
+        self.weight = None
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not mode:
+            self.pack()
+        return self
+
+    def _training_path(self) -> bool:
+        return self.training and self.weight is not None
+
+    def _binary_weight_ste(self) -> torch.Tensor:
+        from ..algorithms.binarize import sign_ste
+
+        w = self.weight
+        s = sign_ste(w)
+        if self.scale == "none":
+            return s
+        alpha = w.abs().flatten(1).mean(1).reshape(-1, *([1] * (w.dim() - 1)))
+        return s * alpha
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # A trainable layer saves its latent weight; a skeleton gains the Parameter to receive it.
+        if prefix + "weight" in state_dict and self.weight is None:
+            self.weight = nn.Parameter(torch.empty_like(state_dict[prefix + "weight"], dtype=torch.float32))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _apply(self, fn, recurse=True):
+        # Module.to(dtype) would cast alpha and bias; the format fixes them at float32.
+        keep = {n: getattr(self, n) for n in ("alpha", "bias") if getattr(self, n) is not None}
+        super()._apply(fn, recurse)
+        for n, old in keep.items():
+            new = getattr(self, n)
+            if new.dtype != torch.float32:
+                setattr(self, n, old.to(new.device))
+        if self.weight_signs is not None and self.weight_signs.dtype != torch.float32:
+            self.weight_signs = self.weight_signs.float()
+        return self
+
+
+class BinaryConv2d(_BinaryBase):
+    """nn.Conv2d with sign-binarized weights (bit-packed along input channels) and a per-output-
+    channel scale; with binarize_activations=True the input is binarized too and the layer runs
+    the XNOR-popcount kernel: y = alpha * conv2d(sign(x), sign(w), zero padding) + bias.
+
+    Inputs: float32/bfloat16/float16 NCHW (channels_last is the fast layout); the output has the
+    input's dtype and channels_last memory format. Dilation 1, groups 1, zero padding.
+
+    Buffers (state_dict): weight_bits int64 [OC, KH, KW, ceil(C/64)], alpha float32 [OC],
+    bias float32 [OC] (if any); plus the latent float `weight` Parameter while trainable.
+
+    Example:
+        >>> conv = torch.nn.Conv2d(64, 64, 3, padding=1)
+        >>> b = BinaryConv2d.from_float(conv)
+        >>> y = b(torch.randn(1, 64, 32, 32))
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True, *,
+                 scale: str = "channel", binarize_activations: bool = True, device=None):
+        super().__init__()
+        Binary(scale=scale)  # validates scale
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f"BinaryConv2d: in_channels and out_channels must be >= 1, got {in_channels}, "
+                             f"{out_channels}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = _pair(kernel_size, "BinaryConv2d: kernel_size")
+        self.stride = _pair(stride, "BinaryConv2d: stride")
+        self.padding = _pair(padding, "BinaryConv2d: padding")
+        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
+            raise ValueError(f"BinaryConv2d: bad kernel_size/stride/padding {self.kernel_size}, {self.stride}, "
+                             f"{self.padding}")
+        self.scale = scale
+        self.binarize_activations = binarize_activations
+        self._in = in_channels
+        kh, kw = self.kernel_size
+        self._init_buffers((out_channels, kh, kw, binary_format.words(in_channels)), out_channels, bias, device)
+        self._refresh()
+
+    def _weight_numel(self):
+        return self.out_channels * self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+
+    @staticmethod
+    def _check_float(mod: nn.Conv2d, label: str):
+        if not isinstance(mod, nn.Conv2d):
+            raise TypeError(f"{label}: expected nn.Conv2d, got {type(mod).__name__}")
+        if mod.groups != 1:
+            raise ValueError(f"{label}: groups={mod.groups} is not supported by BinaryConv2d (groups must be 1)")
+        if tuple(mod.dilation) != (1, 1):
+            raise ValueError(f"{label}: dilation={tuple(mod.dilation)} is not supported by BinaryConv2d "
+                             f"(dilation must be 1)")
+        if mod.padding_mode != "zeros":
+            raise ValueError(f"{label}: padding_mode={mod.padding_mode!r} is not supported (only 'zeros')")
+        padding = mod.padding
+        if isinstance(padding, str):
+            if padding == "valid":
+                return (0, 0)
+            # 'same' (stride 1): symmetric only for odd kernels.
+            if any(k % 2 == 0 for k in mod.kernel_size):
+                raise ValueError(f"{label}: padding='same' with an even kernel {tuple(mod.kernel_size)} needs "
+                                 f"asymmetric padding, which BinaryConv2d does not support")
+            return tuple((k - 1) // 2 for k in mod.kernel_size)
+        return tuple(padding)
+
+    @classmethod
+    def from_float(cls, mod: nn.Conv2d, config: Binary | None = None, name: str = "",
+                   trainable: bool = False) -> BinaryConv2d:
+        """Binarize a float nn.Conv2d (groups 1, dilation 1, zero padding incl. 'same' for odd kernels).
+
+        Args:
+            mod: nn.Conv2d.
+            config: Binary config (default Binary()).
+            name: the layer's name, for error messages.
+            trainable: keep the float weight as a latent Parameter for training.
+        Raises:
+            ValueError: groups > 1, dilation > 1, non-zero padding modes, non-finite weights.
+        """
+        config = config or Binary()
+        label = name or "BinaryConv2d.from_float"
+        padding = cls._check_float(mod, label)
+        q = cls(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, padding, bias=mod.bias is not None,
+                scale=config.scale, binarize_activations=config.binarize_activations, device=mod.weight.device)
+        q._set_from_weight(mod.weight, label)
+        if mod.bias is not None:
+            with torch.no_grad():
+                q.bias.copy_(mod.bias.detach().float())
+        if trainable:
+            q.enable_training(mod.weight)
+        return q
+
+    @classmethod
+    def skeleton(cls, mod: nn.Conv2d, config: Binary) -> BinaryConv2d:
+        """An empty BinaryConv2d with the shapes of float `mod`, for load_state_dict (compressops.load)."""
+        padding = cls._check_float(mod, "BinaryConv2d.skeleton")
+        return cls(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, padding, bias=mod.bias is not None,
+                   scale=config.scale, binarize_activations=config.binarize_activations, device=mod.weight.device)
+
+    @property
+    def shape_label(self) -> str:
+        kh, kw = self.kernel_size
+        return f"{self.out_channels}x{self.in_channels}x{kh}x{kw}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._training_path():
+            from ..algorithms.binarize import sign_ste
+
+            xb = sign_ste(x) if self.binarize_activations else x
+            w = self._binary_weight_ste().to(x.dtype)
+            b = None if self.bias is None else self.bias.to(x.dtype)
+            return F.conv2d(xb, w, b, self.stride, self.padding)
+        if not self.binarize_activations:
+            y = F.conv2d(x.float(), self.weight_signs, None, self.stride, self.padding)
+            y = y * self.alpha.reshape(1, -1, 1, 1)
+            if self.bias is not None:
+                y = y + self.bias.reshape(1, -1, 1, 1)
+            return y.to(x.dtype)
+        xp = ops.binary_pack_activation(x)
+        y = ops.binary_conv2d(xp, self.weight_bits, self.alpha, self.bias, self.in_channels, self.kernel_size,
+                              self.stride, self.padding)
+        return y.to(x.dtype)
+
+    def to_float(self) -> nn.Conv2d:
+        """An nn.Conv2d with weight alpha * sign(w). With binarize_activations=True this layer equals
+        to_float() applied to sign(x) (sign(0) = +1)."""
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                         bias=self.bias is not None, device=self.weight_bits.device)
+        with torch.no_grad():
+            conv.weight.copy_(self.dequantize())
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, bias={self.bias is not None}, weight=1-bit scale={self.scale}, "
+                f"act={'1-bit' if self.binarize_activations else 'float'}"
+                f"{', trainable' if self.weight is not None else ''}")
+
+
+class BinaryLinear(_BinaryBase):
+    """nn.Linear with sign-binarized weights and a per-output-channel scale; with
+    binarize_activations=True: y = alpha * (sign(x) @ sign(w).T) + bias via XNOR-popcount.
+
+    Inputs: float (..., in_features); the output has the input's dtype.
+    Buffers (state_dict): weight_bits int64 [out, ceil(in/64)], alpha float32 [out], bias [out].
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, scale: str = "channel",
+                 binarize_activations: bool = True, device=None):
+        super().__init__()
+        Binary(scale=scale)
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"BinaryLinear: in_features and out_features must be >= 1, got {in_features}, "
+                             f"{out_features}")
+        self.in_features, self.out_features = in_features, out_features
+        self.scale = scale
+        self.binarize_activations = binarize_activations
+        self._in = in_features
+        self._init_buffers((out_features, binary_format.words(in_features)), out_features, bias, device)
+        self._refresh()
+
+    def _weight_numel(self):
+        return self.out_features * self.in_features
+
+    @classmethod
+    def from_float(cls, mod: nn.Linear, config: Binary | None = None, name: str = "",
+                   trainable: bool = False) -> BinaryLinear:
+        """Binarize a float nn.Linear (see BinaryConv2d.from_float)."""
+        config = config or Binary()
+        label = name or "BinaryLinear.from_float"
+        if not isinstance(mod, nn.Linear):
+            raise TypeError(f"{label}: expected nn.Linear, got {type(mod).__name__}")
+        q = cls(mod.in_features, mod.out_features, bias=mod.bias is not None, scale=config.scale,
+                binarize_activations=config.binarize_activations, device=mod.weight.device)
+        q._set_from_weight(mod.weight, label)
+        if mod.bias is not None:
+            with torch.no_grad():
+                q.bias.copy_(mod.bias.detach().float())
+        if trainable:
+            q.enable_training(mod.weight)
+        return q
+
+    @classmethod
+    def skeleton(cls, mod: nn.Linear, config: Binary) -> BinaryLinear:
+        return cls(mod.in_features, mod.out_features, bias=mod.bias is not None, scale=config.scale,
+                   binarize_activations=config.binarize_activations, device=mod.weight.device)
+
+    @property
+    def shape_label(self) -> str:
+        return f"{self.out_features}x{self.in_features}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._training_path():
+            from ..algorithms.binarize import sign_ste
+
+            xb = sign_ste(x) if self.binarize_activations else x
+            b = None if self.bias is None else self.bias.to(x.dtype)
+            return F.linear(xb, self._binary_weight_ste().to(x.dtype), b)
+        if not self.binarize_activations:
+            y = F.linear(x.float(), self.weight_signs) * self.alpha
+            if self.bias is not None:
+                y = y + self.bias
+            return y.to(x.dtype)
+        y = ops.binary_linear(ops.binary_pack_activation(x), self.weight_bits, self.alpha, self.bias,
+                              self.in_features)
+        return y.to(x.dtype)
+
+    def to_float(self) -> nn.Linear:
+        """An nn.Linear with weight alpha * sign(w) (see BinaryConv2d.to_float)."""
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                        device=self.weight_bits.device)
+        with torch.no_grad():
+            lin.weight.copy_(self.dequantize())
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"weight=1-bit scale={self.scale}, act={'1-bit' if self.binarize_activations else 'float'}"
+                f"{', trainable' if self.weight is not None else ''}")

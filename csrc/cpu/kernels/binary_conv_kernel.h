@@ -1,0 +1,60 @@
+// Torch-free binary (XNOR-popcount) kernels. Declarations of every per-ISA copy; see
+// binary_conv_kernel.cpp and compressops/formats/binary.py for the bit layout.
+//
+// Bit layout: channel c of a pixel (or of a weight tap) is bit (c % 64) of 64-bit word c / 64,
+// least significant bit first; bit 1 means +1 (x >= 0, so sign(0) = +1), bit 0 means -1. Bits of
+// channels >= C in the last word (channel padding) are 0 in both activations and weights, so their
+// XOR is 0 and they never count as mismatches.
+#pragma once
+#include <cstdint>
+
+namespace compressops::cpu::kernels {
+
+// Sign-and-pack rows of fp32 values: row r (c values at x + r * ldx) -> cw words at out + r * cw.
+struct BinaryPackParams {
+  const float* x;
+  int64_t ldx;
+  int64_t c;
+  uint64_t* out;
+  int64_t cw;
+};
+
+// Sign-and-pack an NCHW image without transposing it first: x points at channel 0 of one image
+// (planes of hw values, channel stride ldc); pixels [begin, end) of out ([hw, cw] words) are written.
+struct BinaryPackPlanesParams {
+  const float* x;
+  int64_t ldc;  // stride between channel planes
+  int64_t hw;
+  int64_t c;
+  uint64_t* out;
+  int64_t cw;
+};
+
+// out[n, oh, ow, o] (channels-last, row stride oc) =
+//   alpha[o] * float(c * valid_taps - 2 * popcount(x XOR w over the valid taps)) + bias[o],
+// then clamped to [cmin, cmax] when has_min / has_max. Taps that fall in the zero spatial padding
+// are skipped (they contribute 0, exactly as conv2d(sign(x), sign(w)) with zero padding).
+struct BinaryConvParams {
+  const uint64_t* x;  // [n, h, w, cw]
+  const uint64_t* w;  // [oc, kh, kw, cw]
+  const float* alpha;  // [oc]
+  const float* bias;   // [oc] or nullptr
+  float* out;          // [n, oh, ow, oc]
+  int64_t n, h, w_in, c, cw, oc, kh, kw, sh, sw, ph, pw, oh, ow;
+  int64_t oc_begin, oc_end;  // the output channels this call computes
+  bool has_min, has_max;
+  float cmin, cmax;
+};
+
+// Pack kernels handle rows [begin, end); conv kernels handle output rows [begin, end) of the
+// flattened (n, oh) index. Both return false to decline (the host retries one level lower).
+#define COMPRESSOPS_DECLARE_BINARY(SUFFIX)                                                   \
+  bool binary_pack_rows_##SUFFIX(const BinaryPackParams&, int64_t begin, int64_t end); \
+  bool binary_pack_planes_##SUFFIX(const BinaryPackPlanesParams&, int64_t begin, int64_t end); \
+  bool binary_conv_rows_##SUFFIX(const BinaryConvParams&, int64_t begin, int64_t end);
+
+COMPRESSOPS_DECLARE_BINARY(SCALAR)
+COMPRESSOPS_DECLARE_BINARY(AVX2)
+#undef COMPRESSOPS_DECLARE_BINARY
+
+}  // namespace compressops::cpu::kernels

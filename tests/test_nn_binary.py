@@ -1,0 +1,232 @@
+"""BinaryConv2d / BinaryLinear: exactness against the binarized float layer, state_dict, save/load,
+compile/export, convert, training with the straight-through estimator, errors."""
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import compressops as co
+from compressops.algorithms.binarize import binarize, first_last_filter, freeze, sign_ste
+from compressops.formats import binary as bf
+from compressops.nn import BinaryConv2d, BinaryLinear
+
+from .helpers import randn_nonzero
+
+
+def rel_err(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("k,s,p", [(1, 1, 0), (3, 1, 1), (3, 2, 1), (5, 1, "same"), (7, 2, 3)], ids=str)
+def test_conv_from_float_equals_binarized_float_conv(bias, k, s, p):
+    conv = nn.Conv2d(67, 19, k, stride=s, padding=p, bias=bias)
+    b = BinaryConv2d.from_float(conv)
+    x = randn_nonzero(2, 67, 11, 10)
+    y = b(x)
+    with torch.no_grad():
+        ref = b.to_float()(bf.sign(x))
+    assert y.shape == ref.shape and y.dtype == torch.float32
+    assert rel_err(y, ref) < 1e-6
+    # weight: alpha * sign(w), alpha = mean |w| per output channel
+    w = conv.weight.detach()
+    assert torch.allclose(b.dequantize(), bf.sign(w) * w.abs().mean((1, 2, 3))[:, None, None, None])
+
+
+def test_linear_from_float_and_float_activation_mode():
+    lin = nn.Linear(130, 33)
+    x = randn_nonzero(3, 4, 130)
+    b = BinaryLinear.from_float(lin)
+    with torch.no_grad():
+        assert rel_err(b(x), b.to_float()(bf.sign(x))) < 1e-6
+    f = BinaryLinear.from_float(lin, co.Binary(binarize_activations=False))
+    with torch.no_grad():
+        assert rel_err(f(x), f.to_float()(x)) < 1e-6
+    conv = nn.Conv2d(20, 8, 3, padding=1)
+    fc = BinaryConv2d.from_float(conv, co.Binary(binarize_activations=False, scale="none"))
+    xc = randn_nonzero(2, 20, 6, 6)
+    with torch.no_grad():
+        assert rel_err(fc(xc), fc.to_float()(xc)) < 1e-6
+    assert torch.equal(fc.alpha, torch.ones(8))
+
+
+def test_bf16_input_and_module_to_bf16_keeps_fp32_scales():
+    b = BinaryConv2d.from_float(nn.Conv2d(16, 8, 3, padding=1))
+    x = randn_nonzero(1, 16, 5, 5)
+    y = b(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    b.to(torch.bfloat16)
+    assert b.alpha.dtype == torch.float32 and b.bias.dtype == torch.float32 and b.weight_bits.dtype == torch.int64
+
+
+def test_state_dict_round_trip_save_load(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.Flatten(),
+                          nn.Linear(16 * 4 * 4, 20), nn.Linear(20, 5))
+    float_copy = nn.Sequential(*[m for m in model])  # same architecture, loaded into below
+    import copy
+
+    skeleton = copy.deepcopy(float_copy)
+    binarize(model, co.Binary())
+    assert isinstance(model[2], BinaryConv2d) and isinstance(model[4], BinaryLinear)
+    assert isinstance(model[0], nn.Conv2d) and isinstance(model[5], nn.Linear)  # first/last kept dense
+    sd = model.state_dict()
+    assert "2.weight_bits" in sd and "2.weight_signs" not in sd and "2.weight" not in sd
+    buf = io.BytesIO()
+    torch.save(model[2].state_dict(), buf)
+    buf.seek(0)
+    fresh = BinaryConv2d(16, 16, 3, padding=1)
+    fresh.load_state_dict(torch.load(buf))
+    x = randn_nonzero(2, 3, 4, 4)
+    h = torch.relu(model[0](x)).detach()
+    assert torch.equal(fresh(h), model[2](h))
+    path = str(tmp_path / "bnn.safetensors")
+    co.save(model, path)
+    loaded = co.load(skeleton, path)
+    assert isinstance(loaded[2], BinaryConv2d)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_repr_report_and_sizes():
+    b = BinaryConv2d.from_float(nn.Conv2d(128, 64, 3, padding=1))
+    r = repr(b)
+    assert "BinaryConv2d(128, 64" in r and "1-bit" in r
+    assert b.dense_bytes() == 4 * (64 * 128 * 9 + 64)
+    assert b.compressed_bytes() == 64 * 9 * 2 * 8 + 64 * 4 * 2
+    assert b.dense_bytes() / b.compressed_bytes() > 25
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 8))
+    co.convert(model, {"1": co.Binary(), "*": None})
+    rows = co.report(model).rows
+    assert [r.format.startswith("binary") for r in rows] == [False, True, False]
+    assert rows[1].shape == "64x64"
+
+
+def test_no_grad_inference_mode_empty_and_non_contiguous():
+    b = BinaryConv2d.from_float(nn.Conv2d(8, 4, 3, padding=1))
+    x = randn_nonzero(2, 8, 6, 12)[..., ::2]
+    with torch.no_grad():
+        a = b(x)
+    with torch.inference_mode():
+        c = b(x)
+    assert torch.equal(a, c)
+    assert b(torch.empty(0, 8, 6, 6)).shape == (0, 4, 6, 6)
+    lb = BinaryLinear.from_float(nn.Linear(10, 3))
+    assert lb(torch.empty(0, 10)).shape == (0, 3)
+
+
+def test_conversion_errors():
+    with pytest.raises(ValueError, match="groups=2"):
+        BinaryConv2d.from_float(nn.Conv2d(8, 8, 3, groups=2), name="enc.conv")
+    with pytest.raises(ValueError, match="dilation"):
+        BinaryConv2d.from_float(nn.Conv2d(8, 8, 3, dilation=2))
+    with pytest.raises(ValueError, match="padding_mode"):
+        BinaryConv2d.from_float(nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"))
+    with pytest.raises(ValueError, match="even kernel"):
+        BinaryConv2d.from_float(nn.Conv2d(8, 8, 4, padding="same"))
+    conv = nn.Conv2d(4, 4, 3)
+    with torch.no_grad():
+        conv.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="enc.conv.*NaN"):
+        BinaryConv2d.from_float(conv, name="enc.conv")
+    with pytest.raises(ValueError, match="scale must be one of"):
+        co.Binary(scale="tensor")
+    # convert names the layer it cannot convert
+    with pytest.raises(ValueError, match="groups"):
+        co.convert(nn.Sequential(nn.Conv2d(8, 8, 3, groups=4)), co.Binary())
+    b = BinaryLinear.from_float(nn.Linear(16, 4))
+    with pytest.raises((ValueError, RuntimeError), match="x_packed"):
+        b(torch.randn(2, 130))
+
+
+def test_keep_first_last_filter_and_config_dict():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8, 4))
+    f = first_last_filter(model)
+    assert [f(m, n) for n, m in model.named_modules() if n in ("0", "1", "3")] == [False, True, False]
+    assert co.Binary(keep_first_last=False).model_filter(model) is None
+    cfg = co.Binary(scale="none", binarize_activations=False)
+    from compressops.configs import config_from_dict
+
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+class Small(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.c3 = nn.Conv2d(32, 32, 3, padding=1)
+        self.fc = nn.Linear(32 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.hardtanh(self.c1(x))
+        x = torch.nn.functional.hardtanh(self.c2(x))
+        x = self.c3(x)
+        return self.fc(x.flatten(1))
+
+
+def test_torch_compile_fullgraph_and_export_match_eager():
+    model = binarize(Small(), co.Binary()).eval()
+    x = randn_nonzero(2, 3, 8, 8)
+    eager = model(x)
+    out = torch.compile(model, fullgraph=True)(x)
+    assert torch.equal(out, eager)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    ep = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert any("compressops.binary_conv2d" in t for t in targets)
+    x2 = randn_nonzero(5, 3, 8, 8)
+    assert torch.equal(ep.module()(x2), model(x2))
+
+
+def test_ste_gradient_mask():
+    x = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5], requires_grad=True)
+    y = sign_ste(x)
+    assert torch.equal(y.detach(), torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0]))
+    y.backward(torch.arange(1.0, 8.0))
+    assert torch.equal(x.grad, torch.tensor([0.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.0]))
+
+
+def test_training_step_changes_latent_weights_and_eval_repacks():
+    torch.manual_seed(0)
+    model = binarize(Small(), co.Binary(), trainable=True)
+    c2 = model.c2
+    assert isinstance(c2, BinaryConv2d) and isinstance(c2.weight, nn.Parameter)
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert any(p is c2.weight for p in params)
+    opt = torch.optim.SGD(params, lr=0.5)
+    x = randn_nonzero(4, 3, 8, 8)
+    target = torch.randint(0, 10, (4,))
+    model.train()
+    before = c2.weight.detach().clone()
+    loss = nn.functional.cross_entropy(model(x), target)
+    loss.backward()
+    assert c2.weight.grad is not None and c2.weight.grad.abs().sum() > 0
+    # the straight-through mask: no gradient where |w| > 1
+    big = c2.weight.detach().abs() > 1
+    assert torch.all(c2.weight.grad[big] == 0)
+    opt.step()
+    assert not torch.equal(c2.weight.detach(), before)
+    # train mode runs the differentiable path; eval repacks the bits and runs the kernel; both agree
+    with torch.no_grad():
+        y_train = model(x)
+    model.eval()
+    assert torch.equal(c2.weight_bits, bf.binarize_weight(c2.weight)[0])
+    y_eval = model(x)
+    assert rel_err(y_eval, y_train) < 1e-5
+    freeze(model)
+    assert c2.weight is None and "c2.weight" not in model.state_dict()
+    assert torch.equal(model(x), y_eval)
+
+
+def test_digits_example_quick():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "binary_digits.py"
+    spec = importlib.util.spec_from_file_location("binary_digits", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    acc_fp32, acc_bnn = mod.main(["--epochs", "1", "--train-size", "256"])
+    assert acc_fp32 > 0.3 and acc_bnn > 0.2
