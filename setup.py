@@ -69,7 +69,6 @@ class cmake_build_ext(build_ext):
             "python": sys.version.split()[0],
             "torch_version": torch.__version__,
             "cuda_version": torch.version.cuda,
-            "cuda_archs": os.environ.get("TORCH_CUDA_ARCH_LIST", ""),
             "toggles": {k: os.environ[k] for k in ("COMPRESSOPS_CUDA", "COMPRESSOPS_CPU_ISAS", "DEBUG")
                         if k in os.environ},
         })

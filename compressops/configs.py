@@ -162,6 +162,17 @@ class CSR:
 
         return getattr(torch, self.dtype) if self.dtype is not None else default
 
+    def prepare(self, layers) -> dict:
+        """Called once by compressops.convert with every (name, module) it converts with this config:
+        for scope="global", {name: the one magnitude threshold} (below it weights become zeros)."""
+        if self.scope != "global" or self.sparsity is None:
+            return {}
+        from .algorithms.pruning import _global_threshold
+
+        unique = {id(m): m.weight for _, m in layers}
+        threshold = _global_threshold(list(unique.values()), self.sparsity)
+        return {name: threshold for name, _ in layers}
+
     def to_dict(self) -> dict:
         return {"format": "csr", **asdict(self)}
 
@@ -235,9 +246,7 @@ class Binary:
             XNOR-popcount kernels); False: activations stay float and the layer computes
             conv/linear(x, sign(w)) * alpha + bias (W1A32, additions and subtractions only).
         keep_first_last: leave the model's first and last convertible layer dense (the usual BNN
-            recipe). compressops.convert hands layers to handlers one at a time, so this is applied
-            by compressops.algorithms.binarize.binarize(model, config), or by passing
-            filter_fn=config.model_filter(model) to compressops.convert.
+            recipe); compressops.convert applies it through model_filter.
     """
 
     scale: str = "channel"

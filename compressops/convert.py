@@ -59,13 +59,10 @@ def _convert_sparse24(mod, config, name, calibration=None):
 
 
 @register_handler(CSR, (nn.Linear,), (CSRLinear,))
-def _convert_csr(mod, config, name, calibration=None):
+def _convert_csr(mod, config, name, calibration=None, prepared=None):
     mask = None
-    if config.scope == "global" and config.sparsity is not None:
-        from .algorithms.pruning import _global_threshold_in_convert
-
-        thr = _global_threshold_in_convert(config, name)
-        mask = (mod.weight.detach().abs().float() > thr) & (mod.weight.detach() != 0)
+    if prepared is not None:  # CSR(scope="global"): the threshold CSR.prepare set over every layer
+        mask = (mod.weight.detach().abs().float() > prepared) & (mod.weight.detach() != 0)
     return CSRLinear.from_float(mod, config, name=name, mask=mask)
 
 
@@ -81,8 +78,6 @@ from .configs import Binary  # noqa: E402
 
 @register_handler(Binary, (nn.Conv2d, nn.Linear), (BinaryConv2d, BinaryLinear))
 def _convert_binary(mod, config, name, calibration=None):
-    # keep_first_last needs the whole model, which handlers never see: convert applies it only
-    # through filter_fn=config.model_filter(model) (compressops.algorithms.binarize.binarize does).
     if isinstance(mod, nn.Conv2d):
         return BinaryConv2d.from_float(mod, config, name=name)
     return BinaryLinear.from_float(mod, config, name=name)
@@ -116,6 +111,7 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
             statistics (Int8(act="static")): a tensor, a dict of kwargs, or an iterable of batches.
         inplace: modify `model` (default) or convert a deep copy.
         filter_fn: optional extra predicate (module, name) -> bool; False leaves a layer dense.
+            A config may add its own over the whole model (Binary(keep_first_last=True)).
         progress: show a progress bar (default: when converting more than 50 layers).
     Returns:
         The converted model. Layers left dense and why are listed by compressops.report(model).
@@ -129,6 +125,7 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
         model = copy.deepcopy(model)
     skipped: dict[str, str] = dict(getattr(model, REPORT_ATTR, {}))
     plan = []
+    model_filters: dict[int, Callable | None] = {}
     # remove_duplicate=False: a layer reachable under two names (tied weights) must be swapped
     # under both; it is still converted once (see `converted` below).
     for name, mod in model.named_modules(remove_duplicate=False):
@@ -147,6 +144,10 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
             continue
         if filter_fn is not None and not filter_fn(mod, name):
             skipped[name] = "filter_fn returned False"
+            continue
+        model_filter = _model_filter(cfg, model, model_filters)
+        if model_filter is not None and not model_filter(mod, name):
+            skipped[name] = f"{cfg!r} leaves it dense (its model_filter)"
             continue
         skipped.pop(name, None)
         plan.append((name, mod, cfg, fn))
@@ -180,15 +181,38 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
             iterator = tqdm(plan, desc="compressops.convert", unit="layer")
         except ImportError:
             pass
+    # Whole-plan preparation: a config with prepare(layers) sees every (name, module) it is about to
+    # convert at once (e.g. CSR(scope="global") sets one threshold over all of them); the value it
+    # returns for a layer reaches that layer's handler as `prepared`.
+    prepared: dict[str, object] = {}
+    for cfg in _distinct(cfg for _, _, cfg, _ in plan):
+        if hasattr(cfg, "prepare"):
+            prepared.update(cfg.prepare([(n, m) for n, m, c, _ in plan if c == cfg]))
     converted: dict[int, nn.Module] = {}  # a module reachable under two names is converted once
     for name, mod, cfg, fn in iterator:
         new = converted.get(id(mod))
         if new is None:
-            new = fn(mod, cfg, name, calibration.get(name))
+            extra = {"prepared": prepared[name]} if name in prepared else {}
+            new = fn(mod, cfg, name, calibration.get(name), **extra)
             converted[id(mod)] = new
         _set_submodule(model, name, new)
     setattr(model, REPORT_ATTR, skipped)
     return model
+
+
+def _model_filter(cfg, model, cache):
+    """cfg.model_filter(model) (a config's own (module, name) -> bool over the whole model), once per config."""
+    if id(cfg) not in cache:
+        cache[id(cfg)] = cfg.model_filter(model) if hasattr(cfg, "model_filter") else None
+    return cache[id(cfg)]
+
+
+def _distinct(configs):
+    out = []
+    for cfg in configs:
+        if not any(cfg == o for o in out):
+            out.append(cfg)
+    return out
 
 
 def _plan_cfg(plan, name):

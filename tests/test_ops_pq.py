@@ -86,8 +86,10 @@ def test_linear_within_bound(level, shape, dtype):
     err = (y - ref).reshape(-1, n).abs()
     b = bound(x, cb, canon, k_in, k)
     assert (err <= b).all(), f"max err {err.max()} vs bound {b.min()}"
-    if k == 16:  # the bound is not vacuous: the error is far below the output scale
-        assert err.max() < 0.05 * ref.abs().max() + 1e-3
+    if k == 16:  # the bound is not vacuous: the error is far below the range outputs can take
+        # (not the output itself: with K=1 one output can sit near zero by chance)
+        out_range = (x.reshape(-1, k_in).float().abs().sum(1) * cb.abs().max()).max()
+        assert err.max() < 0.05 * out_range + 1e-3
 
 
 @requires_native

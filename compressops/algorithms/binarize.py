@@ -52,7 +52,7 @@ def first_last_filter(model: nn.Module):
 
 def binarize(model: nn.Module, config=None, *, trainable: bool = False, inplace: bool = True,
              filter_fn=None) -> nn.Module:
-    """compressops.convert(model, config) honouring config.keep_first_last.
+    """compressops.convert(model, config), optionally keeping latent float weights for training.
 
     Args:
         model: a float model.
@@ -73,12 +73,8 @@ def binarize(model: nn.Module, config=None, *, trainable: bool = False, inplace:
         raise TypeError(f"binarize: config must be compressops.Binary, got {type(config).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
-    fl = config.model_filter(model)
-    combined = fl
-    if filter_fn is not None:
-        combined = filter_fn if fl is None else (lambda m, n: fl(m, n) and filter_fn(m, n))
     latent = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, _CONVERTIBLE)}
-    model = convert(model, config, filter_fn=combined)
+    model = convert(model, config, filter_fn=filter_fn)  # convert applies config.model_filter
     if trainable:
         for n, m in model.named_modules():
             if isinstance(m, (BinaryConv2d, BinaryLinear)) and n in latent and m.weight is None:

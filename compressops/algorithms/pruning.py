@@ -22,7 +22,6 @@ Example (gradual 2:4 during fine-tuning):
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 
 import torch
@@ -202,40 +201,3 @@ def global_magnitude_prune(model: nn.Module, sparsity: float,
         mod.weight.mul_(mod.weight.abs().float() > thr)
         out[name] = float((mod.weight == 0).float().mean())
     return out
-
-
-_CONVERT_CACHE: dict = {}
-
-
-def _global_threshold_in_convert(config, name: str) -> float:
-    """The global magnitude threshold for CSR(scope="global") during compressops.convert.
-
-    The handler receives one layer at a time, so this reads convert's conversion plan (every layer
-    it is about to convert with an equal config) from convert's frame and computes the threshold
-    once per convert call.
-    """
-    import importlib
-
-    convert_mod = importlib.import_module("compressops.convert")
-
-    frame = inspect.currentframe()
-    plan = None
-    while frame is not None:
-        if frame.f_code is convert_mod.convert.__code__:
-            plan = frame.f_locals.get("plan")
-            break
-        frame = frame.f_back
-    del frame
-    if plan is None:
-        raise ValueError(f"{name}: CSR(scope='global') works inside compressops.convert only; elsewhere call "
-                         f"compressops.algorithms.pruning.global_magnitude_prune(model, sparsity) and use CSR()")
-    key = (id(plan), config)
-    if key not in _CONVERT_CACHE:
-        _CONVERT_CACHE.clear()
-        seen, weights = set(), []
-        for _, mod, cfg, _ in plan:
-            if cfg == config and id(mod) not in seen:
-                seen.add(id(mod))
-                weights.append(mod.weight)
-        _CONVERT_CACHE[key] = _global_threshold(weights, config.sparsity)
-    return _CONVERT_CACHE[key]

