@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default="design", choices=sorted(shapes.SETS))
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     p.add_argument("--sparsities", default=",".join(str(s) for s in SPARSITIES))
-    p.add_argument("--quick", action="store_true", help="target shapes, 2 threads, 50% and 90% only, short timing")
+    p.add_argument("--quick", action="store_true", help="target shapes, 2 threads, 50%% and 90%% only, short timing")
     p.add_argument("--min-run-time", type=float, default=0.3, help="seconds per measurement")
     p.add_argument("--isa", help="force a lower compressops CPU level for the whole run")
     p.add_argument("--out", default="benchmarks/results", help="directory for JSON")

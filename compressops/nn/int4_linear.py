@@ -8,9 +8,10 @@ from torch import nn
 from .. import ops
 from ..configs import Int4
 from ..formats import int4 as int4_format
+from .compressed_linear import CompressedLinear
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(CompressedLinear):
     """nn.Linear with 4-bit weights, one fp32 scale (and a 4-bit zero point) per group of
     `group_size` input channels of each output channel (compressops/formats/int4.py).
 
@@ -26,6 +27,8 @@ class Int4Linear(nn.Module):
         >>> q = Int4Linear.from_float(torch.nn.Linear(256, 64), compressops.Int4(group_size=64))
         >>> y = q(torch.randn(4, 256))
     """
+
+    _fixed_dtype = ("scales", "bias")
 
     _version = 1
 
@@ -114,19 +117,6 @@ class Int4Linear(nn.Module):
         """Short format description for compressops.report."""
         return f"int4 g{self.group_size} {'sym' if self.symmetric else 'asym'} ({self.method})"
 
-    @property
-    def shape_label(self) -> str:
-        return f"{self.out_features}x{self.in_features}"
-
-    def dense_bytes(self) -> int:
-        """Bytes of the fp32 weight and bias this layer replaces."""
-        return 4 * (self.out_features * self.in_features + (self.out_features if self.bias is not None else 0))
-
-    def compressed_bytes(self) -> int:
-        """Bytes of the canonical format (codes + scales + zero points + bias)."""
-        return sum(b.numel() * b.element_size() for n, b in self.named_buffers()
-                   if n != "weight_packed" and b is not None)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.int4_linear(x, self.weight_packed, self.out_features, self.bias)
 
@@ -134,27 +124,9 @@ class Int4Linear(nn.Module):
         """The float32 weight [out, in] the layer holds: (q - z) * s."""
         return int4_format.dequantize(self.qweight, self.scales, self.zeros, self.in_features, self.group_size)
 
-    def to_float(self) -> nn.Linear:
-        """An equivalent float32 nn.Linear (weight = dequantize())."""
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.qweight.device)
-        with torch.no_grad():
-            lin.weight.copy_(self.dequantize())
-            if self.bias is not None:
-                lin.bias.copy_(self.bias)
-        return lin
-
-    def _apply(self, fn, recurse=True):
-        # Module.to(dtype) would cast the float32 scales and bias; the format fixes them at float32,
-        # so keep their values and follow only a device change; then rebuild the pack there.
-        keep = {n: getattr(self, n) for n in ("scales", "bias") if getattr(self, n) is not None}
-        super()._apply(fn, recurse)
-        for n, old in keep.items():
-            new = getattr(self, n)
-            if new.dtype != torch.float32:
-                setattr(self, n, old.to(new.device))
+    def _after_move(self) -> None:
         if self.weight_packed is not None and self.weight_packed.device != self.qweight.device:
             self.repack()
-        return self
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

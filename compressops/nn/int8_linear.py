@@ -8,9 +8,10 @@ from torch import nn
 from .. import ops
 from ..configs import Int8
 from ..formats import int8 as int8_format
+from .compressed_linear import CompressedLinear
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(CompressedLinear):
     """nn.Linear with an int8 weight and a float32 scale per output channel.
 
     Activations are quantized per row at run time (act="dynamic", W8A8), with one calibrated
@@ -26,6 +27,8 @@ class Int8Linear(nn.Module):
         >>> q = Int8Linear.from_float(lin)
         >>> y = q(torch.randn(4, 64))
     """
+
+    _fixed_dtype = ("weight_scale", "act_scale", "bias")
 
     _version = 1
 
@@ -98,14 +101,6 @@ class Int8Linear(nn.Module):
         """Short format description for compressops.report."""
         return f"int8 ({self.act})"
 
-    @property
-    def shape_label(self) -> str:
-        return f"{self.out_features}x{self.in_features}"
-
-    def dense_bytes(self) -> int:
-        """Bytes of the fp32 weight and bias this layer replaces."""
-        return 4 * (self.out_features * self.in_features + (self.out_features if self.bias is not None else 0))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act == "weight_only":
             return ops.int8_weight_only_linear(x, self.weight_packed, self.weight_scale, self.bias)
@@ -114,30 +109,6 @@ class Int8Linear(nn.Module):
     def dequantize(self) -> torch.Tensor:
         """The float32 weight [out, in] this layer computes with."""
         return self.weight.float() * self.weight_scale[:, None]
-
-    def to_float(self) -> nn.Linear:
-        """An equivalent float32 nn.Linear (weight = int8 weight * scale)."""
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.weight.device)
-        with torch.no_grad():
-            lin.weight.copy_(self.dequantize())
-            if self.bias is not None:
-                lin.bias.copy_(self.bias)
-        return lin
-
-    def compressed_bytes(self) -> int:
-        """Bytes of the canonical format (weight + scales + bias + act scale)."""
-        return sum(b.numel() * b.element_size() for n, b in self.named_buffers() if n != "weight_packed" and b is not None)
-
-    def _apply(self, fn, recurse=True):
-        # Module.to(dtype) would cast the float32 scales and bias; the format fixes them at float32, so
-        # keep their values and follow only the device change.
-        keep = {n: getattr(self, n) for n in ("weight_scale", "act_scale", "bias") if getattr(self, n) is not None}
-        super()._apply(fn, recurse)
-        for n, old in keep.items():
-            new = getattr(self, n)
-            if new.dtype != torch.float32:
-                setattr(self, n, old.to(new.device))
-        return self
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -8,11 +8,12 @@ from torch import nn
 from .. import ops
 from ..configs import PQ
 from ..formats import pq as pq_format
+from .compressed_linear import CompressedLinear
 
 __all__ = ["PQ", "PQLinear"]
 
 
-class PQLinear(nn.Module):
+class PQLinear(CompressedLinear):
     """nn.Linear whose weight is product-quantized (codes + per-subspace codebooks).
 
     Each weight row is split into S = ceil(in_features / d) subvectors; subvector s of row n is
@@ -29,6 +30,8 @@ class PQLinear(nn.Module):
         >>> q = PQLinear.from_float(torch.nn.Linear(64, 32), PQ(num_centroids=16, subvector_dim=4))
         >>> y = q(torch.randn(4, 64))
     """
+
+    _fixed_dtype = ("codebooks", "bias")
 
     _version = 1
 
@@ -113,43 +116,12 @@ class PQLinear(nn.Module):
     def format_label(self) -> str:
         return f"pq (k={self.num_centroids}, d={self.subvector_dim})"
 
-    @property
-    def shape_label(self) -> str:
-        return f"{self.out_features}x{self.in_features}"
-
-    def dense_bytes(self) -> int:
-        """Bytes of the fp32 weight and bias this layer replaces."""
-        return 4 * (self.out_features * self.in_features + (self.out_features if self.bias is not None else 0))
-
-    def compressed_bytes(self) -> int:
-        """Bytes of the canonical format (codes + codebooks + bias)."""
-        return sum(b.numel() * b.element_size() for n, b in self.named_buffers() if n != "packed" and b is not None)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.pq_linear(x, self.packed, self.in_features, self.out_features, self.bias)
 
     def dequantize(self) -> torch.Tensor:
         """The float32 weight [out, in] this layer represents."""
         return pq_format.dequantize(self.codes, self.codebooks, self.in_features)
-
-    def to_float(self) -> nn.Linear:
-        """An equivalent float32 nn.Linear (weight = the decoded codebook entries)."""
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.codes.device)
-        with torch.no_grad():
-            lin.weight.copy_(self.dequantize())
-            if self.bias is not None:
-                lin.bias.copy_(self.bias)
-        return lin
-
-    def _apply(self, fn, recurse=True):
-        # Module.to(dtype) would cast the float32 codebooks and bias; the format fixes them at float32.
-        keep = {n: getattr(self, n) for n in ("codebooks", "bias") if getattr(self, n) is not None}
-        super()._apply(fn, recurse)
-        for n, old in keep.items():
-            new = getattr(self, n)
-            if new.dtype != torch.float32:
-                setattr(self, n, old.to(new.device))
-        return self
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "

@@ -9,28 +9,14 @@ from .. import ops
 from ..configs import CSR, Sparse24
 from ..formats import csr as csr_format
 from ..formats import sparse24 as s24
+from .compressed_linear import CompressedLinear
 
 
 def _float_dtype(weight: torch.Tensor) -> torch.dtype:
     return weight.dtype if weight.dtype in (torch.float32, torch.bfloat16) else torch.float32
 
 
-class _KeepDtypes(nn.Module):
-    """Module.to(dtype) must not recast the stored format (values dtype, fp32 scales and bias)."""
-
-    _fixed: tuple[str, ...] = ()
-
-    def _apply(self, fn, recurse=True):
-        keep = {n: getattr(self, n) for n in self._fixed if getattr(self, n, None) is not None}
-        super()._apply(fn, recurse)
-        for n, old in keep.items():
-            new = getattr(self, n)
-            if new.dtype != old.dtype:
-                setattr(self, n, old.to(new.device))
-        return self
-
-
-class Sparse24Linear(_KeepDtypes):
+class Sparse24Linear(CompressedLinear):
     """nn.Linear with a 2:4 semi-structured weight: 2 kept values of every 4 along in_features.
 
     Inputs: float32/bfloat16/float16 (..., in_features); the output has the input's dtype.
@@ -46,7 +32,7 @@ class Sparse24Linear(_KeepDtypes):
     """
 
     _version = 1
-    _fixed = ("values", "weight_scale", "bias")
+    _fixed_dtype = ("values", "weight_scale", "bias")
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, dtype=torch.float32, device=None):
         super().__init__()
@@ -103,16 +89,6 @@ class Sparse24Linear(_KeepDtypes):
     def format_label(self) -> str:
         return f"2:4 {str(self.values.dtype).replace('torch.', '')}"
 
-    @property
-    def shape_label(self) -> str:
-        return f"{self.out_features}x{self.in_features}"
-
-    def dense_bytes(self) -> int:
-        return 4 * (self.out_features * self.in_features + (self.out_features if self.bias is not None else 0))
-
-    def compressed_bytes(self) -> int:
-        return sum(b.numel() * b.element_size() for b in self.buffers() if b is not None)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight_scale is not None:
             return ops.sparse24_int8_linear(x, self.values, self.meta, self.weight_scale, self.in_features, self.bias)
@@ -123,20 +99,12 @@ class Sparse24Linear(_KeepDtypes):
         w = s24.decompress(self.values, self.meta, self.in_features, torch.float32)
         return w * self.weight_scale[:, None] if self.weight_scale is not None else w
 
-    def to_float(self) -> nn.Linear:
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.values.device)
-        with torch.no_grad():
-            lin.weight.copy_(self.dequantize())
-            if self.bias is not None:
-                lin.bias.copy_(self.bias)
-        return lin
-
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"weight=2:4 {str(self.values.dtype).replace('torch.', '')}")
 
 
-class CSRLinear(_KeepDtypes):
+class CSRLinear(CompressedLinear):
     """nn.Linear with an unstructured sparse weight stored as CSR.
 
     Buffers (state_dict): crow int64 [out+1], col int32 [nnz], values float32/bfloat16 [nnz],
@@ -149,7 +117,7 @@ class CSRLinear(_KeepDtypes):
     """
 
     _version = 1
-    _fixed = ("values", "bias", "crow", "col", "packed")
+    _fixed_dtype = ("values", "bias", "crow", "col", "packed")
 
     def __init__(self, in_features: int, out_features: int, nnz: int = 0, bias: bool = True, *,
                  dtype=torch.float32, device=None):
@@ -232,30 +200,12 @@ class CSRLinear(_KeepDtypes):
     def format_label(self) -> str:
         return f"CSR {self.sparsity:.0%} {str(self.values.dtype).replace('torch.', '')}"
 
-    @property
-    def shape_label(self) -> str:
-        return f"{self.out_features}x{self.in_features}"
-
-    def dense_bytes(self) -> int:
-        return 4 * (self.out_features * self.in_features + (self.out_features if self.bias is not None else 0))
-
-    def compressed_bytes(self) -> int:
-        return sum(b.numel() * b.element_size() for n, b in self.named_buffers() if n != "packed" and b is not None)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.csr_linear(x, self.packed, self.values, self.out_features, self.bias)
 
     def dequantize(self) -> torch.Tensor:
         """The float32 dense weight [out, in]."""
         return csr_format.to_dense(self.crow, self.col, self.values, self.in_features, torch.float32)
-
-    def to_float(self) -> nn.Linear:
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.values.device)
-        with torch.no_grad():
-            lin.weight.copy_(self.dequantize())
-            if self.bias is not None:
-                lin.bias.copy_(self.bias)
-        return lin
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "

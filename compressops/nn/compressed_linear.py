@@ -1,0 +1,59 @@
+"""CompressedLinear: what every compressed replacement of nn.Linear has in common."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class CompressedLinear(nn.Module):
+    """Base of the nn.Linear replacements (Int8Linear, Int4Linear, Sparse24Linear, CSRLinear, PQLinear).
+
+    A subclass sets `in_features`, `out_features` and a `bias` buffer (float32 [out] or None),
+    registers its stored format as buffers (the prepacked kernel layout as a non-persistent one)
+    and implements `dequantize()`. It gets compressops.report's labels and sizes, `to_float()`, and a
+    `.to(dtype)` that leaves the stored format alone: the buffers named in `_fixed_dtype` keep their
+    dtype (a format fixes its scales and bias at float32; a cast would silently change the layer).
+    """
+
+    _fixed_dtype: tuple[str, ...] = ("bias",)
+
+    @property
+    def shape_label(self) -> str:
+        return f"{self.out_features}x{self.in_features}"
+
+    def dense_bytes(self) -> int:
+        """Bytes of the fp32 weight and bias this layer replaces."""
+        return 4 * (self.out_features * self.in_features + (self.out_features if self.bias is not None else 0))
+
+    def compressed_bytes(self) -> int:
+        """Bytes of the stored format: every persistent buffer (the prepacked layout is derived, not stored)."""
+        return sum(b.numel() * b.element_size() for n, b in self.named_buffers(recurse=False)
+                   if b is not None and n not in self._non_persistent_buffers_set)
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 weight [out_features, in_features] this layer computes with."""
+        raise NotImplementedError
+
+    def to_float(self) -> nn.Linear:
+        """An equivalent float32 nn.Linear (weight = dequantize(), the same bias)."""
+        w = self.dequantize()
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=w.device)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+    def _apply(self, fn, recurse=True):
+        keep = {n: getattr(self, n) for n in self._fixed_dtype if getattr(self, n, None) is not None}
+        super()._apply(fn, recurse)
+        for n, old in keep.items():
+            new = getattr(self, n)
+            if new.dtype != old.dtype:  # follow only the device change
+                setattr(self, n, old.to(new.device))
+        self._after_move()
+        return self
+
+    def _after_move(self) -> None:
+        """Called after .to()/.cuda()/...: a subclass rebuilds what depends on the device."""
