@@ -257,6 +257,8 @@ class Binary:
         if self.scale not in _BINARY_SCALES:
             raise ValueError(f"Binary(scale={self.scale!r}): scale must be one of {', '.join(_BINARY_SCALES)}")
 
+    model_filter_reason = "Binary(keep_first_last=True): first and last layer stay float"
+
     def model_filter(self, model):
         """filter_fn for compressops.convert that leaves the first and last convertible layer of
         `model` dense when keep_first_last is True (None otherwise)."""

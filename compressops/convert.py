@@ -147,7 +147,7 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
             continue
         model_filter = _model_filter(cfg, model, model_filters)
         if model_filter is not None and not model_filter(mod, name):
-            skipped[name] = f"{cfg!r} leaves it dense (its model_filter)"
+            skipped[name] = getattr(cfg, "model_filter_reason", f"{type(cfg).__name__}.model_filter left it dense")
             continue
         skipped.pop(name, None)
         plan.append((name, mod, cfg, fn))

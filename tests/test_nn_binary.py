@@ -149,7 +149,7 @@ def test_keep_first_last_filter_and_config_dict():
     converted = co.convert(model, co.Binary(), inplace=False)
     assert isinstance(converted[0], nn.Conv2d) and isinstance(converted[3], nn.Linear)
     assert isinstance(converted[1], BinaryConv2d)
-    assert "model_filter" in str(co.report(converted))
+    assert "keep_first_last" in str(co.report(converted))
     every = co.convert(model, co.Binary(keep_first_last=False), inplace=False)
     assert isinstance(every[0], BinaryConv2d) and isinstance(every[3], BinaryLinear)
     cfg = co.Binary(scale="none", binarize_activations=False)
