@@ -25,13 +25,15 @@ def cpu_model() -> str:
 
 def info() -> dict:
     """Build info, load status, CPU levels and per-op kernels, as a dict."""
-    from .ops import native_kernels
+    from .ops import TRITON_CUDA_OPS, native_kernels
 
     loaded = _loader.native_loaded()
     ops = {}
     for op in SCHEMAS:
         keys = native_kernels(op) if loaded else []
         entry = {"native": keys or ["none (reference)"]}
+        if op in TRITON_CUDA_OPS:
+            entry["triton_cuda"] = TRITON_CUDA_OPS[op]
         if loaded and "CPU" in keys and list(torch.ops.compressops._kernel_isas(op)):
             levels = list(torch.ops.compressops._kernel_isas(op))
             active = isa()
@@ -69,6 +71,8 @@ def main() -> None:
         line = f"    {op:28s} native: {', '.join(e['native'])}"
         if "cpu_levels" in e:
             line += f"; CPU kernel here: {e['cpu_kernel_here']} (has {', '.join(e['cpu_levels'])})"
+        if "triton_cuda" in e:
+            line += "; CUDA: Triton"
         print(line)
 
 

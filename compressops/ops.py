@@ -39,6 +39,9 @@ def native_kernels(op: str) -> list[str]:
                                                    for ln in lines)]
 
 
+TRITON_CUDA_OPS: dict[str, str] = {}  # op -> "compressops.triton.<module>.<fn>", its CUDA kernel
+
+
 def _register_triton_cuda(op: str, module: str, fn: str) -> None:
     """Register compressops.triton.<module>.<fn> as the CUDA kernel of compressops::<op>.
 
@@ -54,6 +57,7 @@ def _register_triton_cuda(op: str, module: str, fn: str) -> None:
         return getattr(importlib.import_module(f"compressops.triton.{module}"), fn)(*args, **kwargs)
 
     torch.library.register_kernel(f"compressops::{op}", "cuda", cuda_kernel)
+    TRITON_CUDA_OPS[op] = f"compressops.triton.{module}.{fn}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,6 +162,8 @@ def _(x, w_packed, w_scale, bias=None, out_dtype=None):
 
 torch.library.register_kernel("compressops::int8_weight_only_linear", "CompositeExplicitAutograd",
                               reference.int8_weight_only_linear)
+_register_triton_cuda("int8_linear", "int8_linear", "int8_linear")
+_register_triton_cuda("int8_weight_only_linear", "int8_linear", "int8_weight_only_linear")
 
 
 def int8_weight_only_linear(
@@ -340,6 +346,7 @@ def _(x, packed, values, out_features, bias=None):
 
 
 torch.library.register_kernel("compressops::csr_linear", "CompositeExplicitAutograd", reference.csr_linear)
+_register_triton_cuda("csr_linear", "csr_linear", "csr_linear")
 
 
 def csr_linear(x: Tensor, packed: Tensor, values: Tensor, out_features: int, bias: Tensor | None = None) -> Tensor:

@@ -225,3 +225,60 @@ def test_bad_input_errors(use_reference):
         pack(torch.zeros(1, 131073, dtype=torch.int8))
     with pytest.raises(err, match=r"\[-127, 127\]"):
         pack(torch.full((2, 3), -128, dtype=torch.int8))
+
+
+_TRITON_SCRIPT = r"""
+import os
+os.environ["TRITON_INTERPRET"] = "1"
+import torch
+from compressops import reference
+from compressops.formats import int8 as f8
+from compressops.triton.int8_linear import int8_linear, int8_weight_only_linear
+torch.manual_seed(int(os.environ["SEED"]))
+# odd K and N (pack padding), an empty batch, static and dynamic activation scales
+for (m, k, n, bias, act) in [(3, 67, 19, True, None), (1, 5, 33, False, None), (40, 130, 70, True, 0.05),
+                             (0, 64, 16, True, None)]:
+    wq, ws = f8.quantize_weight(torch.randn(n, k))
+    p = f8.pack_weight(wq)
+    b = torch.randn(n) if bias else None
+    x = torch.randn(2, m, k)
+    a = torch.tensor(act) if act is not None else None
+    y, yr = int8_linear(x, p, ws, b, a), reference.int8_linear(x, p, ws, b, a)
+    assert y.shape == yr.shape == (2, m, n) and torch.equal(y, yr), (m, k, n)
+    xb = x.bfloat16()
+    y2, y2r = int8_weight_only_linear(xb, p, ws, b), reference.int8_weight_only_linear(xb, p, ws, b)
+    assert y2.dtype == torch.bfloat16 and y2.shape == (2, m, n)
+    assert torch.allclose(y2.float(), y2r.float(), rtol=1e-2, atol=1e-2)
+try:
+    int8_linear(torch.randn(2, 66), p, ws, b)
+    raise SystemExit("no error for a K mismatch")
+except ValueError as e:
+    assert "K=66" in str(e), e
+print("ok")
+"""
+
+
+def test_triton_kernels_under_interpreter(tmp_path):
+    """The CUDA (Triton) kernels, run on the CPU by Triton's interpreter: W8A8 equals the reference bit for bit."""
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "t.py"
+    script.write_text(_TRITON_SCRIPT)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(co.__file__)))  # the tree under test
+    env = dict(os.environ, SEED=str(torch.initial_seed() % 2**31),
+               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300, cwd=root)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_int8_linear_cuda_matches_cpu():
+    w_q, w_s, packed, b = make_layer(300, 70)
+    x = randn_nonzero(9, 300)
+    assert torch.equal(ops.int8_linear(x.cuda(), packed.cuda(), w_s.cuda(), b.cuda()).cpu(),
+                       reference.int8_linear(x, packed, w_s, b))
+    y = ops.int8_weight_only_linear(x.cuda(), packed.cuda(), w_s.cuda(), b.cuda())
+    assert torch.allclose(y.cpu(), reference.int8_weight_only_linear(x, packed, w_s, b), rtol=1e-4, atol=1e-4)

@@ -336,3 +336,51 @@ def test_sparse24_linear_cuda_matches_reference():
     x = randn_nonzero(9, 300)
     y = ops.sparse24_linear(x.cuda(), values.cuda(), meta.cuda(), 300, b.cuda())
     assert relerr(y.cpu(), reference.sparse24_linear(x, values, meta, 300, b)) < F32_TOL
+
+
+_TRITON_CSR_SCRIPT = r"""
+import os
+os.environ["TRITON_INTERPRET"] = "1"
+import torch
+from compressops import reference
+from compressops.formats import csr
+from compressops.triton.csr_linear import csr_linear
+torch.manual_seed(int(os.environ["SEED"]))
+# an empty row, 16-bit columns above 32767 (K=40000), 32-bit columns (K=70000), bf16 values, M=0
+for (m, k, n, sp, bias, dt) in [(3, 67, 19, 0.7, True, torch.float32), (2, 40000, 3, 0.99, True, torch.float32),
+                                (1, 70000, 5, 0.999, False, torch.float32), (20, 130, 40, 0.0, True, torch.bfloat16),
+                                (0, 16, 4, 0.5, True, torch.float32)]:
+    w = torch.randn(n, k)
+    w[1] = 0
+    crow, col, vals = csr.compress(w.to(dt), csr.magnitude_mask(w, sp))
+    p = csr.pack(crow, col, k)
+    b = torch.randn(n) if bias else None
+    x = torch.randn(2, m, k)
+    y, yr = csr_linear(x, p, vals, n, b), reference.csr_linear(x, p, vals, n, b)
+    assert y.shape == yr.shape == (2, m, n) and y.dtype == yr.dtype
+    assert torch.allclose(y, yr, rtol=1e-5, atol=1e-4), float((y - yr).abs().max())
+print("TRITON_OK")
+"""
+
+
+def test_triton_csr_interpreter():
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TRITON_INTERPRET="1", SEED=str(torch.initial_seed() % 2**31))
+    r = subprocess.run([sys.executable, "-c", _TRITON_CSR_SCRIPT], capture_output=True, text=True, env=env,
+                       timeout=300, cwd=root)
+    assert "TRITON_OK" in r.stdout, r.stderr[-2000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_csr_linear_cuda_matches_reference():
+    w = randn_nonzero(70, 300)
+    crow, col, vals = fcsr.compress(w, fcsr.magnitude_mask(w, 0.8))
+    packed = ops.csr_pack(crow, col, 300)
+    x, b = randn_nonzero(9, 300), randn_nonzero(70)
+    y = ops.csr_linear(x.cuda(), packed.cuda(), vals.cuda(), 70, b.cuda())
+    assert relerr(y.cpu(), reference.csr_linear(x, packed, vals, 70, b)) < F32_TOL
