@@ -299,6 +299,7 @@ def _(x, values, meta, w_scale, in_features, bias=None):
 
 torch.library.register_kernel("compressops::sparse24_int8_linear", "CompositeExplicitAutograd",
                               reference.sparse24_int8_linear)
+_register_triton_cuda("sparse24_int8_linear", "sparse24_linear", "sparse24_int8_linear")
 
 
 def sparse24_int8_linear(x: Tensor, values: Tensor, meta: Tensor, w_scale: Tensor, in_features: int,

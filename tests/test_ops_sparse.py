@@ -314,6 +314,14 @@ for (m, k, n, bias, dt) in [(3, 37, 19, True, torch.float32), (17, 64, 33, False
     assert y.dtype == dt and y.shape == r.shape
     e = float((y.float() - r.float()).norm() / r.float().norm())
     assert e < (1e-5 if dt == torch.float32 else 1e-2), e
+from compressops.triton.sparse24_linear import sparse24_int8_linear
+for (m, k, n, bias) in [(3, 37, 19, True), (17, 64, 33, False), (0, 8, 4, True)]:
+    v, mt = s24.compress(torch.randn(n, k))
+    vq, sc = s24.quantize_values(v)
+    b = torch.randn(n) if bias else None
+    x = torch.randn(2, m, k)
+    y, r = sparse24_int8_linear(x, vq, mt, sc, k, b), reference.sparse24_int8_linear(x, vq, mt, sc, k, b)
+    assert y.shape == r.shape == (2, m, n) and torch.equal(y, r), (m, k, n)
 print("TRITON_OK")
 """
 
@@ -374,6 +382,15 @@ def test_triton_csr_interpreter():
     r = subprocess.run([sys.executable, "-c", _TRITON_CSR_SCRIPT], capture_output=True, text=True, env=env,
                        timeout=300, cwd=root)
     assert "TRITON_OK" in r.stdout, r.stderr[-2000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_sparse24_int8_linear_cuda_matches_reference():
+    v, meta = s24.compress(randn_nonzero(70, 300))
+    vq, sc = s24.quantize_values(v)
+    x, b = randn_nonzero(9, 300), randn_nonzero(70)
+    y = ops.sparse24_int8_linear(x.cuda(), vq.cuda(), meta.cuda(), sc.cuda(), 300, b.cuda())
+    assert torch.equal(y.cpu(), reference.sparse24_int8_linear(x, vq, meta, sc, 300, b))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

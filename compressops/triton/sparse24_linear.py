@@ -56,3 +56,58 @@ def sparse24_linear(x, values, meta, in_features, bias=None):
         _sparse24_kernel[grid](x2, vals, meta_c, b, out, m, n, k, x2.stride(0), vals.stride(0), meta_c.stride(0),
                                HAS_BIAS=bias is not None, BM=bm, BN=bn, BK=bk)
     return out.to(out_t).reshape(*x.shape[:-1], n)
+
+
+@triton.jit
+def _sparse24_int8_kernel(q_ptr, v_ptr, m_ptr, out_ptr, M, N, K, stride_qm, stride_v, stride_m,
+                          BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    # The same expansion as _sparse24_kernel on int8 kept values and int8 activations: an exact
+    # int32 tl.dot, so the result does not depend on the summation order.
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    acc = tl.zeros((BM, BN), dtype=tl.int32)
+    for k0 in range(0, K, BK):
+        rk = k0 + tl.arange(0, BK)
+        qt = tl.load(q_ptr + rm[:, None] * stride_qm + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K),
+                     other=0)
+        g = rk // 4
+        pos = rk % 4
+        row_ok = (rn[:, None] < N) & (rk[None, :] < K)
+        byte = tl.load(m_ptr + rn[:, None] * stride_m + (g // 2)[None, :], mask=row_ok, other=0).to(tl.int32)
+        nib = (byte >> (4 * (g % 2))[None, :]) & 15
+        p0 = nib & 3
+        p1 = (nib >> 2) & 3
+        v0 = tl.load(v_ptr + rn[:, None] * stride_v + (2 * g)[None, :], mask=row_ok, other=0).to(tl.int32)
+        v1 = tl.load(v_ptr + rn[:, None] * stride_v + (2 * g + 1)[None, :], mask=row_ok, other=0).to(tl.int32)
+        w = (tl.where(p0 == pos[None, :], v0, 0) + tl.where(p1 == pos[None, :], v1, 0)).to(tl.int8)  # [BN, BK]
+        acc += tl.dot(qt, tl.trans(w), out_dtype=tl.int32)
+    tl.store(out_ptr + rm[:, None] * N + rn[None, :], acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+def sparse24_int8_linear(x, values, meta, w_scale, in_features, bias=None):
+    """Same contract as compressops.ops.sparse24_int8_linear: the activation quantization and the
+    float epilogue are the reference's own code, so results equal the reference bit for bit."""
+    from .. import reference
+
+    op = "sparse24_int8_linear"
+    n, k, out_t = reference._check_sparse24(op, x, values, meta, in_features, bias, int8=True)
+    if w_scale.dtype != torch.float32 or w_scale.dim() != 1 or w_scale.shape[0] != n:
+        raise ValueError(f"{op}: w_scale must be float32 of shape [N] = [{n}], got {w_scale.dtype} "
+                         f"{tuple(w_scale.shape)}")
+    q, sx = reference.int8_quantize_activation(x)
+    q2 = q.reshape(-1, k).contiguous()
+    m = q2.shape[0]
+    acc = torch.zeros(m, n, dtype=torch.int32, device=x.device)
+    if m > 0:
+        vals = values.contiguous()
+        meta_c = meta.contiguous()
+        bm, bn, bk = 16, 32, 32
+        grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
+        _sparse24_int8_kernel[grid](q2, vals, meta_c, acc, m, n, k, q2.stride(0), vals.stride(0), meta_c.stride(0),
+                                    BM=bm, BN=bn, BK=bk)
+    y = acc.float() * (sx.reshape(-1, 1) * w_scale.reshape(1, -1))
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(out_t).reshape(*x.shape[:-1], n)
