@@ -82,7 +82,7 @@ def int8_pack_weight(w_q: Tensor) -> Tensor:
         uint8 [compressops.formats.int8.packed_bytes(N, K)], the prepacked layout described in
         compressops/formats/int8.py. Build it once per weight and reuse it.
     """
-    return torch.ops.compressops.int8_pack_weight.default(w_q)
+    return torch.ops.compressops.int8_pack_weight(w_q)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,7 +108,7 @@ def int8_quantize_activation(x: Tensor, act_scale: Tensor | None = None) -> tupl
         (q int8 (..., K), scale float32 (...)), with x ~= q * scale[..., None]. The exact rule
         (rounding, zero rows, NaN) is in compressops.reference.int8_quantize_activation.
     """
-    return torch.ops.compressops.int8_quantize_activation.default(x, act_scale)
+    return torch.ops.compressops.int8_quantize_activation(x, act_scale)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,7 +152,7 @@ def int8_linear(
     Returns:
         (..., N) in out_dtype. Bit-identical to compressops.reference.int8_linear on every CPU ISA.
     """
-    return torch.ops.compressops.int8_linear.default(x, w_packed, w_scale, bias, act_scale, out_dtype)
+    return torch.ops.compressops.int8_linear(x, w_packed, w_scale, bias, act_scale, out_dtype)
 
 
 @torch.library.register_fake("compressops::int8_weight_only_linear")
@@ -182,7 +182,7 @@ def int8_weight_only_linear(
         (..., N) in out_dtype; float32 accumulation, so equal to the reference within float
         rounding (not bitwise).
     """
-    return torch.ops.compressops.int8_weight_only_linear.default(x, w_packed, w_scale, bias, out_dtype)
+    return torch.ops.compressops.int8_weight_only_linear(x, w_packed, w_scale, bias, out_dtype)
 
 
 # [int4 ops]  (each family: its own section below its marker; extend __all__ there)
@@ -213,7 +213,7 @@ def int4_pack_weight(qweight: Tensor, scales: Tensor, zeros: Tensor | None, in_f
         uint8 [compressops.formats.int4.packed_bytes(N, K, group_size)]: codes, scales and
         zero*scale in the kernel layout. Build it once per weight and reuse it.
     """
-    return torch.ops.compressops.int4_pack_weight.default(qweight, scales, zeros, in_features, group_size)
+    return torch.ops.compressops.int4_pack_weight(qweight, scales, zeros, in_features, group_size)
 
 
 @torch.library.register_fake("compressops::int4_linear")
@@ -246,7 +246,7 @@ def int4_linear(x: Tensor, w_packed: Tensor, out_features: int, bias: Tensor | N
     Returns:
         (..., N) in out_dtype; within fp32 rounding of compressops.reference.int4_linear.
     """
-    return torch.ops.compressops.int4_linear.default(x, w_packed, out_features, bias, out_dtype)
+    return torch.ops.compressops.int4_linear(x, w_packed, out_features, bias, out_dtype)
 
 
 _register_triton_cuda("int4_linear", "int4_linear", "int4_linear")
@@ -285,7 +285,7 @@ def sparse24_linear(x: Tensor, values: Tensor, meta: Tensor, in_features: int, b
     Returns:
         (..., N) in x.dtype; float32 accumulation (equal to the reference within float rounding).
     """
-    return torch.ops.compressops.sparse24_linear.default(x, values, meta, in_features, bias)
+    return torch.ops.compressops.sparse24_linear(x, values, meta, in_features, bias)
 
 
 _register_triton_cuda("sparse24_linear", "sparse24_linear", "sparse24_linear")
@@ -316,7 +316,7 @@ def sparse24_int8_linear(x: Tensor, values: Tensor, meta: Tensor, w_scale: Tenso
     Returns:
         (..., N) in x.dtype, bit-identical to compressops.reference.sparse24_int8_linear.
     """
-    return torch.ops.compressops.sparse24_int8_linear.default(x, values, meta, w_scale, in_features, bias)
+    return torch.ops.compressops.sparse24_int8_linear(x, values, meta, w_scale, in_features, bias)
 
 
 @torch.library.register_fake("compressops::csr_pack")
@@ -338,7 +338,7 @@ def csr_pack(crow: Tensor, col: Tensor, in_features: int) -> Tensor:
     Returns:
         uint8 [compressops.formats.csr.packed_bytes(N, K, nnz)] (layout in compressops/formats/csr.py).
     """
-    return torch.ops.compressops.csr_pack.default(crow, col, in_features)
+    return torch.ops.compressops.csr_pack(crow, col, in_features)
 
 
 @torch.library.register_fake("compressops::csr_linear")
@@ -361,7 +361,7 @@ def csr_linear(x: Tensor, packed: Tensor, values: Tensor, out_features: int, bia
     Returns:
         (..., N) in x.dtype; float32 accumulation.
     """
-    return torch.ops.compressops.csr_linear.default(x, packed, values, out_features, bias)
+    return torch.ops.compressops.csr_linear(x, packed, values, out_features, bias)
 
 
 # [pq ops]
@@ -395,7 +395,7 @@ def pq_pack(codes: Tensor, codebooks: Tensor, in_features: int) -> Tensor:
         uint8 [compressops.formats.pq.packed_bytes(N, K, d, k)], the layout described in
         compressops/formats/pq.py. Build it once per layer and reuse it.
     """
-    return torch.ops.compressops.pq_pack.default(codes, codebooks, in_features)
+    return torch.ops.compressops.pq_pack(codes, codebooks, in_features)
 
 
 @torch.library.register_fake("compressops::pq_linear")
@@ -435,7 +435,7 @@ def pq_linear(
         subspace) and sums exactly in integers, so |y - reference| <= S * scale / 2 (plus fp32
         rounding), scale = max_s (max_c L[s, c] - min_c L[s, c]) / 255 for that input row.
     """
-    return torch.ops.compressops.pq_linear.default(x, packed, in_features, out_features, bias, out_dtype)
+    return torch.ops.compressops.pq_linear(x, packed, in_features, out_features, bias, out_dtype)
 
 
 _register_triton_cuda("pq_linear", "pq_linear", "pq_linear")
@@ -470,7 +470,7 @@ def binary_pack_activation(x: Tensor) -> Tensor:
         int64 [N, H, W, ceil(C/64)] for 4-D x, else (..., ceil(C/64)); channel c is bit c % 64 of
         word c // 64, pad bits 0 (compressops/formats/binary.py).
     """
-    return torch.ops.compressops.binary_pack_activation.default(x)
+    return torch.ops.compressops.binary_pack_activation(x)
 
 
 @torch.library.register_fake("compressops::binary_conv2d")
@@ -520,7 +520,7 @@ def binary_conv2d(
     Returns:
         float32 [N, OC, OH, OW] in channels_last memory format.
     """
-    return torch.ops.compressops.binary_conv2d.default(x_packed, w_packed, alpha, bias, in_channels,
+    return torch.ops.compressops.binary_conv2d(x_packed, w_packed, alpha, bias, in_channels,
                                                        list(kernel_size), list(stride), list(padding),
                                                        clamp_min, clamp_max)
 
@@ -545,5 +545,5 @@ def binary_linear(x_packed: Tensor, w_packed: Tensor, alpha: Tensor, bias: Tenso
     Returns:
         float32 [..., OUT].
     """
-    return torch.ops.compressops.binary_linear.default(x_packed, w_packed, alpha, bias, in_features,
+    return torch.ops.compressops.binary_linear(x_packed, w_packed, alpha, bias, in_features,
                                                        clamp_min, clamp_max)

@@ -24,13 +24,15 @@ class _BinaryBase(nn.Module):
     """What BinaryConv2d and BinaryLinear share: buffers, latent training weight, bookkeeping."""
 
     _version = 1
+    # Report/bookkeeping properties that torch.jit.script need not (and cannot) compile.
+    __jit_unused_properties__ = ["config", "format_label", "shape_label"]
 
     def _init_buffers(self, bits_shape, out_ch, bias, device):
         self.register_buffer("weight_bits", torch.zeros(bits_shape, dtype=torch.int64, device=device))
         self.register_buffer("alpha", torch.ones(out_ch, dtype=torch.float32, device=device))
         self.register_buffer("bias", torch.zeros(out_ch, dtype=torch.float32, device=device) if bias else None)
         # +-1 float weight for binarize_activations=False (rebuilt from weight_bits, never saved).
-        self.register_buffer("weight_signs", None, persistent=False)
+        self.register_buffer("weight_signs", torch.empty(0, device=device), persistent=False)
         # The latent real-valued weight, only while the layer is trainable (see enable_training).
         self.weight = None
         self.register_load_state_dict_post_hook(lambda module, keys: module._refresh())
@@ -46,7 +48,8 @@ class _BinaryBase(nn.Module):
         self._refresh()
 
     def _refresh(self) -> None:
-        self.weight_signs = None
+        # An empty tensor rather than None when unused, so torch.jit.script types it as a Tensor.
+        self.weight_signs = torch.empty(0, device=self.weight_bits.device)
         if not self.binarize_activations:
             self.weight_signs = binary_format.weight_signs(self.weight_bits, self._in)
 
@@ -230,14 +233,20 @@ class BinaryConv2d(_BinaryBase):
         kh, kw = self.kernel_size
         return f"{self.out_channels}x{self.in_channels}x{kh}x{kw}"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._training_path():
-            from ..algorithms.binarize import sign_ste
+    @torch.jit.unused
+    def _forward_train(self, x: torch.Tensor) -> torch.Tensor:
+        """The differentiable straight-through path (training a latent weight)."""
+        from ..algorithms.binarize import sign_ste
 
-            xb = sign_ste(x) if self.binarize_activations else x
-            w = self._binary_weight_ste().to(x.dtype)
-            b = None if self.bias is None else self.bias.to(x.dtype)
-            return F.conv2d(xb, w, b, self.stride, self.padding)
+        xb = sign_ste(x) if self.binarize_activations else x
+        w = self._binary_weight_ste().to(x.dtype)
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        return F.conv2d(xb, w, b, self.stride, self.padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if self._training_path():
+                return self._forward_train(x)
         if not self.binarize_activations:
             y = F.conv2d(x.float(), self.weight_signs, None, self.stride, self.padding)
             y = y * self.alpha.reshape(1, -1, 1, 1)
@@ -319,13 +328,19 @@ class BinaryLinear(_BinaryBase):
     def shape_label(self) -> str:
         return f"{self.out_features}x{self.in_features}"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._training_path():
-            from ..algorithms.binarize import sign_ste
+    @torch.jit.unused
+    def _forward_train(self, x: torch.Tensor) -> torch.Tensor:
+        """The differentiable straight-through path (training a latent weight)."""
+        from ..algorithms.binarize import sign_ste
 
-            xb = sign_ste(x) if self.binarize_activations else x
-            b = None if self.bias is None else self.bias.to(x.dtype)
-            return F.linear(xb, self._binary_weight_ste().to(x.dtype), b)
+        xb = sign_ste(x) if self.binarize_activations else x
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(xb, self._binary_weight_ste().to(x.dtype), b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if self._training_path():
+                return self._forward_train(x)
         if not self.binarize_activations:
             y = F.linear(x.float(), self.weight_signs) * self.alpha
             if self.bias is not None:

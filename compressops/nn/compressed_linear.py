@@ -17,6 +17,8 @@ class CompressedLinear(nn.Module):
     """
 
     _fixed_dtype: tuple[str, ...] = ("bias",)
+    # Report/bookkeeping properties that torch.jit.script need not (and cannot) compile.
+    __jit_unused_properties__ = ["config", "format_label", "shape_label", "sparsity", "nnz", "num_subspaces"]
 
     @property
     def shape_label(self) -> str:
