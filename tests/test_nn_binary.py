@@ -132,9 +132,12 @@ def test_conversion_errors():
         BinaryConv2d.from_float(conv, name="enc.conv")
     with pytest.raises(ValueError, match="scale must be one of"):
         co.Binary(scale="tensor")
-    # convert names the layer it cannot convert
-    with pytest.raises(ValueError, match="groups"):
-        co.convert(nn.Sequential(nn.Conv2d(8, 8, 3, groups=4)), co.Binary(keep_first_last=False))
+    # convert leaves what it cannot convert dense and says why in the report
+    grouped = co.convert(nn.Sequential(nn.Conv2d(8, 8, 3, groups=4), nn.Conv2d(8, 8, 3, dilation=2),
+                                       nn.Conv2d(8, 8, 3)), co.Binary(keep_first_last=False))
+    assert type(grouped[0]) is nn.Conv2d and type(grouped[1]) is nn.Conv2d and isinstance(grouped[2], BinaryConv2d)
+    text = str(co.report(grouped))
+    assert "groups=4" in text and "dilation=(2, 2)" in text
     b = BinaryLinear.from_float(nn.Linear(16, 4))
     with pytest.raises((ValueError, RuntimeError), match="x_packed"):
         b(torch.randn(2, 130))

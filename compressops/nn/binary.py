@@ -174,25 +174,33 @@ class BinaryConv2d(_BinaryBase):
         return self.out_channels * self.in_channels * self.kernel_size[0] * self.kernel_size[1]
 
     @staticmethod
+    def unsupported_reason(mod: nn.Module) -> str | None:
+        """Why a Conv2d cannot become a BinaryConv2d (None when it can; other module types: None)."""
+        if not isinstance(mod, nn.Conv2d):
+            return None
+        if mod.groups != 1:
+            return f"groups={mod.groups} is not supported by BinaryConv2d (groups must be 1)"
+        if tuple(mod.dilation) != (1, 1):
+            return f"dilation={tuple(mod.dilation)} is not supported by BinaryConv2d (dilation must be 1)"
+        if mod.padding_mode != "zeros":
+            return f"padding_mode={mod.padding_mode!r} is not supported by BinaryConv2d (only 'zeros')"
+        if mod.padding == "same" and any(k % 2 == 0 for k in mod.kernel_size):
+            return (f"padding='same' with an even kernel {tuple(mod.kernel_size)} needs asymmetric padding, "
+                    f"which BinaryConv2d does not support")
+        return None
+
+    @staticmethod
     def _check_float(mod: nn.Conv2d, label: str):
         if not isinstance(mod, nn.Conv2d):
             raise TypeError(f"{label}: expected nn.Conv2d, got {type(mod).__name__}")
-        if mod.groups != 1:
-            raise ValueError(f"{label}: groups={mod.groups} is not supported by BinaryConv2d (groups must be 1)")
-        if tuple(mod.dilation) != (1, 1):
-            raise ValueError(f"{label}: dilation={tuple(mod.dilation)} is not supported by BinaryConv2d "
-                             f"(dilation must be 1)")
-        if mod.padding_mode != "zeros":
-            raise ValueError(f"{label}: padding_mode={mod.padding_mode!r} is not supported (only 'zeros')")
+        reason = BinaryConv2d.unsupported_reason(mod)
+        if reason:
+            raise ValueError(f"{label}: {reason}")
         padding = mod.padding
         if isinstance(padding, str):
             if padding == "valid":
                 return (0, 0)
-            # 'same' (stride 1): symmetric only for odd kernels.
-            if any(k % 2 == 0 for k in mod.kernel_size):
-                raise ValueError(f"{label}: padding='same' with an even kernel {tuple(mod.kernel_size)} needs "
-                                 f"asymmetric padding, which BinaryConv2d does not support")
-            return tuple((k - 1) // 2 for k in mod.kernel_size)
+            return tuple((k - 1) // 2 for k in mod.kernel_size)  # 'same' (stride 1), odd kernels
         return tuple(padding)
 
     @classmethod
