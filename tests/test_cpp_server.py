@@ -5,6 +5,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 import torch.utils.cpp_extension as cpp
 
 import compressops
@@ -17,8 +18,6 @@ LIB = Path(compressops.__file__).parent / "libcompressops_ops.so"
 @requires_native
 @pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 def test_cpp_process_loads_library_and_runs_int8_linear(tmp_path):
-    import torch
-
     exe = tmp_path / "load_ops"
     src = Path(__file__).parent / "cpp" / "load_ops.cpp"
     libdir = Path(torch.__file__).parent / "lib"
@@ -31,3 +30,57 @@ def test_cpp_process_loads_library_and_runs_int8_linear(tmp_path):
     run = subprocess.run([str(exe), str(LIB)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("ok 5 x 37")
+
+
+class _IO(torch.nn.Module):
+    """Holds an input and the expected output for the C++ program (TorchScript has no plain tensor file)."""
+
+    def __init__(self, x, y):
+        super().__init__()
+        self.register_buffer("x", x)
+        self.register_buffer("y", y)
+
+    def forward(self):
+        return self.y
+
+
+@requires_native
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+def test_cpp_process_runs_scripted_models_of_every_format(tmp_path):
+    import warnings
+
+    from torch import nn
+
+    exe = tmp_path / "run_torchscript"
+    src = Path(__file__).parent / "cpp" / "run_torchscript.cpp"
+    libdir = Path(torch.__file__).parent / "lib"
+    cmd = ["g++", "-std=c++20", "-O1", str(src), "-o", str(exe),
+           f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+           *[f"-isystem{p}" for p in cpp.include_paths()],
+           f"-L{libdir}", "-ltorch", "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{libdir}", "-ldl"]
+    build = subprocess.run(cmd, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
+
+    torch.manual_seed(0)
+    configs = {"int8": compressops.Int8(), "int4": compressops.Int4(group_size=32),
+               "sparse24": compressops.Sparse24(), "csr": compressops.CSR(sparsity=0.8),
+               "pq": compressops.PQ(num_centroids=16, subvector_dim=2, max_iter=3),
+               "binary": compressops.Binary(keep_first_last=False)}
+    args = []
+    for name, config in configs.items():
+        if name == "binary":
+            model, x = nn.Sequential(nn.Conv2d(16, 24, 3, padding=1), nn.Hardtanh(), nn.Conv2d(24, 8, 1)), \
+                torch.randn(2, 16, 7, 5)
+        else:
+            model, x = nn.Sequential(nn.Linear(96, 48), nn.ReLU(), nn.Linear(48, 8)), torch.randn(3, 96)
+        model = compressops.convert(model, config).eval()
+        with torch.inference_mode():
+            y = model(x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream, still what C++ loads
+            torch.jit.save(torch.jit.script(model), tmp_path / f"{name}.pt")
+            torch.jit.save(torch.jit.script(_IO(x, y.clone())), tmp_path / f"{name}_io.pt")
+        args += [str(tmp_path / f"{name}.pt"), str(tmp_path / f"{name}_io.pt")]
+    run = subprocess.run([str(exe), str(LIB), *args], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("ok ") == len(configs), run.stdout
