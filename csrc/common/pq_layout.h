@@ -22,8 +22,9 @@ constexpr int64_t kPqHeaderBytes = 64;
 constexpr int64_t kPq16BlockRows = 32;
 constexpr int64_t kPq256BlockRows = 8;
 constexpr int64_t kPq256ChunkSubspaces = 16;
-// k=256 with at least this many input rows: decode the weight once and run a dense GEMM instead.
-constexpr int64_t kPq256DenseMinRows = 8;
+// k=256 with at least this many input rows: the batched kernel (tables for a tile of rows side by
+// side, no gathers) instead of one gather scan per row.
+constexpr int64_t kPq256BatchMinRows = 2;
 
 struct PqPackedHeader {
   int32_t magic;

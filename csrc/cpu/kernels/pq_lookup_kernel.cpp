@@ -159,6 +159,38 @@ void scan256(const Pq256ScanParams& p, int64_t nb0, int64_t nb1) {
   }
 }
 
+// k=256 batched: plain loops (the reference shape of the AVX2 code below).
+template <int MT>
+void build_slice(const Pq256BatchParams& p, int64_t tile, int64_t s0, int64_t s1, float* tab) {
+  const int64_t d = p.d;
+  for (int64_t s = s0; s < s1; ++s) {
+    float* t = tab + (s - s0) * 256 * MT;
+    const float* cb = p.cb_t + s * d * 256;
+    const float* xs = p.xt + s * d * p.ldxt + tile * MT;
+    for (int64_t c = 0; c < 256; ++c) {
+      float a[MT] = {};
+      for (int64_t j = 0; j < d; ++j) {
+        const float w = cb[j * 256 + c];
+        for (int r = 0; r < MT; ++r) a[r] += w * xs[j * p.ldxt + r];
+      }
+      for (int r = 0; r < MT; ++r) t[c * MT + r] = a[r];
+    }
+  }
+}
+
+template <int MT>
+inline void scan_block(const uint8_t* blk, int64_t g, const float* tab, float* part, bool first) {
+  for (int i = 0; i < 8; ++i) {
+    float a[MT];
+    for (int r = 0; r < MT; ++r) a[r] = first ? 0.0f : part[i * MT + r];
+    for (int64_t t = 0; t < g; ++t) {
+      const float* e = tab + (t * 256 + blk[t * 8 + i]) * MT;
+      for (int r = 0; r < MT; ++r) a[r] += e[r];
+    }
+    for (int r = 0; r < MT; ++r) part[i * MT + r] = a[r];
+  }
+}
+
 #else  // AVX2
 
 // Looks up MR input rows' tables for one block of 32 output rows; acc[r][32] receives the sums.
@@ -267,7 +299,95 @@ void scan256(const Pq256ScanParams& p, int64_t nb0, int64_t nb1) {
   }
 }
 
+// k=256 batched: tab[s][c][0:MT] for the tile's MT rows; 4 centroids a pass so each x load
+// feeds 4 FMAs.
+template <int MT>
+void build_slice(const Pq256BatchParams& p, int64_t tile, int64_t s0, int64_t s1, float* tab) {
+  constexpr int NV = MT / 8;
+  const int64_t d = p.d;
+  for (int64_t s = s0; s < s1; ++s) {
+    float* t = tab + (s - s0) * 256 * MT;
+    const float* cb = p.cb_t + s * d * 256;
+    const float* xs = p.xt + s * d * p.ldxt + tile * MT;
+    for (int64_t c = 0; c < 256; c += 4) {
+      __m256 a[4][NV];
+      for (int i = 0; i < 4; ++i)
+        for (int v = 0; v < NV; ++v) a[i][v] = _mm256_setzero_ps();
+      for (int64_t j = 0; j < d; ++j) {
+        __m256 xv[NV];
+        for (int v = 0; v < NV; ++v) xv[v] = _mm256_loadu_ps(xs + j * p.ldxt + 8 * v);
+        for (int i = 0; i < 4; ++i) {
+          const __m256 w = _mm256_broadcast_ss(cb + j * 256 + c + i);
+          for (int v = 0; v < NV; ++v) a[i][v] = _mm256_fmadd_ps(w, xv[v], a[i][v]);
+        }
+      }
+      for (int i = 0; i < 4; ++i)
+        for (int v = 0; v < NV; ++v) _mm256_storeu_ps(t + (c + i) * MT + 8 * v, a[i][v]);
+    }
+  }
+}
+
+// One block of 8 output rows over g subspaces: RB rows a pass (8 for MT=8, 4 for MT=16), so the
+// accumulators (8 ymm) stay in registers; each code byte selects one MT-float table row.
+template <int MT>
+inline void scan_block(const uint8_t* blk, int64_t g, const float* tab, float* part, bool first) {
+  constexpr int NV = MT / 8, RB = 8 / NV;
+  for (int h = 0; h < 8; h += RB) {
+    __m256 a[RB][NV];
+    for (int i = 0; i < RB; ++i)
+      for (int v = 0; v < NV; ++v)
+        a[i][v] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(part + (h + i) * MT + 8 * v);
+    for (int64_t t = 0; t < g; ++t) {
+      const float* tt = tab + t * 256 * MT;
+      const uint8_t* cp = blk + t * 8 + h;
+      for (int i = 0; i < RB; ++i) {
+        const float* e = tt + static_cast<int64_t>(cp[i]) * MT;
+        for (int v = 0; v < NV; ++v) a[i][v] = _mm256_add_ps(a[i][v], _mm256_loadu_ps(e + 8 * v));
+      }
+    }
+    for (int i = 0; i < RB; ++i)
+      for (int v = 0; v < NV; ++v) _mm256_storeu_ps(part + (h + i) * MT + 8 * v, a[i][v]);
+  }
+}
+
 #endif
+
+// k=256 batched driver (both levels): per unit (tile of MT input rows, range of output blocks),
+// walk the code chunks; per slice of `group` subspaces build the tile's table into scratch and
+// add it into the per-output-row partial sums; finally transpose into out and add the bias.
+template <int MT>
+void batch256(const Pq256BatchParams& p, int64_t u0, int64_t u1) {
+  const int64_t n_pad = (p.n + 7) / 8 * 8, blocks = n_pad / 8;
+  const int64_t pb = pq256_part_blocks(p);
+  float* tab = p.scratch;
+  float* part = p.scratch + p.group * 256 * MT;
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t tile = u / p.n_parts, nb0 = (u % p.n_parts) * pb, nb1 = std::min(blocks, nb0 + pb);
+    if (nb0 >= nb1) continue;
+    for (int64_t c0 = 0; c0 < p.s; c0 += kPq256ChunkSubspaces) {
+      const int64_t sc = std::min(kPq256ChunkSubspaces, p.s - c0);
+      const uint8_t* chunk = p.codes + c0 * n_pad;
+      for (int64_t g0 = 0; g0 < sc; g0 += p.group) {
+        const int64_t g = std::min(p.group, sc - g0);
+        build_slice<MT>(p, tile, c0 + g0, c0 + g0 + g, tab);
+        const bool first = c0 == 0 && g0 == 0;
+        for (int64_t nb = nb0; nb < nb1; ++nb)
+          scan_block<MT>(chunk + nb * sc * 8 + g0 * 8, g, tab, part + (nb - nb0) * 8 * MT, first);
+      }
+    }
+    const int64_t rows = std::min<int64_t>(MT, p.m - tile * MT);
+    const int64_t n1 = std::min(p.n, nb1 * 8);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* o = p.out + (tile * MT + r) * p.ldo;
+      const float* src = part - nb0 * 8 * MT + r;
+      if (p.bias) {
+        for (int64_t n = nb0 * 8; n < n1; ++n) o[n] = src[n * MT] + p.bias[n];
+      } else {
+        for (int64_t n = nb0 * 8; n < n1; ++n) o[n] = src[n * MT];
+      }
+    }
+  }
+}
 
 void add_bias256(const Pq256ScanParams& p, int64_t nb0, int64_t nb1) {
   if (!p.bias) return;
@@ -278,6 +398,18 @@ void add_bias256(const Pq256ScanParams& p, int64_t nb0, int64_t nb1) {
 }
 
 }  // namespace
+
+bool COMPRESSOPS_KERNEL(pq256_batch)(const Pq256BatchParams& p, int64_t u0, int64_t u1) {
+  if (p.mt != 8 && p.mt != 16) return false;
+  if (u0 < u1) {
+    if (p.mt == 8) {
+      batch256<8>(p, u0, u1);
+    } else {
+      batch256<16>(p, u0, u1);
+    }
+  }
+  return true;
+}
 
 bool COMPRESSOPS_KERNEL(pq_build_tables)(const PqTableParams& p, int64_t u0, int64_t u1) {
   if (p.ncent % 16 != 0) return false;
