@@ -18,14 +18,12 @@ namespace {
 
 using kernels::Pq16ScanParams;
 using kernels::Pq256BatchParams;
-using kernels::Pq256ScanParams;
 using kernels::PqQuantizeParams;
 using kernels::PqTableParams;
 
 using TableFn = bool (*)(const PqTableParams&, int64_t, int64_t);
 using QuantFn = bool (*)(const PqQuantizeParams&, int64_t, int64_t);
 using Scan16Fn = bool (*)(const Pq16ScanParams&, int64_t, int64_t);
-using Scan256Fn = bool (*)(const Pq256ScanParams&, int64_t, int64_t);
 using Batch256Fn = bool (*)(const Pq256BatchParams&, int64_t, int64_t);
 
 #ifdef COMPRESSOPS_HAVE_AVX2
@@ -41,8 +39,6 @@ constexpr KernelTable<QuantFn> kQuant{{kernels::pq16_quantize_tables_SCALAR,
                                        IF_AVX2(kernels::pq16_quantize_tables_AVX2), nullptr, nullptr, nullptr}};
 constexpr KernelTable<Scan16Fn> kScan16{{kernels::pq16_scan_SCALAR, IF_AVX2(kernels::pq16_scan_AVX2), nullptr,
                                          nullptr, nullptr}};
-constexpr KernelTable<Scan256Fn> kScan256{{kernels::pq256_scan_SCALAR, IF_AVX2(kernels::pq256_scan_AVX2), nullptr,
-                                           nullptr, nullptr}};
 constexpr KernelTable<Batch256Fn> kBatch256{{kernels::pq256_batch_SCALAR, IF_AVX2(kernels::pq256_batch_AVX2),
                                              nullptr, nullptr, nullptr}};
 
@@ -160,9 +156,9 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t 
   const uint8_t* base = packed.data_ptr<uint8_t>();
   const float* cb_t = reinterpret_cast<const float*>(base + kPqHeaderBytes);
   const uint8_t* codes = base + kPqHeaderBytes + pq_codebook_bytes(s_pad, d, kc);
-  if (kc == 256 && m >= kPq256BatchMinRows) {
-    // Several input rows: tables built per tile of rows and per 16-subspace chunk, laid out
-    // [s][c][row] so each code selects a contiguous vector of the tile's rows (no gathers).
+  if (kc == 256) {
+    // Tables built per tile of rows (1, 8 or 16) and per 16-subspace chunk into scratch, laid
+    // out [s][c][row] so each code selects a contiguous vector of the tile's rows (no gathers).
     Pq256BatchParams bp{};
     bp.codes = codes;
     bp.cb_t = cb_t;
@@ -171,7 +167,7 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t 
     bp.n = n;
     bp.s = s;
     bp.d = d;
-    bp.mt = m <= 8 ? 8 : 16;
+    bp.mt = m == 1 ? 1 : m <= 8 ? 8 : 16;
     const int64_t tiles = (m + bp.mt - 1) / bp.mt;
     bp.ldxt = tiles * bp.mt;
     at::Tensor xt = at::zeros({s * d, bp.ldxt}, fopts);
@@ -224,7 +220,7 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t 
   float* outp = out.data_ptr<float>();
   const float* biasp = b ? b->data_ptr<float>() : nullptr;
 
-  if (kc == 16) {
+  {  // k=16: uint8 tables, then the vpshufb scan
     at::Tensor qtab = at::empty({m, s_pad, 16}, x.options().dtype(at::kByte));
     at::Tensor sc = at::empty({m}, fopts), off = at::empty({m}, fopts);
     PqQuantizeParams qp{tp.table, s_pad, qtab.data_ptr<uint8_t>(), sc.data_ptr<float>(), off.data_ptr<float>()};
@@ -238,12 +234,6 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t 
     record_kernel_isa(op, level);
     const Scan16Fn scan = fn;
     at::parallel_for(0, n_pad / kPq16BlockRows, 1, [&](int64_t a, int64_t e) { scan(p, a, e); });
-  } else {
-    Pq256ScanParams p{codes, tp.table, biasp, outp, n_pad, m, n, s};
-    const auto [fn, level] = kScan256.select(isa, p);
-    record_kernel_isa(op, level);
-    const Scan256Fn scan = fn;
-    at::parallel_for(0, n_pad / kPq256BlockRows, 1, [&](int64_t a, int64_t e) { scan(p, a, e); });
   }
   at::Tensor y = out.narrow(1, 0, n);
   y = out_t == at::kFloat && n == n_pad ? y : y.to(out_t).contiguous();

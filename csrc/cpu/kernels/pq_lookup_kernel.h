@@ -43,18 +43,7 @@ struct Pq16ScanParams {
   int64_t m, n, s_pad;
 };
 
-// k=256 scan: out[m][n] = sum_s table[m][s][code(n, s)] + bias[n], fp32, for the blocks of 8
-// output rows [nb_begin, nb_end).
-struct Pq256ScanParams {
-  const uint8_t* codes;  // [n_pad/8][s][8]
-  const float* table;    // [m][s][256]
-  const float* bias;
-  float* out;
-  int64_t ldo;
-  int64_t m, n, s;
-};
-
-// k=256 with several input rows: rows are taken in tiles of mt (8 or 16) and, per tile and
+// k=256: input rows are taken in tiles of mt (1, 8 or 16) and, per tile and
 // slice of `group` subspaces, the table is built as tab[s][c][0:mt] (the mt rows' entries of one
 // centroid side by side); each code byte then selects one contiguous mt-vector, so output row n
 // of the tile accumulates y[0:mt] += tab[s][code(n, s)][0:mt] with plain vector loads and adds.
@@ -69,7 +58,7 @@ struct Pq256BatchParams {
   float* out;
   int64_t ldo;
   int64_t m, n, s, d;
-  int64_t mt;       // rows per tile: 8 or 16
+  int64_t mt;       // rows per tile: 1, 8 or 16
   int64_t group;    // subspaces per table slice, 1..16
   int64_t n_parts;  // ranges of output blocks per tile
   float* scratch;   // this thread's: group * 256 * mt + part_blocks * 8 * mt floats
@@ -88,7 +77,6 @@ inline int64_t pq256_batch_scratch(const Pq256BatchParams& p) {
   bool pq_build_tables_##SUFFIX(const PqTableParams&, int64_t unit_begin, int64_t unit_end); \
   bool pq16_quantize_tables_##SUFFIX(const PqQuantizeParams&, int64_t m_begin, int64_t m_end); \
   bool pq16_scan_##SUFFIX(const Pq16ScanParams&, int64_t nb_begin, int64_t nb_end);        \
-  bool pq256_scan_##SUFFIX(const Pq256ScanParams&, int64_t nb_begin, int64_t nb_end);        \
   bool pq256_batch_##SUFFIX(const Pq256BatchParams&, int64_t unit_begin, int64_t unit_end);
 
 COMPRESSOPS_DECLARE_PQ(SCALAR)
