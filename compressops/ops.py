@@ -429,8 +429,8 @@ def pq_linear(
     Returns:
         (..., N) in out_dtype.
         k=256: fp32 tables, equal to compressops.reference.pq_linear within fp32 summation rounding
-        (from 8 input rows on, the CPU kernel decodes the weight once and runs a dense fp32 GEMM:
-        a lookup per code and row costs more than the GEMM there).
+        (from 2 input rows on, the CPU kernel builds the tables of up to 16 rows side by side, so
+        one code looks up all of them with contiguous vector loads).
         k=16: the CPU kernel quantizes each row's table to uint8 (one scale per row, one offset per
         subspace) and sums exactly in integers, so |y - reference| <= S * scale / 2 (plus fp32
         rounding), scale = max_s (max_c L[s, c] - min_c L[s, c]) / 255 for that input row.

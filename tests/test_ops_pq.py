@@ -1,7 +1,8 @@
 """PQ ops against compressops.reference, on every CPU ISA level this machine runs.
 
 Error bounds (against the exact float64 table + gather-sum of compressops.reference):
-  k=256: fp32 tables and fp32 sums (or, at M >= 8, a decoded fp32 weight and a dense GEMM):
+  k=256: fp32 tables and fp32 sums (one input row: that row's table, gathered; two or more rows:
+        tables for tiles of 8 or 16 rows side by side, the same fp32 terms summed in another order):
         |err| <= 1e-5 * sum_i |x_i| |w_i| + 1e-6.
   k=16: the table is quantized to uint8 per input row (scale = max_s range_s / 255, offset per
         subspace) and summed exactly in integers: |err| <= S * scale / 2, plus the fp32 term above.
@@ -78,8 +79,7 @@ def test_linear_within_bound(level, shape, dtype):
     with co.cpu_isa(level):
         y = ops.pq_linear(x, packed, k_in, n, bias, out_dtype=torch.float32)
         ran = torch.ops.compressops._last_kernel_isa("pq_linear")
-    dense = k == 256 and x.numel() // k_in >= 8  # decode + dense GEMM path
-    assert ran == ("scalar" if dense else FALLBACK.get(level, level))
+    assert ran == FALLBACK.get(level, level)
     assert torch.equal(x, x_copy)
     ref = reference.pq_linear(x, packed, k_in, n, bias, out_dtype=torch.float32)
     assert y.shape == (*batch, n) and y.dtype == torch.float32
@@ -90,6 +90,53 @@ def test_linear_within_bound(level, shape, dtype):
         # (not the output itself: with K=1 one output can sit near zero by chance)
         out_range = (x.reshape(-1, k_in).float().abs().sum(1) * cb.abs().max()).max()
         assert err.max() < 0.05 * out_range + 1e-3
+
+
+# k=256 from M=2 on (the batched kernel): row tiles of 8 (M <= 8) or 16, 16-subspace chunks,
+# output blocks of 8 split over threads. (M, K, N, d): M around the threshold and tile sizes (and
+# not a multiple of them), S not a multiple of 16, N odd or below one block, every d.
+BATCH256 = [
+    (1, 67, 17, 4),     # S=17, one row: the gather path
+    (2, 67, 17, 4),     # S=17
+    (7, 33, 9, 1),      # S=33
+    (8, 130, 41, 2),    # S=65
+    (9, 300, 70, 8),    # S=38, first 16-row tile
+    (16, 129, 33, 16),  # S=9
+    (17, 64, 8, 4),     # S=16, N one block
+    (33, 250, 101, 2),  # S=125, three tiles
+    (40, 31, 3, 16),    # S=2, N < 8
+]
+
+
+@requires_native
+@pytest.mark.parametrize("level", isa_params())
+@pytest.mark.parametrize("shape", BATCH256, ids=str)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_k256_batched_within_bound(level, shape, threads, dtype):
+    m, k_in, n, d = shape
+    canon, cb, packed, bias = make_layer(k_in, n, d, 256, bias=m % 2 == 1)
+    x = randn_nonzero(m, k_in, dtype=dtype)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with co.cpu_isa(level):
+            y = ops.pq_linear(x, packed, k_in, n, bias, out_dtype=torch.float32)
+            assert torch.ops.compressops._last_kernel_isa("pq_linear") == FALLBACK.get(level, level)
+    finally:
+        torch.set_num_threads(prev)
+    ref = reference.pq_linear(x, packed, k_in, n, bias, out_dtype=torch.float32)
+    assert y.shape == (m, n)
+    err = (y - ref).abs()
+    b = bound(x, cb, canon, k_in, 256)
+    assert (err <= b).all(), f"max err {err.max()} vs bound {b.min()}"
+    # every row of x takes part: row i of y depends on row i of x only
+    x2 = x.clone()
+    x2[-1] = 0
+    with co.cpu_isa(level):
+        y2 = ops.pq_linear(x2, packed, k_in, n, bias, out_dtype=torch.float32)
+    torch.testing.assert_close(y2[:-1], y[:-1], rtol=0, atol=0)
+    torch.testing.assert_close(y2[-1], bias if bias is not None else torch.zeros(n), rtol=0, atol=0)
 
 
 @requires_native

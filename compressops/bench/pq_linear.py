@@ -29,8 +29,9 @@ from compressops.info import cpu_model
 from compressops.nn import Int8Linear, PQLinear
 
 PQ_CONFIGS = [(16, 4), (256, 4), (256, 8)]
-# k=256 does M*N*S gathers; beyond this many a call takes seconds
-MAX_K256_LOOKUPS = 64 * 4096 * 1024
+# k=256 does M*N*S table lookups (vectorized over tiles of up to 16 rows for M >= 2); the design
+# shapes (up to M=512, N=11008, S=1024) take well under a second a call
+MAX_K256_LOOKUPS = 512 * 11008 * 1024
 
 
 def random_pq(lin: nn.Linear, k: int, d: int, seed: int = 0) -> PQLinear:

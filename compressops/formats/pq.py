@@ -23,9 +23,9 @@ Prepacked (CPU kernels; built from the canonical buffers, never serialized), 1-D
                       byte j of pair p is code(n, 2p) | code(n, 2p+1) << 4 for n = 32*block + j,
                       i.e. one 32-byte load feeds one vpshufb per subspace for 32 output rows
                k=256: uint8 [ceil(S/16)][N_pad/8][sc][8], N_pad = roundup(N, 8), S_pad = S,
-                      sc = min(16, S - 16 * chunk): chunks of 16 subspaces (a 16 KiB fp32 table
-                      slice that stays in L1); inside a chunk, 8 output rows' codes for one
-                      subspace side by side (one vpgatherdd), blocks contiguous
+                      sc = min(16, S - 16 * chunk): chunks of 16 subspaces (the kernels build
+                      the tables one chunk at a time into a small scratch slice); inside a chunk,
+                      8 output rows' codes for one subspace side by side, blocks contiguous
     Padded rows and subspaces hold code 0.
 csrc/common/pq_layout.h defines the same layout for C++; tests check both packers agree.
 """

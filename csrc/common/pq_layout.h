@@ -7,8 +7,8 @@
 //   codes     : k=16:  uint8 [N_pad/32][S_pad/2][32]  byte j of pair p = code(n, 2p) | code(n, 2p+1) << 4
 //                      for n = 32 * block + j  (one 32-byte load -> one vpshufb per subspace)
 //               k=256: uint8 [ceil(S/16)][N_pad/8][sc][8], sc = min(16, S - 16 * chunk): chunks of 16
-//                      subspaces (a 16 KiB fp32 table slice that stays in L1), inside a chunk 8 rows'
-//                      codes of one subspace side by side (one vpgatherdd), blocks contiguous
+//                      subspaces (tables are built one chunk at a time into scratch), inside a chunk
+//                      8 rows' codes of one subspace side by side, blocks contiguous
 //
 // The layout depends on no ISA, so one pack serves every CPU level.
 #pragma once
@@ -22,8 +22,6 @@ constexpr int64_t kPqHeaderBytes = 64;
 constexpr int64_t kPq16BlockRows = 32;
 constexpr int64_t kPq256BlockRows = 8;
 constexpr int64_t kPq256ChunkSubspaces = 16;
-// k=256 with at least this many input rows: decode the weight once and run a dense GEMM instead.
-constexpr int64_t kPq256DenseMinRows = 8;
 
 struct PqPackedHeader {
   int32_t magic;

@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "../common/pq_layout.h"
@@ -16,14 +17,14 @@ namespace compressops::cpu {
 namespace {
 
 using kernels::Pq16ScanParams;
-using kernels::Pq256ScanParams;
+using kernels::Pq256BatchParams;
 using kernels::PqQuantizeParams;
 using kernels::PqTableParams;
 
 using TableFn = bool (*)(const PqTableParams&, int64_t, int64_t);
 using QuantFn = bool (*)(const PqQuantizeParams&, int64_t, int64_t);
 using Scan16Fn = bool (*)(const Pq16ScanParams&, int64_t, int64_t);
-using Scan256Fn = bool (*)(const Pq256ScanParams&, int64_t, int64_t);
+using Batch256Fn = bool (*)(const Pq256BatchParams&, int64_t, int64_t);
 
 #ifdef COMPRESSOPS_HAVE_AVX2
 #define IF_AVX2(f) f
@@ -38,8 +39,8 @@ constexpr KernelTable<QuantFn> kQuant{{kernels::pq16_quantize_tables_SCALAR,
                                        IF_AVX2(kernels::pq16_quantize_tables_AVX2), nullptr, nullptr, nullptr}};
 constexpr KernelTable<Scan16Fn> kScan16{{kernels::pq16_scan_SCALAR, IF_AVX2(kernels::pq16_scan_AVX2), nullptr,
                                          nullptr, nullptr}};
-constexpr KernelTable<Scan256Fn> kScan256{{kernels::pq256_scan_SCALAR, IF_AVX2(kernels::pq256_scan_AVX2), nullptr,
-                                           nullptr, nullptr}};
+constexpr KernelTable<Batch256Fn> kBatch256{{kernels::pq256_batch_SCALAR, IF_AVX2(kernels::pq256_batch_AVX2),
+                                             nullptr, nullptr, nullptr}};
 
 bool valid_d(int64_t d) { return d == 1 || d == 2 || d == 4 || d == 8 || d == 16; }
 
@@ -155,33 +156,43 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t 
   const uint8_t* base = packed.data_ptr<uint8_t>();
   const float* cb_t = reinterpret_cast<const float*>(base + kPqHeaderBytes);
   const uint8_t* codes = base + kPqHeaderBytes + pq_codebook_bytes(s_pad, d, kc);
-  if (kc == 256 && m >= kPq256DenseMinRows) {
-    // k=256 costs about one gather per code and input row, so beyond a few rows decoding the
-    // weight once per call and running a dense GEMM is faster (and exact up to fp32 rounding).
-    at::Tensor w = at::empty({n, s * d}, fopts);
-    float* wp = w.data_ptr<float>();
-    // chunk-major, like the code layout: a chunk's codebooks (16 * d KiB) stay in L2 while its
-    // codes stream past once
-    at::parallel_for(0, n_pad / 8, 4, [&](int64_t nb0, int64_t nb1) {
-      for (int64_t c0 = 0; c0 < s; c0 += kPq256ChunkSubspaces) {
-        const int64_t sc = std::min(kPq256ChunkSubspaces, s - c0);
-        for (int64_t nb = nb0; nb < nb1; ++nb) {
-          const uint8_t* blk = codes + c0 * n_pad + nb * sc * 8;
-          for (int64_t i = 0; i < 8 && nb * 8 + i < n; ++i) {
-            float* wr = wp + (nb * 8 + i) * s * d;
-            for (int64_t t = 0; t < sc; ++t) {
-              const int64_t code = blk[t * 8 + i], ss = c0 + t;
-              for (int64_t j = 0; j < d; ++j) wr[ss * d + j] = cb_t[(ss * d + j) * kc + code];
-            }
-          }
-        }
-      }
+  if (kc == 256) {
+    // Tables built per tile of rows (1, 8 or 16) and per 16-subspace chunk into scratch, laid
+    // out [s][c][row] so each code selects a contiguous vector of the tile's rows (no gathers).
+    Pq256BatchParams bp{};
+    bp.codes = codes;
+    bp.cb_t = cb_t;
+    bp.bias = b ? b->data_ptr<float>() : nullptr;
+    bp.m = m;
+    bp.n = n;
+    bp.s = s;
+    bp.d = d;
+    bp.mt = m == 1 ? 1 : m <= 8 ? 8 : 16;
+    const int64_t tiles = (m + bp.mt - 1) / bp.mt;
+    bp.ldxt = tiles * bp.mt;
+    at::Tensor xt = at::zeros({s * d, bp.ldxt}, fopts);
+    xt.narrow(0, 0, in_features).narrow(1, 0, m).copy_(x2.t());
+    bp.xt = xt.data_ptr<float>();
+    bp.out = out.data_ptr<float>();
+    bp.ldo = n_pad;
+    bp.group = kPq256ChunkSubspaces;
+    // each unit rebuilds its tile's tables, so split the output rows only as far as needed to
+    // give every thread work
+    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+    bp.n_parts = std::min((threads + tiles - 1) / tiles, n_pad / kPq256BlockRows);
+    const auto [fn, level] = kBatch256.select(active_isa(), bp);
+    record_kernel_isa(op, level);
+    const Batch256Fn batch = fn;
+    at::parallel_for(0, tiles * bp.n_parts, 1, [&](int64_t u0, int64_t u1) {
+      // scratch (one table slice + the partial sums) per task, not indexed by thread number
+      at::Tensor scratch = at::empty({kernels::pq256_batch_scratch(bp)}, fopts);
+      Pq256BatchParams q = bp;
+      q.scratch = scratch.data_ptr<float>();
+      batch(q, u0, u1);
     });
-    at::Tensor xin = x2.to(at::kFloat);
-    at::Tensor y = at::matmul(xin, w.narrow(1, 0, in_features).t());
-    if (b) y.add_(*b);
-    record_kernel_isa(op, CpuIsa::kScalar);  // the decode is plain code; the GEMM is ATen's
-    return y.to(out_t).view(out_shape);
+    at::Tensor y = out.narrow(1, 0, n);
+    y = out_t == at::kFloat && n == n_pad ? y : y.to(out_t).contiguous();
+    return y.view(out_shape);
   }
   // fp32 input rows padded with zeros to S_pad * d
   at::Tensor xf = at::zeros({m, s_pad * d}, fopts);
@@ -209,7 +220,7 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t 
   float* outp = out.data_ptr<float>();
   const float* biasp = b ? b->data_ptr<float>() : nullptr;
 
-  if (kc == 16) {
+  {  // k=16: uint8 tables, then the vpshufb scan
     at::Tensor qtab = at::empty({m, s_pad, 16}, x.options().dtype(at::kByte));
     at::Tensor sc = at::empty({m}, fopts), off = at::empty({m}, fopts);
     PqQuantizeParams qp{tp.table, s_pad, qtab.data_ptr<uint8_t>(), sc.data_ptr<float>(), off.data_ptr<float>()};
@@ -223,12 +234,6 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t 
     record_kernel_isa(op, level);
     const Scan16Fn scan = fn;
     at::parallel_for(0, n_pad / kPq16BlockRows, 1, [&](int64_t a, int64_t e) { scan(p, a, e); });
-  } else {
-    Pq256ScanParams p{codes, tp.table, biasp, outp, n_pad, m, n, s};
-    const auto [fn, level] = kScan256.select(isa, p);
-    record_kernel_isa(op, level);
-    const Scan256Fn scan = fn;
-    at::parallel_for(0, n_pad / kPq256BlockRows, 1, [&](int64_t a, int64_t e) { scan(p, a, e); });
   }
   at::Tensor y = out.narrow(1, 0, n);
   y = out_t == at::kFloat && n == n_pad ? y : y.to(out_t).contiguous();

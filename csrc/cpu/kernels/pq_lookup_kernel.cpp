@@ -11,8 +11,9 @@
 // to int32 every 256 subspaces, before 257 * 255 could exceed 65535. Integer sums are exact, so
 // the only error against the exact fp32 table is the table rounding: |err| <= S * scale / 2.
 //
-// k=256: exact fp32 tables; vpgatherdd over 8 output rows' codes of one subspace, with the table
-// walked in chunks of 16 subspaces (16 KiB) so the gathered slice stays in L1.
+// k=256: exact fp32 tables, built per tile of input rows (1, 8 or 16) and per chunk of 16
+// subspaces into a small scratch slice, laid out [s][c][row] so that one code byte selects a
+// contiguous vector of the tile's rows: plain loads and adds, no gathers (slow on Zen 3).
 #include "kernel_macros.h"
 
 #if COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_SCALAR || COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_AVX2
@@ -133,29 +134,51 @@ void scan16(const Pq16ScanParams& p, int64_t nb0, int64_t nb1) {
   }
 }
 
-// Scalar loads, 8 independent accumulators (one per row of the block), 8 codes per 64-bit load.
-void scan256(const Pq256ScanParams& p, int64_t nb0, int64_t nb1) {
-  const int64_t n_pad = (p.n + 7) / 8 * 8;
-  for (int64_t s0 = 0; s0 < p.s; s0 += kPq256ChunkSubspaces) {
-    const int64_t s1 = std::min(p.s, s0 + kPq256ChunkSubspaces);
-    const uint8_t* chunk = p.codes + s0 * n_pad;
-    for (int64_t m = 0; m < p.m; ++m) {
-      const float* tab = p.table + m * p.s * 256;
-      for (int64_t nb = nb0; nb < nb1; ++nb) {
-        const uint8_t* blk = chunk + nb * (s1 - s0) * 8 - s0 * 8;
-        float a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
-        for (int64_t s = s0; s < s1; ++s) {
-          uint64_t c;
-          std::memcpy(&c, blk + s * 8, 8);
-          const float* t = tab + s * 256;
-          a0 += t[c & 255]; a1 += t[(c >> 8) & 255]; a2 += t[(c >> 16) & 255]; a3 += t[(c >> 24) & 255];
-          a4 += t[(c >> 32) & 255]; a5 += t[(c >> 40) & 255]; a6 += t[(c >> 48) & 255]; a7 += t[c >> 56];
-        }
-        float* o = p.out + m * p.ldo + nb * 8;
-        const float a[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
-        for (int j = 0; j < 8; ++j) o[j] = (s0 == 0 ? 0.0f : o[j]) + a[j];
+// k=256 batched: plain loops (the reference shape of the AVX2 code below).
+template <int MT>
+void build_slice(const Pq256BatchParams& p, int64_t tile, int64_t s0, int64_t s1, float* tab) {
+  const int64_t d = p.d;
+  for (int64_t s = s0; s < s1; ++s) {
+    float* t = tab + (s - s0) * 256 * MT;
+    const float* cb = p.cb_t + s * d * 256;
+    const float* xs = p.xt + s * d * p.ldxt + tile * MT;
+    for (int64_t c = 0; c < 256; ++c) {
+      float a[MT] = {};
+      for (int64_t j = 0; j < d; ++j) {
+        const float w = cb[j * 256 + c];
+        for (int r = 0; r < MT; ++r) a[r] += w * xs[j * p.ldxt + r];
       }
+      for (int r = 0; r < MT; ++r) t[c * MT + r] = a[r];
     }
+  }
+}
+
+// One input row: centroids innermost, so the compiler can vectorize with baseline SIMD.
+template <>
+void build_slice<1>(const Pq256BatchParams& p, int64_t, int64_t s0, int64_t s1, float* tab) {
+  const int64_t d = p.d;
+  for (int64_t s = s0; s < s1; ++s) {
+    float* t = tab + (s - s0) * 256;
+    const float* cb = p.cb_t + s * d * 256;
+    const float* xs = p.xt + s * d * p.ldxt;
+    for (int64_t c = 0; c < 256; ++c) t[c] = 0.0f;
+    for (int64_t j = 0; j < d; ++j) {
+      const float xv = xs[j * p.ldxt];
+      for (int64_t c = 0; c < 256; ++c) t[c] += xv * cb[j * 256 + c];
+    }
+  }
+}
+
+template <int MT>
+inline void scan_block(const uint8_t* blk, int64_t g, const float* tab, float* part, bool first) {
+  for (int i = 0; i < 8; ++i) {
+    float a[MT];
+    for (int r = 0; r < MT; ++r) a[r] = first ? 0.0f : part[i * MT + r];
+    for (int64_t t = 0; t < g; ++t) {
+      const float* e = tab + (t * 256 + blk[t * 8 + i]) * MT;
+      for (int r = 0; r < MT; ++r) a[r] += e[r];
+    }
+    for (int r = 0; r < MT; ++r) part[i * MT + r] = a[r];
   }
 }
 
@@ -224,60 +247,160 @@ void scan16(const Pq16ScanParams& p, int64_t nb0, int64_t nb1) {
   }
 }
 
-void scan256(const Pq256ScanParams& p, int64_t nb0, int64_t nb1) {
-  const int64_t n_pad = (p.n + 7) / 8 * 8;
-  for (int64_t s0 = 0; s0 < p.s; s0 += kPq256ChunkSubspaces) {
-    const int64_t s1 = std::min(p.s, s0 + kPq256ChunkSubspaces);
-    const uint8_t* chunk = p.codes + s0 * n_pad;  // this chunk's [N_pad/8][s1-s0][8] codes
-    for (int64_t m = 0; m < p.m; ++m) {
-      const float* tab = p.table + m * p.s * 256;
-      int64_t nb = nb0;
-      // two blocks of 8 rows per pass: independent gathers in flight
-      for (; nb + 2 <= nb1; nb += 2) {
-        const uint8_t* b0 = chunk + nb * (s1 - s0) * 8 - s0 * 8;
-        const uint8_t* b1 = b0 + (s1 - s0) * 8;
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-        for (int64_t s = s0; s < s1; ++s) {
-          const __m256i i0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b0 + s * 8)));
-          const __m256i i1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b1 + s * 8)));
-          a0 = _mm256_add_ps(a0, _mm256_i32gather_ps(tab + s * 256, i0, 4));
-          a1 = _mm256_add_ps(a1, _mm256_i32gather_ps(tab + s * 256, i1, 4));
+// k=256 batched: tab[s][c][0:MT] for the tile's MT rows; 4 centroids a pass so each x load
+// feeds 4 FMAs.
+template <int MT>
+void build_slice(const Pq256BatchParams& p, int64_t tile, int64_t s0, int64_t s1, float* tab) {
+  constexpr int NV = MT / 8;
+  const int64_t d = p.d;
+  for (int64_t s = s0; s < s1; ++s) {
+    float* t = tab + (s - s0) * 256 * MT;
+    const float* cb = p.cb_t + s * d * 256;
+    const float* xs = p.xt + s * d * p.ldxt + tile * MT;
+    for (int64_t c = 0; c < 256; c += 4) {
+      __m256 a[4][NV];
+      for (int i = 0; i < 4; ++i)
+        for (int v = 0; v < NV; ++v) a[i][v] = _mm256_setzero_ps();
+      for (int64_t j = 0; j < d; ++j) {
+        __m256 xv[NV];
+        for (int v = 0; v < NV; ++v) xv[v] = _mm256_loadu_ps(xs + j * p.ldxt + 8 * v);
+        for (int i = 0; i < 4; ++i) {
+          const __m256 w = _mm256_broadcast_ss(cb + j * 256 + c + i);
+          for (int v = 0; v < NV; ++v) a[i][v] = _mm256_fmadd_ps(w, xv[v], a[i][v]);
         }
-        float* o0 = p.out + m * p.ldo + nb * 8;
-        float* o1 = o0 + 8;
-        if (s0 != 0) {
-          a0 = _mm256_add_ps(_mm256_loadu_ps(o0), a0);
-          a1 = _mm256_add_ps(_mm256_loadu_ps(o1), a1);
-        }
-        _mm256_storeu_ps(o0, a0);
-        _mm256_storeu_ps(o1, a1);
       }
-      for (; nb < nb1; ++nb) {
-        const uint8_t* b0 = chunk + nb * (s1 - s0) * 8 - s0 * 8;
-        __m256 a0 = _mm256_setzero_ps();
-        for (int64_t s = s0; s < s1; ++s) {
-          const __m256i i0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b0 + s * 8)));
-          a0 = _mm256_add_ps(a0, _mm256_i32gather_ps(tab + s * 256, i0, 4));
-        }
-        float* o0 = p.out + m * p.ldo + nb * 8;
-        if (s0 != 0) a0 = _mm256_add_ps(_mm256_loadu_ps(o0), a0);
-        _mm256_storeu_ps(o0, a0);
+      for (int i = 0; i < 4; ++i)
+        for (int v = 0; v < NV; ++v) _mm256_storeu_ps(t + (c + i) * MT + 8 * v, a[i][v]);
+    }
+  }
+}
+
+// One block of 8 output rows over g subspaces: RB rows a pass (8 for MT=8, 4 for MT=16), so the
+// accumulators (8 ymm) stay in registers; each code byte selects one MT-float table row.
+template <int MT>
+inline void scan_block(const uint8_t* blk, int64_t g, const float* tab, float* part, bool first) {
+  constexpr int NV = MT / 8, RB = 8 / NV;
+  for (int h = 0; h < 8; h += RB) {
+    __m256 a[RB][NV];
+    for (int i = 0; i < RB; ++i)
+      for (int v = 0; v < NV; ++v)
+        a[i][v] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(part + (h + i) * MT + 8 * v);
+    for (int64_t t = 0; t < g; ++t) {
+      const float* tt = tab + t * 256 * MT;
+      const uint8_t* cp = blk + t * 8 + h;
+      for (int i = 0; i < RB; ++i) {
+        const float* e = tt + static_cast<int64_t>(cp[i]) * MT;
+        for (int v = 0; v < NV; ++v) a[i][v] = _mm256_add_ps(a[i][v], _mm256_loadu_ps(e + 8 * v));
       }
+    }
+    for (int i = 0; i < RB; ++i)
+      for (int v = 0; v < NV; ++v) _mm256_storeu_ps(part + (h + i) * MT + 8 * v, a[i][v]);
+  }
+}
+
+
+// One input row (MT=1): the slice is plain tab[s][c]; 8 centroids a vector.
+template <>
+void build_slice<1>(const Pq256BatchParams& p, int64_t, int64_t s0, int64_t s1, float* tab) {
+  const int64_t d = p.d;
+  for (int64_t s = s0; s < s1; ++s) {
+    float* t = tab + (s - s0) * 256;
+    const float* cb = p.cb_t + s * d * 256;
+    const float* xs = p.xt + s * d * p.ldxt;
+    for (int64_t c = 0; c < 256; c += 32) {
+      __m256 a[4];
+      for (int v = 0; v < 4; ++v) a[v] = _mm256_setzero_ps();
+      for (int64_t j = 0; j < d; ++j) {
+        const __m256 xv = _mm256_set1_ps(xs[j * p.ldxt]);
+        for (int v = 0; v < 4; ++v) a[v] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(cb + j * 256 + c + 8 * v), a[v]);
+      }
+      for (int v = 0; v < 4; ++v) _mm256_storeu_ps(t + c + 8 * v, a[v]);
     }
   }
 }
 
 #endif
 
-void add_bias256(const Pq256ScanParams& p, int64_t nb0, int64_t nb1) {
-  if (!p.bias) return;
-  for (int64_t m = 0; m < p.m; ++m) {
-    float* o = p.out + m * p.ldo;
-    for (int64_t n = nb0 * 8; n < std::min(p.n, nb1 * 8); ++n) o[n] += p.bias[n];
+// One input row: scalar loads, one accumulator per output row of the block, so the 8 chains run
+// side by side (on Zen 3 this beats vpgatherdd over the 8 rows). The AVX2 copy spells the adds as
+// scalar intrinsics: written as plain floats, GCC packs the 8 sums into one ymm built lane by
+// lane (vinsertps), which is slower than the gather.
+template <>
+inline void scan_block<1>(const uint8_t* blk, int64_t g, const float* tab, float* part, bool first) {
+#if COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_AVX2
+  __m128 a[8];
+  for (int i = 0; i < 8; ++i) a[i] = first ? _mm_setzero_ps() : _mm_load_ss(part + i);
+  for (int64_t t = 0; t < g; ++t) {
+    const float* tt = tab + t * 256;
+    const uint8_t* cp = blk + t * 8;
+    for (int i = 0; i < 8; ++i) a[i] = _mm_add_ss(a[i], _mm_load_ss(tt + cp[i]));
+  }
+  for (int i = 0; i < 8; ++i) _mm_store_ss(part + i, a[i]);
+#else
+  float a[8];
+  for (int i = 0; i < 8; ++i) a[i] = first ? 0.0f : part[i];
+  for (int64_t t = 0; t < g; ++t) {
+    const float* tt = tab + t * 256;
+    const uint8_t* cp = blk + t * 8;
+    for (int i = 0; i < 8; ++i) a[i] += tt[cp[i]];
+  }
+  for (int i = 0; i < 8; ++i) part[i] = a[i];
+#endif
+}
+
+// k=256 batched driver (both levels): per unit (tile of MT input rows, range of output blocks),
+// walk the code chunks; per slice of `group` subspaces build the tile's table into scratch and
+// add it into the per-output-row partial sums; finally transpose into out and add the bias.
+template <int MT>
+void batch256(const Pq256BatchParams& p, int64_t u0, int64_t u1) {
+  const int64_t n_pad = (p.n + 7) / 8 * 8, blocks = n_pad / 8;
+  const int64_t pb = pq256_part_blocks(p);
+  float* tab = p.scratch;
+  float* part = p.scratch + p.group * 256 * MT;
+  for (int64_t u = u0; u < u1; ++u) {
+    const int64_t tile = u / p.n_parts, nb0 = (u % p.n_parts) * pb, nb1 = std::min(blocks, nb0 + pb);
+    if (nb0 >= nb1) continue;
+    for (int64_t c0 = 0; c0 < p.s; c0 += kPq256ChunkSubspaces) {
+      const int64_t sc = std::min(kPq256ChunkSubspaces, p.s - c0);
+      const uint8_t* chunk = p.codes + c0 * n_pad;
+      for (int64_t g0 = 0; g0 < sc; g0 += p.group) {
+        const int64_t g = std::min(p.group, sc - g0);
+        build_slice<MT>(p, tile, c0 + g0, c0 + g0 + g, tab);
+        const bool first = c0 == 0 && g0 == 0;
+        for (int64_t nb = nb0; nb < nb1; ++nb)
+          scan_block<MT>(chunk + nb * sc * 8 + g0 * 8, g, tab, part + (nb - nb0) * 8 * MT, first);
+      }
+    }
+    const int64_t rows = std::min<int64_t>(MT, p.m - tile * MT);
+    const int64_t n1 = std::min(p.n, nb1 * 8);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* o = p.out + (tile * MT + r) * p.ldo;
+      const float* src = part - nb0 * 8 * MT + r;
+      if (p.bias) {
+        for (int64_t n = nb0 * 8; n < n1; ++n) o[n] = src[n * MT] + p.bias[n];
+      } else {
+        for (int64_t n = nb0 * 8; n < n1; ++n) o[n] = src[n * MT];
+      }
+    }
   }
 }
 
+
 }  // namespace
+
+bool COMPRESSOPS_KERNEL(pq256_batch)(const Pq256BatchParams& p, int64_t u0, int64_t u1) {
+  if (p.mt != 1 && p.mt != 8 && p.mt != 16) return false;
+  if (u0 < u1) {
+    if (p.mt == 1) {
+      batch256<1>(p, u0, u1);
+    } else if (p.mt == 8) {
+      batch256<8>(p, u0, u1);
+    } else {
+      batch256<16>(p, u0, u1);
+    }
+  }
+  return true;
+}
 
 bool COMPRESSOPS_KERNEL(pq_build_tables)(const PqTableParams& p, int64_t u0, int64_t u1) {
   if (p.ncent % 16 != 0) return false;
@@ -295,13 +418,6 @@ bool COMPRESSOPS_KERNEL(pq16_scan)(const Pq16ScanParams& p, int64_t nb0, int64_t
   return true;
 }
 
-bool COMPRESSOPS_KERNEL(pq256_scan)(const Pq256ScanParams& p, int64_t nb0, int64_t nb1) {
-  if (nb0 < nb1) {
-    scan256(p, nb0, nb1);
-    add_bias256(p, nb0, nb1);
-  }
-  return true;
-}
 
 }  // namespace compressops::cpu::kernels
 

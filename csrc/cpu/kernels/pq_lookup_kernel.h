@@ -43,22 +43,41 @@ struct Pq16ScanParams {
   int64_t m, n, s_pad;
 };
 
-// k=256 scan: out[m][n] = sum_s table[m][s][code(n, s)] + bias[n], fp32, for the blocks of 8
-// output rows [nb_begin, nb_end).
-struct Pq256ScanParams {
-  const uint8_t* codes;  // [n_pad/8][s][8]
-  const float* table;    // [m][s][256]
-  const float* bias;
+// k=256: input rows are taken in tiles of mt (1, 8 or 16) and, per tile and
+// slice of `group` subspaces, the table is built as tab[s][c][0:mt] (the mt rows' entries of one
+// centroid side by side); each code byte then selects one contiguous mt-vector, so output row n
+// of the tile accumulates y[0:mt] += tab[s][code(n, s)][0:mt] with plain vector loads and adds.
+// Per-output-row partial sums live in scratch across slices. Work units u = tile * n_parts +
+// part (part = a range of 8-row blocks); out[m][n] = sum + bias[n] for m < M, n < N.
+struct Pq256BatchParams {
+  const uint8_t* codes;  // [ceil(S/16)][n_pad/8][sc][8]
+  const float* xt;       // [S * d][ldxt]: x transposed, fp32, zero past K and past M
+  int64_t ldxt;          // m_tiles * mt
+  const float* cb_t;     // [S][d][256]
+  const float* bias;     // [n] or nullptr
   float* out;
   int64_t ldo;
-  int64_t m, n, s;
+  int64_t m, n, s, d;
+  int64_t mt;       // rows per tile: 1, 8 or 16
+  int64_t group;    // subspaces per table slice, 1..16
+  int64_t n_parts;  // ranges of output blocks per tile
+  float* scratch;   // this thread's: group * 256 * mt + part_blocks * 8 * mt floats
 };
+
+// Blocks of 8 output rows in each part, and the scratch floats a thread needs.
+inline int64_t pq256_part_blocks(const Pq256BatchParams& p) {
+  const int64_t blocks = (p.n + 7) / 8;
+  return (blocks + p.n_parts - 1) / p.n_parts;
+}
+inline int64_t pq256_batch_scratch(const Pq256BatchParams& p) {
+  return p.group * 256 * p.mt + pq256_part_blocks(p) * 8 * p.mt;
+}
 
 #define COMPRESSOPS_DECLARE_PQ(SUFFIX)                                                  \
   bool pq_build_tables_##SUFFIX(const PqTableParams&, int64_t unit_begin, int64_t unit_end); \
   bool pq16_quantize_tables_##SUFFIX(const PqQuantizeParams&, int64_t m_begin, int64_t m_end); \
   bool pq16_scan_##SUFFIX(const Pq16ScanParams&, int64_t nb_begin, int64_t nb_end);        \
-  bool pq256_scan_##SUFFIX(const Pq256ScanParams&, int64_t nb_begin, int64_t nb_end);
+  bool pq256_batch_##SUFFIX(const Pq256BatchParams&, int64_t unit_begin, int64_t unit_end);
 
 COMPRESSOPS_DECLARE_PQ(SCALAR)
 COMPRESSOPS_DECLARE_PQ(AVX2)
