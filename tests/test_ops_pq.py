@@ -142,9 +142,11 @@ def test_k256_batched_within_bound(level, shape, threads, dtype):
 @requires_native
 @pytest.mark.parametrize("level", isa_params())
 @pytest.mark.parametrize("k", [16, 256])
-def test_no_uint16_overflow_and_flush(level, k):
+@pytest.mark.parametrize("m", [2, 6])
+def test_no_uint16_overflow_and_flush(level, k, m):
     # every lookup hits the largest table entry: the uint8 tables are all 255 at the looked-up
-    # code, and S = 1100 > 256 forces several 16-bit -> 32-bit flushes
+    # code, and S = 1100 > 256 forces several 16-bit -> 32-bit flushes (m=2: the block-outer
+    # k=16 scan; m=6: the chunked one, a group of 4 rows and 2 single rows)
     k_in, n, d = 1100, 40, 1
     s = k_in
     cb = torch.zeros(s, k, d)
@@ -152,10 +154,10 @@ def test_no_uint16_overflow_and_flush(level, k):
     codes = torch.full((n, s), k - 1, dtype=torch.uint8)
     canon = fpq.pack_nibbles(codes) if k == 16 else codes
     packed = ops.pq_pack(canon, cb, k_in)
-    x = torch.ones(2, k_in)
+    x = torch.ones(m, k_in)
     with co.cpu_isa(level):
         y = ops.pq_linear(x, packed, k_in, n)
-    torch.testing.assert_close(y, torch.full((2, n), float(k_in)), rtol=1e-6, atol=0)
+    torch.testing.assert_close(y, torch.full((m, n), float(k_in)), rtol=1e-6, atol=0)
 
 
 @requires_native
@@ -174,6 +176,32 @@ def test_empty_batch_noncontiguous_and_out_dtype(level, k):
         assert yb.dtype == torch.bfloat16
         yh = ops.pq_linear(big, packed, 70, 45, bias, out_dtype=torch.float16)
         assert yh.dtype == torch.float16
+
+
+@requires_native
+@pytest.mark.parametrize("level", isa_params())
+@pytest.mark.parametrize("k", [16, 256])
+def test_nan_centroid_is_never_dropped(level, k):
+    # One NaN centroid that is not the first of its subspace: a check of only each subspace's min
+    # and max misses it (NaN compares false), and the k=16 path would quantize it to a number.
+    k_in, n, d = 64, 33, 4
+    s = fpq.num_subspaces(k_in, d)
+    cb = randn_nonzero(s, k, d)
+    cb[3, 5, 1] = float("nan")
+    codes = torch.randint(0, k, (n, s), dtype=torch.uint8)
+    codes[::4, 3] = 5  # every fourth output row reads the NaN centroid
+    codes[1::4, 3] = 6
+    canon = fpq.pack_nibbles(codes) if k == 16 else codes
+    packed = ops.pq_pack(canon, cb, k_in)
+    x = randn_nonzero(3, k_in)
+    ref = reference.pq_linear(x, packed, k_in, n)
+    with co.cpu_isa(level):
+        y = ops.pq_linear(x, packed, k_in, n)
+    hit = torch.isnan(ref)
+    assert hit[:, ::4].all() and hit.any(1).all()
+    assert torch.isnan(y[hit]).all()
+    if k == 256:  # exact tables: only the outputs that read the NaN centroid are NaN
+        assert torch.equal(torch.isnan(y), hit)
 
 
 @requires_native

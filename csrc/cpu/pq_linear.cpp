@@ -204,31 +204,41 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t 
   tp.s_pad = s_pad;
   tp.d = d;
   tp.ncent = kc;
-  at::Tensor table = at::empty({m, s_pad, kc}, fopts);
-  tp.table = table.data_ptr<float>();
   tp.m = m;
   const CpuIsa isa = active_isa();
   const auto [tfn, tlevel] = kTable.select(isa, tp);
   const TableFn build = tfn;
   (void)tlevel;
   const int64_t chunks = (s_pad + kernels::kPqTableChunk - 1) / kernels::kPqTableChunk;
-  const int64_t unit_work = kernels::kPqTableChunk * d * kc;
-  // small builds (k=16, a few rows) run inline: a parallel region costs more than the FMAs
-  at::parallel_for(0, m * chunks, std::max<int64_t>(1, 262144 / unit_work), [&](int64_t u0, int64_t u1) {
-    build(tp, u0, u1);
-  });
   float* outp = out.data_ptr<float>();
   const float* biasp = b ? b->data_ptr<float>() : nullptr;
 
   {  // k=16: uint8 tables, then the vpshufb scan
     at::Tensor qtab = at::empty({m, s_pad, 16}, x.options().dtype(at::kByte));
     at::Tensor sc = at::empty({m}, fopts), off = at::empty({m}, fopts);
-    PqQuantizeParams qp{tp.table, s_pad, qtab.data_ptr<uint8_t>(), sc.data_ptr<float>(), off.data_ptr<float>()};
+    PqQuantizeParams qp{nullptr, s_pad, qtab.data_ptr<uint8_t>(), sc.data_ptr<float>(), off.data_ptr<float>()};
     const auto [qfn, qlevel] = kQuant.select(isa, qp);
     (void)qlevel;
     const QuantFn quant = qfn;
-    at::parallel_for(0, m, std::max<int64_t>(1, 4096 / std::max<int64_t>(s_pad, 1)),
-                     [&](int64_t a, int64_t e) { quant(qp, a, e); });
+    // Each row's fp32 table (s_pad * 64 bytes) is built into a per-task buffer that stays in L2 and
+    // quantized at once: a batch never materializes (and page-faults in) the whole [m, s_pad, 16]
+    // fp32 table, four times the size of the uint8 one.
+    at::parallel_for(0, m, std::max<int64_t>(1, 4096 / std::max<int64_t>(s_pad, 1)), [&](int64_t a, int64_t e) {
+      std::vector<float> row_table(static_cast<size_t>(s_pad * kc));
+      PqTableParams rp = tp;
+      rp.table = row_table.data();
+      rp.m = 1;
+      PqQuantizeParams rq = qp;
+      rq.table = row_table.data();
+      for (int64_t r = a; r < e; ++r) {
+        rp.x = tp.x + r * tp.ldx;
+        build(rp, 0, chunks);
+        rq.qtab = qp.qtab + r * s_pad * 16;
+        rq.scale = qp.scale + r;
+        rq.offsum = qp.offsum + r;
+        quant(rq, 0, 1);
+      }
+    });
     Pq16ScanParams p{codes, qp.qtab, qp.scale, qp.offsum, biasp, outp, n_pad, m, n, s_pad};
     const auto [fn, level] = kScan16.select(isa, p);
     record_kernel_isa(op, level);
