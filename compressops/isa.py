@@ -56,7 +56,11 @@ def set_isa(level: str) -> None:
 
 
 def last_kernel_isa(op: str) -> str:
-    """The level the last CPU call of `op` ran on ("" if it has not run)."""
+    """The level the last CPU call of `op` ran on ("" if it has not run).
+
+    `pq_linear` at large batches may instead report "dense": it decoded the weight and ran
+    torch's GEMM, because building lookup tables would have cost more (see `pq_linear_cpu`).
+    """
     if not _loader.native_loaded():
         return ""
     return torch.ops.compressops._last_kernel_isa(op)

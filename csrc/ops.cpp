@@ -15,21 +15,26 @@
 namespace compressops::cpu {
 namespace {
 std::mutex g_record_mutex;
-std::unordered_map<std::string, int>& records() {
-  static std::unordered_map<std::string, int> r;
+std::unordered_map<std::string, std::string>& records() {
+  static std::unordered_map<std::string, std::string> r;
   return r;
 }
 }  // namespace
 
 void record_kernel_isa(const char* op, CpuIsa level) {
   std::lock_guard<std::mutex> lock(g_record_mutex);
-  records()[op] = static_cast<int>(level);
+  records()[op] = isa_name(level);
+}
+
+void record_kernel_route(const char* op, const char* route) {
+  std::lock_guard<std::mutex> lock(g_record_mutex);
+  records()[op] = route;
 }
 
 std::string last_kernel_isa(const std::string& op) {
   std::lock_guard<std::mutex> lock(g_record_mutex);
   auto it = records().find(op);
-  return it == records().end() ? std::string() : std::string(isa_name(static_cast<CpuIsa>(it->second)));
+  return it == records().end() ? std::string() : it->second;
 }
 
 namespace {

@@ -204,6 +204,36 @@ def test_nan_centroid_is_never_dropped(level, k):
         assert torch.equal(torch.isnan(y), hit)
 
 
+# (M, K, N, d, k, route): from M=256 a few output rows with k=256 (or d=1 with k=16) decode the
+# weight and run a dense GEMM; the table kernels keep every other case (see pq_prefer_dense).
+# K not a multiple of d, S not a multiple of 16 (k=256 chunks) or odd (k=16 pairs), N odd.
+DENSE_ROUTE = [
+    (256, 131, 45, 4, 256, "dense"),
+    (300, 130, 40, 2, 256, "dense"),
+    (256, 67, 45, 1, 16, "dense"),
+    (255, 131, 45, 4, 256, "table"),   # below the batch threshold
+    (256, 64, 4096, 4, 256, "table"),  # many output rows amortize the table build
+    (256, 67, 400, 4, 16, "table"),    # k=16 tables are cheap
+]
+
+
+@requires_native
+@pytest.mark.parametrize("case", DENSE_ROUTE, ids=str)
+def test_large_batch_route_within_bound(case):
+    m, k_in, n, d, k, route = case
+    canon, cb, packed, bias = make_layer(k_in, n, d, k)
+    x = randn_nonzero(k_in, m).t()  # non-contiguous rows
+    for b in (bias, None):
+        y = ops.pq_linear(x, packed, k_in, n, b)
+        ran = torch.ops.compressops._last_kernel_isa("pq_linear")
+        assert ran == ("dense" if route == "dense" else co.isa())
+        ref = reference.pq_linear(x, packed, k_in, n, b)
+        err = (y - ref).abs()
+        assert (err <= bound(x, cb, canon, k_in, k)).all(), f"max err {err.max()}"
+    yb = ops.pq_linear(x.bfloat16(), packed, k_in, n, bias)
+    assert yb.dtype == torch.bfloat16 and yb.shape == (m, n)
+
+
 @requires_native
 def test_ops_are_native():
     assert ops.native_kernels("pq_linear") == ["CPU"]

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 import compressops as co
+from compressops.isa import last_kernel_isa
 from compressops.bench import report, shapes, timing
 from compressops.formats import pq as fpq
 from compressops.info import cpu_model
@@ -115,6 +116,8 @@ def run(shape_set: str, threads_list: list[int], min_run_time: float, out_dir: P
                 for impl, fn, w, wbytes in impls:
                     exact = x.double() @ w.detach().double().t() + lin.bias.double()
                     y = fn()
+                    if impl.startswith("compressops PQ"):  # name the route that ran ("dense" at large M)
+                        impl = impl.replace(f"({active})", f"({last_kernel_isa('pq_linear') or active})")
                     relerr = ((y.double() - exact).norm() / exact.norm()).item()
                     us = timing.median_us(fn, min_run_time)
                     rows.append({"shape": name, "m": m, "n": n, "k": k, "threads": threads, "impl": impl, "us": us,

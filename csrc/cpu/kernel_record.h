@@ -9,7 +9,10 @@
 namespace compressops::cpu {
 
 void record_kernel_isa(const char* op, CpuIsa level);
-// Name of the level, or "" if the op has not run on CPU in this process.
+// For a call that ran no compressops kernel level but another route (e.g. "dense": a torch GEMM
+// on the decoded weight), so the record never names a level that did not run.
+void record_kernel_route(const char* op, const char* route);
+// Name of the level (or route), or "" if the op has not run on CPU in this process.
 std::string last_kernel_isa(const std::string& op);
 // Levels each op family has kernels for in this build (defined next to each family's host code).
 std::vector<std::string> int8_kernel_isas();

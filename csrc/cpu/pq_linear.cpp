@@ -121,6 +121,55 @@ at::Tensor pq_pack_cpu(const at::Tensor& codes, const at::Tensor& codebooks, int
   return packed;
 }
 
+// Decodes the packed codes into the dense fp32 weight [n, k_in]: W[n][s*d + j] = C_s[code(n, s)][j].
+// Blocks of 32 output rows; per subspace, the block's codes are read once and the subspace's
+// codebook slice (d * k floats) stays in L1 while the 32 rows are written.
+at::Tensor pq_decode_weight(const uint8_t* codes, const float* cb_t, const PqPackedHeader& h,
+                            const at::TensorOptions& fopts) {
+  const int64_t n = h.n, k_in = h.k_in, d = h.d, kc = h.ncent, s = h.s, s_pad = h.s_pad, n_pad = h.n_pad;
+  at::Tensor w = at::empty({n, k_in}, fopts);
+  float* wp = w.data_ptr<float>();
+  constexpr int64_t kRows = 32;
+  at::parallel_for(0, (n + kRows - 1) / kRows, 1, [&](int64_t b0, int64_t b1) {
+    uint8_t c[kRows];
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t r0 = blk * kRows, rows = std::min(kRows, n - r0);
+      for (int64_t si = 0; si < s; ++si) {
+        if (kc == 16) {  // 32-row blocks: byte i of pair si/2 holds row r0 + i
+          const uint8_t* src = codes + blk * (s_pad / 2) * 32 + (si / 2) * 32;
+          for (int64_t i = 0; i < rows; ++i) c[i] = si % 2 == 0 ? (src[i] & 15) : (src[i] >> 4);
+        } else {  // 8-row blocks inside 16-subspace chunks
+          const int64_t chunk = si / kPq256ChunkSubspaces;
+          const int64_t sc = std::min<int64_t>(kPq256ChunkSubspaces, s - chunk * kPq256ChunkSubspaces);
+          const uint8_t* src = codes + chunk * kPq256ChunkSubspaces * n_pad + (si % kPq256ChunkSubspaces) * 8;
+          for (int64_t i = 0; i < rows; ++i) c[i] = src[((r0 + i) / 8) * sc * 8 + (r0 + i) % 8];
+        }
+        const float* cb = cb_t + si * d * kc;
+        const int64_t j1 = std::min<int64_t>(d, k_in - si * d);
+        for (int64_t i = 0; i < rows; ++i) {
+          float* dst = wp + (r0 + i) * k_in + si * d;
+          for (int64_t j = 0; j < j1; ++j) dst[j] = cb[j * kc + c[i]];
+        }
+      }
+    }
+  });
+  return w;
+}
+
+// Large batches where building lookup tables costs more than a dense GEMM: the table build is
+// M*K*k multiply-adds, so with k=256 and few output rows it rivals the GEMM's M*N*K, and small d
+// means many lookups per output. Fitted to same-process measurements on the 2-core Zen 3 dev VM
+// (M=256 and 1024, K,N in {384, 1536, 4096}, d in {1, 2, 4, 8}; tools: benchmarks/bench_pq_linear.py
+// --shapes minilm): table/dense time ~ 2*256/N + 2/d for k=256 and ~ (456/N + 0.55)/d for k=16.
+// The dense route is taken only when that estimate exceeds 1.2, since it also holds a decoded
+// [N, K] fp32 weight for the call; below M=256 decoding is not amortized.
+bool pq_prefer_dense(int64_t m, int64_t n, int64_t d, int64_t kc) {
+  if (m < 256) return false;
+  const double nd = static_cast<double>(n), dd = static_cast<double>(d);
+  const double ratio = kc == 256 ? 2.0 * 256.0 / nd + 2.0 / dd : (456.0 / nd + 0.55) / dd;
+  return ratio > 1.2;
+}
+
 at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t in_features, int64_t out_features,
                          const std::optional<at::Tensor>& bias, std::optional<at::ScalarType> out_dtype) {
   constexpr const char* op = "pq_linear";
@@ -156,6 +205,13 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t 
   const uint8_t* base = packed.data_ptr<uint8_t>();
   const float* cb_t = reinterpret_cast<const float*>(base + kPqHeaderBytes);
   const uint8_t* codes = base + kPqHeaderBytes + pq_codebook_bytes(s_pad, d, kc);
+  if (pq_prefer_dense(m, n, d, kc)) {
+    at::Tensor w = pq_decode_weight(codes, cb_t, h, fopts);
+    const at::Tensor xf2 = x2.to(at::kFloat);
+    at::Tensor y = b ? at::addmm(*b, xf2, w.t()) : at::mm(xf2, w.t());
+    record_kernel_route(op, "dense");
+    return y.to(out_t).view(out_shape);
+  }
   if (kc == 256) {
     // Tables built per tile of rows (1, 8 or 16) and per 16-subspace chunk into scratch, laid
     // out [s][c][row] so each code selects a contiguous vector of the tile's rows (no gathers).
