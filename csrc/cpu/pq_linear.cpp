@@ -158,9 +158,11 @@ at::Tensor pq_decode_weight(const uint8_t* codes, const float* cb_t, const PqPac
 
 // Large batches where building lookup tables costs more than a dense GEMM: the table build is
 // M*K*k multiply-adds, so with k=256 and few output rows it rivals the GEMM's M*N*K, and small d
-// means many lookups per output. Fitted to same-process measurements on the 2-core Zen 3 dev VM
-// (M=256 and 1024, K,N in {384, 1536, 4096}, d in {1, 2, 4, 8}; tools: benchmarks/bench_pq_linear.py
-// --shapes minilm): table/dense time ~ 2*256/N + 2/d for k=256 and ~ (456/N + 0.55)/d for k=16.
+// means many lookups per output. Fitted by hand to a one-off same-process sweep on the 2-core Zen 3
+// dev VM (table route vs this route, M=256 and 1024, K,N in {384, 1536, 4096}, d in {1, 2, 4, 8}, k in
+// {16, 256}; the sweep script is not kept): table/dense time ~ 2*256/N + 2/d for k=256 and
+// ~ (456/N + 0.55)/d for k=16. `benchmarks/bench_pq_linear.py --shapes minilm` shows the outcome
+// (rows labelled "(dense)"); other CPUs will want other constants.
 // The dense route is taken only when that estimate exceeds 1.2, since it also holds a decoded
 // [N, K] fp32 weight for the call; below M=256 decoding is not amortized.
 bool pq_prefer_dense(int64_t m, int64_t n, int64_t d, int64_t kc) {
