@@ -42,6 +42,10 @@ SCHEMAS: dict[str, str] = {
         "(Tensor x_packed, Tensor w_packed, Tensor alpha, Tensor? bias, int in_channels, "
         "int[2] kernel_size, int[2] stride, int[2] padding, float? clamp_min=None, float? clamp_max=None) -> Tensor"
     ),
+    "binary_conv2d_packed": (
+        "(Tensor x_packed, Tensor w_packed, Tensor alpha, Tensor? bias, int in_channels, "
+        "int[2] kernel_size, int[2] stride, int[2] padding) -> Tensor"
+    ),
     "binary_linear": (
         "(Tensor x_packed, Tensor w_packed, Tensor alpha, Tensor? bias, int in_features, "
         "float? clamp_min=None, float? clamp_max=None) -> Tensor"

@@ -444,7 +444,7 @@ __all__ += ["pq_pack", "pq_linear"]
 
 # [binary ops]
 
-__all__ += ["binary_pack_activation", "binary_conv2d", "binary_linear"]
+__all__ += ["binary_pack_activation", "binary_conv2d", "binary_conv2d_packed", "binary_linear"]
 
 
 @torch.library.register_fake("compressops::binary_pack_activation")
@@ -523,6 +523,48 @@ def binary_conv2d(
     return torch.ops.compressops.binary_conv2d(x_packed, w_packed, alpha, bias, in_channels,
                                                        list(kernel_size), list(stride), list(padding),
                                                        clamp_min, clamp_max)
+
+
+@torch.library.register_fake("compressops::binary_conv2d_packed")
+def _(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding):
+    torch._check(x_packed.dtype == torch.int64, lambda: "binary_conv2d_packed: x_packed must be int64")
+    torch._check(w_packed.dtype == torch.int64, lambda: "binary_conv2d_packed: w_packed must be int64")
+    n, h, w = x_packed.shape[0], x_packed.shape[1], x_packed.shape[2]
+    oh = (h + 2 * padding[0] - kernel_size[0]) // stride[0] + 1
+    ow = (w + 2 * padding[1] - kernel_size[1]) // stride[1] + 1
+    return x_packed.new_empty((n, oh, ow, (w_packed.shape[0] + 63) // 64), dtype=torch.int64)
+
+
+torch.library.register_kernel("compressops::binary_conv2d_packed", "CompositeExplicitAutograd",
+                              reference.binary_conv2d_packed)
+
+
+def binary_conv2d_packed(
+    x_packed: Tensor,
+    w_packed: Tensor,
+    alpha: Tensor,
+    bias: Tensor | None,
+    in_channels: int,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int] = (1, 1),
+    padding: tuple[int, int] = (0, 0),
+) -> Tensor:
+    """binary_conv2d whose output stays binary: the sign bits of alpha * acc + bias, packed for the
+    next binary layer, so consecutive binary convs never unpack to float in between.
+
+    Equals binary_pack_activation(binary_conv2d(...)) bit for bit (v >= 0 -> 1; NaN -> 0). A
+    BatchNorm or a sign-preserving activation between the two layers is folded into alpha and bias
+    first (compressops.nn.BinaryChain does that).
+
+    Args:
+        x_packed: int64 [N, H, W, ceil(in_channels/64)] from binary_pack_activation (or this op).
+        w_packed: int64 [OC, KH, KW, ceil(in_channels/64)]. alpha: float32 [OC]. bias: optional [OC].
+        in_channels, kernel_size, stride, padding: as binary_conv2d.
+    Returns:
+        int64 [N, OH, OW, ceil(OC/64)], channel padding bits 0.
+    """
+    return torch.ops.compressops.binary_conv2d_packed(x_packed, w_packed, alpha, bias, in_channels,
+                                                      list(kernel_size), list(stride), list(padding))
 
 
 @torch.library.register_fake("compressops::binary_linear")

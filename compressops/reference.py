@@ -400,6 +400,16 @@ def binary_conv2d(x_packed, w_packed, alpha, bias, in_channels, kernel_size, str
     return _binary_epilogue(acc, alpha, bias, clamp_min, clamp_max, 1)
 
 
+def binary_conv2d_packed(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding):
+    """binary_conv2d's output (no clamp) binarized and packed for the next binary layer:
+    int64 [N, OH, OW, ceil(OC/64)], bit 1 where alpha * acc + bias >= 0 (so NaN -> 0).
+
+    Defined as binary_pack_activation(binary_conv2d(...)); the kernels skip the float tensor.
+    """
+    y = binary_conv2d(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding)
+    return binary_pack_activation(y)
+
+
 def binary_linear(x_packed, w_packed, alpha, bias, in_features, clamp_min=None, clamp_max=None):
     """(sign(x) @ sign(w).T) * alpha + bias, optionally clamped; float32 (..., OUT).
 

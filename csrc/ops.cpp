@@ -114,6 +114,9 @@ TORCH_LIBRARY(compressops, m) {
       "binary_conv2d(Tensor x_packed, Tensor w_packed, Tensor alpha, Tensor? bias, int in_channels, "
       "int[2] kernel_size, int[2] stride, int[2] padding, float? clamp_min=None, float? clamp_max=None) -> Tensor");
   m.def(
+      "binary_conv2d_packed(Tensor x_packed, Tensor w_packed, Tensor alpha, Tensor? bias, int in_channels, "
+      "int[2] kernel_size, int[2] stride, int[2] padding) -> Tensor");
+  m.def(
       "binary_linear(Tensor x_packed, Tensor w_packed, Tensor alpha, Tensor? bias, int in_features, "
       "float? clamp_min=None, float? clamp_max=None) -> Tensor");
 
@@ -124,6 +127,8 @@ TORCH_LIBRARY(compressops, m) {
   m.def("_compiled_cpu_isas() -> str[]", &compressops::cpu::compiled_cpu_isas_op);
   m.def("_kernel_isas(str op) -> str[]", &compressops::cpu::kernel_isas_op);
   m.def("_last_kernel_isa(str op) -> str", &compressops::cpu::last_kernel_isa);
+  // Benchmarks: the measured XNOR-popcount ceiling (binary MACs per second, all threads).
+  m.def("_binary_xor_popcount_peak(int iters) -> float", &compressops::cpu::binary_xor_popcount_peak_op);
 }
 
 // Lets the Python module's initializer reference this library, so the linker keeps it as a

@@ -115,6 +115,59 @@ def test_linear_bit_exact(level, batch, k, n, bias):
     assert torch.equal(ref, expect if b is None else expect + b)
 
 
+@pytest.mark.parametrize("level", isa_params())
+@pytest.mark.parametrize("k,s,p", [(1, 1, 0), (3, 1, 1), (3, 2, 1), (5, 2, 2), (7, 1, 3)], ids=str)
+def test_conv2d_packed_bit_exact(level, k, s, p):
+    # OC below, at and across word boundaries; 1-row inputs take the channel-chunked path
+    for c, oc, n, h, w_in in ((3, 5, 2, 7, 9), (66, 64, 1, 8, 7), (130, 65, 3, 9, 9), (64, 200, 1, 1, 1),
+                              (128, 130, 1, 5, 4)):
+        if h + 2 * p < k or w_in + 2 * p < k:
+            continue
+        x = randn_nonzero(n, c, h, w_in)
+        _, bits, alpha, b = make_conv(c, oc, k)
+        alpha[::3] = -alpha[::3]  # a folded BatchNorm with gamma < 0 flips a channel's sign
+        xp = ops.binary_pack_activation(x)
+        args = (xp, bits, alpha, b, c, (k, k), (s, s), (p, p))
+        with co.cpu_isa(level):
+            y = ops.binary_conv2d_packed(*args)
+            assert torch.ops.compressops._last_kernel_isa("binary_conv2d_packed") == FALLBACK.get(level, level)
+        ref = reference.binary_conv2d_packed(*args)
+        assert y.shape == ref.shape == (n, ref.shape[1], ref.shape[2], (oc + 63) // 64)
+        assert torch.equal(y, ref), (c, oc, n)
+        # the definition: the float op's output, binarized and packed
+        assert torch.equal(ref, ops.binary_pack_activation(ops.binary_conv2d(*args)))
+
+
+@pytest.mark.parametrize("level", isa_params())
+def test_conv2d_packed_ties_nan_and_pad_bits(level):
+    # C even and no bias: many outputs are exactly 0, which must give bit 1 (sign(0) = +1);
+    # a NaN alpha gives bit 0, as packing NaN does.
+    x = randn_nonzero(2, 64, 6, 6)
+    _, bits, alpha, _ = make_conv(64, 70, 1)
+    alpha[3] = float("nan")
+    xp = ops.binary_pack_activation(x)
+    args = (xp, bits, alpha, None, 64, (1, 1), (1, 1), (0, 0))
+    with co.cpu_isa(level):
+        y = ops.binary_conv2d_packed(*args)
+    dense = ops.binary_conv2d(*args)
+    assert (dense == 0).any()
+    assert torch.equal(y, reference.binary_conv2d_packed(*args))
+    signs = bf.unpack_bits(y, 70)  # [N, H, W, 70]
+    assert torch.equal(signs[..., 3], torch.full_like(signs[..., 3], -1.0))
+    assert torch.equal(signs[dense.permute(0, 2, 3, 1) == 0], torch.ones(int((dense == 0).sum())))
+    assert (y[..., 1] >> 6).eq(0).all()  # bits of channels 70..127 stay 0
+
+
+@pytest.mark.parametrize("level", isa_params())
+def test_xor_popcount_peak_runs_on_every_level(level):
+    with co.cpu_isa(level):
+        rate = torch.ops.compressops._binary_xor_popcount_peak(50)
+        assert torch.ops.compressops._last_kernel_isa("_binary_xor_popcount_peak") == FALLBACK.get(level, level)
+    assert 0 < rate < float("inf")
+    with pytest.raises(RuntimeError, match="iters must be >= 1"):
+        torch.ops.compressops._binary_xor_popcount_peak(0)
+
+
 @requires_native
 def test_empty_batch_non_contiguous_and_inputs_not_modified():
     x = randn_nonzero(4, 8, 6, 20)[:, :, :, ::3]  # non-contiguous
@@ -132,6 +185,13 @@ def test_empty_batch_non_contiguous_and_inputs_not_modified():
     e = ops.binary_conv2d(ops.binary_pack_activation(torch.randn(0, 8, 6, 6)), bits, alpha, b, 8, (3, 3), (1, 1),
                           (1, 1))
     assert e.shape == (0, 4, 6, 6)
+    xs0 = xs.clone()
+    assert torch.equal(ops.binary_conv2d_packed(xs, bits, alpha, b, 8, (3, 3), (1, 1), (1, 1)),
+                       reference.binary_conv2d_packed(xs, bits, alpha, b, 8, (3, 3), (1, 1), (1, 1)))
+    assert torch.equal(xs, xs0)
+    e = ops.binary_conv2d_packed(ops.binary_pack_activation(torch.randn(0, 8, 6, 6)), bits, alpha, b, 8, (3, 3),
+                                 (1, 1), (1, 1))
+    assert e.shape == (0, 6, 6, 1) and e.dtype == torch.int64
 
 
 @requires_native
@@ -141,13 +201,15 @@ def test_thread_counts_agree():
     xp = ops.binary_pack_activation(x)
     old = torch.get_num_threads()
     try:
-        outs = []
+        outs, packed = [], []
         for t in (1, 2, 3):
             torch.set_num_threads(t)
             outs.append(ops.binary_conv2d(xp, bits, alpha, b, 200, (3, 3), (2, 2), (1, 1)))
+            packed.append(ops.binary_conv2d_packed(xp[:1, :1], bits, alpha, b, 200, (3, 3), (2, 2), (1, 1)))
     finally:
         torch.set_num_threads(old)
     assert all(torch.equal(o, outs[0]) for o in outs)
+    assert all(torch.equal(o, packed[0]) for o in packed)
 
 
 def _opcheck_samples():
@@ -157,6 +219,7 @@ def _opcheck_samples():
     lw = randn_nonzero(11, 70)
     lbits, lalpha = bf.binarize_weight(lw)
     xl = randn_nonzero(3, 70)
+    rbits, ralpha = bf.binarize_weight(randn_nonzero(66, 70, 1, 3))  # 66 outputs: two packed words
     return [
         (torch.ops.compressops.binary_pack_activation.default, (x,), {}),
         (torch.ops.compressops.binary_pack_activation.default, (xl,), {}),
@@ -165,10 +228,13 @@ def _opcheck_samples():
          {}),
         (torch.ops.compressops.binary_linear.default,
          (reference.binary_pack_activation(xl), lbits, lalpha, randn_nonzero(11), 70), {}),
+        (torch.ops.compressops.binary_conv2d_packed.default, (xp, bits, alpha, b, 70, [3, 3], [2, 2], [1, 1]), {}),
+        (torch.ops.compressops.binary_conv2d_packed.default, (xp, rbits, ralpha, None, 70, [1, 3], [1, 1], [0, 1]),
+         {}),
     ]
 
 
-@pytest.mark.parametrize("idx", range(5))
+@pytest.mark.parametrize("idx", range(7))
 def test_opcheck(idx):
     op, args, kwargs = _opcheck_samples()[idx]
     torch.library.opcheck(op, args, kwargs, test_utils=OPCHECK_UTILS)
@@ -195,6 +261,10 @@ def test_bad_input_errors(use_reference):
         mod.binary_conv2d(xp, bits, alpha, b[:2], 70, (3, 3), (1, 1), (1, 1))
     with pytest.raises(err, match="stride"):
         mod.binary_conv2d(xp, bits, alpha, b, 70, (3, 3), (0, 1), (1, 1))
+    with pytest.raises(err, match="x_packed"):
+        mod.binary_conv2d_packed(xp[..., :1].contiguous(), bits, alpha, b, 70, (3, 3), (1, 1), (1, 1))
+    with pytest.raises(err, match="alpha must be (a )?float32"):
+        mod.binary_conv2d_packed(xp, bits, alpha.double(), b, 70, (3, 3), (1, 1), (1, 1))
     lbits, lalpha = bf.binarize_weight(randn_nonzero(4, 70))
     with pytest.raises(err, match="w_packed"):
         mod.binary_linear(reference.binary_pack_activation(randn_nonzero(2, 70)), bits, alpha, None, 70)
@@ -214,6 +284,11 @@ def test_cuda_kernels_bit_exact():
         assert torch.equal(xp_cuda.cpu(), xp)
         y = ops.binary_conv2d(xp_cuda, bits.cuda(), alpha.cuda(), b.cuda(), c, (k, k), (s, s), (p, p))
         assert torch.equal(y.cpu(), reference.binary_conv2d(xp, bits, alpha, b, c, (k, k), (s, s), (p, p)))
+        for oc in (7, 64, 100):
+            w, bits, alpha, b = make_conv(c, oc, k)
+            args = (xp, bits, alpha, b, c, (k, k), (s, s), (p, p))
+            yp = ops.binary_conv2d_packed(xp_cuda, bits.cuda(), alpha.cuda(), b.cuda(), c, (k, k), (s, s), (p, p))
+            assert torch.equal(yp.cpu(), reference.binary_conv2d_packed(*args))
     xl = randn_nonzero(5, 130)
     lbits, lalpha = bf.binarize_weight(randn_nonzero(9, 130))
     xlp = reference.binary_pack_activation(xl)

@@ -6,6 +6,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <chrono>
 #include <vector>
 
 #include "dispatch.h"
@@ -36,6 +38,9 @@ constexpr KernelTable<PackPlanesFn> kPackPlanes{{kernels::binary_pack_planes_SCA
                                                  IF_AVX2(kernels::binary_pack_planes_AVX2), nullptr, nullptr, nullptr}};
 constexpr KernelTable<ConvFn> kConv{{kernels::binary_conv_rows_SCALAR, IF_AVX2(kernels::binary_conv_rows_AVX2),
                                      nullptr, nullptr, nullptr}};
+using PeakFn = uint64_t (*)(int64_t, uint64_t);
+constexpr std::array<PeakFn, 5> kPeak{kernels::binary_xor_popcount_peak_SCALAR,
+                                      IF_AVX2(kernels::binary_xor_popcount_peak_AVX2), nullptr, nullptr, nullptr};
 
 int64_t words_for(int64_t c) { return (c + 63) / 64; }
 
@@ -137,6 +142,7 @@ void run_conv(BinaryConvParams p, const char* op) {
   record_kernel_isa(op, level);
   const ConvFn kernel = fn;
   const int64_t threads = at::get_num_threads();
+  // Chunks start at multiples of 64, which binary_conv2d_packed needs (one output word per chunk).
   const int64_t chunk = 64;
   const int64_t oc_chunks = rows >= 4 * threads ? 1 : (p.oc + chunk - 1) / chunk;
   const int64_t oc_step = oc_chunks == 1 ? p.oc : chunk;
@@ -158,11 +164,17 @@ void set_clamp(BinaryConvParams& p, std::optional<double> cmin, std::optional<do
   p.cmax = static_cast<float>(cmax.value_or(0.0));
 }
 
-at::Tensor binary_conv2d_cpu(const at::Tensor& x_packed, const at::Tensor& w_packed, const at::Tensor& alpha,
-                             const std::optional<at::Tensor>& bias, int64_t in_channels, at::IntArrayRef kernel_size,
-                             at::IntArrayRef stride, at::IntArrayRef padding, std::optional<double> clamp_min,
-                             std::optional<double> clamp_max) {
-  constexpr const char* op = "binary_conv2d";
+// Checks binary_conv2d's arguments and fills everything in the params but the output pointers.
+// The returned tensors keep the contiguous copies the params point into alive.
+struct CheckedConv {
+  BinaryConvParams p{};
+  at::Tensor x, w, alpha;
+  std::optional<at::Tensor> bias;
+};
+
+CheckedConv checked_conv(const at::Tensor& x_packed, const at::Tensor& w_packed, const at::Tensor& alpha,
+                         const std::optional<at::Tensor>& bias, int64_t in_channels, at::IntArrayRef kernel_size,
+                         at::IntArrayRef stride, at::IntArrayRef padding, const char* op) {
   TORCH_CHECK(in_channels >= 1, op, ": in_channels must be >= 1, got ", in_channels);
   const int64_t cw = words_for(in_channels);
   TORCH_CHECK(x_packed.device().is_cpu() && x_packed.scalar_type() == at::kLong && x_packed.dim() == 4 &&
@@ -180,25 +192,21 @@ at::Tensor binary_conv2d_cpu(const at::Tensor& x_packed, const at::Tensor& w_pac
               op, ": w_packed must be an int64 CPU tensor [OC, ", kernel_size[0], ", ", kernel_size[1], ", ", cw,
               "] from compressops.formats.binary.binarize_weight, got ", w_packed.scalar_type(), " ",
               w_packed.sizes());
+  CheckedConv r;
   const int64_t oc = w_packed.size(0);
-  const at::Tensor a = checked_alpha(alpha, oc, op);
-  const auto b = checked_bias(bias, oc, op);
+  r.alpha = checked_alpha(alpha, oc, op);
+  r.bias = checked_bias(bias, oc, op);
   const int64_t n = x_packed.size(0), h = x_packed.size(1), w = x_packed.size(2);
-  const int64_t oh = (h + 2 * padding[0] - kernel_size[0]) / stride[0] + 1;
-  const int64_t ow = (w + 2 * padding[1] - kernel_size[1]) / stride[1] + 1;
   TORCH_CHECK(h + 2 * padding[0] >= kernel_size[0] && w + 2 * padding[1] >= kernel_size[1], op,
               ": the padded input (", h, "x", w, " + padding ", padding, ") is smaller than the kernel ",
               kernel_size);
-  at::Tensor out =
-      at::empty({n, oc, oh, ow}, x_packed.options().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
-  const at::Tensor xc = x_packed.contiguous();
-  const at::Tensor wc = w_packed.contiguous();
-  BinaryConvParams p{};
-  p.x = reinterpret_cast<const uint64_t*>(xc.data_ptr<int64_t>());
-  p.w = reinterpret_cast<const uint64_t*>(wc.data_ptr<int64_t>());
-  p.alpha = a.data_ptr<float>();
-  p.bias = b ? b->data_ptr<float>() : nullptr;
-  p.out = out.data_ptr<float>();
+  r.x = x_packed.contiguous();
+  r.w = w_packed.contiguous();
+  BinaryConvParams& p = r.p;
+  p.x = reinterpret_cast<const uint64_t*>(r.x.data_ptr<int64_t>());
+  p.w = reinterpret_cast<const uint64_t*>(r.w.data_ptr<int64_t>());
+  p.alpha = r.alpha.data_ptr<float>();
+  p.bias = r.bias ? r.bias->data_ptr<float>() : nullptr;
   p.n = n;
   p.h = h;
   p.w_in = w;
@@ -211,10 +219,36 @@ at::Tensor binary_conv2d_cpu(const at::Tensor& x_packed, const at::Tensor& w_pac
   p.sw = stride[1];
   p.ph = padding[0];
   p.pw = padding[1];
-  p.oh = oh;
-  p.ow = ow;
-  set_clamp(p, clamp_min, clamp_max);
-  run_conv(p, op);
+  p.oh = (h + 2 * padding[0] - kernel_size[0]) / stride[0] + 1;
+  p.ow = (w + 2 * padding[1] - kernel_size[1]) / stride[1] + 1;
+  return r;
+}
+
+at::Tensor binary_conv2d_cpu(const at::Tensor& x_packed, const at::Tensor& w_packed, const at::Tensor& alpha,
+                             const std::optional<at::Tensor>& bias, int64_t in_channels, at::IntArrayRef kernel_size,
+                             at::IntArrayRef stride, at::IntArrayRef padding, std::optional<double> clamp_min,
+                             std::optional<double> clamp_max) {
+  constexpr const char* op = "binary_conv2d";
+  CheckedConv c = checked_conv(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding, op);
+  at::Tensor out = at::empty({c.p.n, c.p.oc, c.p.oh, c.p.ow},
+                             x_packed.options().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
+  c.p.out = out.data_ptr<float>();
+  set_clamp(c.p, clamp_min, clamp_max);
+  run_conv(c.p, op);
+  return out;
+}
+
+// The same values as binary_conv2d without a clamp, written as sign bits (v >= 0 -> 1) packed along
+// output channels: exactly binary_pack_activation(binary_conv2d(...)), without the float tensor.
+at::Tensor binary_conv2d_packed_cpu(const at::Tensor& x_packed, const at::Tensor& w_packed, const at::Tensor& alpha,
+                                    const std::optional<at::Tensor>& bias, int64_t in_channels,
+                                    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding) {
+  constexpr const char* op = "binary_conv2d_packed";
+  CheckedConv c = checked_conv(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding, op);
+  c.p.ocw = words_for(c.p.oc);
+  at::Tensor out = at::empty({c.p.n, c.p.oh, c.p.ow, c.p.ocw}, x_packed.options());
+  c.p.out_bits = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
+  run_conv(c.p, op);
   return out;
 }
 
@@ -259,6 +293,30 @@ at::Tensor binary_linear_cpu(const at::Tensor& x_packed, const at::Tensor& w_pac
 
 }  // namespace
 
+// Benchmarks only: every thread runs the conv kernel's inner loop on L1-resident data (see
+// kernels::binary_xor_popcount_peak) for `iters` passes. Returns bit-products (binary MACs) per
+// second over all threads, the measured ceiling for the conv kernel at the active level.
+double binary_xor_popcount_peak_op(int64_t iters) {
+  TORCH_CHECK(iters >= 1, "_binary_xor_popcount_peak: iters must be >= 1, got ", iters);
+  PeakFn fn = nullptr;
+  int level = static_cast<int>(active_isa());
+  for (; level >= 0 && !fn; --level) fn = kPeak[level];
+  record_kernel_isa("_binary_xor_popcount_peak", static_cast<CpuIsa>(level + 1));
+  const int64_t threads = at::get_num_threads();
+  std::vector<uint64_t> sink(threads);
+  const auto t0 = std::chrono::steady_clock::now();
+  at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) sink[t] = fn(iters, 0x9E3779B97F4A7C15ull + t);
+  });
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  uint64_t keep = 0;
+  for (uint64_t v : sink) keep ^= v;
+  // Folding the results into the return value (by a term far below the rate's precision) keeps
+  // every thread's work observable.
+  return static_cast<double>(threads) * iters * kernels::binary_xor_popcount_peak_bits() / secs +
+         static_cast<double>(keep & 1) * 1e-30;
+}
+
 std::vector<std::string> binary_kernel_isas() {
   std::vector<std::string> levels;
   for (int l = 0; l < 5; ++l) {
@@ -270,6 +328,7 @@ std::vector<std::string> binary_kernel_isas() {
 TORCH_LIBRARY_IMPL(compressops, CPU, m) {
   m.impl("binary_pack_activation", &binary_pack_activation_cpu);
   m.impl("binary_conv2d", &binary_conv2d_cpu);
+  m.impl("binary_conv2d_packed", &binary_conv2d_packed_cpu);
   m.impl("binary_linear", &binary_linear_cpu);
 }
 

@@ -1,6 +1,7 @@
 // Which ISA level each op's last CPU call ran on: lets tests and `compressops.info` check that a
 // forced level really reached the kernel, instead of trusting the dispatch table.
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,7 @@ std::vector<std::string> pq_kernel_isas();
 
 // [binary kernel isas]
 std::vector<std::string> binary_kernel_isas();
+double binary_xor_popcount_peak_op(int64_t iters);
 
 
 }  // namespace compressops::cpu

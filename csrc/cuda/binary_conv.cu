@@ -3,8 +3,9 @@
 // CUDA kernels of the binary (XNOR-popcount) family: the same ops, layout and bit-exact results as
 // the CPU kernels (csrc/cpu/binary_conv.cpp). Straightforward versions: one thread per packed word
 // (pack) and one thread per output value (conv/linear, output channel fastest), __popcll over the
-// XOR of the valid taps. The float epilogue uses __fmul_rn/__fadd_rn (never contracted to an FMA),
-// so results equal compressops.reference bit for bit.
+// XOR of the valid taps; binary_conv2d_packed ballots each warp's signs into packed words. The
+// float epilogue uses __fmul_rn/__fadd_rn (never contracted to an FMA), so results equal
+// compressops.reference bit for bit.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -72,6 +73,45 @@ __global__ void conv_kernel(ConvArgs a) {
   if (a.has_min) v = fmaxf(v, a.cmin);
   if (a.has_max) v = fminf(v, a.cmax);
   a.out[t] = v;
+}
+
+// binary_conv2d_packed: one thread per (pixel, output channel padded to a multiple of 64), so each
+// warp holds 32 consecutive channels of one pixel and a ballot turns their signs into half a word.
+// The padded total is a multiple of 64, so a warp is either wholly inside it or wholly past it and
+// the full-mask ballot is safe after the early return.
+__global__ void conv_packed_kernel(ConvArgs a, int64_t ocw, unsigned* __restrict__ out_half_words) {
+  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t ocp = ocw * 64;
+  const int64_t total = a.n * a.oh * a.ow * ocp;
+  if (t >= total) return;
+  const int64_t o = t % ocp;
+  int64_t pix = t / ocp;
+  const int64_t ow = pix % a.ow;
+  pix /= a.ow;
+  const int64_t oh = pix % a.oh;
+  const int64_t n = pix / a.oh;
+  bool bit = false;
+  if (o < a.oc) {
+    int64_t pc = 0, valid = 0;
+    for (int64_t ki = 0; ki < a.kh; ++ki) {
+      const int64_t ih = oh * a.sh - a.ph + ki;
+      if (ih < 0 || ih >= a.h) continue;
+      for (int64_t kj = 0; kj < a.kw; ++kj) {
+        const int64_t iw = ow * a.sw - a.pw + kj;
+        if (iw < 0 || iw >= a.w_in) continue;
+        ++valid;
+        const unsigned long long* xr = a.x + ((n * a.h + ih) * a.w_in + iw) * a.cw;
+        const unsigned long long* wr = a.w + ((o * a.kh + ki) * a.kw + kj) * a.cw;
+        for (int64_t i = 0; i < a.cw; ++i) pc += __popcll(xr[i] ^ wr[i]);
+      }
+    }
+    float v = __fmul_rn(a.alpha[o], static_cast<float>(a.c * valid - 2 * pc));
+    if (a.bias) v = __fadd_rn(v, a.bias[o]);
+    bit = v >= 0.0f;
+  }
+  // Little-endian: bits 0-31 of an int64 word are its first 32-bit half.
+  const unsigned half = __ballot_sync(0xffffffffu, bit);
+  if ((threadIdx.x & 31) == 0) out_half_words[t / 32] = half;
 }
 
 void launch_conv(ConvArgs a) {
@@ -169,6 +209,47 @@ at::Tensor binary_conv2d_cuda(const at::Tensor& x_packed, const at::Tensor& w_pa
   return out;
 }
 
+at::Tensor binary_conv2d_packed_cuda(const at::Tensor& x_packed, const at::Tensor& w_packed, const at::Tensor& alpha,
+                                     const std::optional<at::Tensor>& bias, int64_t in_channels,
+                                     at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding) {
+  constexpr const char* op = "binary_conv2d_packed";
+  TORCH_CHECK(in_channels >= 1, op, ": in_channels must be >= 1, got ", in_channels);
+  const int64_t cw = words_for(in_channels);
+  check_common(x_packed, w_packed, alpha, bias, cw, op);
+  TORCH_CHECK(x_packed.dim() == 4 && w_packed.dim() == 4 && kernel_size.size() == 2 && stride.size() == 2 &&
+                  padding.size() == 2 && w_packed.size(1) == kernel_size[0] && w_packed.size(2) == kernel_size[1],
+              op, ": x_packed must be [N, H, W, CW] and w_packed [OC, KH, KW, CW] matching kernel_size");
+  TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1 && padding[0] >= 0 && padding[1] >= 0, op,
+              ": stride must be >= 1 and padding >= 0");
+  const c10::cuda::CUDAGuard guard(x_packed.device());
+  const int64_t n = x_packed.size(0), h = x_packed.size(1), w = x_packed.size(2), oc = w_packed.size(0);
+  TORCH_CHECK(h + 2 * padding[0] >= kernel_size[0] && w + 2 * padding[1] >= kernel_size[1], op,
+              ": the padded input is smaller than the kernel");
+  const int64_t oh = (h + 2 * padding[0] - kernel_size[0]) / stride[0] + 1;
+  const int64_t ow = (w + 2 * padding[1] - kernel_size[1]) / stride[1] + 1;
+  const int64_t ocw = words_for(oc);
+  at::Tensor out = at::empty({n, oh, ow, ocw}, x_packed.options());
+  const at::Tensor xc = x_packed.contiguous(), wc = w_packed.contiguous(), ac = alpha.contiguous();
+  at::Tensor bc;
+  if (bias.has_value() && bias->defined()) bc = bias->to(at::kFloat).contiguous();
+  ConvArgs a{};
+  a.x = reinterpret_cast<const unsigned long long*>(xc.data_ptr<int64_t>());
+  a.w = reinterpret_cast<const unsigned long long*>(wc.data_ptr<int64_t>());
+  a.alpha = ac.data_ptr<float>();
+  a.bias = bc.defined() ? bc.data_ptr<float>() : nullptr;
+  a.n = n; a.h = h; a.w_in = w; a.c = in_channels; a.cw = cw; a.oc = oc;
+  a.kh = kernel_size[0]; a.kw = kernel_size[1]; a.sh = stride[0]; a.sw = stride[1];
+  a.ph = padding[0]; a.pw = padding[1]; a.oh = oh; a.ow = ow;
+  const int64_t total = n * oh * ow * ocw * 64;
+  if (total == 0) return out;
+  const int threads = 256;
+  const int64_t blocks = (total + threads - 1) / threads;
+  conv_packed_kernel<<<static_cast<unsigned>(blocks), threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      a, ocw, reinterpret_cast<unsigned*>(out.data_ptr<int64_t>()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
 at::Tensor binary_linear_cuda(const at::Tensor& x_packed, const at::Tensor& w_packed, const at::Tensor& alpha,
                               const std::optional<at::Tensor>& bias, int64_t in_features,
                               std::optional<double> clamp_min, std::optional<double> clamp_max) {
@@ -206,5 +287,6 @@ at::Tensor binary_linear_cuda(const at::Tensor& x_packed, const at::Tensor& w_pa
 TORCH_LIBRARY_IMPL(compressops, CUDA, m) {
   m.impl("binary_pack_activation", &compressops::cuda::binary_pack_activation_cuda);
   m.impl("binary_conv2d", &compressops::cuda::binary_conv2d_cuda);
+  m.impl("binary_conv2d_packed", &compressops::cuda::binary_conv2d_packed_cuda);
   m.impl("binary_linear", &compressops::cuda::binary_linear_cuda);
 }

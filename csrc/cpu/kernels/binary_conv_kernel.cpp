@@ -26,6 +26,7 @@ namespace {
 
 // Output channels computed together (each loaded activation vector is reused OCB times).
 constexpr int kOCB = 8;
+static_assert(kOCB == kBinaryPeakChannels, "the peak loop must mirror the conv's channel blocking");
 // Output channels whose weights stay in L1 while one output row is swept (64 * 9 taps * 32 B =
 // 18 KiB for a 3x3 conv with 256 input channels).
 constexpr int64_t kOcChunk = 64;
@@ -51,9 +52,10 @@ struct TapRow {
   int64_t len;
 };
 
+// Writes channel o's value to out[o - out_base] for o in [o0, o0 + OCB).
 template <int OCB>
 inline void conv_block(const BinaryConvParams& p, const TapRow* rows, int nrows, int64_t valid, int64_t o0,
-                       float* out_px) {
+                       float* out, int64_t out_base) {
   const int64_t wstride = p.kh * p.kw * p.cw;
   int64_t tot[OCB] = {};
   const uint64_t* wbase[OCB];
@@ -123,7 +125,7 @@ inline void conv_block(const BinaryConvParams& p, const TapRow* rows, int nrows,
     if (p.bias) v = v + p.bias[o0 + o];
     if (p.has_min) v = std::max(v, p.cmin);
     if (p.has_max) v = std::min(v, p.cmax);
-    out_px[o0 + o] = v;
+    out[o0 + o - out_base] = v;
   }
 }
 
@@ -194,6 +196,7 @@ bool COMPRESSOPS_KERNEL(binary_pack_planes)(const BinaryPackPlanesParams& p, int
 }
 
 bool COMPRESSOPS_KERNEL(binary_conv_rows)(const BinaryConvParams& p, int64_t begin, int64_t end) {
+  if (p.out_bits && (p.oc_begin % 64 != 0 || kOcChunk != 64)) return false;
   if (begin >= end) return true;
   // Kernel heights beyond this would need a bigger tap-row table; the host rejects them.
   constexpr int kMaxKh = 64;
@@ -221,14 +224,56 @@ bool COMPRESSOPS_KERNEL(binary_conv_rows)(const BinaryConvParams& p, int64_t beg
             valid += kw_hi - kw_lo;
           }
         }
-        float* out_px = out_row + ow * p.oc;
+        // Packed output: this chunk's values go to a stack buffer and become one word.
+        float chunk_vals[kOcChunk];
+        float* dst = p.out_bits ? chunk_vals : out_row + ow * p.oc;
+        const int64_t base = p.out_bits ? c0 : 0;
         int64_t o = c0;
-        for (; o + kOCB <= c1; o += kOCB) conv_block<kOCB>(p, rows, nrows, valid, o, out_px);
-        for (; o < c1; ++o) conv_block<1>(p, rows, nrows, valid, o, out_px);
+        for (; o + kOCB <= c1; o += kOCB) conv_block<kOCB>(p, rows, nrows, valid, o, dst, base);
+        for (; o < c1; ++o) conv_block<1>(p, rows, nrows, valid, o, dst, base);
+        if (p.out_bits) {
+          uint64_t word = 0;
+          for (int64_t j = 0; j < c1 - c0; ++j) {
+            if (chunk_vals[j] >= 0.0f) word |= uint64_t{1} << j;
+          }
+          p.out_bits[(row * p.ow + ow) * p.ocw + c0 / 64] = word;
+        }
       }
     }
   }
   return true;
+}
+
+uint64_t COMPRESSOPS_KERNEL(binary_xor_popcount_peak)(int64_t iters, uint64_t seed) {
+  alignas(64) uint64_t x[kBinaryPeakWords];
+  alignas(64) uint64_t w[kBinaryPeakChannels * kBinaryPeakWords];
+  // Any bits will do; a xorshift stream keeps the counts data-dependent.
+  uint64_t s = seed | 1;
+  auto next = [&s] {
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    return s;
+  };
+  for (auto& v : x) v = next();
+  for (auto& v : w) v = next();
+  const float ones[kBinaryPeakChannels] = {1, 1, 1, 1, 1, 1, 1, 1};
+  BinaryConvParams p{};
+  p.w = w;
+  p.alpha = ones;
+  p.c = kBinaryPeakWords * 64;
+  p.cw = kBinaryPeakWords;
+  p.kh = p.kw = 1;
+  const TapRow row{x, 0, kBinaryPeakWords};
+  float out[kBinaryPeakChannels];
+  double total = 0;
+  for (int64_t it = 0; it < iters; ++it) {
+    // One changed word per pass, so no pass can be folded into another.
+    x[it & (kBinaryPeakWords - 1)] ^= static_cast<uint64_t>(it);
+    conv_block<kBinaryPeakChannels>(p, &row, 1, 1, 0, out, 0);
+    total += out[it % kBinaryPeakChannels];
+  }
+  return static_cast<uint64_t>(total < 0 ? -total : total);
 }
 
 }  // namespace compressops::cpu::kernels

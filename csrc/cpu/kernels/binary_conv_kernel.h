@@ -34,12 +34,17 @@ struct BinaryPackPlanesParams {
 //   alpha[o] * float(c * valid_taps - 2 * popcount(x XOR w over the valid taps)) + bias[o],
 // then clamped to [cmin, cmax] when has_min / has_max. Taps that fall in the zero spatial padding
 // are skipped (they contribute 0, exactly as conv2d(sign(x), sign(w)) with zero padding).
+// With out_bits set, nothing is written to out: the sign bits of those same float values (v >= 0 ->
+// 1) are packed channels-last into out_bits [n, oh, ow, ocw] instead, ready for the next binary
+// layer; oc_begin must then be a multiple of 64 (each 64-channel chunk fills one word).
 struct BinaryConvParams {
   const uint64_t* x;  // [n, h, w, cw]
   const uint64_t* w;  // [oc, kh, kw, cw]
   const float* alpha;  // [oc]
   const float* bias;   // [oc] or nullptr
   float* out;          // [n, oh, ow, oc]
+  uint64_t* out_bits;  // [n, oh, ow, ocw] or nullptr
+  int64_t ocw;         // ceil(oc / 64) when out_bits is set
   int64_t n, h, w_in, c, cw, oc, kh, kw, sh, sw, ph, pw, oh, ow;
   int64_t oc_begin, oc_end;  // the output channels this call computes
   bool has_min, has_max;
@@ -51,7 +56,17 @@ struct BinaryConvParams {
 #define COMPRESSOPS_DECLARE_BINARY(SUFFIX)                                                   \
   bool binary_pack_rows_##SUFFIX(const BinaryPackParams&, int64_t begin, int64_t end); \
   bool binary_pack_planes_##SUFFIX(const BinaryPackPlanesParams&, int64_t begin, int64_t end); \
-  bool binary_conv_rows_##SUFFIX(const BinaryConvParams&, int64_t begin, int64_t end);
+  bool binary_conv_rows_##SUFFIX(const BinaryConvParams&, int64_t begin, int64_t end); \
+  uint64_t binary_xor_popcount_peak_##SUFFIX(int64_t iters, uint64_t seed);
+
+// binary_xor_popcount_peak runs the conv kernel's inner loop (one activation vector against kOCB
+// weight vectors: XOR, popcount, accumulate) over L1-resident buffers `iters` times, with no tap
+// bookkeeping and no epilogue: the measured ceiling that benchmarks compare the conv against.
+// Returns the popcount total (so the work cannot be optimized away); each iteration covers
+// binary_xor_popcount_peak_bits() bit-products.
+constexpr int64_t kBinaryPeakWords = 256;  // 2 KiB of activations, 8 x 2 KiB of weights
+constexpr int64_t kBinaryPeakChannels = 8;
+constexpr int64_t binary_xor_popcount_peak_bits() { return kBinaryPeakWords * 64 * kBinaryPeakChannels; }
 
 COMPRESSOPS_DECLARE_BINARY(SCALAR)
 COMPRESSOPS_DECLARE_BINARY(AVX2)
