@@ -139,8 +139,16 @@ def test_conversion_errors():
     text = str(co.report(grouped))
     assert "groups=4" in text and "dilation=(2, 2)" in text
     b = BinaryLinear.from_float(nn.Linear(16, 4))
-    with pytest.raises((ValueError, RuntimeError), match="x_packed"):
+    with pytest.raises(ValueError, match=r"BinaryLinear: x must have shape \[\.\.\., 16\]"):
         b(torch.randn(2, 130))
+    # a wrong channel count inside the same 64-bit word count must not run silently
+    with pytest.raises(ValueError, match=r"BinaryLinear: x must have shape \[\.\.\., 16\]"):
+        b(torch.randn(2, 17))
+    bc = BinaryConv2d.from_float(nn.Conv2d(65, 4, 3))
+    with pytest.raises(ValueError, match=r"BinaryConv2d: x must have shape \[N, 65, H, W\]"):
+        bc(torch.randn(1, 70, 5, 5))
+    with pytest.raises(ValueError, match=r"BinaryConv2d: x must have shape \[N, 65, H, W\]"):
+        bc(torch.randn(65, 5, 5))
 
 
 def test_keep_first_last_filter_and_config_dict():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["SignSTE", "sign_ste", "first_last_filter", "binarize", "freeze"]
+__all__ = ["SignSTE", "sign_ste", "first_last_filter", "binarize", "freeze", "fuse_binary_chains"]
 
 _CONVERTIBLE = (nn.Conv2d, nn.Linear)
 
@@ -90,3 +90,79 @@ def freeze(model: nn.Module) -> nn.Module:
         if isinstance(m, (BinaryConv2d, BinaryLinear)):
             m.freeze()
     return model
+
+
+def fuse_binary_chains(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """Replace every run of consecutive binary convs inside an nn.Sequential with a BinaryChain,
+    so the activations between them stay packed bits (compressops.nn.BinaryChain).
+
+    A run is: BinaryConv2d (1-bit activations), then one or more of [BatchNorm2d]
+    [sign-preserving activations: Identity, Dropout, Hardtanh(min < 0 <= max), Tanh] BinaryConv2d,
+    then an optional BatchNorm2d; it needs at least two binary convs. BatchNorms are folded into
+    the convs; the activations between convs are dropped, since the next conv reads only signs.
+    Modules after the run (e.g. the activation after the last conv) stay as they were. Layers in
+    a custom forward() cannot be fused automatically; build a BinaryChain for them by hand.
+    The fused module takes the key of the run's first module; other keys are unchanged.
+
+    Args:
+        model: an eval-mode model (BatchNorm folding uses running statistics).
+        inplace: modify `model`, or (default) fuse a deep copy.
+    Returns:
+        the fused model (inference only).
+    Raises:
+        ValueError: the model is in training mode.
+    """
+    import copy
+    from collections import OrderedDict
+
+    from ..nn.binary_chain import BinaryChain
+
+    if model.training:
+        raise ValueError("fuse_binary_chains: the model is in training mode; call model.eval() first "
+                         "(BatchNorm folds its running statistics)")
+    if not inplace:
+        model = copy.deepcopy(model)
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        items = list(seq._modules.items())
+        fused: OrderedDict[str, nn.Module] = OrderedDict()
+        i, changed = 0, False
+        while i < len(items):
+            end = _binary_run_end([m for _, m in items], i)
+            if end > i:
+                fused[items[i][0]] = BinaryChain.from_modules([m for _, m in items[i:end]])
+                i, changed = end, True
+            else:
+                fused[items[i][0]] = items[i][1]
+                i += 1
+        if changed:
+            seq._modules = fused
+    return model
+
+
+def _binary_run_end(mods: list, i: int) -> int:
+    """End (exclusive) of the longest fusible run of at least two binary convs starting at i, or i."""
+    from ..nn.binary import BinaryConv2d
+    from ..nn.binary_chain import sign_preserving
+
+    def is_binary(m):
+        return isinstance(m, BinaryConv2d) and m.binarize_activations
+
+    if not is_binary(mods[i]):
+        return i
+    end, convs, convs_at_end = i + 1, 1, 1
+    last_conv, state, pos = mods[i], "conv", i + 1
+    while pos < len(mods):
+        m = mods[pos]
+        if is_binary(m) and m.in_channels == last_conv.out_channels:
+            last_conv, state, convs = m, "conv", convs + 1
+        elif (state == "conv" and isinstance(m, nn.BatchNorm2d) and m.running_mean is not None
+              and m.num_features == last_conv.out_channels):
+            state = "bn"
+        elif sign_preserving(m):
+            state = "act"
+        else:
+            break
+        pos += 1
+        if state != "act":
+            end, convs_at_end = pos, convs
+    return end if convs_at_end >= 2 else i

@@ -20,5 +20,6 @@ __all__ += ["PQLinear"]
 
 # [binary modules]
 from .binary import BinaryConv2d, BinaryLinear  # noqa: E402
+from .binary_chain import BinaryChain  # noqa: E402
 
-__all__ += ["BinaryConv2d", "BinaryLinear"]
+__all__ += ["BinaryConv2d", "BinaryLinear", "BinaryChain"]

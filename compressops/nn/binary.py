@@ -20,6 +20,17 @@ def _pair(v, name):
     return v
 
 
+def _check_input(x: torch.Tensor, layer: str, channels: int, dim: int, what: str):
+    # The packed kernels only see ceil(C/64) words, so a wrong C within the same word count would
+    # run and be silently wrong: check it here.
+    conv = what == "NCHW"
+    if (conv and x.dim() != 4) or x.dim() < 1 or x.size(dim) != channels:
+        expected = "[N, " + str(channels) + ", H, W]" if conv else "[..., " + str(channels) + "]"
+        raise ValueError(layer + ": x must have shape " + expected + ", got " + str(list(x.shape)))
+    if not x.is_floating_point():
+        raise ValueError(layer + ": x must be a float tensor, got " + str(x.dtype))
+
+
 class _BinaryBase(nn.Module):
     """What BinaryConv2d and BinaryLinear share: buffers, latent training weight, bookkeeping."""
 
@@ -252,6 +263,7 @@ class BinaryConv2d(_BinaryBase):
         return F.conv2d(xb, w, b, self.stride, self.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, "BinaryConv2d", self.in_channels, 1, "NCHW")
         if not torch.jit.is_scripting():
             if self._training_path():
                 return self._forward_train(x)
@@ -346,6 +358,7 @@ class BinaryLinear(_BinaryBase):
         return F.linear(xb, self._binary_weight_ste().to(x.dtype), b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, "BinaryLinear", self.in_features, -1, "[..., in_features]")
         if not torch.jit.is_scripting():
             if self._training_path():
                 return self._forward_train(x)
