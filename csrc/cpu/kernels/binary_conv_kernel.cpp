@@ -89,8 +89,23 @@ inline void conv_block(const BinaryConvParams& p, const TapRow* rows, int nrows,
       }
       ++pending;
     }
-    for (; i < len; ++i) {
-      for (int o = 0; o < OCB; ++o) tot[o] += _mm_popcnt_u64(x[i] ^ wbase[o][off + i]);
+    if (i < len) {
+      // The last 1-3 words of the row (C = 64 gives 3-word rows for a 3-wide kernel): masked
+      // loads zero the lanes past the row in both operands, so their XOR counts nothing.
+      if (pending == 31) {
+        for (int o = 0; o < OCB; ++o) {
+          acc64[o] = _mm256_add_epi64(acc64[o], _mm256_sad_epu8(acc8[o], zero));
+          acc8[o] = zero;
+        }
+        pending = 0;
+      }
+      const __m256i mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(len - i), _mm256_setr_epi64x(0, 1, 2, 3));
+      const __m256i xv = _mm256_maskload_epi64(reinterpret_cast<const long long*>(x + i), mask);
+      for (int o = 0; o < OCB; ++o) {
+        const __m256i wv = _mm256_maskload_epi64(reinterpret_cast<const long long*>(wbase[o] + off + i), mask);
+        acc8[o] = _mm256_add_epi8(acc8[o], popcount_bytes(_mm256_xor_si256(xv, wv), lut, low));
+      }
+      ++pending;
     }
   }
   for (int o = 0; o < OCB; ++o) acc64[o] = _mm256_add_epi64(acc64[o], _mm256_sad_epu8(acc8[o], zero));
