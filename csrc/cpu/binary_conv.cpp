@@ -31,16 +31,24 @@ using ConvFn = bool (*)(const BinaryConvParams&, int64_t, int64_t);
 #define IF_AVX2(f) nullptr
 #endif
 
-// Levels without an entry (avx512, avx512_vnni, amx) fall through to avx2.
+#ifdef COMPRESSOPS_HAVE_AVX512_VNNI
+#define IF_AVX512_VNNI(f) f
+#else
+#define IF_AVX512_VNNI(f) nullptr
+#endif
+
+// Packing is memory-bound: levels above avx2 fall through to it. The conv has a vpopcntq kernel at
+// avx512_vnni (the first level with VPOPCNTDQ); avx512 falls to avx2 and amx to avx512_vnni.
 constexpr KernelTable<PackFn> kPack{{kernels::binary_pack_rows_SCALAR, IF_AVX2(kernels::binary_pack_rows_AVX2),
                                      nullptr, nullptr, nullptr}};
 constexpr KernelTable<PackPlanesFn> kPackPlanes{{kernels::binary_pack_planes_SCALAR,
                                                  IF_AVX2(kernels::binary_pack_planes_AVX2), nullptr, nullptr, nullptr}};
 constexpr KernelTable<ConvFn> kConv{{kernels::binary_conv_rows_SCALAR, IF_AVX2(kernels::binary_conv_rows_AVX2),
-                                     nullptr, nullptr, nullptr}};
+                                     nullptr, IF_AVX512_VNNI(kernels::binary_conv_rows_AVX512_VNNI), nullptr}};
 using PeakFn = uint64_t (*)(int64_t, uint64_t);
 constexpr std::array<PeakFn, 5> kPeak{kernels::binary_xor_popcount_peak_SCALAR,
-                                      IF_AVX2(kernels::binary_xor_popcount_peak_AVX2), nullptr, nullptr, nullptr};
+                                      IF_AVX2(kernels::binary_xor_popcount_peak_AVX2), nullptr,
+                                      IF_AVX512_VNNI(kernels::binary_xor_popcount_peak_AVX512_VNNI), nullptr};
 
 int64_t words_for(int64_t c) { return (c + 63) / 64; }
 

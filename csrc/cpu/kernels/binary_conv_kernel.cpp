@@ -1,16 +1,19 @@
 // Binary (XNOR-popcount) convolution kernels, compiled once per ISA level (see kernel_macros.h).
 //
 // Levels implemented here: scalar (__builtin_popcountll; this object is built without -mpopcnt,
-// so GCC calls libgcc's __popcountdi2: correct, slow) and avx2 (XOR + nibble-table popcount with
-// vpshufb, byte counters widened with vpsadbw before they can overflow). The other objects
-// compile this file to nothing; the host's fallback chain sends avx512/vnni/amx to avx2.
+// so GCC calls libgcc's __popcountdi2: correct, slow), avx2 (XOR + nibble-table popcount with
+// vpshufb, byte counters widened with vpsadbw before they can overflow) and avx512_vnni (XOR +
+// vpopcntq on 512-bit words, 64-bit counters that never need widening; the avx512_vnni level is
+// the first that guarantees VPOPCNTDQ). The avx512 object compiles this file to nothing and the
+// host's fallback chain sends it to avx2; amx falls to avx512_vnni.
 //
 // Every integer count is exact and the float epilogue is a separate multiply and add (these
 // files build with -ffp-contract=off), so each level returns the same bits as
 // compressops.reference.binary_conv2d.
 #include "kernel_macros.h"
 
-#if COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_SCALAR || COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_AVX2
+#if COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_SCALAR || COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_AVX2 || \
+    COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_AVX512_VNNI
 
 #include <algorithm>
 #include <cstdint>
@@ -60,7 +63,32 @@ inline void conv_block(const BinaryConvParams& p, const TapRow* rows, int nrows,
   int64_t tot[OCB] = {};
   const uint64_t* wbase[OCB];
   for (int o = 0; o < OCB; ++o) wbase[o] = p.w + (o0 + o) * wstride;
-#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
+#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX512_VNNI
+  __m512i acc[OCB];
+  for (int o = 0; o < OCB; ++o) acc[o] = _mm512_setzero_si512();
+  for (int r = 0; r < nrows; ++r) {
+    const uint64_t* x = rows[r].x;
+    const int64_t off = rows[r].w_off, len = rows[r].len;
+    int64_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+      const __m512i xv = _mm512_loadu_si512(x + i);
+      for (int o = 0; o < OCB; ++o) {
+        const __m512i wv = _mm512_loadu_si512(wbase[o] + off + i);
+        acc[o] = _mm512_add_epi64(acc[o], _mm512_popcnt_epi64(_mm512_xor_si512(xv, wv)));
+      }
+    }
+    if (i < len) {
+      // Zero-masked loads: lanes past the row are 0 in both operands and count nothing.
+      const __mmask8 m = static_cast<__mmask8>((1u << (len - i)) - 1);
+      const __m512i xv = _mm512_maskz_loadu_epi64(m, x + i);
+      for (int o = 0; o < OCB; ++o) {
+        const __m512i wv = _mm512_maskz_loadu_epi64(m, wbase[o] + off + i);
+        acc[o] = _mm512_add_epi64(acc[o], _mm512_popcnt_epi64(_mm512_xor_si512(xv, wv)));
+      }
+    }
+  }
+  for (int o = 0; o < OCB; ++o) tot[o] = _mm512_reduce_add_epi64(acc[o]);
+#elif COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2,
                                        2, 3, 2, 3, 3, 4);
   const __m256i low = _mm256_set1_epi8(0x0f);

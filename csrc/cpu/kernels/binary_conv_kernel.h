@@ -70,6 +70,7 @@ constexpr int64_t binary_xor_popcount_peak_bits() { return kBinaryPeakWords * 64
 
 COMPRESSOPS_DECLARE_BINARY(SCALAR)
 COMPRESSOPS_DECLARE_BINARY(AVX2)
+COMPRESSOPS_DECLARE_BINARY(AVX512_VNNI)
 #undef COMPRESSOPS_DECLARE_BINARY
 
 }  // namespace compressops::cpu::kernels
