@@ -276,7 +276,15 @@ bool COMPRESSOPS_KERNEL(binary_conv_rows)(const BinaryConvParams& p, int64_t beg
         for (; o < c1; ++o) conv_block<1>(p, rows, nrows, valid, o, dst, base);
         if (p.out_bits) {
           uint64_t word = 0;
-          for (int64_t j = 0; j < c1 - c0; ++j) {
+          int64_t j = 0;
+#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
+          // Ordered compare: NaN gives 0, as the scalar rule (and binary_pack_activation) does.
+          for (; j + 8 <= c1 - c0; j += 8) {
+            const __m256 ge = _mm256_cmp_ps(_mm256_loadu_ps(chunk_vals + j), _mm256_setzero_ps(), _CMP_GE_OQ);
+            word |= static_cast<uint64_t>(static_cast<uint32_t>(_mm256_movemask_ps(ge))) << j;
+          }
+#endif
+          for (; j < c1 - c0; ++j) {
             if (chunk_vals[j] >= 0.0f) word |= uint64_t{1} << j;
           }
           p.out_bits[(row * p.ow + ow) * p.ocw + c0 / 64] = word;
