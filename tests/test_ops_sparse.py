@@ -22,6 +22,7 @@ SHAPES = [
     ((2, 33), 64, 70),
     ((20,), 67, 9),  # CSR: 20 lanes, three 8-wide vectors per nonzero
     ((400,), 300, 37),  # CSR: from kCsrTileMinM = 384 rows on, the K-tiled kernel
+    ((70,), 200, 21),  # CSR at 50% sparsity: the K-tiled kernel from 64 rows on
 ]
 FALLBACK = {"avx512": "avx2", "avx512_vnni": "avx2", "amx": "avx2"}
 F32_TOL, BF16_TOL = 1e-5, 1e-2  # relative Frobenius error against the reference

@@ -211,7 +211,10 @@ void sorted_transposed_avx2(const CsrParams& p, int64_t n_begin, int64_t n_end) 
 bool COMPRESSOPS_KERNEL(csr_spmm)(const CsrParams& p, int64_t n_begin, int64_t n_end) {
 #if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
   if (p.xt != nullptr) {
-    if (p.sorted && p.m >= kCsrTileMinM) {
+    // Denser matrices (>= 40% nonzeros) have enough work per (row, K tile) to pay for the tiles
+    // from kCsrTileMinMDense rows on.
+    const bool dense = 10 * p.rowptr[p.n] >= 4 * p.n * p.k;
+    if (p.sorted && (p.m >= kCsrTileMinM || (dense && p.m >= kCsrTileMinMDense))) {
       sorted_transposed_avx2(p, n_begin, n_end);
     } else {
       transposed_avx2(p, n_begin, n_end);
