@@ -22,7 +22,10 @@ def _pair(v, name):
 
 def _check_input(x: torch.Tensor, layer: str, channels: int, dim: int, what: str):
     # The packed kernels only see ceil(C/64) words, so a wrong C within the same word count would
-    # run and be silently wrong: check it here.
+    # run and be silently wrong: check it here. (Not while tracing: a trace records no Python checks,
+    # and comparing traced sizes only warns.)
+    if torch.jit.is_tracing():
+        return
     conv = what == "NCHW"
     if (conv and x.dim() != 4) or x.dim() < 1 or x.size(dim) != channels:
         expected = "[N, " + str(channels) + ", H, W]" if conv else "[..., " + str(channels) + "]"
