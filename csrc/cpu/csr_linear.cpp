@@ -167,7 +167,9 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
     at::Tensor xt;
     if (level != CpuIsa::kScalar && m >= kernels::kCsrTransposeM) {
       const int64_t ldt = (m + 7) / 8 * 8;
-      xt = at::zeros({k, ldt}, x2.options());
+      // Only the padding lanes need zeros: no memset of all K x ldt floats before the copy.
+      xt = at::empty({k, ldt}, x2.options());
+      if (ldt > m) xt.narrow(1, m, ldt - m).zero_();
       xt.narrow(1, 0, m).copy_(x2.t());
       p.xt = xt.data_ptr<float>();
       p.ldt = ldt;
