@@ -473,13 +473,19 @@ def binary_pack_activation(x: Tensor) -> Tensor:
     return torch.ops.compressops.binary_pack_activation(x)
 
 
+def _binary_conv_out_nhw(x_packed, kernel_size, stride, padding):
+    """(N, OH, OW) of a binary conv over packed x [N, H, W, CW] (for the fake kernels)."""
+    h, w = x_packed.shape[1], x_packed.shape[2]
+    oh = (h + 2 * padding[0] - kernel_size[0]) // stride[0] + 1
+    ow = (w + 2 * padding[1] - kernel_size[1]) // stride[1] + 1
+    return x_packed.shape[0], oh, ow
+
+
 @torch.library.register_fake("compressops::binary_conv2d")
 def _(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding, clamp_min=None, clamp_max=None):
     torch._check(x_packed.dtype == torch.int64, lambda: "binary_conv2d: x_packed must be int64")
     torch._check(w_packed.dtype == torch.int64, lambda: "binary_conv2d: w_packed must be int64")
-    n, h, w = x_packed.shape[0], x_packed.shape[1], x_packed.shape[2]
-    oh = (h + 2 * padding[0] - kernel_size[0]) // stride[0] + 1
-    ow = (w + 2 * padding[1] - kernel_size[1]) // stride[1] + 1
+    n, oh, ow = _binary_conv_out_nhw(x_packed, kernel_size, stride, padding)
     return x_packed.new_empty((n, w_packed.shape[0], oh, ow), dtype=torch.float32).contiguous(
         memory_format=torch.channels_last)
 
@@ -529,9 +535,7 @@ def binary_conv2d(
 def _(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding):
     torch._check(x_packed.dtype == torch.int64, lambda: "binary_conv2d_packed: x_packed must be int64")
     torch._check(w_packed.dtype == torch.int64, lambda: "binary_conv2d_packed: w_packed must be int64")
-    n, h, w = x_packed.shape[0], x_packed.shape[1], x_packed.shape[2]
-    oh = (h + 2 * padding[0] - kernel_size[0]) // stride[0] + 1
-    ow = (w + 2 * padding[1] - kernel_size[1]) // stride[1] + 1
+    n, oh, ow = _binary_conv_out_nhw(x_packed, kernel_size, stride, padding)
     return x_packed.new_empty((n, oh, ow, (w_packed.shape[0] + 63) // 64), dtype=torch.int64)
 
 

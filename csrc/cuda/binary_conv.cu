@@ -45,16 +45,8 @@ struct ConvArgs {
   float cmin, cmax;
 };
 
-__global__ void conv_kernel(ConvArgs a) {
-  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  const int64_t total = a.n * a.oh * a.ow * a.oc;
-  if (t >= total) return;
-  const int64_t o = t % a.oc;
-  int64_t pix = t / a.oc;
-  const int64_t ow = pix % a.ow;
-  pix /= a.ow;
-  const int64_t oh = pix % a.oh;
-  const int64_t n = pix / a.oh;
+// alpha[o] * (valid bits - 2 * popcount over the valid taps) + bias[o] at output (n, oh, ow), unclamped.
+__device__ float conv_value(const ConvArgs& a, int64_t n, int64_t oh, int64_t ow, int64_t o) {
   int64_t pc = 0, valid = 0;
   for (int64_t ki = 0; ki < a.kh; ++ki) {
     const int64_t ih = oh * a.sh - a.ph + ki;
@@ -70,6 +62,30 @@ __global__ void conv_kernel(ConvArgs a) {
   }
   float v = __fmul_rn(a.alpha[o], static_cast<float>(a.c * valid - 2 * pc));
   if (a.bias) v = __fadd_rn(v, a.bias[o]);
+  return v;
+}
+
+// One thread per output value, output channel fastest (rows of `ocp` threads per pixel).
+struct OutIndex {
+  int64_t n, oh, ow, o;
+};
+
+__device__ OutIndex out_index(const ConvArgs& a, int64_t t, int64_t ocp) {
+  OutIndex r;
+  r.o = t % ocp;
+  int64_t pix = t / ocp;
+  r.ow = pix % a.ow;
+  pix /= a.ow;
+  r.oh = pix % a.oh;
+  r.n = pix / a.oh;
+  return r;
+}
+
+__global__ void conv_kernel(ConvArgs a) {
+  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (t >= a.n * a.oh * a.ow * a.oc) return;
+  const OutIndex i = out_index(a, t, a.oc);
+  float v = conv_value(a, i.n, i.oh, i.ow, i.o);
   if (a.has_min) v = fmaxf(v, a.cmin);
   if (a.has_max) v = fminf(v, a.cmax);
   a.out[t] = v;
@@ -82,33 +98,9 @@ __global__ void conv_kernel(ConvArgs a) {
 __global__ void conv_packed_kernel(ConvArgs a, int64_t ocw, unsigned* __restrict__ out_half_words) {
   const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   const int64_t ocp = ocw * 64;
-  const int64_t total = a.n * a.oh * a.ow * ocp;
-  if (t >= total) return;
-  const int64_t o = t % ocp;
-  int64_t pix = t / ocp;
-  const int64_t ow = pix % a.ow;
-  pix /= a.ow;
-  const int64_t oh = pix % a.oh;
-  const int64_t n = pix / a.oh;
-  bool bit = false;
-  if (o < a.oc) {
-    int64_t pc = 0, valid = 0;
-    for (int64_t ki = 0; ki < a.kh; ++ki) {
-      const int64_t ih = oh * a.sh - a.ph + ki;
-      if (ih < 0 || ih >= a.h) continue;
-      for (int64_t kj = 0; kj < a.kw; ++kj) {
-        const int64_t iw = ow * a.sw - a.pw + kj;
-        if (iw < 0 || iw >= a.w_in) continue;
-        ++valid;
-        const unsigned long long* xr = a.x + ((n * a.h + ih) * a.w_in + iw) * a.cw;
-        const unsigned long long* wr = a.w + ((o * a.kh + ki) * a.kw + kj) * a.cw;
-        for (int64_t i = 0; i < a.cw; ++i) pc += __popcll(xr[i] ^ wr[i]);
-      }
-    }
-    float v = __fmul_rn(a.alpha[o], static_cast<float>(a.c * valid - 2 * pc));
-    if (a.bias) v = __fadd_rn(v, a.bias[o]);
-    bit = v >= 0.0f;
-  }
+  if (t >= a.n * a.oh * a.ow * ocp) return;
+  const OutIndex i = out_index(a, t, ocp);
+  const bool bit = i.o < a.oc && conv_value(a, i.n, i.oh, i.ow, i.o) >= 0.0f;
   // Little-endian: bits 0-31 of an int64 word are its first 32-bit half.
   const unsigned half = __ballot_sync(0xffffffffu, bit);
   if ((threadIdx.x & 31) == 0) out_half_words[t / 32] = half;
@@ -170,11 +162,16 @@ void check_common(const at::Tensor& xp, const at::Tensor& wp, const at::Tensor& 
   }
 }
 
-at::Tensor binary_conv2d_cuda(const at::Tensor& x_packed, const at::Tensor& w_packed, const at::Tensor& alpha,
-                              const std::optional<at::Tensor>& bias, int64_t in_channels,
-                              at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                              std::optional<double> clamp_min, std::optional<double> clamp_max) {
-  constexpr const char* op = "binary_conv2d";
+// Checks binary_conv2d's arguments and fills every ConvArgs field but out and the clamp. The
+// returned tensors keep the contiguous copies the args point into alive.
+struct CheckedConv {
+  ConvArgs a{};
+  at::Tensor xc, wc, ac, bc;
+};
+
+CheckedConv checked_conv(const at::Tensor& x_packed, const at::Tensor& w_packed, const at::Tensor& alpha,
+                         const std::optional<at::Tensor>& bias, int64_t in_channels, at::IntArrayRef kernel_size,
+                         at::IntArrayRef stride, at::IntArrayRef padding, const char* op) {
   TORCH_CHECK(in_channels >= 1, op, ": in_channels must be >= 1, got ", in_channels);
   const int64_t cw = words_for(in_channels);
   check_common(x_packed, w_packed, alpha, bias, cw, op);
@@ -183,26 +180,38 @@ at::Tensor binary_conv2d_cuda(const at::Tensor& x_packed, const at::Tensor& w_pa
               op, ": x_packed must be [N, H, W, CW] and w_packed [OC, KH, KW, CW] matching kernel_size");
   TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1 && padding[0] >= 0 && padding[1] >= 0, op,
               ": stride must be >= 1 and padding >= 0");
-  const c10::cuda::CUDAGuard guard(x_packed.device());
   const int64_t n = x_packed.size(0), h = x_packed.size(1), w = x_packed.size(2), oc = w_packed.size(0);
   TORCH_CHECK(h + 2 * padding[0] >= kernel_size[0] && w + 2 * padding[1] >= kernel_size[1], op,
               ": the padded input is smaller than the kernel");
-  const int64_t oh = (h + 2 * padding[0] - kernel_size[0]) / stride[0] + 1;
-  const int64_t ow = (w + 2 * padding[1] - kernel_size[1]) / stride[1] + 1;
-  at::Tensor out = at::empty({n, oc, oh, ow},
-                             x_packed.options().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
-  const at::Tensor xc = x_packed.contiguous(), wc = w_packed.contiguous(), ac = alpha.contiguous();
-  at::Tensor bc;
-  if (bias.has_value() && bias->defined()) bc = bias->to(at::kFloat).contiguous();
-  ConvArgs a{};
-  a.x = reinterpret_cast<const unsigned long long*>(xc.data_ptr<int64_t>());
-  a.w = reinterpret_cast<const unsigned long long*>(wc.data_ptr<int64_t>());
-  a.alpha = ac.data_ptr<float>();
-  a.bias = bc.defined() ? bc.data_ptr<float>() : nullptr;
-  a.out = out.data_ptr<float>();
+  CheckedConv r;
+  r.xc = x_packed.contiguous();
+  r.wc = w_packed.contiguous();
+  r.ac = alpha.contiguous();
+  if (bias.has_value() && bias->defined()) r.bc = bias->to(at::kFloat).contiguous();
+  ConvArgs& a = r.a;
+  a.x = reinterpret_cast<const unsigned long long*>(r.xc.data_ptr<int64_t>());
+  a.w = reinterpret_cast<const unsigned long long*>(r.wc.data_ptr<int64_t>());
+  a.alpha = r.ac.data_ptr<float>();
+  a.bias = r.bc.defined() ? r.bc.data_ptr<float>() : nullptr;
   a.n = n; a.h = h; a.w_in = w; a.c = in_channels; a.cw = cw; a.oc = oc;
   a.kh = kernel_size[0]; a.kw = kernel_size[1]; a.sh = stride[0]; a.sw = stride[1];
-  a.ph = padding[0]; a.pw = padding[1]; a.oh = oh; a.ow = ow;
+  a.ph = padding[0]; a.pw = padding[1];
+  a.oh = (h + 2 * padding[0] - kernel_size[0]) / stride[0] + 1;
+  a.ow = (w + 2 * padding[1] - kernel_size[1]) / stride[1] + 1;
+  return r;
+}
+
+at::Tensor binary_conv2d_cuda(const at::Tensor& x_packed, const at::Tensor& w_packed, const at::Tensor& alpha,
+                              const std::optional<at::Tensor>& bias, int64_t in_channels,
+                              at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                              std::optional<double> clamp_min, std::optional<double> clamp_max) {
+  CheckedConv c =
+      checked_conv(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding, "binary_conv2d");
+  const c10::cuda::CUDAGuard guard(x_packed.device());  // after the checks: x_packed is a CUDA tensor
+  ConvArgs& a = c.a;
+  at::Tensor out = at::empty({a.n, a.oc, a.oh, a.ow},
+                             x_packed.options().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
+  a.out = out.data_ptr<float>();
   a.has_min = clamp_min.has_value(); a.has_max = clamp_max.has_value();
   a.cmin = static_cast<float>(clamp_min.value_or(0.0)); a.cmax = static_cast<float>(clamp_max.value_or(0.0));
   launch_conv(a);
@@ -212,35 +221,13 @@ at::Tensor binary_conv2d_cuda(const at::Tensor& x_packed, const at::Tensor& w_pa
 at::Tensor binary_conv2d_packed_cuda(const at::Tensor& x_packed, const at::Tensor& w_packed, const at::Tensor& alpha,
                                      const std::optional<at::Tensor>& bias, int64_t in_channels,
                                      at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding) {
-  constexpr const char* op = "binary_conv2d_packed";
-  TORCH_CHECK(in_channels >= 1, op, ": in_channels must be >= 1, got ", in_channels);
-  const int64_t cw = words_for(in_channels);
-  check_common(x_packed, w_packed, alpha, bias, cw, op);
-  TORCH_CHECK(x_packed.dim() == 4 && w_packed.dim() == 4 && kernel_size.size() == 2 && stride.size() == 2 &&
-                  padding.size() == 2 && w_packed.size(1) == kernel_size[0] && w_packed.size(2) == kernel_size[1],
-              op, ": x_packed must be [N, H, W, CW] and w_packed [OC, KH, KW, CW] matching kernel_size");
-  TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1 && padding[0] >= 0 && padding[1] >= 0, op,
-              ": stride must be >= 1 and padding >= 0");
-  const c10::cuda::CUDAGuard guard(x_packed.device());
-  const int64_t n = x_packed.size(0), h = x_packed.size(1), w = x_packed.size(2), oc = w_packed.size(0);
-  TORCH_CHECK(h + 2 * padding[0] >= kernel_size[0] && w + 2 * padding[1] >= kernel_size[1], op,
-              ": the padded input is smaller than the kernel");
-  const int64_t oh = (h + 2 * padding[0] - kernel_size[0]) / stride[0] + 1;
-  const int64_t ow = (w + 2 * padding[1] - kernel_size[1]) / stride[1] + 1;
-  const int64_t ocw = words_for(oc);
-  at::Tensor out = at::empty({n, oh, ow, ocw}, x_packed.options());
-  const at::Tensor xc = x_packed.contiguous(), wc = w_packed.contiguous(), ac = alpha.contiguous();
-  at::Tensor bc;
-  if (bias.has_value() && bias->defined()) bc = bias->to(at::kFloat).contiguous();
-  ConvArgs a{};
-  a.x = reinterpret_cast<const unsigned long long*>(xc.data_ptr<int64_t>());
-  a.w = reinterpret_cast<const unsigned long long*>(wc.data_ptr<int64_t>());
-  a.alpha = ac.data_ptr<float>();
-  a.bias = bc.defined() ? bc.data_ptr<float>() : nullptr;
-  a.n = n; a.h = h; a.w_in = w; a.c = in_channels; a.cw = cw; a.oc = oc;
-  a.kh = kernel_size[0]; a.kw = kernel_size[1]; a.sh = stride[0]; a.sw = stride[1];
-  a.ph = padding[0]; a.pw = padding[1]; a.oh = oh; a.ow = ow;
-  const int64_t total = n * oh * ow * ocw * 64;
+  CheckedConv c = checked_conv(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding,
+                               "binary_conv2d_packed");
+  const c10::cuda::CUDAGuard guard(x_packed.device());  // after the checks: x_packed is a CUDA tensor
+  const ConvArgs& a = c.a;
+  const int64_t ocw = words_for(a.oc);
+  at::Tensor out = at::empty({a.n, a.oh, a.ow, ocw}, x_packed.options());
+  const int64_t total = a.n * a.oh * a.ow * ocw * 64;
   if (total == 0) return out;
   const int threads = 256;
   const int64_t blocks = (total + threads - 1) / threads;
