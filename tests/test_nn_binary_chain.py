@@ -73,6 +73,20 @@ def test_fold_batchnorm_equals_bn_after_conv(affine, bias):
         fold_batchnorm(conv, batchnorm(34))
 
 
+def test_fold_batchnorm_uses_the_latent_weight_of_a_trainable_conv():
+    conv = BinaryConv2d.from_float(nn.Conv2d(64, 16, 3, padding=1), trainable=True)
+    with torch.no_grad():
+        conv.weight.mul_(3.0).add_(torch.randn_like(conv.weight))  # an optimizer step: bits not repacked yet
+    bn = batchnorm(16)
+    frozen = copy.deepcopy(conv)
+    frozen.freeze()
+    x = randn_nonzero(2, 64, 5, 5)
+    with torch.no_grad():
+        expect = bn(frozen.eval()(x))
+        got = fold_batchnorm(conv, bn)(x)
+    torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("level", isa_params())
 def test_chain_equals_unfused_layers_on_every_level(level):
     c1, c2, c3 = bconv(64, 96, 3, padding=1), bconv(96, 130, 3, stride=2, padding=1), bconv(130, 70, 1)

@@ -52,10 +52,11 @@ def fold_batchnorm(conv: BinaryConv2d, bn: nn.BatchNorm2d) -> BinaryConv2d:
     beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
     scale = gamma / torch.sqrt(var + bn.eps)
     shift = beta - bn.running_mean.double() * scale
-    old_bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+    # From the copy: freezing it repacked alpha from a latent weight that may have moved since.
+    old_bias = out.bias.double() if out.bias is not None else torch.zeros_like(scale)
     with torch.no_grad():
-        out.alpha.copy_((conv.alpha.double() * scale).float())
-        out.bias = (old_bias * scale + shift).float().to(conv.alpha.device)
+        out.alpha.copy_((out.alpha.double() * scale).float())
+        out.bias = (old_bias * scale + shift).float().to(out.alpha.device)
     return out
 
 
