@@ -124,12 +124,13 @@ def fuse_binary_chains(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         model = copy.deepcopy(model)
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         items = list(seq._modules.items())
+        mods = [m for _, m in items]
         fused: OrderedDict[str, nn.Module] = OrderedDict()
         i, changed = 0, False
         while i < len(items):
-            end = _binary_run_end([m for _, m in items], i)
+            end = _binary_run_end(mods, i)
             if end > i:
-                fused[items[i][0]] = BinaryChain.from_modules([m for _, m in items[i:end]])
+                fused[items[i][0]] = BinaryChain.from_modules(mods[i:end])
                 i, changed = end, True
             else:
                 fused[items[i][0]] = items[i][1]
