@@ -21,11 +21,18 @@ SHAPES = [
     ((70,), 301, 65),
     ((2, 33), 64, 70),
     ((20,), 67, 9),  # CSR: 20 lanes, three 8-wide vectors per nonzero
-    ((400,), 300, 37),  # CSR: from kCsrTileMinM = 384 rows on, the K-tiled kernel
+    ((400,), 300, 37),  # CSR: 64-row chunks and a 16-row tail; 2:4 and CSR: the dense route (auto)
     ((70,), 200, 21),  # CSR at 50% sparsity: the K-tiled kernel from 64 rows on
 ]
 FALLBACK = {"avx512": "avx2", "avx512_vnni": "avx2", "amx": "avx2"}
 F32_TOL, BF16_TOL = 1e-5, 1e-2  # relative Frobenius error against the reference
+
+
+@pytest.fixture(autouse=True)
+def kernel_route(monkeypatch):
+    """The per-level tests check the sparse kernels, so large batches must not take the dense
+    route (a torch GEMM on the decoded weight); the dense-route tests below opt back in."""
+    monkeypatch.setenv("COMPRESSOPS_SPARSE_ROUTE", "kernel")
 
 
 def relerr(y, ref):
@@ -202,6 +209,105 @@ def test_csr_linear_wide_k_unsorted_duplicates_and_empty_rows(level):
             y = ops.csr_linear(x, packed, vals, n)
         assert relerr(y, reference.csr_linear(x, packed, vals, n)) < F32_TOL
         assert (y[:, 1] == 0).all() and (y[:, 3] == 0).all()
+
+
+# -------------------------------------------------------------------------------- dense route
+
+# Large batches may run a torch GEMM on the weight decoded a block of rows at a time (see
+# csrc/cpu/dense_route.h). Forced here at every size; "auto" is checked at the sizes that pick it.
+ROUTE_SHAPES = [((1,), 37, 19), ((3, 5), 130, 33), ((300,), 67, 40), ((260,), 4096, 1100)]
+
+
+def sparse24_auto_is_dense(m, n, k, int8):
+    """The rule of sparse24_prefer_dense (csrc/cpu/sparse24_linear.cpp)."""
+    large = n * s24.padded_k(k) > 1 << 22
+    return m >= ((384 if large else 256) if int8 else (192 if large else 128))
+
+
+@requires_native
+@pytest.mark.parametrize("route", ["dense", "auto"])
+@pytest.mark.parametrize("shape", ROUTE_SHAPES, ids=str)
+@pytest.mark.parametrize("vdtype", [torch.float32, torch.bfloat16], ids=["v_f32", "v_bf16"])
+def test_sparse24_dense_route(monkeypatch, route, shape, vdtype):
+    monkeypatch.setenv("COMPRESSOPS_SPARSE_ROUTE", route)
+    batch, k, n = shape
+    values, meta, b = make24(k, n, vdtype, bias=(k % 2 == 1))
+    x = randn_nonzero(*batch, k)
+    y = ops.sparse24_linear(x, values, meta, k, b)
+    ran = torch.ops.compressops._last_kernel_isa("sparse24_linear")
+    m = x.numel() // k
+    assert (ran == "dense") == (route == "dense" or sparse24_auto_is_dense(m, n, k, int8=False))
+    assert relerr(y, reference.sparse24_linear(x, values, meta, k, b)) < F32_TOL
+    xb = x.bfloat16()
+    yb = ops.sparse24_linear(xb, values, meta, k, b)
+    assert yb.dtype == torch.bfloat16
+    assert relerr(yb, reference.sparse24_linear(xb, values, meta, k, b)) < BF16_TOL
+
+
+@requires_native
+@pytest.mark.parametrize("route", ["dense", "auto"])
+@pytest.mark.parametrize("shape", ROUTE_SHAPES + [((400,), 300, 37)], ids=str)
+def test_sparse24_int8_dense_route_bit_exact(monkeypatch, route, shape):
+    monkeypatch.setenv("COMPRESSOPS_SPARSE_ROUTE", route)
+    batch, k, n = shape
+    q, meta, scale, b = make24_int8(k, n, bias=(n % 2 == 1))
+    x = randn_nonzero(*batch, k) * 3
+    x.view(-1, k)[0, 1] = float("nan")  # a NaN row stays NaN, as in the reference
+    y = ops.sparse24_int8_linear(x, q, meta, scale, k, b)
+    ran = torch.ops.compressops._last_kernel_isa("sparse24_int8_linear")
+    m = x.numel() // k
+    assert (ran == "dense") == (route == "dense" or sparse24_auto_is_dense(m, n, k, int8=True))
+    ref = reference.sparse24_int8_linear(x, q, meta, scale, k, b)
+    assert torch.equal(y.isnan(), ref.isnan())
+    assert torch.equal(torch.nan_to_num(y), torch.nan_to_num(ref))
+
+
+@requires_native
+def test_sparse24_int8_dense_route_declines_coinciding_overflow(monkeypatch):
+    # Both kept values of a group at one position: the format sums them, and 100 + 100 does not
+    # fit the symmetric int8 the int8 GEMM needs, so the op stays on the 2:4 kernel.
+    monkeypatch.setenv("COMPRESSOPS_SPARSE_ROUTE", "dense")
+    q, meta, scale, b = make24_int8(64, 12)
+    q[3, 0:2] = 100
+    meta[3, 0] = (meta[3, 0] & 0xF0) | 0b0101  # group 0: positions 1 and 1
+    x = randn_nonzero(300, 64)
+    y = ops.sparse24_int8_linear(x, q, meta, scale, 64, b)
+    assert torch.ops.compressops._last_kernel_isa("sparse24_int8_linear") != "dense"
+    assert torch.equal(y, reference.sparse24_int8_linear(x, q, meta, scale, 64, b))
+
+
+@requires_native
+@pytest.mark.parametrize("route", ["dense", "auto"])
+@pytest.mark.parametrize("sparsity", [0.5, 0.9])
+@pytest.mark.parametrize("shape", ROUTE_SHAPES, ids=str)
+@pytest.mark.parametrize("vdtype", [torch.float32, torch.bfloat16], ids=["v_f32", "v_bf16"])
+def test_csr_dense_route(monkeypatch, route, sparsity, shape, vdtype):
+    monkeypatch.setenv("COMPRESSOPS_SPARSE_ROUTE", route)
+    batch, k, n = shape
+    packed, vals, b = make_csr(k, n, sparsity, vdtype, bias=(n % 2 == 0))
+    x = randn_nonzero(*batch, k)
+    y = ops.csr_linear(x, packed, vals, n, b)
+    ran = torch.ops.compressops._last_kernel_isa("csr_linear")
+    m = x.numel() // k
+    assert (ran == "dense") == (route == "dense" or (m >= 256 and sparsity < 0.65))
+    assert relerr(y, reference.csr_linear(x, packed, vals, n, b)) < F32_TOL
+
+
+@requires_native
+def test_csr_dense_route_duplicates_wide_k_and_bad_setting(monkeypatch):
+    monkeypatch.setenv("COMPRESSOPS_SPARSE_ROUTE", "dense")
+    k, n = 70000, 5  # 32-bit columns
+    col = torch.tensor([69999, 3, 3, 40000, 7, 65536, 12], dtype=torch.int32)  # unsorted, a duplicate
+    crow = torch.tensor([0, 3, 3, 5, 5, 7], dtype=torch.int64)
+    vals = randn_nonzero(7)
+    packed = ops.csr_pack(crow, col, k)
+    x = randn_nonzero(3, k)
+    y = ops.csr_linear(x, packed, vals, n)
+    assert torch.ops.compressops._last_kernel_isa("csr_linear") == "dense"
+    assert relerr(y, reference.csr_linear(x, packed, vals, n)) < F32_TOL
+    monkeypatch.setenv("COMPRESSOPS_SPARSE_ROUTE", "fastest")
+    with pytest.raises(RuntimeError, match="COMPRESSOPS_SPARSE_ROUTE must be auto, kernel or dense"):
+        ops.csr_linear(x, packed, vals, n)
 
 
 # ------------------------------------------------------------------------------ shared checks

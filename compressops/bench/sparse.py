@@ -7,7 +7,8 @@ thread count) at the same sparsities. Every row reports its time, its speedup ov
 and its relative error against the float64 product with the weight that row computes with (for
 2:4 int8 that includes the activation quantization). The summary gives, per shape and thread
 count, the break-even sparsity of CSRLinear against fp32 dense: the lowest measured sparsity at
-which it is faster.
+which it is faster. Rows whose op took the dense route at that batch size (a torch GEMM on the
+weight decoded block by block, csrc/cpu/dense_route.h) say so in their note.
 """
 
 from __future__ import annotations
@@ -56,10 +57,12 @@ def bench_shape(name, m, n, k, threads, mrt, sparsities, rows):
     w = lin.weight.detach()
     b = lin.bias.detach()
 
-    def add(impl, fn, w_eff, base=None, note=""):
+    def add(impl, fn, w_eff, base=None, note="", op=None):
         with torch.inference_mode():
             us = timing.median_us(fn, mrt)
             y = fn()
+        if op is not None and torch.ops.compressops._last_kernel_isa(op) == "dense":
+            note = ", ".join(filter(None, [note, "dense route"]))
         ref = xd @ w_eff.double().t() + (0 if "no bias" in note else b.double())
         rows.append({"shape": name, "threads": threads, "impl": impl, "us": us, "note": note,
                      "relerr": _relerr(y, ref)})
@@ -76,11 +79,12 @@ def bench_shape(name, m, n, k, threads, mrt, sparsities, rows):
         mod = Sparse24Linear.from_float(lin, cfg)
         xin = xb if cfg.dtype == "bfloat16" else x
         add(label, lambda mod=mod, xin=xin: mod(xin), mod.dequantize(),
-            note="bf16 in/out" if cfg.dtype == "bfloat16" else ("int8 activations" if cfg.dtype == "int8" else ""))
+            note="bf16 in/out" if cfg.dtype == "bfloat16" else ("int8 activations" if cfg.dtype == "int8" else ""),
+            op="sparse24_int8_linear" if cfg.dtype == "int8" else "sparse24_linear")
     for s in sparsities:
         mod = CSRLinear.from_float(lin, co.CSR(sparsity=s))
         wd = mod.dequantize()
-        add(f"CSRLinear {s:.0%}", lambda mod=mod: mod(x), wd)
+        add(f"CSRLinear {s:.0%}", lambda mod=mod: mod(x), wd, op="csr_linear")
         tc = _torch_csr(wd)
         add(f"torch.sparse CSR int32 {s:.0%}", lambda tc=tc: torch.mm(tc, x.t()).t(), wd, note="no bias")
         sc = _scipy_csr(wd)

@@ -4,11 +4,13 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 
 #include "../common/int8_layout.h"
 #include "dispatch.h"
+#include "int8_linear.h"
 #include "kernel_record.h"
 #include "kernels/int8_gemm_kernel.h"
 
@@ -219,16 +221,27 @@ at::Tensor int8_pack_weight_cpu(const at::Tensor& w_q) {
   at::parallel_for(0, n_pad / kInt8NR, 1, [&](int64_t b, int64_t e) {
     for (int64_t nb = b; nb < e; ++nb) {
       int8_t* blk = dst + nb * kInt8NR * k_pad;
-      for (int64_t c = 0; c < kInt8NR; ++c) {
-        const int64_t row = nb * kInt8NR + c;
-        int32_t sum = 0;
-        for (int64_t kk = 0; kk < k_pad; ++kk) {
-          const int8_t v = (row < n && kk < k) ? src[row * k + kk] : 0;
-          blk[((kk / kInt8KR) * kInt8NR + c) * kInt8KR + kk % kInt8KR] = v;
-          sum += v;
+      // Chunk-major (kInt8KR bytes of each of the block's rows in turn) so the writes are
+      // sequential; whole chunks of real rows are copied as 4-byte words.
+      int32_t sums[kInt8NR] = {};
+      const int64_t k_full = k / kInt8KR;
+      for (int64_t kb = 0; kb < k_pad / kInt8KR; ++kb) {
+        int8_t* dst_kb = blk + kb * kInt8NR * kInt8KR;
+        for (int64_t c = 0; c < kInt8NR; ++c) {
+          const int64_t row = nb * kInt8NR + c, k0 = kb * kInt8KR;
+          int8_t chunk[kInt8KR] = {};
+          if (row < n) {
+            if (kb < k_full) {
+              std::memcpy(chunk, src + row * k + k0, kInt8KR);
+            } else {
+              for (int64_t j = 0; k0 + j < k; ++j) chunk[j] = src[row * k + k0 + j];
+            }
+          }
+          for (int64_t j = 0; j < kInt8KR; ++j) sums[c] += chunk[j];
+          std::memcpy(dst_kb + c * kInt8KR, chunk, kInt8KR);
         }
-        col_sums[row] = sum;
       }
+      for (int64_t c = 0; c < kInt8NR; ++c) col_sums[nb * kInt8NR + c] = sums[c];
     }
   });
   return packed;
@@ -348,6 +361,13 @@ at::Tensor int8_weight_only_linear_cpu(const at::Tensor& x, const at::Tensor& w_
 }
 
 }  // namespace
+
+at::Tensor int8_pack_weight_host(const at::Tensor& w_q) { return int8_pack_weight_cpu(w_q); }
+
+at::Tensor int8_linear_host(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_scale,
+                            const std::optional<at::Tensor>& bias) {
+  return int8_linear_cpu(x, w_packed, w_scale, bias, std::nullopt, std::nullopt);
+}
 
 std::vector<std::string> int8_kernel_isas() {
   std::vector<std::string> levels;

@@ -5,10 +5,16 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <c10/util/BFloat16.h>
+
+#include <atomic>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
+#include "dense_route.h"
 #include "dispatch.h"
+#include "int8_linear.h"
 #include "kernel_record.h"
 #include "kernels/sparse24_kernel.h"
 
@@ -87,6 +93,68 @@ Call check(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta
   return c;
 }
 
+// Batches from which the dense route (dense_route.h) beats the 2:4 kernels. Fitted to a
+// same-process sweep on the 2-core Zen 3 dev VM (AVX2; kernel vs route at M from 16 to 512, N x K
+// in {384 x 384, 1536 x 384, 384 x 1536, 4096 x 4096, 11008 x 4096}): with float values the two were
+// even at M = 128 (0.92-1.12x) and the route won by 1.2-1.5x from M = 256; layers of more than 4M
+// weights pay more for decoding per call and cross later. With int8 values the route runs the
+// int8 GEMM, which on AVX2 is no faster than the fp32 one, so it only pays from M = 256 (small
+// layers, 1.1-1.2x) or M = 512 (4096 x 4096, 1.1x). Other CPUs will want other constants.
+bool sparse24_prefer_dense(int64_t m, int64_t n, int64_t kp, bool int8_values) {
+  const SparseRoute forced = forced_sparse_route();
+  if (forced != SparseRoute::kAuto) return forced == SparseRoute::kDense;
+  const bool large = n * kp > (int64_t{1} << 22);
+  if (int8_values) return m >= (large ? 384 : 256);
+  return m >= (large ? 192 : 128);
+}
+
+// Rows [n0, n1) of the dense fp32 weight [n, kp] (row stride kp); a group whose two positions
+// coincide adds both values there, as the format and the reference say.
+template <typename V>
+void decode_rows_f32(const V* values, const uint8_t* meta, int64_t meta_stride, int64_t kp, int64_t n0, int64_t n1,
+                     float* dst) {
+  at::parallel_for(n0, n1, 16, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      float* w = dst + (r - n0) * kp;
+      std::memset(w, 0, sizeof(float) * kp);
+      const V* v = values + r * (kp / 2);
+      const uint8_t* mr = meta + r * meta_stride;
+      for (int64_t g = 0; g < kp / 4; ++g) {
+        const unsigned nib = (mr[g >> 1] >> ((g & 1) * 4)) & 15u;
+        w[4 * g + (nib & 3u)] += static_cast<float>(v[2 * g]);
+        w[4 * g + (nib >> 2)] += static_cast<float>(v[2 * g + 1]);
+      }
+    }
+  });
+}
+
+// Rows [n0, n1) of the dense int8 weight [n, k] (row stride k, the padding columns dropped).
+// Returns false when a group's coinciding positions sum outside [-127, 127] or a value is -128:
+// the int8 GEMM needs symmetric int8, so such a weight stays on the 2:4 kernel.
+bool decode_rows_i8(const int8_t* values, const uint8_t* meta, int64_t meta_stride, int64_t k, int64_t kp,
+                    int64_t n0, int64_t n1, int8_t* dst) {
+  std::atomic<bool> ok{true};
+  at::parallel_for(n0, n1, 16, [&](int64_t b, int64_t e) {
+    int16_t row[4];
+    for (int64_t r = b; r < e && ok.load(std::memory_order_relaxed); ++r) {
+      int8_t* w = dst + (r - n0) * k;
+      const int8_t* v = values + r * (kp / 2);
+      const uint8_t* mr = meta + r * meta_stride;
+      for (int64_t g = 0; g < kp / 4; ++g) {
+        const unsigned nib = (mr[g >> 1] >> ((g & 1) * 4)) & 15u;
+        row[0] = row[1] = row[2] = row[3] = 0;
+        row[nib & 3u] = static_cast<int16_t>(row[nib & 3u] + v[2 * g]);
+        row[nib >> 2] = static_cast<int16_t>(row[nib >> 2] + v[2 * g + 1]);
+        for (int64_t j = 0; j < 4; ++j) {
+          if (row[j] < -127 || row[j] > 127) ok.store(false, std::memory_order_relaxed);
+          if (4 * g + j < k) w[4 * g + j] = static_cast<int8_t>(row[j]);
+        }
+      }
+    }
+  });
+  return ok.load();
+}
+
 // x as fp32 rows [m, kp] with a zero tail (in place when it already is one).
 at::Tensor fp32_rows(const at::Tensor& x, int64_t k, int64_t kp) {
   at::Tensor x2 = x.reshape({-1, k});
@@ -103,7 +171,21 @@ at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, co
   const at::Tensor xf = fp32_rows(x, c.k, c.kp);
   const int64_t m = xf.size(0);
   at::Tensor out = at::empty({m, c.n}, x.options().dtype(at::kFloat));
-  if (m > 0) {
+  if (m > 0 && sparse24_prefer_dense(m, c.n, c.kp, false)) {
+    const uint8_t* meta_p = c.meta.data_ptr<uint8_t>();
+    const int64_t ms = c.meta.size(1), kp = c.kp;
+    const at::Tensor xc = xf.is_contiguous() ? xf : xf.contiguous();
+    if (c.values.scalar_type() == at::kBFloat16) {
+      const c10::BFloat16* v = c.values.data_ptr<c10::BFloat16>();
+      dense_route_linear(xc, c.n, kp, c.bias, out,
+                         [&](int64_t n0, int64_t n1, float* dst) { decode_rows_f32(v, meta_p, ms, kp, n0, n1, dst); });
+    } else {
+      const float* v = c.values.data_ptr<float>();
+      dense_route_linear(xc, c.n, kp, c.bias, out,
+                         [&](int64_t n0, int64_t n1, float* dst) { decode_rows_f32(v, meta_p, ms, kp, n0, n1, dst); });
+    }
+    record_kernel_route(op, "dense");
+  } else if (m > 0) {
     Sparse24Params p{};
     p.x = xf.data_ptr<float>();
     p.ldx = xf.stride(0);
@@ -174,6 +256,28 @@ void quantize_rows(const at::Tensor& xf, int64_t k, int8_t* q, int64_t ldq, floa
   });
 }
 
+// int8_linear's K limit (exact int32 sums); longer rows stay on the 2:4 kernel.
+constexpr int64_t kInt8DenseRouteMaxK = 131072;
+
+// The 2:4 int8 op through the int8 GEMM (same activation quantization, same exact integer sums,
+// same epilogue, so the same bits), a block of output rows at a time. Returns false when the weight
+// is not symmetric int8 once decoded; the caller then runs the 2:4 kernel, which rewrites all of out.
+bool int8_dense_route(const at::Tensor& x2, const Call& c, const at::Tensor& ws, at::Tensor& out) {
+  const int64_t rows = std::min<int64_t>(c.n, std::max<int64_t>(64, kDenseRouteBlockBytes / c.k / 16 * 16));
+  at::Tensor w = at::empty({rows, c.k}, x2.options().dtype(at::kChar));
+  const int8_t* v = c.values.data_ptr<int8_t>();
+  const uint8_t* meta_p = c.meta.data_ptr<uint8_t>();
+  for (int64_t n0 = 0; n0 < c.n; n0 += rows) {
+    const int64_t nb = std::min(rows, c.n - n0);
+    at::Tensor wb = w.narrow(0, 0, nb);
+    if (!decode_rows_i8(v, meta_p, c.meta.size(1), c.k, c.kp, n0, n0 + nb, wb.data_ptr<int8_t>())) return false;
+    std::optional<at::Tensor> b;
+    if (c.bias) b = c.bias->narrow(0, n0, nb);
+    out.narrow(1, n0, nb).copy_(int8_linear_host(x2, int8_pack_weight_host(wb), ws.narrow(0, n0, nb), b));
+  }
+  return true;
+}
+
 at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                                     const at::Tensor& w_scale, int64_t in_features,
                                     const std::optional<at::Tensor>& bias) {
@@ -187,7 +291,10 @@ at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, const at::Tensor& value
   if (x2.scalar_type() != at::kFloat || (x2.size(0) > 0 && x2.stride(1) != 1)) x2 = x2.to(at::kFloat).contiguous();
   const int64_t m = x2.size(0);
   at::Tensor out = at::empty({m, c.n}, x.options().dtype(at::kFloat));
-  if (m > 0) {
+  if (m > 0 && c.k <= kInt8DenseRouteMaxK && sparse24_prefer_dense(m, c.n, c.kp, true) &&
+      int8_dense_route(x2, c, ws, out)) {
+    record_kernel_route(op, "dense");
+  } else if (m > 0) {
     at::Tensor q = at::zeros({m, c.kp}, x.options().dtype(at::kChar));
     at::Tensor sa = at::empty({m}, x.options().dtype(at::kFloat));
     quantize_rows(x2, c.k, q.data_ptr<int8_t>(), c.kp, sa.data_ptr<float>());

@@ -5,8 +5,8 @@
 // time (8 scalar loads assembled in a register: faster than vgatherdps on Zen 3).
 // Larger batches: the host transposes the activations to [k, ldt]; each nonzero is broadcast and
 // FMA'd across 32 batch lanes at a time (an L2-sized slice of the transposed block), so a row's
-// nonzeros are read once per 32 lanes and stay in L1/L2. From kCsrTileMinM rows on, with sorted
-// columns, the K-tiled variant keeps a 128-position tile of the activations in L1 instead.
+// nonzeros are read once per 32 lanes and stay in L1/L2. For denser matrices with sorted columns,
+// the K-tiled variant keeps a 128-position tile of the activations in L1 instead.
 #include "kernel_macros.h"
 
 #if COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_SCALAR || COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_AVX2
@@ -214,7 +214,7 @@ bool COMPRESSOPS_KERNEL(csr_spmm)(const CsrParams& p, int64_t n_begin, int64_t n
     // Denser matrices (>= 40% nonzeros) have enough work per (row, K tile) to pay for the tiles
     // from kCsrTileMinMDense rows on.
     const bool dense = 10 * p.rowptr[p.n] >= 4 * p.n * p.k;
-    if (p.sorted && (p.m >= kCsrTileMinM || (dense && p.m >= kCsrTileMinMDense))) {
+    if (p.sorted && dense && p.m >= kCsrTileMinMDense) {
       sorted_transposed_avx2(p, n_begin, n_end);
     } else {
       transposed_avx2(p, n_begin, n_end);

@@ -26,13 +26,12 @@ struct CsrParams {
 };
 
 constexpr int64_t kCsrTransposeM = 8;
-// From this batch size on (and with sorted columns) the K-tiled kernel runs. Below it the per-row
-// cursor bookkeeping of the tiles costs more than it saves: same-process A/B at K=4096, 90%
-// sparsity, 2 threads (2026-11-23): untiled 1.5-4x faster at M=8..64, 1.3x at M=256; tiled 1.2x
-// faster at M=512. At 50% sparsity the tiles pay earlier (1.1x at M=64, 1.6x at M=256); at 70-80%
-// the untiled kernel still won or tied at M=256.
-constexpr int64_t kCsrTileMinM = 384;
-constexpr int64_t kCsrTileMinMDense = 64;  // for matrices with >= 40% nonzeros
+// The host hands the kernel at most 64 batch rows at a time (kCsrMaxChunkM in csr_linear.cpp).
+// With sorted columns and at least 40% nonzeros, 64-row chunks run the K-tiled kernel: enough work
+// per (row, K tile) to pay for the tiles' per-row cursors (same-process A/B, K=4096, 2 threads,
+// 2026-11-23: 1.6x faster than untiled at 50% sparsity and M=64). Sparser matrices never gain from
+// the tiles at 64 rows (untiled 1.2-1.6x faster at 80-90%).
+constexpr int64_t kCsrTileMinMDense = 64;
 
 // Output rows [n_begin, n_end) (the host splits them by nonzero count).
 #define COMPRESSOPS_DECLARE_CSR(SUFFIX) bool csr_spmm_##SUFFIX(const CsrParams&, int64_t n_begin, int64_t n_end);

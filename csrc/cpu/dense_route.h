@@ -1,0 +1,56 @@
+// The dense route of the sparse linear ops: at large batch sizes a GEMM on the decoded weight beats
+// the sparse kernels on this kind of CPU (a 2:4 or CSR kernel spends several times more per kept
+// weight than a tuned dense GEMM spends per weight), so the op decodes the weight a block of output
+// rows at a time and hands each block to torch's GEMM. The decoded block is scratch of a few MiB,
+// never the whole [N, K] weight, and it is rebuilt every call: nothing dense is kept on the module.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+
+namespace compressops::cpu {
+
+// COMPRESSOPS_SPARSE_ROUTE=kernel|dense overrides each op's own choice (unset or "auto": the op's
+// rule). The rules are fitted to one CPU; this lets a user on another one (and the tests) pick.
+// Read on every call, like COMPRESSOPS_ISA's context manager expects of an environment setting.
+enum class SparseRoute { kAuto, kKernel, kDense };
+
+inline SparseRoute forced_sparse_route() {
+  const char* v = std::getenv("COMPRESSOPS_SPARSE_ROUTE");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return SparseRoute::kAuto;
+  if (std::strcmp(v, "kernel") == 0) return SparseRoute::kKernel;
+  if (std::strcmp(v, "dense") == 0) return SparseRoute::kDense;
+  TORCH_CHECK(false, "COMPRESSOPS_SPARSE_ROUTE must be auto, kernel or dense, got '", v, "'");
+}
+
+// About this many bytes of decoded fp32 weight per block: large enough for an efficient GEMM per
+// block, small enough to stay in the last-level cache between decoding it and reading it.
+constexpr int64_t kDenseRouteBlockBytes = 4 << 20;
+
+// out[m, n] = xf[m, :] . w[n, :] + bias[n], with w never held whole: decode(n0, n1, dst) writes
+// rows [n0, n1) of w as fp32 into dst (row stride kw) and may run in parallel itself.
+// xf: fp32 [m, kw] (rows contiguous); out: fp32 [m, n], contiguous.
+template <typename Decode>
+void dense_route_linear(const at::Tensor& xf, int64_t n, int64_t kw, const std::optional<at::Tensor>& bias,
+                        at::Tensor& out, const Decode& decode) {
+  const int64_t rows = std::min<int64_t>(n, std::max<int64_t>(64, kDenseRouteBlockBytes / (4 * kw) / 16 * 16));
+  at::Tensor w = at::empty({rows, kw}, xf.options());
+  for (int64_t n0 = 0; n0 < n; n0 += rows) {
+    const int64_t nb = std::min(rows, n - n0);
+    at::Tensor wb = w.narrow(0, 0, nb);
+    decode(n0, n0 + nb, wb.data_ptr<float>());
+    at::Tensor ob = out.narrow(1, n0, nb);
+    if (bias) {
+      at::addmm_out(ob, bias->narrow(0, n0, nb), xf, wb.t());
+    } else {
+      at::mm_out(ob, xf, wb.t());
+    }
+  }
+}
+
+}  // namespace compressops::cpu
