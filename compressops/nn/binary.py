@@ -20,14 +20,13 @@ def _pair(v, name):
     return v
 
 
-def _check_input(x: torch.Tensor, layer: str, channels: int, dim: int, what: str):
+def _check_input(x: torch.Tensor, layer: str, channels: int, conv: bool):
     # The packed kernels only see ceil(C/64) words, so a wrong C within the same word count would
     # run and be silently wrong: check it here. (Not while tracing: a trace records no Python checks,
     # and comparing traced sizes only warns.)
     if torch.jit.is_tracing():
         return
-    conv = what == "NCHW"
-    if (conv and x.dim() != 4) or x.dim() < 1 or x.size(dim) != channels:
+    if (conv and x.dim() != 4) or x.dim() < 1 or x.size(1 if conv else -1) != channels:
         expected = "[N, " + str(channels) + ", H, W]" if conv else "[..., " + str(channels) + "]"
         raise ValueError(layer + ": x must have shape " + expected + ", got " + str(list(x.shape)))
     if not x.is_floating_point():
@@ -266,7 +265,7 @@ class BinaryConv2d(_BinaryBase):
         return F.conv2d(xb, w, b, self.stride, self.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, "BinaryConv2d", self.in_channels, 1, "NCHW")
+        _check_input(x, "BinaryConv2d", self.in_channels, conv=True)
         if not torch.jit.is_scripting():
             if self._training_path():
                 return self._forward_train(x)
@@ -361,7 +360,7 @@ class BinaryLinear(_BinaryBase):
         return F.linear(xb, self._binary_weight_ste().to(x.dtype), b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, "BinaryLinear", self.in_features, -1, "[..., in_features]")
+        _check_input(x, "BinaryLinear", self.in_features, conv=False)
         if not torch.jit.is_scripting():
             if self._training_path():
                 return self._forward_train(x)

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <limits>
 
+#include "../common/int8_layout.h"
 #include "dense_route.h"
 #include "dispatch.h"
 #include "int8_linear.h"
@@ -174,14 +175,13 @@ at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, co
   if (m > 0 && sparse24_prefer_dense(m, c.n, c.kp, false)) {
     const uint8_t* meta_p = c.meta.data_ptr<uint8_t>();
     const int64_t ms = c.meta.size(1), kp = c.kp;
-    const at::Tensor xc = xf.is_contiguous() ? xf : xf.contiguous();
     if (c.values.scalar_type() == at::kBFloat16) {
       const c10::BFloat16* v = c.values.data_ptr<c10::BFloat16>();
-      dense_route_linear(xc, c.n, kp, c.bias, out,
+      dense_route_linear(xf, c.n, kp, c.bias, out,
                          [&](int64_t n0, int64_t n1, float* dst) { decode_rows_f32(v, meta_p, ms, kp, n0, n1, dst); });
     } else {
       const float* v = c.values.data_ptr<float>();
-      dense_route_linear(xc, c.n, kp, c.bias, out,
+      dense_route_linear(xf, c.n, kp, c.bias, out,
                          [&](int64_t n0, int64_t n1, float* dst) { decode_rows_f32(v, meta_p, ms, kp, n0, n1, dst); });
     }
     record_kernel_route(op, "dense");
@@ -256,9 +256,6 @@ void quantize_rows(const at::Tensor& xf, int64_t k, int8_t* q, int64_t ldq, floa
   });
 }
 
-// int8_linear's K limit (exact int32 sums); longer rows stay on the 2:4 kernel.
-constexpr int64_t kInt8DenseRouteMaxK = 131072;
-
 // The 2:4 int8 op through the int8 GEMM (same activation quantization, same exact integer sums,
 // same epilogue, so the same bits), a block of output rows at a time. Returns false when the weight
 // is not symmetric int8 once decoded; the caller then runs the 2:4 kernel, which rewrites all of out.
@@ -291,7 +288,8 @@ at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, const at::Tensor& value
   if (x2.scalar_type() != at::kFloat || (x2.size(0) > 0 && x2.stride(1) != 1)) x2 = x2.to(at::kFloat).contiguous();
   const int64_t m = x2.size(0);
   at::Tensor out = at::empty({m, c.n}, x.options().dtype(at::kFloat));
-  if (m > 0 && c.k <= kInt8DenseRouteMaxK && sparse24_prefer_dense(m, c.n, c.kp, true) &&
+  if (m > 0 && c.k <= kInt8MaxK &&  // int8_linear's limit; longer rows stay on the 2:4 kernel
+      sparse24_prefer_dense(m, c.n, c.kp, true) &&
       int8_dense_route(x2, c, ws, out)) {
     record_kernel_route(op, "dense");
   } else if (m > 0) {
