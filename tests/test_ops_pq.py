@@ -211,6 +211,8 @@ DENSE_ROUTE = [
     (256, 131, 45, 4, 256, "dense"),
     (300, 130, 40, 2, 256, "dense"),
     (256, 67, 45, 1, 16, "dense"),
+    (256, 3001, 403, 1, 16, "dense"),  # decoded in two blocks (336 + 67 rows), the second not 32-aligned
+    (256, 3001, 403, 2, 256, "dense"),
     (255, 131, 45, 4, 256, "table"),   # below the batch threshold
     (256, 64, 4096, 4, 256, "table"),  # many output rows amortize the table build
     (256, 67, 400, 4, 16, "table"),    # k=16 tables are cheap

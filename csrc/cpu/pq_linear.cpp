@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "../common/pq_layout.h"
+#include "dense_route.h"
 #include "dispatch.h"
 #include "kernel_record.h"
 #include "kernels/pq_lookup_kernel.h"
@@ -121,23 +122,24 @@ at::Tensor pq_pack_cpu(const at::Tensor& codes, const at::Tensor& codebooks, int
   return packed;
 }
 
-// Decodes the packed codes into the dense fp32 weight [n, k_in]: W[n][s*d + j] = C_s[code(n, s)][j].
-// Blocks of 32 output rows; per subspace, the block's codes are read once and the subspace's
-// codebook slice (d * k floats) stays in L1 while the 32 rows are written.
-at::Tensor pq_decode_weight(const uint8_t* codes, const float* cb_t, const PqPackedHeader& h,
-                            const at::TensorOptions& fopts) {
-  const int64_t n = h.n, k_in = h.k_in, d = h.d, kc = h.ncent, s = h.s, s_pad = h.s_pad, n_pad = h.n_pad;
-  at::Tensor w = at::empty({n, k_in}, fopts);
-  float* wp = w.data_ptr<float>();
+// Rows [n0, n1) of the dense fp32 weight [n, k_in] into dst (row stride k_in), for the dense
+// route: W[r][s*d + j] = C_s[code(r, s)][j]. Groups of 32 rows; per subspace, the group's codes
+// are read once and the subspace's codebook slice (d * k floats) stays in L1 while they are written.
+void pq_decode_rows(const uint8_t* codes, const float* cb_t, const PqPackedHeader& h, int64_t n0, int64_t n1,
+                    float* dst) {
+  const int64_t k_in = h.k_in, d = h.d, kc = h.ncent, s = h.s, s_pad = h.s_pad, n_pad = h.n_pad;
   constexpr int64_t kRows = 32;
-  at::parallel_for(0, (n + kRows - 1) / kRows, 1, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, (n1 - n0 + kRows - 1) / kRows, 1, [&](int64_t b0, int64_t b1) {
     uint8_t c[kRows];
     for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t r0 = blk * kRows, rows = std::min(kRows, n - r0);
+      const int64_t r0 = n0 + blk * kRows, rows = std::min(kRows, n1 - r0);
       for (int64_t si = 0; si < s; ++si) {
-        if (kc == 16) {  // 32-row blocks: byte i of pair si/2 holds row r0 + i
-          const uint8_t* src = codes + blk * (s_pad / 2) * 32 + (si / 2) * 32;
-          for (int64_t i = 0; i < rows; ++i) c[i] = si % 2 == 0 ? (src[i] & 15) : (src[i] >> 4);
+        if (kc == 16) {  // 32-row blocks: byte r % 32 of pair si/2 of block r / 32 holds row r
+          for (int64_t i = 0; i < rows; ++i) {
+            const int64_t r = r0 + i;
+            const uint8_t byte = codes[(r / 32) * (s_pad / 2) * 32 + (si / 2) * 32 + r % 32];
+            c[i] = si % 2 == 0 ? (byte & 15) : (byte >> 4);
+          }
         } else {  // 8-row blocks inside 16-subspace chunks
           const int64_t chunk = si / kPq256ChunkSubspaces;
           const int64_t sc = std::min<int64_t>(kPq256ChunkSubspaces, s - chunk * kPq256ChunkSubspaces);
@@ -147,13 +149,12 @@ at::Tensor pq_decode_weight(const uint8_t* codes, const float* cb_t, const PqPac
         const float* cb = cb_t + si * d * kc;
         const int64_t j1 = std::min<int64_t>(d, k_in - si * d);
         for (int64_t i = 0; i < rows; ++i) {
-          float* dst = wp + (r0 + i) * k_in + si * d;
-          for (int64_t j = 0; j < j1; ++j) dst[j] = cb[j * kc + c[i]];
+          float* row = dst + (r0 + i - n0) * k_in + si * d;
+          for (int64_t j = 0; j < j1; ++j) row[j] = cb[j * kc + c[i]];
         }
       }
     }
   });
-  return w;
 }
 
 // Large batches where building lookup tables costs more than a dense GEMM: the table build is
@@ -163,8 +164,8 @@ at::Tensor pq_decode_weight(const uint8_t* codes, const float* cb_t, const PqPac
 // {16, 256}; the sweep script is not kept): table/dense time ~ 2*256/N + 2/d for k=256 and
 // ~ (456/N + 0.55)/d for k=16. `benchmarks/bench_pq_linear.py --shapes minilm` shows the outcome
 // (rows labelled "(dense)"); other CPUs will want other constants.
-// The dense route is taken only when that estimate exceeds 1.2, since it also holds a decoded
-// [N, K] fp32 weight for the call; below M=256 decoding is not amortized.
+// The dense route (dense_route.h) is taken only when that estimate exceeds 1.2, since it also
+// decodes the weight every call; below M=256 decoding is not amortized.
 bool pq_prefer_dense(int64_t m, int64_t n, int64_t d, int64_t kc) {
   if (m < 256) return false;
   const double nd = static_cast<double>(n), dd = static_cast<double>(d);
@@ -208,9 +209,10 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t 
   const float* cb_t = reinterpret_cast<const float*>(base + kPqHeaderBytes);
   const uint8_t* codes = base + kPqHeaderBytes + pq_codebook_bytes(s_pad, d, kc);
   if (pq_prefer_dense(m, n, d, kc)) {
-    at::Tensor w = pq_decode_weight(codes, cb_t, h, fopts);
-    const at::Tensor xf2 = x2.to(at::kFloat);
-    at::Tensor y = b ? at::addmm(*b, xf2, w.t()) : at::mm(xf2, w.t());
+    const at::Tensor xf2 = x2.to(at::kFloat).contiguous();
+    at::Tensor y = at::empty({m, n}, fopts);
+    dense_route_linear(xf2, n, in_features, b, y,
+                       [&](int64_t n0, int64_t n1, float* dst) { pq_decode_rows(codes, cb_t, h, n0, n1, dst); });
     record_kernel_route(op, "dense");
     return y.to(out_t).view(out_shape);
   }
