@@ -8,6 +8,7 @@ from torch import nn
 
 import compressops as co
 from compressops.algorithms import pruning
+from compressops.formats import csr as csr_format
 from compressops.formats import sparse24 as s24
 from compressops.nn import CSRLinear, Sparse24Linear
 
@@ -88,6 +89,66 @@ def test_state_dict_and_save_load_round_trip(cfg, tmp_path):
     loaded = co.load(TwoLayer(), path)
     assert type(loaded.fc1) is type(conv.fc1)
     assert torch.equal(loaded(x), expected)
+
+
+@pytest.mark.parametrize("k, col_bytes", [(67, 2), (65536, 2), (65537, 4)])
+def test_csr_stores_columns_once_and_narrow(k, col_bytes):
+    n = 3
+    lin = nn.Linear(k, n)
+    cs = CSRLinear.from_float(lin, co.CSR(sparsity=0.5))
+    sd = cs.state_dict()
+    assert set(sd) == {"index", "values", "bias"}
+    assert sd["index"].dtype == torch.uint8
+    assert csr_format.read_header(sd["index"], "t")["col_bytes"] == col_bytes
+    nnz = cs.nnz
+    expected = 64 + 8 * (n + 1) + (col_bytes * nnz + 7) // 8 * 8 + 4 * nnz + 4 * n
+    assert cs.compressed_bytes() == expected
+    if k == 65536:  # fp32 values + 16-bit columns at 50%: 3 bytes a weight against 4 (the header is noise)
+        assert cs.compressed_bytes() < 0.76 * cs.dense_bytes()
+    # crow/col decode the canonical form, and the dense weight is the pruned one
+    w = lin.weight.detach() * csr_format.magnitude_mask(lin.weight, 0.5)
+    assert cs.col.dtype == torch.int32 and cs.crow.dtype == torch.int64
+    assert torch.equal(csr_format.to_dense(cs.crow, cs.col, cs.values, k), w)
+    assert torch.equal(cs.dequantize(), w)
+
+
+def test_csr_loads_version_1_state_dict():
+    lin = nn.Linear(50, 20)
+    cs = CSRLinear.from_float(lin, co.CSR(sparsity=0.8))
+    x = randn_nonzero(5, 50)
+    # what version 1 wrote: canonical crow/col with int32 columns
+    old = {"crow": cs.crow, "col": cs.col, "values": cs.values.clone(), "bias": cs.bias.clone()}
+    fresh = CSRLinear(50, 20)
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.index, cs.index) and torch.equal(fresh(x), cs(x))
+    assert set(fresh.state_dict()) == {"index", "values", "bias"}
+
+
+def test_csr_load_rejects_corrupt_index():
+    cs = CSRLinear.from_float(nn.Linear(40, 6), co.CSR(sparsity=0.5))
+    good = cs.state_dict()
+    h = csr_format.read_header(good["index"], "t")
+    col_off = csr_format.HEADER_BYTES + 8 * (h["n"] + 1)
+
+    def load(sd):
+        CSRLinear(40, 6).load_state_dict(sd)
+
+    bad_col = {k: v.clone() for k, v in good.items()}
+    bad_col["index"][col_off:col_off + 2] = torch.tensor([200], dtype=torch.int16).view(torch.uint8)  # col 200 >= 40
+    with pytest.raises(ValueError, match="col values must lie in"):
+        load(bad_col)
+    bad_row = {k: v.clone() for k, v in good.items()}
+    bad_row["index"][csr_format.HEADER_BYTES + 8:csr_format.HEADER_BYTES + 16] = torch.tensor(
+        [10**6], dtype=torch.int64).view(torch.uint8)
+    with pytest.raises(ValueError, match="crow must"):
+        load(bad_row)
+    with pytest.raises(ValueError, match="bytes but its header needs"):
+        load({**good, "index": good["index"][:-8]})
+    with pytest.raises(ValueError, match="values has"):
+        load({**good, "values": good["values"][:-1]})
+    with pytest.raises(ValueError, match=r"\[6, 41\] weight"):
+        CSRLinear(40, 6).load_state_dict(CSRLinear.from_float(nn.Linear(41, 6), co.CSR(sparsity=0.5)).state_dict())
+    assert torch.equal(CSRLinear(40, 6, nnz=3)(torch.ones(2, 40)), torch.zeros(2, 6))  # placeholder: bias only
 
 
 def test_no_grad_inference_mode_empty_batch_bf16_input_and_to():

@@ -1,18 +1,20 @@
 """The CSR (compressed sparse row) linear format (DESIGN.md section 4).
 
-Canonical (what state_dict and files hold):
+Canonical (what compressops.ops.csr_pack takes, and what CSRLinear.crow / .col return):
     crow    int32 or int64 [N+1]  crow[0] = 0, non-decreasing, crow[N] = nnz
     col     int32 [nnz]           column of each stored value, in [0, K); any order within a row
                                   (duplicates are summed)
     values  float32 or bfloat16 [nnz]
 
-Prepacked index blob (CPU kernel; built by compressops.ops.csr_pack, never serialized), 1-D uint8:
+Index (built by compressops.ops.csr_pack, read by the kernels, and what CSRLinear stores in its
+state_dict as `index`, so columns are held once and as narrow as K allows), 1-D uint8, little endian:
     header  64 bytes: int32 magic, version, N, K, col_bytes (2 when K <= 65536, else 4), sorted (1 when
             the columns of every row are non-decreasing: the kernel then tiles K), 2 reserved,
             int64 nnz, 3 int64 reserved
     rowptr  int64 [N+1]
-    cols    uint16 or int32 [nnz] (little endian), padded to a multiple of 8 bytes
-The pack validates crow and col once; csr_linear trusts the blob (its header is checked).
+    cols    uint16 or int32 [nnz], padded to a multiple of 8 bytes
+The pack validates crow and col once; csr_linear trusts the index (its header is checked), so
+CSRLinear re-validates an index it loads from a file.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def check(crow: torch.Tensor, col: torch.Tensor, n: int, k: int, op: str = "csr"
 
 
 def pack(crow: torch.Tensor, col: torch.Tensor, k: int) -> torch.Tensor:
-    """Python twin of compressops.ops.csr_pack (same bytes)."""
+    """Python twin of compressops.ops.csr_pack (same bytes, on crow's device)."""
     n = crow.shape[0] - 1
     check(crow, col, n, k, "csr_pack")
     nnz = col.shape[0]
@@ -105,7 +107,7 @@ def pack(crow: torch.Tensor, col: torch.Tensor, k: int) -> torch.Tensor:
     cols = cols.to(torch.int16) if cb == 2 else cols  # wraps 32768..65535 to the same 16 bits
     if nnz:
         out[off:off + cb * nnz] = cols.view(torch.uint8)
-    return out
+    return out.to(crow.device)
 
 
 def read_header(packed: torch.Tensor, op: str) -> dict:

@@ -107,17 +107,22 @@ class Sparse24Linear(CompressedLinear):
 class CSRLinear(CompressedLinear):
     """nn.Linear with an unstructured sparse weight stored as CSR.
 
-    Buffers (state_dict): crow int64 [out+1], col int32 [nnz], values float32/bfloat16 [nnz],
-    bias float32 [out] (if any). The kernel's index pack (16-bit columns when in_features <=
-    65536, see compressops/formats/csr.py) is a non-persistent buffer rebuilt on load.
+    Buffers (state_dict, version 2): index uint8 [compressops.formats.csr.packed_bytes(out, in, nnz)]
+    (the CSR index csr_pack builds: a 64-byte header, int64 row pointer [out+1] and the column of
+    every nonzero in 16 bits when in_features <= 65536, else 32; layout in compressops/formats/csr.py),
+    values float32/bfloat16 [nnz], bias float32 [out] (if any). The kernels read `index` as stored,
+    so the columns are held once. A version-1 state dict (crow int [out+1], col int32 [nnz]) still
+    loads. Every load re-validates the index (a corrupt file raises ValueError, never reads out of
+    bounds). `crow` and `col` give the canonical int64/int32 views.
 
     Example:
         >>> sp = CSRLinear.from_float(torch.nn.Linear(64, 32), compressops.CSR(sparsity=0.9))
         >>> y = sp(torch.randn(4, 64))
     """
 
-    _version = 1
-    _fixed_dtype = ("values", "bias", "crow", "col", "packed")
+    _version = 2
+    _fixed_dtype = ("values", "bias", "index")
+    __jit_unused_properties__ = CompressedLinear.__jit_unused_properties__ + ["crow", "col"]
 
     def __init__(self, in_features: int, out_features: int, nnz: int = 0, bias: bool = True, *,
                  dtype=torch.float32, device=None):
@@ -125,27 +130,59 @@ class CSRLinear(CompressedLinear):
         if in_features < 1 or out_features < 1:
             raise ValueError(f"CSRLinear: in_features and out_features must be >= 1, got {in_features}, "
                              f"{out_features}")
+        if nnz < 0:
+            raise ValueError(f"CSRLinear: nnz must be >= 0, got {nnz}")
         if dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"CSRLinear: dtype must be float32 or bfloat16, got {dtype}")
         self.in_features = in_features
         self.out_features = out_features
-        self.register_buffer("crow", torch.zeros(out_features + 1, dtype=torch.int64, device=device))
-        self.register_buffer("col", torch.zeros(nnz, dtype=torch.int32, device=device))
+        # A valid placeholder structure (every nonzero in the last row, column 0, value 0): the layer
+        # computes bias until from_float or load_state_dict fills it.
+        crow = torch.zeros(out_features + 1, dtype=torch.int64)
+        crow[-1] = nnz
+        self.register_buffer("index", ops.csr_pack(crow, torch.zeros(nnz, dtype=torch.int32),
+                                                   in_features).to(device))
         self.register_buffer("values", torch.zeros(nnz, dtype=dtype, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device) if bias else None)
-        self.register_buffer("packed", None, persistent=False)
-        if nnz == 0:
-            self.repack()
         self.register_load_state_dict_post_hook(lambda module, keys: module.repack())
 
+    @property
+    def crow(self) -> torch.Tensor:
+        """Row pointer, int64 [out+1] (a copy decoded from `index`)."""
+        return csr_format.unpack(self.index)[0]
+
+    @property
+    def col(self) -> torch.Tensor:
+        """Column of every nonzero, int32 [nnz] (a copy decoded from `index`)."""
+        return csr_format.unpack(self.index)[1]
+
     def repack(self) -> None:
-        """Rebuild the kernel's index pack from crow/col (validates them)."""
-        self.packed = ops.csr_pack(self.crow, self.col, self.in_features)
+        """Validate `index` against this layer's shape and rebuild it with csr_pack.
+
+        Raises:
+            ValueError: the index is not a CSR index of an [out_features, in_features] matrix with
+                values.numel() nonzeros (bad header, size, row pointer or column).
+        """
+        label = "CSRLinear.load_state_dict"
+        h = csr_format.read_header(self.index, label)
+        if (h["n"], h["k"]) != (self.out_features, self.in_features):
+            raise ValueError(f"{label}: index is for a [{h['n']}, {h['k']}] weight, the layer is "
+                             f"[{self.out_features}, {self.in_features}]")
+        if h["nnz"] != self.values.numel():
+            raise ValueError(f"{label}: index holds {h['nnz']} nonzeros but values has {self.values.numel()}")
+        crow, col, _ = csr_format.unpack(self.index)
+        csr_format.check(crow, col, self.out_features, self.in_features, label)
+        self.index = ops.csr_pack(crow.cpu(), col.cpu(), self.in_features).to(self.index.device)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        # nnz is only known from the file: take the incoming shapes of col and values.
-        for name in ("col", "values"):
+        # Version 1 stored crow/col (int32 columns); turn them into the index this version stores.
+        crow, col = state_dict.get(prefix + "crow"), state_dict.get(prefix + "col")
+        if prefix + "index" not in state_dict and isinstance(crow, torch.Tensor) and isinstance(col, torch.Tensor):
+            del state_dict[prefix + "crow"], state_dict[prefix + "col"]
+            state_dict[prefix + "index"] = ops.csr_pack(crow.cpu(), col.cpu().to(torch.int32), self.in_features)
+        # nnz is only known from the file: take the incoming shapes of index and values.
+        for name in ("index", "values"):
             t = state_dict.get(prefix + name)
             if isinstance(t, torch.Tensor) and t.dim() == 1:
                 setattr(self, name, torch.empty(t.shape, dtype=t.dtype, device=getattr(self, name).device))
@@ -168,14 +205,11 @@ class CSRLinear(CompressedLinear):
         if mask is None:
             mask = csr_format.magnitude_mask(w, config.sparsity)
         crow, col, values = csr_format.compress(w.to(dtype), mask, name=label)
-        m = cls(mod.in_features, mod.out_features, nnz=col.numel(), bias=mod.bias is not None, dtype=dtype,
-                device=w.device)
-        m.crow.copy_(crow)
-        m.col.copy_(col)
-        m.values.copy_(values)
+        m = cls(mod.in_features, mod.out_features, bias=mod.bias is not None, dtype=dtype, device=w.device)
+        m.index = ops.csr_pack(crow.cpu(), col.cpu(), mod.in_features).to(w.device)
+        m.values = values
         if mod.bias is not None:
             m.bias.copy_(mod.bias.detach().float())
-        m.repack()
         return m
 
     @classmethod
@@ -186,7 +220,7 @@ class CSRLinear(CompressedLinear):
 
     @property
     def nnz(self) -> int:
-        return self.col.numel()
+        return self.values.numel()
 
     @property
     def sparsity(self) -> float:
@@ -201,11 +235,12 @@ class CSRLinear(CompressedLinear):
         return f"CSR {self.sparsity:.0%} {str(self.values.dtype).replace('torch.', '')}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.csr_linear(x, self.packed, self.values, self.out_features, self.bias)
+        return ops.csr_linear(x, self.index, self.values, self.out_features, self.bias)
 
     def dequantize(self) -> torch.Tensor:
         """The float32 dense weight [out, in]."""
-        return csr_format.to_dense(self.crow, self.col, self.values, self.in_features, torch.float32)
+        crow, col, _ = csr_format.unpack(self.index)
+        return csr_format.to_dense(crow, col, self.values, self.in_features, torch.float32)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
