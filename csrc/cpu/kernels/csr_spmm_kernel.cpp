@@ -2,7 +2,8 @@
 //
 // Levels implemented here: scalar and avx2 (avx512 and above fall back to avx2).
 // Small batches: each output row is a dot product over its nonzeros, vectorized 8 nonzeros at a
-// time (8 scalar loads assembled in a register: faster than vgatherdps on Zen 3).
+// time (8 scalar loads assembled in a register: faster than vgatherdps on Zen 3; 16-bit columns
+// are read 4 at a time and split in general registers).
 // Larger batches: the host transposes the activations to [k, ldt]; each nonzero is broadcast and
 // FMA'd across 32 batch lanes at a time (an L2-sized slice of the transposed block), so a row's
 // nonzeros are read once per 32 lanes and stay in L1/L2. For denser matrices with sorted columns,
@@ -48,12 +49,6 @@ inline float dot_scalar(const CsrParams& p, const float* x, int64_t j0, int64_t 
 
 #if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
 
-inline __m256 load8_vals(const CsrParams& p, int64_t j) {
-  if (!p.values_bf16) return _mm256_loadu_ps(static_cast<const float*>(p.values) + j);
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p.values) + j));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -62,31 +57,60 @@ inline float hsum(__m256 v) {
 }
 
 // x at 8 columns: scalar loads assembled in registers (faster than vgatherdps on Zen 3).
-template <typename C>
-inline __m256 gather8(const float* x, const C* c) {
+inline __m256 gather8(const float* x, const int32_t* c) {
   const __m128 lo = _mm_setr_ps(x[c[0]], x[c[1]], x[c[2]], x[c[3]]);
   const __m128 hi = _mm_setr_ps(x[c[4]], x[c[5]], x[c[6]], x[c[7]]);
   return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
 }
 
-template <typename C>
+// 16-bit columns: two 8-byte loads for 8 columns, split with shifts in general registers, so the
+// load ports see 11 loads per 8 nonzeros instead of 17. Alternating runs at 90% sparsity, M=1,
+// K=4096, N in {1024, 4096}, 1 and 2 threads (2026-11-23): 1.1-1.2x faster alone, 1.3-1.45x with
+// the value type made a template parameter below. The empty asm stops the compiler from turning
+// the shifts back into 8 narrow loads.
+inline __m256 gather8(const float* x, const uint16_t* c) {
+  uint64_t a, b;
+  std::memcpy(&a, c, 8);
+  std::memcpy(&b, c + 4, 8);
+#if defined(__GNUC__)
+  asm("" : "+r"(a), "+r"(b));
+#endif
+  const __m128 lo = _mm_setr_ps(x[a & 0xFFFF], x[(a >> 16) & 0xFFFF], x[(a >> 32) & 0xFFFF], x[a >> 48]);
+  const __m128 hi = _mm_setr_ps(x[b & 0xFFFF], x[(b >> 16) & 0xFFFF], x[(b >> 32) & 0xFFFF], x[b >> 48]);
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
+}
+
+template <bool kBf16>
+inline __m256 load8(const void* values, int64_t j) {
+  if constexpr (!kBf16) return _mm256_loadu_ps(static_cast<const float*>(values) + j);
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(values) + j));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+// The value type is a template parameter so the loop carries no per-iteration branch on it.
+template <typename C, bool kBf16>
 inline float dot_cols(const CsrParams& p, const float* x, const C* cols, int64_t j0, int64_t j1) {
+  const void* values = p.values;
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
   int64_t j = j0;
   for (; j + 16 <= j1; j += 16) {
-    a0 = _mm256_fmadd_ps(gather8(x, cols + j), load8_vals(p, j), a0);
-    a1 = _mm256_fmadd_ps(gather8(x, cols + j + 8), load8_vals(p, j + 8), a1);
+    a0 = _mm256_fmadd_ps(gather8(x, cols + j), load8<kBf16>(values, j), a0);
+    a1 = _mm256_fmadd_ps(gather8(x, cols + j + 8), load8<kBf16>(values, j + 8), a1);
   }
   if (j + 8 <= j1) {
-    a0 = _mm256_fmadd_ps(gather8(x, cols + j), load8_vals(p, j), a0);
+    a0 = _mm256_fmadd_ps(gather8(x, cols + j), load8<kBf16>(values, j), a0);
     j += 8;
   }
   return hsum(_mm256_add_ps(a0, a1)) + dot_scalar(p, x, j, j1);
 }
 
 inline float dot_avx2(const CsrParams& p, const float* x, int64_t j0, int64_t j1) {
-  if (p.col_bytes == 2) return dot_cols(p, x, static_cast<const uint16_t*>(p.cols), j0, j1);
-  return dot_cols(p, x, static_cast<const int32_t*>(p.cols), j0, j1);
+  if (p.col_bytes == 2) {
+    const auto* c = static_cast<const uint16_t*>(p.cols);
+    return p.values_bf16 ? dot_cols<uint16_t, true>(p, x, c, j0, j1) : dot_cols<uint16_t, false>(p, x, c, j0, j1);
+  }
+  const auto* c = static_cast<const int32_t*>(p.cols);
+  return p.values_bf16 ? dot_cols<int32_t, true>(p, x, c, j0, j1) : dot_cols<int32_t, false>(p, x, c, j0, j1);
 }
 
 // S accumulator sets, nonzero j going to set j % S, so S nonzeros' FMAs are in flight at once.
