@@ -121,7 +121,7 @@ Header read_header(const at::Tensor& packed, const char* op) {
   return h;
 }
 
-constexpr int64_t kCsrMaxChunkM = 64;
+constexpr int64_t kCsrMaxChunkM = kernels::kCsrMaxLanes;
 
 // When the dense route (dense_route.h) beats the CSR kernels: from M = 256 with at least 35%
 // nonzeros. Same-process sweep on the 2-core Zen 3 VM (AVX2; kernel with 64-row chunks vs route,

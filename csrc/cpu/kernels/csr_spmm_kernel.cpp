@@ -145,29 +145,45 @@ inline void row_lanes(const CsrParams& p, int64_t j0, int64_t j1, int64_t mc, fl
   }
 }
 
+// out[m, r0:r1] = tile[:, m] (+ bias[r0:r1]) for every batch row m of the chunk: contiguous stores.
+inline void store_tile(const CsrParams& p, const float (*tile)[kCsrMaxLanes], int64_t r0, int64_t r1) {
+  for (int64_t m = 0; m < p.m; ++m) {
+    float* o = p.out + m * p.ldo + r0;
+    if (p.bias) {
+      for (int64_t r = 0; r < r1 - r0; ++r) o[r] = tile[r][m] + p.bias[r0 + r];
+    } else {
+      for (int64_t r = 0; r < r1 - r0; ++r) o[r] = tile[r][m];
+    }
+  }
+}
+
 void transposed_avx2(const CsrParams& p, int64_t n_begin, int64_t n_end) {
   // 32 lanes per pass: measured faster than 16, 24, 48 and 64 at K=4096, M=24..256 (2 threads,
   // same-process A/B, 2026-11-23): fewer passes over the nonzeros, and a pass's slice of the
   // transposed activations (K x 32 floats, 512 KiB at K=4096) still mostly hits L2.
   constexpr int64_t kLanes = 32;
-  alignas(32) float acc[kLanes];
   constexpr int64_t kRows = 64;  // rows per slice pass: their nonzeros stay in L1/L2
+  // A row block's results are staged [row][lane] and written a batch row at a time (contiguous
+  // stores), not one store per lane per row at a stride of N floats. Same-process A/B, M=64,
+  // 2 threads (2026-11-23): 1.44x faster at 1536x384 90%, 1.0-1.06x at 4096x4096 and 11008x4096.
+  alignas(32) float tile[kRows][kCsrMaxLanes];
+  static_assert(kCsrMaxLanes % kLanes == 0, "a chunk holds whole passes");
   for (int64_t r0 = n_begin; r0 < n_end; r0 += kRows) {
     const int64_t r1 = std::min(n_end, r0 + kRows);
     for (int64_t mc = 0; mc < p.m; mc += kLanes) {
       const int64_t lanes = std::min<int64_t>(kLanes, p.m - mc);
       for (int64_t n = r0; n < r1; ++n) {
         const int64_t j0 = p.rowptr[n], j1 = p.rowptr[n + 1];
+        float* acc = tile[n - r0] + mc;
         switch ((lanes + 7) / 8) {
           case 1: row_lanes<1, 2>(p, j0, j1, mc, acc); break;
           case 2: row_lanes<2, 1>(p, j0, j1, mc, acc); break;
           case 3: row_lanes<3, 1>(p, j0, j1, mc, acc); break;
           default: row_lanes<4, 1>(p, j0, j1, mc, acc); break;
         }
-        const float b = p.bias ? p.bias[n] : 0.0f;
-        for (int64_t l = 0; l < lanes; ++l) p.out[(mc + l) * p.ldo + n] = p.bias ? acc[l] + b : acc[l];
       }
     }
+    store_tile(p, tile, r0, r1);
   }
 }
 
@@ -220,9 +236,14 @@ void sorted_transposed_avx2(const CsrParams& p, int64_t n_begin, int64_t n_end) 
         case 7: sorted_tile<7>(p, n0, nb, mc, acc, cur); break;
         default: sorted_tile<8>(p, n0, nb, mc, acc, cur); break;
       }
-      for (int64_t r = 0; r < nb; ++r) {
-        const float b = p.bias ? p.bias[n0 + r] : 0.0f;
-        for (int64_t l = 0; l < lanes; ++l) p.out[(mc + l) * p.ldo + n0 + r] = p.bias ? acc[r][l] + b : acc[r][l];
+      // A batch row at a time: contiguous stores (see store_tile).
+      for (int64_t l = 0; l < lanes; ++l) {
+        float* o = p.out + (mc + l) * p.ldo + n0;
+        if (p.bias) {
+          for (int64_t r = 0; r < nb; ++r) o[r] = acc[r][l] + p.bias[n0 + r];
+        } else {
+          for (int64_t r = 0; r < nb; ++r) o[r] = acc[r][l];
+        }
       }
     }
   }

@@ -26,7 +26,9 @@ struct CsrParams {
 };
 
 constexpr int64_t kCsrTransposeM = 8;
-// The host hands the kernel at most 64 batch rows at a time (kCsrMaxChunkM in csr_linear.cpp).
+// The host hands the kernels at most this many batch rows at a time (the transposed kernels
+// stage a row block's results in a [rows][kCsrMaxLanes] tile).
+constexpr int64_t kCsrMaxLanes = 64;
 // With sorted columns and at least 40% nonzeros, 64-row chunks run the K-tiled kernel: enough work
 // per (row, K tile) to pay for the tiles' per-row cursors (same-process A/B, K=4096, 2 threads,
 // 2026-11-23: 1.6x faster than untiled at 50% sparsity and M=64). Sparser matrices never gain from
