@@ -313,7 +313,7 @@ at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, const at::Tensor& value
     const auto [fn, level] = kI.select(active_isa(), p);
     record_kernel_isa(op, level);
     at::Tensor qt;
-    if (level != CpuIsa::kScalar && m >= kernels::kSparse24TransposeM) {
+    if (level != CpuIsa::kScalar && m >= kernels::kSparse24Int8TransposeM) {
       const int64_t ldt = (m + 15) / 16 * 16;
       qt = at::zeros({c.kp, ldt}, x.options().dtype(at::kShort));
       qt.narrow(1, 0, m).copy_(q.t());

@@ -29,6 +29,13 @@ struct Sparse24Params {
 
 constexpr int64_t kSparse24TransposeM = 8;
 
+// int8 values take the transposed path (qt16) from 16 batch rows: below that the row kernel, once
+// per batch row, wins. Same-process A/B, 2 threads, AVX2 (2026-11-23): at M=8 the row kernel was
+// 2.0-2.7x faster (4096x4096: 4.4 against 12.0 ms; 1536x384 and 384x1536: 0.22 against 0.39-0.43
+// ms); at M=16 1.47x faster at 4096x4096 but 0.81-0.89x at the MiniLM shapes; from M=32 the
+// transposed path was 1.2-1.9x faster everywhere.
+constexpr int64_t kSparse24Int8TransposeM = 16;
+
 // int8 kept values: out[m, n] = float(sum q[m, pos] * v) * (a_scale[m] * w_scale[n]) + bias[n].
 struct Sparse24Int8Params {
   const int8_t* q;  // [m, kp] quantized activations, zero padded, stride ldq (+32 readable bytes)
@@ -42,7 +49,7 @@ struct Sparse24Int8Params {
   float* out;
   int64_t ldo;
   int64_t m, n, kp;
-  const int16_t* qt16;  // m >= kSparse24TransposeM: q transposed to [kp, ldt16] int16, or nullptr
+  const int16_t* qt16;  // m >= kSparse24Int8TransposeM: q transposed to [kp, ldt16] int16, or nullptr
   int64_t ldt16;
 };
 
