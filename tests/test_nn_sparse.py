@@ -122,6 +122,10 @@ def test_csr_loads_version_1_state_dict():
     fresh.load_state_dict(old)
     assert torch.equal(fresh.index, cs.index) and torch.equal(fresh(x), cs(x))
     assert set(fresh.state_dict()) == {"index", "values", "bias"}
+    with pytest.raises(ValueError, match=r"version 1\): col values must lie in"):
+        CSRLinear(50, 20).load_state_dict({**old, "col": old["col"] + 50})
+    with pytest.raises(ValueError, match="col must be a 1-D int32"):
+        CSRLinear(50, 20).load_state_dict({**old, "col": old["col"].long()})
 
 
 def test_csr_load_rejects_corrupt_index():

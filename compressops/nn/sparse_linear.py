@@ -180,7 +180,9 @@ class CSRLinear(CompressedLinear):
         crow, col = state_dict.get(prefix + "crow"), state_dict.get(prefix + "col")
         if prefix + "index" not in state_dict and isinstance(crow, torch.Tensor) and isinstance(col, torch.Tensor):
             del state_dict[prefix + "crow"], state_dict[prefix + "col"]
-            state_dict[prefix + "index"] = ops.csr_pack(crow.cpu(), col.cpu().to(torch.int32), self.in_features)
+            crow, col = crow.cpu(), col.cpu()
+            csr_format.check(crow, col, self.out_features, self.in_features, "CSRLinear.load_state_dict (version 1)")
+            state_dict[prefix + "index"] = ops.csr_pack(crow, col, self.in_features)
         # nnz is only known from the file: take the incoming shapes of index and values.
         for name in ("index", "values"):
             t = state_dict.get(prefix + name)
