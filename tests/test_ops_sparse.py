@@ -221,8 +221,9 @@ ROUTE_SHAPES = [((1,), 37, 19), ((3, 5), 130, 33), ((300,), 67, 40), ((260,), 40
 
 def sparse24_auto_is_dense(m, n, k, int8):
     """The rule of sparse24_prefer_dense (csrc/cpu/sparse24_linear.cpp)."""
-    large = n * s24.padded_k(k) > 1 << 22
-    return m >= ((384 if large else 256) if int8 else (192 if large else 128))
+    if int8:
+        return m >= 128
+    return m >= (192 if n * s24.padded_k(k) > 1 << 22 else 128)
 
 
 @requires_native
@@ -264,17 +265,20 @@ def test_sparse24_int8_dense_route_bit_exact(monkeypatch, route, shape):
 
 
 @requires_native
-def test_sparse24_int8_dense_route_declines_coinciding_overflow(monkeypatch):
-    # Both kept values of a group at one position: the format sums them, and 100 + 100 does not
-    # fit the symmetric int8 the int8 GEMM needs, so the op stays on the 2:4 kernel.
+@pytest.mark.parametrize("v0, v1, same, routed", [(100, 100, True, False), (-128, 5, False, False),
+                                                  (50, -70, True, True), (-127, 127, False, True)],
+                         ids=["coinciding_overflow", "minus_128", "coinciding_fits", "full_range"])
+def test_sparse24_int8_dense_route_declines_what_int8_cannot_hold(monkeypatch, v0, v1, same, routed):
+    # Both kept values of a group at one position add up (the format's rule); the int8 GEMM needs
+    # symmetric int8, so a sum outside [-127, 127] or a -128 keeps the op on the 2:4 kernel.
     monkeypatch.setenv("COMPRESSOPS_SPARSE_ROUTE", "dense")
-    q, meta, scale, b = make24_int8(64, 12)
-    q[3, 0:2] = 100
-    meta[3, 0] = (meta[3, 0] & 0xF0) | 0b0101  # group 0: positions 1 and 1
-    x = randn_nonzero(300, 64)
-    y = ops.sparse24_int8_linear(x, q, meta, scale, 64, b)
-    assert torch.ops.compressops._last_kernel_isa("sparse24_int8_linear") != "dense"
-    assert torch.equal(y, reference.sparse24_int8_linear(x, q, meta, scale, 64, b))
+    q, meta, scale, b = make24_int8(66, 20)  # K % 4 == 2: the last group is cut by the padding
+    q[3, 0], q[3, 1] = v0, v1
+    meta[3, 0] = (meta[3, 0] & 0xF0) | (0b0101 if same else 0b1001)  # group 0: positions 1, 1 or 1, 2
+    x = randn_nonzero(300, 66)
+    y = ops.sparse24_int8_linear(x, q, meta, scale, 66, b)
+    assert (torch.ops.compressops._last_kernel_isa("sparse24_int8_linear") == "dense") == routed
+    assert torch.equal(y, reference.sparse24_int8_linear(x, q, meta, scale, 66, b))
 
 
 @requires_native

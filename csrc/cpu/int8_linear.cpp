@@ -362,8 +362,6 @@ at::Tensor int8_weight_only_linear_cpu(const at::Tensor& x, const at::Tensor& w_
 
 }  // namespace
 
-at::Tensor int8_pack_weight_host(const at::Tensor& w_q) { return int8_pack_weight_cpu(w_q); }
-
 at::Tensor int8_linear_host(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_scale,
                             const std::optional<at::Tensor>& bias) {
   return int8_linear_cpu(x, w_packed, w_scale, bias, std::nullopt, std::nullopt);

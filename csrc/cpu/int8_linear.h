@@ -7,7 +7,6 @@
 
 namespace compressops::cpu {
 
-at::Tensor int8_pack_weight_host(const at::Tensor& w_q);
 at::Tensor int8_linear_host(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_scale,
                             const std::optional<at::Tensor>& bias);
 

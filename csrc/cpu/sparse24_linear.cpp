@@ -98,14 +98,15 @@ Call check(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta
 // same-process sweep on the 2-core Zen 3 dev VM (AVX2; kernel vs route at M from 16 to 512, N x K
 // in {384 x 384, 1536 x 384, 384 x 1536, 4096 x 4096, 11008 x 4096}): with float values the two were
 // even at M = 128 (0.92-1.12x) and the route won by 1.2-1.5x from M = 256; layers of more than 4M
-// weights pay more for decoding per call and cross later. With int8 values the route runs the
-// int8 GEMM, which on AVX2 is no faster than the fp32 one, so it only pays from M = 256 (small
-// layers, 1.1-1.2x) or M = 512 (4096 x 4096, 1.1x). Other CPUs will want other constants.
+// weights pay more for decoding per call and cross later. With int8 values the route packs the
+// weight for the int8 GEMM straight from the 2:4 form (pack_rows_i8); same-process sweep (M in
+// {64, 128, 256}, the four larger shapes, 2026-11-23): even at M = 64 (0.87-1.02x), 1.05-1.36x
+// faster at M = 128 and 1.22-1.47x at M = 256. Other CPUs will want other constants.
 bool sparse24_prefer_dense(int64_t m, int64_t n, int64_t kp, bool int8_values) {
   const SparseRoute forced = forced_sparse_route();
   if (forced != SparseRoute::kAuto) return forced == SparseRoute::kDense;
+  if (int8_values) return m >= 128;
   const bool large = n * kp > (int64_t{1} << 22);
-  if (int8_values) return m >= (large ? 384 : 256);
   return m >= (large ? 192 : 128);
 }
 
@@ -129,28 +130,64 @@ void decode_rows_f32(const V* values, const uint8_t* meta, int64_t meta_stride, 
   });
 }
 
-// Rows [n0, n1) of the dense int8 weight [n, k] (row stride k, the padding columns dropped).
-// Returns false when a group's coinciding positions sum outside [-127, 127] or a value is -128:
-// the int8 GEMM needs symmetric int8, so such a weight stays on the 2:4 kernel.
-bool decode_rows_i8(const int8_t* values, const uint8_t* meta, int64_t meta_stride, int64_t k, int64_t kp,
-                    int64_t n0, int64_t n1, int8_t* dst) {
+// Rows [n0, n1) of the 2:4 int8 weight written straight into int8_linear's packed layout
+// (common/int8_layout.h; dst holds int8_packed_bytes(n1 - n0, k) bytes): the decode and
+// int8_pack_weight fused. A 4-byte chunk of that layout is one 2:4 group of one row, so each chunk
+// is built from two values and a nibble, and the writes run in order. Positions >= k are dropped,
+// as in the reference. Returns false when a position sums outside [-127, 127] or holds -128: the int8 GEMM needs
+// symmetric int8, so such a weight stays on the 2:4 kernel.
+bool pack_rows_i8(const int8_t* values, const uint8_t* meta, int64_t meta_stride, int64_t k, int64_t kp, int64_t n0,
+                  int64_t n1, uint8_t* dst) {
+  const int64_t n = n1 - n0, n_pad = int8_round_up(n, kInt8NR), k_pad = int8_round_up(k, kInt8KR);
+  static_assert(kInt8KR == 4, "one packed chunk per 2:4 group");
+  // kp (K rounded up to 4) is k_pad: both formats pad K to whole groups of 4.
+  Int8PackedHeader h{};
+  h.magic = kInt8PackMagic;
+  h.version = kInt8PackVersion;
+  h.n = static_cast<int32_t>(n);
+  h.k = static_cast<int32_t>(k);
+  h.n_pad = static_cast<int32_t>(n_pad);
+  h.k_pad = static_cast<int32_t>(k_pad);
+  h.nr = static_cast<int32_t>(kInt8NR);
+  h.kr = static_cast<int32_t>(kInt8KR);
+  std::memcpy(dst, &h, sizeof(h));
+  uint8_t* w = dst + kInt8HeaderBytes;
+  int32_t* col_sums = reinterpret_cast<int32_t*>(w + n_pad * k_pad);
+  const int64_t groups = kp / 4;
+  // Bytes of the last group that lie inside k (all 4 unless k % 4 != 0).
+  const uint32_t tail_mask = k % 4 == 0 ? 0xFFFFFFFFu : (1u << (8 * (k % 4))) - 1u;
   std::atomic<bool> ok{true};
-  at::parallel_for(n0, n1, 16, [&](int64_t b, int64_t e) {
-    int16_t row[4];
-    for (int64_t r = b; r < e && ok.load(std::memory_order_relaxed); ++r) {
-      int8_t* w = dst + (r - n0) * k;
-      const int8_t* v = values + r * (kp / 2);
-      const uint8_t* mr = meta + r * meta_stride;
-      for (int64_t g = 0; g < kp / 4; ++g) {
-        const unsigned nib = (mr[g >> 1] >> ((g & 1) * 4)) & 15u;
-        row[0] = row[1] = row[2] = row[3] = 0;
-        row[nib & 3u] = static_cast<int16_t>(row[nib & 3u] + v[2 * g]);
-        row[nib >> 2] = static_cast<int16_t>(row[nib >> 2] + v[2 * g + 1]);
-        for (int64_t j = 0; j < 4; ++j) {
-          if (row[j] < -127 || row[j] > 127) ok.store(false, std::memory_order_relaxed);
-          if (4 * g + j < k) w[4 * g + j] = static_cast<int8_t>(row[j]);
+  at::parallel_for(0, n_pad / kInt8NR, 1, [&](int64_t b, int64_t e) {
+    for (int64_t blk = b; blk < e && ok.load(std::memory_order_relaxed); ++blk) {
+      uint8_t* out = w + blk * kInt8NR * k_pad;
+      int32_t sums[kInt8NR] = {};
+      const int64_t rows = std::min<int64_t>(kInt8NR, n - blk * kInt8NR);
+      bool bad = false;
+      for (int64_t g = 0; g < groups; ++g) {
+        uint32_t chunk[kInt8NR] = {};
+        const uint32_t keep = g == groups - 1 ? tail_mask : 0xFFFFFFFFu;
+        for (int64_t c = 0; c < rows; ++c) {
+          const int64_t r = n0 + blk * kInt8NR + c;
+          const int8_t* v = values + r * (kp / 2) + 2 * g;
+          const unsigned nib = (meta[r * meta_stride + (g >> 1)] >> ((g & 1) * 4)) & 15u;
+          const unsigned p0 = nib & 3u, p1 = nib >> 2;
+          int32_t b0 = v[0], b1 = v[1];
+          if (p0 == p1) {
+            b0 += b1;
+            b1 = 0;
+          }
+          // A -128 has no +127 counterpart in the symmetric format the GEMM needs.
+          bad |= b0 < -127 || b0 > 127 || b1 < -127;
+          uint32_t word = (static_cast<uint32_t>(static_cast<uint8_t>(b0)) << (8 * p0)) |
+                          (p0 == p1 ? 0u : static_cast<uint32_t>(static_cast<uint8_t>(b1)) << (8 * p1));
+          word &= keep;
+          chunk[c] = word;
+          for (int j = 0; j < 4; ++j) sums[c] += static_cast<int8_t>(word >> (8 * j));
         }
+        std::memcpy(out + g * kInt8NR * kInt8KR, chunk, sizeof(chunk));
       }
+      if (bad) ok.store(false, std::memory_order_relaxed);
+      std::memcpy(col_sums + blk * kInt8NR, sums, sizeof(sums));
     }
   });
   return ok.load();
@@ -261,16 +298,16 @@ void quantize_rows(const at::Tensor& xf, int64_t k, int8_t* q, int64_t ldq, floa
 // is not symmetric int8 once decoded; the caller then runs the 2:4 kernel, which rewrites all of out.
 bool int8_dense_route(const at::Tensor& x2, const Call& c, const at::Tensor& ws, at::Tensor& out) {
   const int64_t rows = std::min<int64_t>(c.n, std::max<int64_t>(64, kDenseRouteBlockBytes / c.k / 16 * 16));
-  at::Tensor w = at::empty({rows, c.k}, x2.options().dtype(at::kChar));
   const int8_t* v = c.values.data_ptr<int8_t>();
   const uint8_t* meta_p = c.meta.data_ptr<uint8_t>();
+  at::Tensor pk = at::empty({int8_packed_bytes(std::min(rows, c.n), c.k)}, x2.options().dtype(at::kByte));
   for (int64_t n0 = 0; n0 < c.n; n0 += rows) {
     const int64_t nb = std::min(rows, c.n - n0);
-    at::Tensor wb = w.narrow(0, 0, nb);
-    if (!decode_rows_i8(v, meta_p, c.meta.size(1), c.k, c.kp, n0, n0 + nb, wb.data_ptr<int8_t>())) return false;
+    at::Tensor pb = pk.narrow(0, 0, int8_packed_bytes(nb, c.k));
+    if (!pack_rows_i8(v, meta_p, c.meta.size(1), c.k, c.kp, n0, n0 + nb, pb.data_ptr<uint8_t>())) return false;
     std::optional<at::Tensor> b;
     if (c.bias) b = c.bias->narrow(0, n0, nb);
-    out.narrow(1, n0, nb).copy_(int8_linear_host(x2, int8_pack_weight_host(wb), ws.narrow(0, n0, nb), b));
+    out.narrow(1, n0, nb).copy_(int8_linear_host(x2, pb, ws.narrow(0, n0, nb), b));
   }
   return true;
 }
