@@ -171,9 +171,13 @@ inline float dot_row_avx2(const Lut& t, const Sparse24Params& p, const void* vro
 }
 
 // Transposed path: rows [n0, n0 + nb) x batch lanes [mc, mc + 8V), accumulators in acc[nb][64].
-template <int V>
+// S accumulator sets: kept value j of a row goes to set j % S, so S * V FMA chains are in flight.
+// With one set a row's FMAs form V chains, and at few batch lanes the kernel waits on FMA latency;
+// S is chosen per V for at least 8 chains where 16 registers allow it.
+template <int V, int S>
 void tile_rows(const Sparse24Params& p, int64_t n0, int64_t nb, int64_t mc, float (*acc)[64]) {
   constexpr int64_t kKc = 128;
+  constexpr int kGroupsPerStep = S >= 2 ? S / 2 : 1;
   for (int64_t r = 0; r < nb; ++r) std::fill(acc[r], acc[r] + 8 * V, 0.0f);
   for (int64_t k0 = 0; k0 < p.kp; k0 += kKc) {
     const int64_t g0 = k0 / 4, g1 = std::min(p.kp, k0 + kKc) / 4;
@@ -181,19 +185,31 @@ void tile_rows(const Sparse24Params& p, int64_t n0, int64_t nb, int64_t mc, floa
       const int64_t n = n0 + r;
       const void* vrow = values_row(p, n);
       const uint8_t* mrow = p.meta + n * p.meta_stride;
-      __m256 a[V];
-      for (int v = 0; v < V; ++v) a[v] = _mm256_loadu_ps(acc[r] + 8 * v);
-      for (int64_t g = g0; g < g1; ++g) {
+      __m256 a[S][V];
+      for (int v = 0; v < V; ++v) a[0][v] = _mm256_loadu_ps(acc[r] + 8 * v);
+      for (int s = 1; s < S; ++s) {
+        for (int v = 0; v < V; ++v) a[s][v] = _mm256_setzero_ps();
+      }
+      auto group = [&](int64_t g, __m256* sa, __m256* sb) {
         int64_t ka, kb;
         group_positions(mrow, g, &ka, &kb);
         const __m256 wa = _mm256_set1_ps(value_at(p, vrow, 2 * g));
         const __m256 wb = _mm256_set1_ps(value_at(p, vrow, 2 * g + 1));
         const float* xa = p.xt + ka * p.ldt + mc;
         const float* xb = p.xt + kb * p.ldt + mc;
-        for (int v = 0; v < V; ++v) a[v] = _mm256_fmadd_ps(wa, _mm256_loadu_ps(xa + 8 * v), a[v]);
-        for (int v = 0; v < V; ++v) a[v] = _mm256_fmadd_ps(wb, _mm256_loadu_ps(xb + 8 * v), a[v]);
+        for (int v = 0; v < V; ++v) sa[v] = _mm256_fmadd_ps(wa, _mm256_loadu_ps(xa + 8 * v), sa[v]);
+        for (int v = 0; v < V; ++v) sb[v] = _mm256_fmadd_ps(wb, _mm256_loadu_ps(xb + 8 * v), sb[v]);
+      };
+      int64_t g = g0;
+      for (; g + kGroupsPerStep <= g1; g += kGroupsPerStep) {
+        for (int u = 0; u < kGroupsPerStep; ++u) group(g + u, a[(2 * u) % S], a[(2 * u + 1) % S]);
       }
-      for (int v = 0; v < V; ++v) _mm256_storeu_ps(acc[r] + 8 * v, a[v]);
+      for (; g < g1; ++g) group(g, a[0], a[S > 1 ? 1 : 0]);
+      for (int v = 0; v < V; ++v) {
+        __m256 t = a[0][v];
+        for (int s = 1; s < S; ++s) t = _mm256_add_ps(t, a[s][v]);
+        _mm256_storeu_ps(acc[r] + 8 * v, t);
+      }
     }
   }
 }
@@ -206,18 +222,23 @@ void transposed_avx2(const Sparse24Params& p, int64_t n_begin, int64_t n_end) {
     for (int64_t mc = 0; mc < p.m; mc += 64) {
       const int64_t lanes = std::min<int64_t>(64, p.m - mc);
       switch ((lanes + 7) / 8) {
-        case 1: tile_rows<1>(p, n0, nb, mc, acc); break;
-        case 2: tile_rows<2>(p, n0, nb, mc, acc); break;
-        case 3: tile_rows<3>(p, n0, nb, mc, acc); break;
-        case 4: tile_rows<4>(p, n0, nb, mc, acc); break;
-        case 5: tile_rows<5>(p, n0, nb, mc, acc); break;
-        case 6: tile_rows<6>(p, n0, nb, mc, acc); break;
-        case 7: tile_rows<7>(p, n0, nb, mc, acc); break;
-        default: tile_rows<8>(p, n0, nb, mc, acc); break;
+        case 1: tile_rows<1, 8>(p, n0, nb, mc, acc); break;
+        case 2: tile_rows<2, 4>(p, n0, nb, mc, acc); break;
+        case 3: tile_rows<3, 4>(p, n0, nb, mc, acc); break;
+        case 4: tile_rows<4, 2>(p, n0, nb, mc, acc); break;
+        case 5: tile_rows<5, 2>(p, n0, nb, mc, acc); break;
+        case 6: tile_rows<6, 2>(p, n0, nb, mc, acc); break;
+        case 7: tile_rows<7, 1>(p, n0, nb, mc, acc); break;
+        default: tile_rows<8, 1>(p, n0, nb, mc, acc); break;
       }
-      for (int64_t r = 0; r < nb; ++r) {
-        const float b = p.bias ? p.bias[n0 + r] : 0.0f;
-        for (int64_t l = 0; l < lanes; ++l) p.out[(mc + l) * p.ldo + n0 + r] = p.bias ? acc[r][l] + b : acc[r][l];
+      // A batch row at a time: contiguous stores into out.
+      for (int64_t l = 0; l < lanes; ++l) {
+        float* o = p.out + (mc + l) * p.ldo + n0;
+        if (p.bias) {
+          for (int64_t r = 0; r < nb; ++r) o[r] = acc[r][l] + p.bias[n0 + r];
+        } else {
+          for (int64_t r = 0; r < nb; ++r) o[r] = acc[r][l];
+        }
       }
     }
   }
