@@ -47,4 +47,18 @@ inline int64_t int8_packed_bytes(int64_t n, int64_t k) {
   return kInt8HeaderBytes + n_pad * k_pad + n_pad * static_cast<int64_t>(sizeof(int32_t));
 }
 
+// The header of a pack of an [n, k] weight.
+inline Int8PackedHeader int8_packed_header(int64_t n, int64_t k) {
+  Int8PackedHeader h{};
+  h.magic = kInt8PackMagic;
+  h.version = kInt8PackVersion;
+  h.n = static_cast<int32_t>(n);
+  h.k = static_cast<int32_t>(k);
+  h.n_pad = static_cast<int32_t>(int8_round_up(n, kInt8NR));
+  h.k_pad = static_cast<int32_t>(int8_round_up(k, kInt8KR));
+  h.nr = static_cast<int32_t>(kInt8NR);
+  h.kr = static_cast<int32_t>(kInt8KR);
+  return h;
+}
+
 }  // namespace compressops

@@ -205,15 +205,7 @@ at::Tensor int8_pack_weight_cpu(const at::Tensor& w_q) {
   const int64_t n_pad = int8_round_up(n, kInt8NR), k_pad = int8_round_up(k, kInt8KR);
   at::Tensor packed = at::empty({int8_packed_bytes(n, k)}, w.options().dtype(at::kByte));
   uint8_t* base = packed.data_ptr<uint8_t>();
-  Int8PackedHeader h{};
-  h.magic = kInt8PackMagic;
-  h.version = kInt8PackVersion;
-  h.n = static_cast<int32_t>(n);
-  h.k = static_cast<int32_t>(k);
-  h.n_pad = static_cast<int32_t>(n_pad);
-  h.k_pad = static_cast<int32_t>(k_pad);
-  h.nr = static_cast<int32_t>(kInt8NR);
-  h.kr = static_cast<int32_t>(kInt8KR);
+  const Int8PackedHeader h = int8_packed_header(n, k);
   std::memcpy(base, &h, sizeof(h));
   int8_t* dst = reinterpret_cast<int8_t*>(base + kInt8HeaderBytes);
   int32_t* col_sums = reinterpret_cast<int32_t*>(base + kInt8HeaderBytes + n_pad * k_pad);

@@ -141,15 +141,7 @@ bool pack_rows_i8(const int8_t* values, const uint8_t* meta, int64_t meta_stride
   const int64_t n = n1 - n0, n_pad = int8_round_up(n, kInt8NR), k_pad = int8_round_up(k, kInt8KR);
   static_assert(kInt8KR == 4, "one packed chunk per 2:4 group");
   // kp (K rounded up to 4) is k_pad: both formats pad K to whole groups of 4.
-  Int8PackedHeader h{};
-  h.magic = kInt8PackMagic;
-  h.version = kInt8PackVersion;
-  h.n = static_cast<int32_t>(n);
-  h.k = static_cast<int32_t>(k);
-  h.n_pad = static_cast<int32_t>(n_pad);
-  h.k_pad = static_cast<int32_t>(k_pad);
-  h.nr = static_cast<int32_t>(kInt8NR);
-  h.kr = static_cast<int32_t>(kInt8KR);
+  const Int8PackedHeader h = int8_packed_header(n, k);
   std::memcpy(dst, &h, sizeof(h));
   uint8_t* w = dst + kInt8HeaderBytes;
   int32_t* col_sums = reinterpret_cast<int32_t*>(w + n_pad * k_pad);

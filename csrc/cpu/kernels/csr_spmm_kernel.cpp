@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include "csr_spmm_kernel.h"
+#include "lane_tile_store.h"
 
 #if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
 #include <immintrin.h>
@@ -145,18 +146,6 @@ inline void row_lanes(const CsrParams& p, int64_t j0, int64_t j1, int64_t mc, fl
   }
 }
 
-// out[m, r0:r1] = tile[:, m] (+ bias[r0:r1]) for every batch row m of the chunk: contiguous stores.
-inline void store_tile(const CsrParams& p, const float (*tile)[kCsrMaxLanes], int64_t r0, int64_t r1) {
-  for (int64_t m = 0; m < p.m; ++m) {
-    float* o = p.out + m * p.ldo + r0;
-    if (p.bias) {
-      for (int64_t r = 0; r < r1 - r0; ++r) o[r] = tile[r][m] + p.bias[r0 + r];
-    } else {
-      for (int64_t r = 0; r < r1 - r0; ++r) o[r] = tile[r][m];
-    }
-  }
-}
-
 void transposed_avx2(const CsrParams& p, int64_t n_begin, int64_t n_end) {
   // 32 lanes per pass: measured faster than 16, 24, 48 and 64 at K=4096, M=24..256 (2 threads,
   // same-process A/B, 2026-11-23): fewer passes over the nonzeros, and a pass's slice of the
@@ -168,6 +157,7 @@ void transposed_avx2(const CsrParams& p, int64_t n_begin, int64_t n_end) {
   // 2 threads (2026-11-23): 1.44x faster at 1536x384 90%, 1.0-1.06x at 4096x4096 and 11008x4096.
   alignas(32) float tile[kRows][kCsrMaxLanes];
   static_assert(kCsrMaxLanes % kLanes == 0, "a chunk holds whole passes");
+  static_assert(kCsrMaxLanes == 64, "store_lane_tile takes [rows][64] tiles");
   for (int64_t r0 = n_begin; r0 < n_end; r0 += kRows) {
     const int64_t r1 = std::min(n_end, r0 + kRows);
     for (int64_t mc = 0; mc < p.m; mc += kLanes) {
@@ -183,7 +173,7 @@ void transposed_avx2(const CsrParams& p, int64_t n_begin, int64_t n_end) {
         }
       }
     }
-    store_tile(p, tile, r0, r1);
+    store_lane_tile(tile, r1 - r0, p.m, 0, r0, p.bias, p.out, p.ldo);
   }
 }
 
@@ -236,15 +226,7 @@ void sorted_transposed_avx2(const CsrParams& p, int64_t n_begin, int64_t n_end) 
         case 7: sorted_tile<7>(p, n0, nb, mc, acc, cur); break;
         default: sorted_tile<8>(p, n0, nb, mc, acc, cur); break;
       }
-      // A batch row at a time: contiguous stores (see store_tile).
-      for (int64_t l = 0; l < lanes; ++l) {
-        float* o = p.out + (mc + l) * p.ldo + n0;
-        if (p.bias) {
-          for (int64_t r = 0; r < nb; ++r) o[r] = acc[r][l] + p.bias[n0 + r];
-        } else {
-          for (int64_t r = 0; r < nb; ++r) o[r] = acc[r][l];
-        }
-      }
+      store_lane_tile(acc, nb, lanes, mc, n0, p.bias, p.out, p.ldo);
     }
   }
 }

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "lane_tile_store.h"
 #include "sparse24_kernel.h"
 
 #if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
@@ -231,15 +232,7 @@ void transposed_avx2(const Sparse24Params& p, int64_t n_begin, int64_t n_end) {
         case 7: tile_rows<7, 1>(p, n0, nb, mc, acc); break;
         default: tile_rows<8, 1>(p, n0, nb, mc, acc); break;
       }
-      // A batch row at a time: contiguous stores into out.
-      for (int64_t l = 0; l < lanes; ++l) {
-        float* o = p.out + (mc + l) * p.ldo + n0;
-        if (p.bias) {
-          for (int64_t r = 0; r < nb; ++r) o[r] = acc[r][l] + p.bias[n0 + r];
-        } else {
-          for (int64_t r = 0; r < nb; ++r) o[r] = acc[r][l];
-        }
-      }
+      store_lane_tile(acc, nb, lanes, mc, n0, p.bias, p.out, p.ldo);
     }
   }
 }
