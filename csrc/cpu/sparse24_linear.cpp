@@ -134,8 +134,8 @@ void decode_rows_f32(const V* values, const uint8_t* meta, int64_t meta_stride, 
 // (common/int8_layout.h; dst holds int8_packed_bytes(n1 - n0, k) bytes): the decode and
 // int8_pack_weight fused. A 4-byte chunk of that layout is one 2:4 group of one row, so each chunk
 // is built from two values and a nibble, and the writes run in order. Positions >= k are dropped,
-// as in the reference. Returns false when a position sums outside [-127, 127] or holds -128: the int8 GEMM needs
-// symmetric int8, so such a weight stays on the 2:4 kernel.
+// as in the reference. Returns false when a position sums outside [-127, 127] or holds -128: the
+// int8 GEMM needs symmetric int8, so such a weight stays on the 2:4 kernel.
 bool pack_rows_i8(const int8_t* values, const uint8_t* meta, int64_t meta_stride, int64_t k, int64_t kp, int64_t n0,
                   int64_t n1, uint8_t* dst) {
   const int64_t n = n1 - n0, n_pad = int8_round_up(n, kInt8NR), k_pad = int8_round_up(k, kInt8KR);
