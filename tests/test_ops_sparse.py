@@ -21,6 +21,7 @@ SHAPES = [
     ((70,), 301, 65),
     ((2, 33), 64, 70),
     ((12,), 130, 24),  # 2:4 int8: the row kernel below 16 batch rows
+    ((5,), 67, 9),  # CSR: the transposed kernel from 4 batch rows, 5 of 8 lanes
     ((20,), 67, 9),  # CSR: 20 lanes, three 8-wide vectors per nonzero
     ((400,), 300, 37),  # CSR: 64-row chunks and a 16-row tail; 2:4 and CSR: the dense route (auto)
     ((70,), 200, 21),  # CSR at 50% sparsity: the K-tiled kernel from 64 rows on
