@@ -231,7 +231,8 @@ at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, co
     const auto [fn, level] = kF.select(active_isa(), p);
     record_kernel_isa(op, level);
     at::Tensor xt, xs;
-    if (level != CpuIsa::kScalar && m < kernels::kSparse24TransposeM) {
+    const bool transposed = kernels::sparse24_float_transposed(m, c.n, c.kp);
+    if (level != CpuIsa::kScalar && !transposed) {
       const int64_t kp16 = c.kp / 16 * 16;
       const at::Tensor order = at::tensor(std::vector<int64_t>{0, 2, 1, 3}, xf.options().dtype(at::kLong));
       xs = kp16 > 0 ? xf.narrow(1, 0, kp16).reshape({m, kp16 / 16, 4, 4}).index_select(2, order).reshape({m, kp16})
@@ -239,7 +240,7 @@ at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, co
       p.xs = xs.data_ptr<float>();
       p.ldxs = xs.size(1);
     }
-    if (level != CpuIsa::kScalar && m >= kernels::kSparse24TransposeM) {
+    if (level != CpuIsa::kScalar && transposed) {
       const int64_t ldt = (m + 7) / 8 * 8;
       xt = at::zeros({c.kp, ldt}, xf.options());
       xt.narrow(1, 0, m).copy_(xf.t());

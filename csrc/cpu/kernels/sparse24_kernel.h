@@ -7,8 +7,8 @@
 namespace compressops::cpu::kernels {
 
 // out[m, n] = sum_kept value * x[m, pos] + bias[n], fp32 accumulation, fp32 output.
-// Small batches (m < kSparse24TransposeM) read rows of x ([m, kp], zero padded, stride ldx);
-// larger batches read xt, the activation block transposed to [kp, ldt] (ldt a multiple of 8,
+// Small batches (sparse24_float_transposed false) read rows of x ([m, kp], zero padded, stride
+// ldx); larger batches read xt, the activation block transposed to [kp, ldt] (ldt a multiple of 8,
 // zero padded lanes), so each kept weight does an FMA across the batch.
 struct Sparse24Params {
   const float* x;   // [m, kp] or nullptr
@@ -27,7 +27,14 @@ struct Sparse24Params {
   int64_t m, n, kp;
 };
 
-constexpr int64_t kSparse24TransposeM = 8;
+// Float values take the transposed path from 6 batch rows, or from 16 for weights of more than 4M
+// entries, where the row kernel (once per batch row) keeps winning longer. Same-process A/B, 2
+// threads, fp32 and bf16 values (2026-11-23): at 1536x384 and 384x1536 the transposed path was
+// 0.87-0.90x the row kernel at M=4 and 1.15-1.20x at M=6; at 4096x4096 and 11008x4096 it was
+// 0.45-0.66x at M=8, 0.63-0.80x at M=12, 0.84-1.31x at M=16 and 1.16-1.97x at M=24.
+inline bool sparse24_float_transposed(int64_t m, int64_t n, int64_t kp) {
+  return m >= (n * kp > (int64_t{1} << 22) ? 16 : 6);
+}
 
 // int8 values take the transposed path (qt16) from 16 batch rows: below that the row kernel, once
 // per batch row, wins. Same-process A/B, 2 threads, AVX2 (2026-11-23): at M=8 the row kernel was
