@@ -257,6 +257,21 @@ std::tuple<at::Tensor, at::Tensor> int8_quantize_activation_cpu(const at::Tensor
   return {q, scale};
 }
 
+// The GEMM of p (p.m activation rows, every output column) on the selected level, tiled across threads.
+void run_int8_gemm(const Int8GemmParams& p, int64_t n_pad, size_t out_elem, const char* op) {
+  const auto [fn, level] = kGemm.select(active_isa(), p);
+  record_kernel_isa(op, level);
+  const GemmFn kernel = fn;
+  parallel_tiles(p.m, n_pad / kInt8NR, [&](int64_t row0, int64_t rows, int64_t nb0, int64_t nb1) {
+    Int8GemmParams t = p;
+    t.a += row0 * p.lda;
+    t.a_scale += row0;
+    t.out = static_cast<char*>(p.out) + row0 * p.ldo * out_elem;
+    t.m = rows;
+    kernel(t, nb0, nb1);
+  });
+}
+
 at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_scale,
                            const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& act_scale,
                            std::optional<at::ScalarType> out_dtype) {
@@ -287,18 +302,7 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& w_packed, cons
     p.m = m;
     p.n = n;
     p.k_pad = k_pad;
-    const auto [fn, level] = kGemm.select(active_isa(), p);
-    record_kernel_isa(op, level);
-    const GemmFn kernel = fn;
-    const size_t out_elem = out.element_size();
-    parallel_tiles(m, h.n_pad / kInt8NR, [&](int64_t row0, int64_t rows, int64_t nb0, int64_t nb1) {
-      Int8GemmParams t = p;
-      t.a += row0 * p.lda;
-      t.a_scale += row0;
-      t.out = static_cast<char*>(p.out) + row0 * p.ldo * out_elem;
-      t.m = rows;
-      kernel(t, nb0, nb1);
-    });
+    run_int8_gemm(p, h.n_pad, out.element_size(), op);
   }
   return c.finish(out);
 }
@@ -354,9 +358,29 @@ at::Tensor int8_weight_only_linear_cpu(const at::Tensor& x, const at::Tensor& w_
 
 }  // namespace
 
-at::Tensor int8_linear_host(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_scale,
-                            const std::optional<at::Tensor>& bias) {
-  return int8_linear_cpu(x, w_packed, w_scale, bias, std::nullopt, std::nullopt);
+void int8_quantize_rows_host(const at::Tensor& x2, int64_t k, int64_t k_pad, int8_t* q, int64_t ldq, float* scale) {
+  quantize_rows(x2, k, k_pad, q, ldq, scale, std::nullopt, "int8_quantize_activation");
+}
+
+void int8_gemm_host(const int8_t* q, int64_t ldq, const float* a_scale, int64_t m, const uint8_t* w_packed,
+                    const float* w_scale, const float* bias, float* out, int64_t ldo) {
+  Int8PackedHeader h;
+  std::memcpy(&h, w_packed, sizeof(h));
+  Int8GemmParams p{};
+  p.a = q;
+  p.lda = ldq;
+  p.a_scale = a_scale;
+  p.w = reinterpret_cast<const int8_t*>(w_packed + kInt8HeaderBytes);
+  p.col_sums = reinterpret_cast<const int32_t*>(w_packed + kInt8HeaderBytes + int64_t{h.n_pad} * h.k_pad);
+  p.w_scale = w_scale;
+  p.bias = bias;
+  p.out = out;
+  p.out_kind = FloatKind::kF32;
+  p.ldo = ldo;
+  p.m = m;
+  p.n = h.n;
+  p.k_pad = h.k_pad;
+  run_int8_gemm(p, h.n_pad, sizeof(float), "int8_linear");
 }
 
 std::vector<std::string> int8_kernel_isas() {

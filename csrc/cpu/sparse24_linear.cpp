@@ -8,9 +8,7 @@
 #include <c10/util/BFloat16.h>
 
 #include <atomic>
-#include <cmath>
 #include <cstring>
-#include <limits>
 
 #include "../common/int8_layout.h"
 #include "dense_route.h"
@@ -254,53 +252,24 @@ at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, co
   return out.view(c.out_shape);
 }
 
-// Dynamic symmetric per-row int8, the rule of compressops.reference.int8_quantize_activation.
-void quantize_rows(const at::Tensor& xf, int64_t k, int8_t* q, int64_t ldq, float* scale) {
-  const int64_t m = xf.size(0);
-  const float* x = xf.data_ptr<float>();
-  const int64_t ldx = xf.stride(0);
-  at::parallel_for(0, m, std::max<int64_t>(1, 16384 / std::max<int64_t>(k, 1)), [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r) {
-      const float* xr = x + r * ldx;
-      int8_t* qr = q + r * ldq;
-      float amax = 0.0f;
-      bool nonfinite = false;
-      for (int64_t i = 0; i < k; ++i) {
-        const float v = xr[i];
-        if (!std::isfinite(v)) nonfinite = true;
-        amax = std::max(amax, std::fabs(v));
-      }
-      if (nonfinite || amax == 0.0f) {
-        scale[r] = nonfinite ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
-        std::fill(qr, qr + k, int8_t{0});
-        continue;
-      }
-      scale[r] = amax / 127.0f;
-      const float inv = 127.0f / amax;
-      for (int64_t i = 0; i < k; ++i) {
-        float v = xr[i] * inv;
-        v = std::min(std::max(v, -127.0f), 127.0f);
-        qr[i] = static_cast<int8_t>(std::nearbyint(v));
-      }
-    }
-  });
-}
-
-// The 2:4 int8 op through the int8 GEMM (same activation quantization, same exact integer sums,
-// same epilogue, so the same bits), a block of output rows at a time. Returns false when the weight
-// is not symmetric int8 once decoded; the caller then runs the 2:4 kernel, which rewrites all of out.
-bool int8_dense_route(const at::Tensor& x2, const Call& c, const at::Tensor& ws, at::Tensor& out) {
+// The 2:4 int8 op through the int8 GEMM (the same quantized activations, exact integer sums and
+// epilogue, so the same bits), a block of output rows at a time, each block's results written
+// straight into out's columns. q [m, kp] and sa [m] are the op's quantized activations. Returns
+// false when the weight is not symmetric int8 once decoded; the caller then runs the 2:4 kernel,
+// which rewrites all of out.
+bool int8_dense_route(const Call& c, const at::Tensor& q, const at::Tensor& sa, const at::Tensor& ws,
+                      at::Tensor& out) {
+  const int64_t m = q.size(0);
   const int64_t rows = std::min<int64_t>(c.n, std::max<int64_t>(64, kDenseRouteBlockBytes / c.k / 16 * 16));
   const int8_t* v = c.values.data_ptr<int8_t>();
   const uint8_t* meta_p = c.meta.data_ptr<uint8_t>();
-  at::Tensor pk = at::empty({int8_packed_bytes(std::min(rows, c.n), c.k)}, x2.options().dtype(at::kByte));
+  at::Tensor pk = at::empty({int8_packed_bytes(rows, c.k)}, q.options().dtype(at::kByte));
   for (int64_t n0 = 0; n0 < c.n; n0 += rows) {
     const int64_t nb = std::min(rows, c.n - n0);
-    at::Tensor pb = pk.narrow(0, 0, int8_packed_bytes(nb, c.k));
-    if (!pack_rows_i8(v, meta_p, c.meta.size(1), c.k, c.kp, n0, n0 + nb, pb.data_ptr<uint8_t>())) return false;
-    std::optional<at::Tensor> b;
-    if (c.bias) b = c.bias->narrow(0, n0, nb);
-    out.narrow(1, n0, nb).copy_(int8_linear_host(x2, pb, ws.narrow(0, n0, nb), b));
+    uint8_t* pb = pk.data_ptr<uint8_t>();
+    if (!pack_rows_i8(v, meta_p, c.meta.size(1), c.k, c.kp, n0, n0 + nb, pb)) return false;
+    int8_gemm_host(q.data_ptr<int8_t>(), c.kp, sa.data_ptr<float>(), m, pb, ws.data_ptr<float>() + n0,
+                   c.bias ? c.bias->data_ptr<float>() + n0 : nullptr, out.data_ptr<float>() + n0, c.n);
   }
   return true;
 }
@@ -314,44 +283,48 @@ at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, const at::Tensor& value
               ": w_scale must be float32 of shape [N] = [", c.n, "], got ", w_scale.scalar_type(), " ",
               w_scale.sizes());
   const at::Tensor ws = w_scale.contiguous();
+  // int8_linear's quantize kernel reads fp32 or bf16 rows with unit column stride.
   at::Tensor x2 = x.reshape({-1, c.k});
-  if (x2.scalar_type() != at::kFloat || (x2.size(0) > 0 && x2.stride(1) != 1)) x2 = x2.to(at::kFloat).contiguous();
+  const bool native = x2.scalar_type() == at::kFloat || x2.scalar_type() == at::kBFloat16;
+  if (!native || (x2.size(0) > 0 && x2.stride(1) != 1)) x2 = x2.to(native ? x2.scalar_type() : at::kFloat).contiguous();
   const int64_t m = x2.size(0);
   at::Tensor out = at::empty({m, c.n}, x.options().dtype(at::kFloat));
-  if (m > 0 && c.k <= kInt8MaxK &&  // int8_linear's limit; longer rows stay on the 2:4 kernel
-      sparse24_prefer_dense(m, c.n, c.kp, true) &&
-      int8_dense_route(x2, c, ws, out)) {
-    record_kernel_route(op, "dense");
-  } else if (m > 0) {
-    at::Tensor q = at::zeros({m, c.kp}, x.options().dtype(at::kChar));
+  if (m > 0) {
+    // int8_linear's quantize kernel (also what the route's GEMM expects) zero-fills each row past k.
+    at::Tensor q = at::empty({m, c.kp}, x.options().dtype(at::kChar));
     at::Tensor sa = at::empty({m}, x.options().dtype(at::kFloat));
-    quantize_rows(x2, c.k, q.data_ptr<int8_t>(), c.kp, sa.data_ptr<float>());
-    Sparse24Int8Params p{};
-    p.q = q.data_ptr<int8_t>();
-    p.ldq = c.kp;
-    p.a_scale = sa.data_ptr<float>();
-    p.values = c.values.data_ptr<int8_t>();
-    p.meta = c.meta.data_ptr<uint8_t>();
-    p.meta_stride = c.meta.size(1);
-    p.w_scale = ws.data_ptr<float>();
-    p.bias = c.bias ? c.bias->data_ptr<float>() : nullptr;
-    p.out = out.data_ptr<float>();
-    p.ldo = c.n;
-    p.m = m;
-    p.n = c.n;
-    p.kp = c.kp;
-    const auto [fn, level] = kI.select(active_isa(), p);
-    record_kernel_isa(op, level);
-    at::Tensor qt;
-    if (level != CpuIsa::kScalar && m >= kernels::kSparse24Int8TransposeM) {
-      const int64_t ldt = (m + 15) / 16 * 16;
-      qt = at::zeros({c.kp, ldt}, x.options().dtype(at::kShort));
-      qt.narrow(1, 0, m).copy_(q.t());
-      p.qt16 = qt.data_ptr<int16_t>();
-      p.ldt16 = ldt;
+    int8_quantize_rows_host(x2, c.k, c.kp, q.data_ptr<int8_t>(), c.kp, sa.data_ptr<float>());
+    if (c.k <= kInt8MaxK &&  // int8_linear's limit; longer rows stay on the 2:4 kernel
+        sparse24_prefer_dense(m, c.n, c.kp, true) && int8_dense_route(c, q, sa, ws, out)) {
+      record_kernel_route(op, "dense");
+    } else {
+      Sparse24Int8Params p{};
+      p.q = q.data_ptr<int8_t>();
+      p.ldq = c.kp;
+      p.a_scale = sa.data_ptr<float>();
+      p.values = c.values.data_ptr<int8_t>();
+      p.meta = c.meta.data_ptr<uint8_t>();
+      p.meta_stride = c.meta.size(1);
+      p.w_scale = ws.data_ptr<float>();
+      p.bias = c.bias ? c.bias->data_ptr<float>() : nullptr;
+      p.out = out.data_ptr<float>();
+      p.ldo = c.n;
+      p.m = m;
+      p.n = c.n;
+      p.kp = c.kp;
+      const auto [fn, level] = kI.select(active_isa(), p);
+      record_kernel_isa(op, level);
+      at::Tensor qt;
+      if (level != CpuIsa::kScalar && m >= kernels::kSparse24Int8TransposeM) {
+        const int64_t ldt = (m + 15) / 16 * 16;
+        qt = at::zeros({c.kp, ldt}, x.options().dtype(at::kShort));
+        qt.narrow(1, 0, m).copy_(q.t());
+        p.qt16 = qt.data_ptr<int16_t>();
+        p.ldt16 = ldt;
+      }
+      const IFn kernel = fn;
+      at::parallel_for(0, c.n, 32, [&](int64_t b, int64_t e) { kernel(p, b, e); });
     }
-    const IFn kernel = fn;
-    at::parallel_for(0, c.n, 32, [&](int64_t b, int64_t e) { kernel(p, b, e); });
   }
   if (c.out_t != at::kFloat) out = out.to(c.out_t);
   return out.view(c.out_shape);

@@ -45,7 +45,7 @@ constexpr int64_t kSparse24Int8TransposeM = 16;
 
 // int8 kept values: out[m, n] = float(sum q[m, pos] * v) * (a_scale[m] * w_scale[n]) + bias[n].
 struct Sparse24Int8Params {
-  const int8_t* q;  // [m, kp] quantized activations, zero padded, stride ldq (+32 readable bytes)
+  const int8_t* q;  // [m, kp] quantized activations, zero padded, stride ldq
   int64_t ldq;
   const float* a_scale;  // [m]
   const int8_t* values;  // [n, kp/2]
