@@ -11,6 +11,7 @@ The build never looks at this machine's CPU or GPU: every level the compiler can
 the right one is chosen at run time.
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -88,6 +89,17 @@ class cmake_build_ext(build_ext):
         return outs + extra
 
 
+def write_schema_mirror() -> None:
+    """csrc/ops.cpp's m.def schemas -> compressops/_schemas.json, the mirror that defines the ops
+    from Python when the native library is absent. Runs on every setup.py invocation, so
+    pure-Python installs (COMPRESSOPS_BUILD_EXT=0) and wheels carry it too."""
+    spec = importlib.util.spec_from_file_location("_compressops_schemas", ROOT / "compressops" / "_schemas.py")
+    schemas = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(schemas)
+    schemas.write_json()
+
+
+write_schema_mirror()
 ext_modules = [] if os.environ.get("COMPRESSOPS_BUILD_EXT") == "0" else [CMakeExtension("compressops._C")]
 
 setup(

@@ -1,3 +1,3 @@
 """Named benchmark shapes; they live in compressops.bench.shapes so `python -m compressops bench` has them."""
 
-from compressops.bench.shapes import DESIGN, MINILM, QUICK, SETS  # noqa: F401
+from compressops.bench.shapes import DESIGN, MINILM, QUICK, SETS, SMOKE  # noqa: F401

@@ -1,16 +1,16 @@
 """compressops: fast kernels and drop-in modules for compressed neural-network layers.
 
     import compressops as co
-    model = co.convert(model, co.Int8())
+    model = co.convert(model, config)   # config: an instance of any class in compressops.configs
     print(co.report(model))
+
+Every registered config class (compressops.configs) is exported here by name (co.<ConfigName>).
 """
 
 from . import _loader  # noqa: F401  (first: loading the native library registers the op schemas)
 from . import ops  # noqa: F401  (fakes and reference kernels for every op)
-from . import nn  # noqa: F401
-from .configs import Int8
-# [family configs]  (one import line per family below, and extend __all__ at the end)
-from .configs import Int4
+from . import configs
+from . import nn  # noqa: F401  (importing the modules registers every family)
 from .convert import convert
 from .io import load, save
 from .isa import available_isas, cpu_isa, detected_isa, isa, set_isa
@@ -26,22 +26,10 @@ def info() -> dict:
     return _info()
 
 
-__all__ = ["Int8", "convert", "report", "save", "load", "info", "isa", "detected_isa", "available_isas",
-           "cpu_isa", "set_isa", "nn", "ops"]
+__all__ = ["convert", "report", "save", "load", "info", "isa", "detected_isa", "available_isas", "cpu_isa",
+           "set_isa", "configs", "nn", "ops"]
 
-# [int4 exports]
-__all__ += ["Int4"]
-
-# [sparse exports]
-from .configs import CSR, Sparse24  # noqa: E402
-
-__all__ += ["Sparse24", "CSR"]
-
-# [pq exports]
-from .configs import PQ  # noqa: E402
-__all__ += ["PQ"]
-
-# [binary exports]
-from .configs import Binary  # noqa: E402
-
-__all__ += ["Binary"]
+for _cls in configs.config_types():
+    globals()[_cls.__name__] = _cls
+    __all__.append(_cls.__name__)
+del _cls

@@ -1,27 +1,23 @@
-"""`python -m compressops bench [family] [args]`: a family's benchmark (int8 by default; see compressops.bench);
+"""`python -m compressops bench [family] [args]`: a family's benchmark (when none is named, the one whose module
+sets DEFAULT; a family is any module of compressops.bench that defines FAMILY and main, see
+compressops.bench.runner);
 `python -m compressops info`: build and kernel information."""
 
 import sys
 
-
-def main() -> int:
-    cmd, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("info", [])
+def main(argv: list[str] | None = None) -> int:
+    """Run the command in argv (default sys.argv[1:]); returns the exit status (2: unknown command or family)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd, args = (argv[0], argv[1:]) if argv else ("info", [])
     if cmd == "bench":
-        # `bench [family] [args]`: int8 when no family is named
-        family = args.pop(0) if args and not args[0].startswith("-") else "int8"
-        benches = {"int8": "compressops.bench.int8_linear"}
-        # [family benches]  (one line per family: benches["<family>"] = "compressops.bench.<module>")
-        benches["int4"] = "compressops.bench.int4_linear"
-        benches["sparse"] = "compressops.bench.sparse"
-        benches["pq"] = "compressops.bench.pq_linear"
-        benches["binary"] = "compressops.bench.binary_conv"
+        from compressops.bench.runner import default_family, families
 
-        if family not in benches:
-            print(f"unknown benchmark family {family!r}; known: {', '.join(benches)}")
+        found = families()
+        family = args.pop(0) if args and not args[0].startswith("-") else default_family(found)
+        if family not in found:
+            print(f"unknown benchmark family {family!r}; known: {', '.join(sorted(found))}")
             return 2
-        import importlib
-
-        return importlib.import_module(benches[family]).main(args)
+        return found[family].main(args)
     if cmd == "info":
         from compressops.info import main as info
 

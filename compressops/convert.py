@@ -1,4 +1,8 @@
-"""compressops.convert: swap the layers of a trained model for compressed ones."""
+"""compressops.convert: swap the layers of a trained model for compressed ones.
+
+convert knows no format: it talks to each config through the Config protocol
+(compressops.configs), whose hooks reach the family the config's module file registered.
+"""
 
 from __future__ import annotations
 
@@ -9,83 +13,17 @@ from collections.abc import Callable, Mapping
 from torch import nn
 
 from .algorithms.observers import calibrate
-from .configs import Int8
-from .nn import Int8Linear
-# [family imports]
-from .nn.int4_linear import Int4, Int4Linear
-from .nn.sparse_linear import CSR, CSRLinear, Sparse24, Sparse24Linear
-from .nn.pq_linear import PQ, PQLinear
-from .nn.binary import BinaryConv2d, BinaryLinear  # noqa: E402
-
-# config type -> (module types it converts, function(module, config, name, calibration) -> module);
-# calibration is the layer's observer result (see convert) or None
-_HANDLERS: dict[type, tuple[tuple[type, ...], Callable]] = {}
+from .configs import Config, compressed_types, families
 
 REPORT_ATTR = "_compressops_skipped"
 
-# Every compressed module class (convert skips them; save/load recognise them). Each one has
-# `from_float(module, config, ...)` and `skeleton(float_module, config)`: an empty module of the
-# right shapes that load_state_dict then fills (used by compressops.load).
-COMPRESSED_TYPES: tuple[type, ...] = ()
-_CANDIDATE_TYPES = (nn.Linear, nn.Conv2d)
 
-
-def register_handler(config_type: type, module_types: tuple[type, ...], compressed_types: tuple[type, ...] = ()):
-    """Decorator: register how `config_type` converts modules of `module_types` into `compressed_types`."""
-
-    def wrap(fn):
-        global COMPRESSED_TYPES
-        _HANDLERS[config_type] = (module_types, fn)
-        COMPRESSED_TYPES = COMPRESSED_TYPES + tuple(t for t in compressed_types if t not in COMPRESSED_TYPES)
-        return fn
-
-    return wrap
-
-
-@register_handler(Int8, (nn.Linear,), (Int8Linear,))
-def _convert_int8(mod, config, name, act_scale=None):
-    return Int8Linear.from_float(mod, config, act_scale=act_scale, name=name)
-
-
-# [int4 handler]
-@register_handler(Int4, (nn.Linear,), (Int4Linear,))
-def _convert_int4(mod, config, name, calibration=None):
-    return Int4Linear.from_float(mod, config, hessian=calibration, name=name)
-
-# [sparse handlers]
-@register_handler(Sparse24, (nn.Linear,), (Sparse24Linear,))
-def _convert_sparse24(mod, config, name, calibration=None):
-    return Sparse24Linear.from_float(mod, config, name=name)
-
-
-@register_handler(CSR, (nn.Linear,), (CSRLinear,))
-def _convert_csr(mod, config, name, calibration=None, prepared=None):
-    mask = None
-    if prepared is not None:  # CSR(scope="global"): the threshold CSR.prepare set over every layer
-        mask = (mod.weight.detach().abs().float() > prepared) & (mod.weight.detach() != 0)
-    return CSRLinear.from_float(mod, config, name=name, mask=mask)
-
-
-# [pq handler]
-@register_handler(PQ, (nn.Linear,), (PQLinear,))
-def _convert_pq(mod, config, name, calibration=None):
-    return PQLinear.from_float(mod, config, calibration=calibration, name=name)
-
-
-# [binary handler]
-from .configs import Binary  # noqa: E402
-
-
-@register_handler(Binary, (nn.Conv2d, nn.Linear), (BinaryConv2d, BinaryLinear))
-def _convert_binary(mod, config, name, calibration=None):
-    if isinstance(mod, nn.Conv2d):
-        return BinaryConv2d.from_float(mod, config, name=name)
-    return BinaryLinear.from_float(mod, config, name=name)
-
-
-def compressed_types() -> tuple[type, ...]:
-    """Every registered compressed module class (the tuple grows as families register)."""
-    return COMPRESSED_TYPES
+def candidate_types() -> tuple[type, ...]:
+    """Every float module type some registered family converts (the layers convert and report consider)."""
+    out: list[type] = []
+    for fam in families():
+        out += [t for t in fam.converts if t not in out]
+    return tuple(out)
 
 
 def _config_for(name: str, config):
@@ -104,78 +42,63 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
 
     Args:
         model: a trained float model.
-        config: one config (e.g. compressops.Int8()) for every supported layer, or a mapping
+        config: one config (an instance of a compressops.configs class) for every supported layer, or a mapping
             {fnmatch pattern on module names: config or None}; the first matching pattern wins,
             None leaves the layer dense, and unmatched layers stay dense.
         calibration_data: batches to run through the model when a config needs activation
-            statistics (Int8(act="static")): a tensor, a dict of kwargs, or an iterable of batches.
+            statistics (config.needs_calibration), or can use them (config.uses_calibration):
+            a tensor, a dict of kwargs, or an iterable of batches.
         inplace: modify `model` (default) or convert a deep copy.
         filter_fn: optional extra predicate (module, name) -> bool; False leaves a layer dense.
-            A config may add its own over the whole model (Binary(keep_first_last=True)).
+            A config may add its own over the whole model (config.model_filter).
         progress: show a progress bar (default: when converting more than 50 layers).
     Returns:
         The converted model. Layers left dense and why are listed by compressops.report(model).
     Raises:
-        ValueError: a layer cannot be converted (e.g. NaN weights; the message names it), or
-            static quantization without calibration_data.
+        TypeError: model is not an nn.Module, or a config is not a registered compressops config.
+        ValueError: a layer cannot be converted (e.g. NaN weights; the message names it), or a
+            config that needs calibration without calibration_data.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be an nn.Module, got {type(model).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
     skipped: dict[str, str] = dict(getattr(model, REPORT_ATTR, {}))
-    plan = []
+    compressed, candidates = compressed_types(), candidate_types()
+    plan: list[tuple[str, nn.Module, Config]] = []
     model_filters: dict[int, Callable | None] = {}
     # remove_duplicate=False: a layer reachable under two names (tied weights) must be swapped
     # under both; it is still converted once (see `converted` below).
     for name, mod in model.named_modules(remove_duplicate=False):
-        if isinstance(mod, COMPRESSED_TYPES) or not isinstance(mod, _CANDIDATE_TYPES):
+        if isinstance(mod, compressed) or not isinstance(mod, candidates):
             continue
         cfg, reason = _config_for(name, config)
         if cfg is None:
             skipped[name] = reason
             continue
-        handler = _HANDLERS.get(type(cfg))
-        if handler is None:
+        if not isinstance(cfg, Config):
             raise TypeError(f"convert: {type(cfg).__name__} is not a compressops config")
-        module_types, fn = handler
-        if not isinstance(mod, module_types):
+        if not cfg.accepts(mod):
             skipped[name] = f"{type(cfg).__name__} does not support {type(mod).__name__}"
             continue
         # A config may reject some settings of a module type it handles (e.g. grouped convs).
-        unsupported = cfg.unsupported_reason(mod) if hasattr(cfg, "unsupported_reason") else None
+        unsupported = cfg.unsupported_reason(mod)
         if unsupported:
             skipped[name] = unsupported
             continue
         if filter_fn is not None and not filter_fn(mod, name):
             skipped[name] = "filter_fn returned False"
             continue
-        model_filter = _model_filter(cfg, model, model_filters)
+        if id(cfg) not in model_filters:
+            model_filters[id(cfg)] = cfg.model_filter(model)
+        model_filter = model_filters[id(cfg)]
         if model_filter is not None and not model_filter(mod, name):
-            skipped[name] = getattr(cfg, "model_filter_reason", f"{type(cfg).__name__}.model_filter left it dense")
+            skipped[name] = cfg.model_filter_reason
             continue
         skipped.pop(name, None)
-        plan.append((name, mod, cfg, fn))
+        plan.append((name, mod, cfg))
 
-    # Calibration: a config with needs_calibration=True requires calibration_data; one with
-    # uses_calibration=True uses it when given. The observer comes from cfg.make_observer() when the
-    # config has one (default: AbsMaxObserver), and its result() reaches the handler as `calibration`.
-    calibration = {}
-    needs_cal = {name: mod for name, mod, cfg, _ in plan if getattr(cfg, "needs_calibration", False)}
-    uses_cal = {name: (mod, cfg) for name, mod, cfg, _ in plan
-                if getattr(cfg, "needs_calibration", False) or getattr(cfg, "uses_calibration", False)}
-    if needs_cal and calibration_data is None:
-        first = next(iter(needs_cal))
-        raise ValueError(f"convert: {len(needs_cal)} layer(s) need calibration_data "
-                         f"(e.g. {first!r}, {type(_plan_cfg(plan, first)).__name__})")
-    if uses_cal and calibration_data is not None:
-        factories = {name: cfg.make_observer for name, (_, cfg) in uses_cal.items() if hasattr(cfg, "make_observer")}
-        observers = calibrate(model, {n: m for n, (m, _) in uses_cal.items()}, calibration_data, factories)
-        for name, obs in observers.items():
-            try:
-                calibration[name] = obs.result()
-            except ValueError as e:
-                raise ValueError(f"convert: layer {name!r}: {e}") from None
+    calibration = _calibrate(model, plan, calibration_data)
 
     show = progress if progress is not None else len(plan) > 50
     iterator = plan
@@ -186,30 +109,44 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
             iterator = tqdm(plan, desc="compressops.convert", unit="layer")
         except ImportError:
             pass
-    # Whole-plan preparation: a config with prepare(layers) sees every (name, module) it is about to
-    # convert at once (e.g. CSR(scope="global") sets one threshold over all of them); the value it
-    # returns for a layer reaches that layer's handler as `prepared`.
+    # Whole-plan preparation: each config sees every (name, module) it is about to convert at once
+    # (e.g. one magnitude threshold over all of them); its value for a layer reaches convert_module.
     prepared: dict[str, object] = {}
-    for cfg in _distinct(cfg for _, _, cfg, _ in plan):
-        if hasattr(cfg, "prepare"):
-            prepared.update(cfg.prepare([(n, m) for n, m, c, _ in plan if c == cfg]))
+    for cfg in _distinct(cfg for _, _, cfg in plan):
+        prepared.update(cfg.prepare([(n, m) for n, m, c in plan if c == cfg]))
     converted: dict[int, nn.Module] = {}  # a module reachable under two names is converted once
-    for name, mod, cfg, fn in iterator:
+    for name, mod, cfg in iterator:
         new = converted.get(id(mod))
         if new is None:
-            extra = {"prepared": prepared[name]} if name in prepared else {}
-            new = fn(mod, cfg, name, calibration.get(name), **extra)
+            new = cfg.convert_module(mod, name, calibration.get(name), prepared.get(name))
             converted[id(mod)] = new
         _set_submodule(model, name, new)
     setattr(model, REPORT_ATTR, skipped)
     return model
 
 
-def _model_filter(cfg, model, cache):
-    """cfg.model_filter(model) (a config's own (module, name) -> bool over the whole model), once per config."""
-    if id(cfg) not in cache:
-        cache[id(cfg)] = cfg.model_filter(model) if hasattr(cfg, "model_filter") else None
-    return cache[id(cfg)]
+def _calibrate(model: nn.Module, plan, calibration_data) -> dict[str, object]:
+    """{name: observer result} for the planned layers whose config uses calibration data.
+
+    A config with needs_calibration requires calibration_data; one with uses_calibration uses it
+    when given. Each layer's observer comes from cfg.make_observer().
+    """
+    needs = [(name, cfg) for name, _, cfg in plan if cfg.needs_calibration]
+    if needs and calibration_data is None:
+        name, cfg = needs[0]
+        raise ValueError(f"convert: {len(needs)} layer(s) need calibration_data (e.g. {name!r}, {type(cfg).__name__})")
+    uses = {name: (mod, cfg) for name, mod, cfg in plan if cfg.needs_calibration or cfg.uses_calibration}
+    if not uses or calibration_data is None:
+        return {}
+    factories = {name: cfg.make_observer for name, (_, cfg) in uses.items()}
+    observers = calibrate(model, {n: m for n, (m, _) in uses.items()}, calibration_data, factories)
+    out = {}
+    for name, obs in observers.items():
+        try:
+            out[name] = obs.result()
+        except ValueError as e:
+            raise ValueError(f"convert: layer {name!r}: {e}") from None
+    return out
 
 
 def _distinct(configs):
@@ -218,10 +155,6 @@ def _distinct(configs):
         if not any(cfg == o for o in out):
             out.append(cfg)
     return out
-
-
-def _plan_cfg(plan, name):
-    return next(cfg for n, _, cfg, _ in plan if n == name)
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:

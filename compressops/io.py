@@ -6,8 +6,8 @@ import json
 
 from torch import nn
 
-from .configs import config_from_dict
-from .convert import _set_submodule, compressed_types
+from .configs import compressed_types, config_from_dict
+from .convert import _set_submodule
 
 _META_KEY = "compressops_layers"
 
@@ -32,12 +32,14 @@ def load(model: nn.Module, path: str, strict: bool = True) -> nn.Module:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from . import nn as cnn
-
     with safe_open(path, framework="pt") as f:
         layers = json.loads((f.metadata() or {}).get(_META_KEY, "{}"))
+    classes = {t.__name__: t for t in compressed_types()}
     for name, info in layers.items():
-        cls = getattr(cnn, info["class"])
+        cls = classes.get(info["class"])
+        if cls is None:
+            raise ValueError(f"load: {path} stores layer {name!r} as {info['class']}, which is no registered "
+                             f"compressed module (known: {', '.join(sorted(classes))})")
         cfg = config_from_dict(info["config"])
         old = model.get_submodule(name)
         if isinstance(old, cls):

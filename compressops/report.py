@@ -6,14 +6,15 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .convert import REPORT_ATTR, compressed_types
+from .configs import compressed_types
+from .convert import REPORT_ATTR, candidate_types
 
 
 @dataclass
 class LayerRow:
     name: str
     module: str          # class name of the layer now in the model
-    format: str          # "int8 (dynamic)", "dense", ...
+    format: str          # the compressed module's format_label, or "dense"
     shape: str
     dense_bytes: int     # fp32 weight + bias
     bytes: int           # what the layer holds now (canonical format)
@@ -65,16 +66,17 @@ def _dense_bytes(mod: nn.Module) -> int:
 
 
 def report(model: nn.Module) -> Report:
-    """One row per linear/conv layer of `model`: converted (format, bytes) or dense (and why)."""
+    """One row per layer of `model` that a family could convert: converted (format, bytes) or dense (and why)."""
     skipped = getattr(model, REPORT_ATTR, {})
+    compressed, candidates = compressed_types(), candidate_types()
     rows = []
     for name, mod in model.named_modules():
-        if isinstance(mod, compressed_types()):
+        if isinstance(mod, compressed):
             # Compressed modules describe themselves: format_label, shape_label, dense_bytes()
             # (fp32 weight + bias of the layer they replace) and compressed_bytes() (canonical buffers).
             rows.append(LayerRow(name, type(mod).__name__, mod.format_label, mod.shape_label,
                                  mod.dense_bytes(), mod.compressed_bytes(), ""))
-        elif isinstance(mod, (nn.Linear, nn.Conv2d)):
+        elif isinstance(mod, candidates):
             b = sum(p.numel() * p.element_size() for p in mod.parameters(recurse=False))
             rows.append(LayerRow(name, type(mod).__name__, "dense", "x".join(map(str, mod.weight.shape)),
                                  _dense_bytes(mod), b, skipped.get(name, "not converted")))

@@ -1,7 +1,9 @@
-// Every compressops op schema, in one place. A C++/libtorch process that loads the library gets
-// the same ops as Python. Python adds fake (meta) kernels and a pure-PyTorch "default" kernel
-// for each op (compressops/ops.py); compressops/_schemas.py mirrors these strings for the case
-// where this library is absent, and a test keeps the two identical.
+// Every compressops op schema, in one place and only here. A C++/libtorch process that loads the
+// library gets the same ops as Python. Python adds fake (meta) kernels and a pure-PyTorch
+// "default" kernel for each op (compressops/ops/<family>.py). setup.py reads the m.def strings
+// of the TORCH_LIBRARY block below into compressops/_schemas.json, which defines the ops from
+// Python when this library is absent; so keep each schema a plain string literal (adjacent
+// literals are fine) inside m.def(...).
 #include <torch/library.h>
 
 #include <atomic>
@@ -51,19 +53,15 @@ std::vector<std::string> compiled_cpu_isas_op() {
 std::vector<std::string> kernel_isas_op(std::string op) {
   if (op == "int8_pack_weight") return {};  // baseline host code, no per-ISA kernel
   if (op.rfind("int8_", 0) == 0) return int8_kernel_isas();
-  // [int4 kernel isas]
   if (op == "int4_pack_weight") return {};
   if (op.rfind("int4_", 0) == 0) return int4_kernel_isas();
 
-  // [sparse kernel isas]
   if (op == "csr_pack") return {};
   if (op.rfind("sparse24_", 0) == 0 || op.rfind("csr_", 0) == 0) return sparse_kernel_isas(op);
 
-  // [pq kernel isas]
   if (op == "pq_pack") return {};  // baseline host code, no per-ISA kernel
   if (op.rfind("pq_", 0) == 0) return pq_kernel_isas();
 
-  // [binary kernel isas]
   if (op.rfind("binary_", 0) == 0) return binary_kernel_isas();
 
   TORCH_CHECK(false, "_kernel_isas: unknown op family for '", op, "'");
@@ -84,14 +82,12 @@ TORCH_LIBRARY(compressops, m) {
       "int8_weight_only_linear(Tensor x, Tensor w_packed, Tensor w_scale, Tensor? bias=None, "
       "ScalarType? out_dtype=None) -> Tensor");
 
-  // [int4 schemas]
   // int4 linear (DESIGN.md section 4): group-wise 4-bit weights, W4A8 CPU kernels.
   m.def("int4_pack_weight(Tensor qweight, Tensor scales, Tensor? zeros, int in_features, int group_size) -> Tensor");
   m.def(
       "int4_linear(Tensor x, Tensor w_packed, int out_features, Tensor? bias=None, ScalarType? out_dtype=None) "
       "-> Tensor");
 
-  // [sparse schemas]
   // 2:4 semi-structured and CSR sparse linear (DESIGN.md section 4, compressops/formats/sparse24.py, csr.py).
   m.def("sparse24_linear(Tensor x, Tensor values, Tensor meta, int in_features, Tensor? bias=None) -> Tensor");
   m.def(
@@ -100,14 +96,12 @@ TORCH_LIBRARY(compressops, m) {
   m.def("csr_pack(Tensor crow, Tensor col, int in_features) -> Tensor");
   m.def("csr_linear(Tensor x, Tensor packed, Tensor values, int out_features, Tensor? bias=None) -> Tensor");
 
-  // [pq schemas]
   // PQ lookup-table linear (DESIGN.md section 4, compressops/formats/pq.py).
   m.def("pq_pack(Tensor codes, Tensor codebooks, int in_features) -> Tensor");
   m.def(
       "pq_linear(Tensor x, Tensor packed, int in_features, int out_features, Tensor? bias=None, "
       "ScalarType? out_dtype=None) -> Tensor");
 
-  // [binary schemas]
   // binary (DESIGN.md section 4): sign bits packed along channels into int64 words, fp32 alpha [OC].
   m.def("binary_pack_activation(Tensor x) -> Tensor");
   m.def(

@@ -45,23 +45,16 @@ from compressops.info import cpu_model  # noqa: E402
 # (label, config, target mean cosine or None): a row below its target makes the demo exit 1.
 FORMATS: list[tuple[str, object, float | None]] = [
     ("int8 (W8A8 dynamic)", co.Int8(), 0.99),
-    # [int4 rows]
     ("int4 g128 (RTN)", co.Int4(group_size=128), 0.97),
     ("int4 g128 (GPTQ)", co.Int4(group_size=128, method="gptq"), 0.97),
 
-    # [sparse rows]
     # Magnitude pruning without fine-tuning costs accuracy (no cosine target); prune during
     # fine-tuning with compressops.algorithms.pruning.MagnitudePruner for usable quality.
     ("2:4 fp32", co.Sparse24(), None),
     ("2:4 int8", co.Sparse24(dtype=torch.int8), None),
     ("CSR 50%", co.CSR(sparsity=0.5), None),
-
-    # [pq rows]
     ("PQ k=256 d=4", co.PQ(num_centroids=256, subvector_dim=4), None),
     ("PQ k=16 d=2", co.PQ(num_centroids=16, subvector_dim=2), None),
-
-    # [binary rows]
-
 ]
 
 BASELINE_LABEL = "fp32"

@@ -7,6 +7,7 @@ from torch import nn
 import compressops as co
 from compressops.nn import Int8Linear
 
+from .families import EXAMPLES, FAMILY, convert_example, tiny_input, tiny_model
 from .helpers import randn_nonzero
 
 
@@ -90,3 +91,17 @@ def test_save_load_round_trip(tmp_path):
     assert isinstance(fresh.encoder[0], Int8Linear) and fresh.classifier.act == "weight_only"
     x = inputs()
     assert torch.equal(fresh(*x), model(*x))
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_save_load_round_trip_every_example(name, tmp_path):
+    kind = EXAMPLES[name][1]
+    model = convert_example(name)
+    path = tmp_path / f"{name}.safetensors"
+    co.save(model, str(path))
+    fresh = co.load(tiny_model(kind), str(path)).eval()
+    assert [type(m) for m in fresh.modules()] == [type(m) for m in model.modules()]
+    assert any(co.configs.family_of(m).name == FAMILY[name] for m in fresh.modules()
+               if isinstance(m, co.configs.compressed_types()))
+    x = tiny_input(kind)
+    assert torch.equal(fresh(x), model(x))

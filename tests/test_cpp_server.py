@@ -10,6 +10,7 @@ import torch.utils.cpp_extension as cpp
 
 import compressops
 
+from .families import EXAMPLES, convert_example, tiny_input
 from .helpers import requires_native
 
 LIB = Path(compressops.__file__).parent / "libcompressops_ops.so"
@@ -49,8 +50,6 @@ class _IO(torch.nn.Module):
 def test_cpp_process_runs_scripted_models_of_every_format(tmp_path):
     import warnings
 
-    from torch import nn
-
     exe = tmp_path / "run_torchscript"
     src = Path(__file__).parent / "cpp" / "run_torchscript.cpp"
     libdir = Path(torch.__file__).parent / "lib"
@@ -61,19 +60,9 @@ def test_cpp_process_runs_scripted_models_of_every_format(tmp_path):
     build = subprocess.run(cmd, capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-3000:]
 
-    torch.manual_seed(0)
-    configs = {"int8": compressops.Int8(), "int4": compressops.Int4(group_size=32),
-               "sparse24": compressops.Sparse24(), "csr": compressops.CSR(sparsity=0.8),
-               "pq": compressops.PQ(num_centroids=16, subvector_dim=2, max_iter=3),
-               "binary": compressops.Binary(keep_first_last=False)}
     args = []
-    for name, config in configs.items():
-        if name == "binary":
-            model, x = nn.Sequential(nn.Conv2d(16, 24, 3, padding=1), nn.Hardtanh(), nn.Conv2d(24, 8, 1)), \
-                torch.randn(2, 16, 7, 5)
-        else:
-            model, x = nn.Sequential(nn.Linear(96, 48), nn.ReLU(), nn.Linear(48, 8)), torch.randn(3, 96)
-        model = compressops.convert(model, config).eval()
+    for name in sorted(EXAMPLES):
+        model, x = convert_example(name), tiny_input(EXAMPLES[name][1])
         with torch.inference_mode():
             y = model(x)
         with warnings.catch_warnings():
@@ -83,4 +72,4 @@ def test_cpp_process_runs_scripted_models_of_every_format(tmp_path):
         args += [str(tmp_path / f"{name}.pt"), str(tmp_path / f"{name}_io.pt")]
     run = subprocess.run([str(exe), str(LIB), *args], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count("ok ") == len(configs), run.stdout
+    assert run.stdout.count("ok ") == len(EXAMPLES), run.stdout

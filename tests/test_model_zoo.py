@@ -10,6 +10,8 @@ from torch import nn
 
 import compressops as co
 
+from .families import EXAMPLES, FIRST
+
 torchvision = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
 
@@ -33,36 +35,35 @@ def _convnext_atto():
 
 MODELS = {"resnet18": _resnet18, "mobilenet_v3_small": _mobilenet_v3, "vit_tiny": _vit_tiny,
           "convnext_atto": _convnext_atto}
-CONFIGS = {
-    "int8": (co.Int8(), 0.05),  # (config, bound on the logits' relative error vs float; None: no bound)
-    "int4": (co.Int4(group_size=32), 0.3),
-    "sparse24": (co.Sparse24(), None),
-    "csr": (co.CSR(sparsity=0.5), None),
-    "pq": (co.PQ(num_centroids=16, subvector_dim=2, max_iter=3), None),
-    "binary": (co.Binary(), None),
-}
+# family -> bound on the logits' relative error vs float (families not listed: no bound)
+MAX_ERR = {"int8": 0.05, "int4": 0.3}
+# (family, model) -> (module class, how many of them the converted model holds)
+EXPECTED_COUNT = {("binary", "resnet18"): ("BinaryConv2d", 19)}  # 20 convs, the first stays float
 
 
-@pytest.mark.parametrize("config_name", sorted(CONFIGS))
+@pytest.mark.parametrize("family", sorted(FIRST))
 @pytest.mark.parametrize("model_name", sorted(MODELS))
-def test_convert_real_architecture(model_name, config_name):
+def test_convert_real_architecture(model_name, family):
     torch.manual_seed(0)
     model, x = MODELS[model_name]()
     model.eval()
-    config, max_err = CONFIGS[config_name]
+    config, max_err = EXAMPLES[FIRST[family]][0], MAX_ERR.get(family)
     with torch.inference_mode():
         ref = model(x)
-    q = co.convert(copy.deepcopy(model), config, progress=False).eval()
+    cal = x if config.needs_calibration else None
+    q = co.convert(copy.deepcopy(model), config, calibration_data=cal, progress=False).eval()
     rep = co.report(q)
     converted = [r for r in rep.rows if r.format != "dense"]
     dense = [r for r in rep.rows if r.format == "dense"]
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    assert converted or not linears, f"{config_name} converted nothing in {model_name}"
+    assert converted or not linears, f"{family} converted nothing in {model_name}"
     assert all(r.note for r in dense), "every layer left dense says why"
-    if isinstance(config, co.Binary):  # keep_first_last: the first and last layer stay float
+    if config.model_filter(model) is not None:  # e.g. keep_first_last: the first and last layer stay float
         assert rep.rows[0].format == "dense" and rep.rows[-1].format == "dense"
-        if model_name == "resnet18":
-            assert sum(r.module == "BinaryConv2d" for r in converted) == 19  # 20 convs, the first stays float
+        assert config.model_filter_reason in {rep.rows[0].note, rep.rows[-1].note}
+    if (family, model_name) in EXPECTED_COUNT:
+        cls_name, count = EXPECTED_COUNT[family, model_name]
+        assert sum(r.module == cls_name for r in converted) == count
     with torch.inference_mode():
         y = q(x)
     assert y.shape == ref.shape and torch.isfinite(y).all()

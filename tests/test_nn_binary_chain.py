@@ -9,7 +9,7 @@ from torch import nn
 
 import compressops as co
 from compressops import ops
-from compressops.algorithms.binarize import fuse_binary_chains
+from compressops.bnn import fuse_binary_chains
 from compressops.nn import BinaryChain, BinaryConv2d
 from compressops.nn.binary_chain import fold_batchnorm, sign_preserving
 

@@ -217,17 +217,17 @@ def test_from_gptq_tensors_matches_known_weights():
     expect = expect.reshape(n, k)
     qweight, qzeros, scales = _to_gptq_layout(codes, z - 1, s)
     assert qweight.shape == (k // 8, n) and qzeros.shape == (k // gs, 3) and scales.shape == (k // gs, n)
-    mod = f4.from_gptq_tensors(qweight, scales, qzeros, bias=bias, group_size=gs)
+    mod = Int4Linear.from_gptq(qweight, scales, qzeros, bias=bias, group_size=gs)
     assert isinstance(mod, Int4Linear) and mod.in_features == k and mod.out_features == n
     assert torch.equal(mod.dequantize(), expect)
     x = randn_nonzero(3, k)
     assert rel_err(mod(x), x @ expect.t() + bias) < 0.02
     # checkpoints that store z itself
     qweight2, qzeros2, _ = _to_gptq_layout(codes, z, s)
-    assert torch.equal(f4.from_gptq_tensors(qweight2, scales, qzeros2, group_size=gs, zero_offset=0).dequantize(),
+    assert torch.equal(Int4Linear.from_gptq(qweight2, scales, qzeros2, group_size=gs, zero_offset=0).dequantize(),
                        expect)
     with pytest.raises(ValueError, match="qweight must be int32"):
-        f4.from_gptq_tensors(qweight.float(), scales, qzeros, group_size=gs)
+        Int4Linear.from_gptq(qweight.float(), scales, qzeros, group_size=gs)
 
 
 def test_bench_peers_compute_the_same_layer():

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import compressops as co
-from compressops.algorithms.kmeans import kmeans_subspaces
+from compressops.algorithms.kmeans import kmeans_subspaces, pq_quantize_weight
 from compressops.algorithms.pq_refine import GramObserver, output_error, refine_codebooks
 from compressops.formats import pq as fpq
 from compressops.nn import PQLinear
@@ -64,7 +64,7 @@ def test_refinement_lowers_held_out_output_error():
     mix[:, :8] *= 8  # anisotropic inputs: a few directions dominate
     x_cal, x_test = torch.randn(2000, k_in) @ mix.t(), torch.randn(500, k_in) @ mix.t()
     w = torch.randn(n, k_in)
-    codes, cb = fpq.quantize_weight(w, 16, 4)
+    codes, cb = pq_quantize_weight(w, 16, 4)
     s = cb.shape[0]
     obs = GramObserver()
     obs.observe(x_cal[:1000])

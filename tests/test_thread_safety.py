@@ -5,34 +5,15 @@ import threading
 
 import pytest
 import torch
-from torch import nn
 
-import compressops as co
-
-from .helpers import randn_nonzero
-
-CONFIGS = {
-    "int8": (co.Int8(), "linear"),
-    "int4": (co.Int4(group_size=32), "linear"),
-    "sparse24": (co.Sparse24(), "linear"),
-    "sparse24_int8": (co.Sparse24(dtype=torch.int8), "linear"),
-    "csr": (co.CSR(sparsity=0.8), "linear"),
-    "pq16": (co.PQ(num_centroids=16, subvector_dim=2, max_iter=5), "linear"),
-    "pq256": (co.PQ(num_centroids=256, subvector_dim=4, max_iter=5), "linear"),
-    "binary": (co.Binary(keep_first_last=False), "conv"),
-}
+from .families import EXAMPLES, convert_example, tiny_input
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_concurrent_forward_matches_serial(name):
-    config, kind = CONFIGS[name]
-    if kind == "linear":
-        model = nn.Sequential(nn.Linear(96, 80), nn.ReLU(), nn.Linear(80, 24))
-        inputs = [randn_nonzero(m, 96) for m in (1, 3, 9, 17)]
-    else:
-        model = nn.Sequential(nn.Conv2d(16, 24, 3, padding=1), nn.Hardtanh(), nn.Conv2d(24, 8, 3, padding=1))
-        inputs = [randn_nonzero(n, 16, 9, 7) for n in (1, 2, 3, 1)]
-    model = co.convert(model, config).eval()
+    kind = EXAMPLES[name][1]
+    model = convert_example(name)
+    inputs = [tiny_input(kind, b) for b in ((1, 3, 9, 17) if kind == "linear" else (1, 2, 3, 1))]
     with torch.inference_mode():
         expected = [model(x) for x in inputs]
     results, errors = {}, []

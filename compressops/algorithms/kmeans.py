@@ -1,8 +1,11 @@
-"""k-means batched over independent subspaces (the codebook fit of product quantization)."""
+"""k-means batched over independent subspaces (the codebook fit of product quantization), and the
+product quantization of a weight with it."""
 
 from __future__ import annotations
 
 import torch
+
+from ..formats import pq as pq_format
 
 
 def _assign(x: torch.Tensor, c: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,3 +88,40 @@ def kmeans_subspaces(x: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 
         cents = new
     assign = _assign(x, cents, x2)[1]
     return cents.contiguous(), assign
+
+
+def pq_quantize_weight(weight: torch.Tensor, num_centroids: int = 256, subvector_dim: int = 4, *, seed: int = 0,
+                       max_iter: int = 25, name: str = "weight") -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means product quantization of a float weight -> canonical PQ buffers (compressops/formats/pq.py).
+
+    Args:
+        weight: float [N, K]; K not a multiple of subvector_dim is zero padded.
+        num_centroids: k, 16 or 256 centroids per subspace.
+        subvector_dim: d, weights per subvector (1, 2, 4, 8 or 16).
+        seed, max_iter: as in kmeans_subspaces.
+        name: the layer's name, used in error messages.
+    Returns:
+        (codes uint8 [N, S] (k=256) or [N, ceil(S/2)] (k=16, two codes a byte), codebooks float32
+        [S, k, d]) with S = ceil(K / d).
+    Raises:
+        ValueError: not a 2-D float weight, NaN/Inf values, k or d unsupported.
+    """
+    if weight.dim() != 2 or not weight.is_floating_point():
+        raise ValueError(f"{name}: expected a 2-D float weight [N, K], got {weight.dtype} {tuple(weight.shape)}")
+    w = weight.detach().float()
+    if not torch.isfinite(w).all():
+        raise ValueError(f"{name}: weight holds NaN/Inf values; PQ needs finite weights")
+    if num_centroids not in pq_format.NUM_CENTROIDS or subvector_dim not in pq_format.SUBVECTOR_DIMS:
+        raise ValueError(f"{name}: num_centroids must be in {pq_format.NUM_CENTROIDS} and subvector_dim in "
+                         f"{pq_format.SUBVECTOR_DIMS}")
+    n, kin = w.shape
+    d = subvector_dim
+    s = pq_format.num_subspaces(kin, d)
+    wp = torch.zeros(n, s * d, dtype=torch.float32, device=w.device)
+    wp[:, :kin] = w
+    x = wp.view(n, s, d).transpose(0, 1).contiguous()  # [S, N, d]
+    codebooks, assign = kmeans_subspaces(x, num_centroids, seed=seed, max_iter=max_iter)
+    codes = assign.t().contiguous().to(torch.uint8)  # [N, S]
+    if num_centroids == 16:
+        codes = pq_format.pack_nibbles(codes)
+    return codes, codebooks

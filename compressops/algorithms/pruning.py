@@ -27,7 +27,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["magnitude_mask", "nm_mask", "cubic_sparsity", "MagnitudePruner", "global_magnitude_prune"]
+__all__ = ["magnitude_mask", "nm_mask", "cubic_sparsity", "MagnitudePruner", "global_magnitude_prune",
+           "global_threshold"]
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -143,7 +144,7 @@ class MagnitudePruner:
         else:
             s = self.current_sparsity(step)
             if self.scope == "global":
-                thr = _global_threshold([mod.weight for _, mod in self.layers], s)
+                thr = global_threshold([mod.weight for _, mod in self.layers], s)
                 for name, mod in self.layers:
                     self.masks[name] = (mod.weight.detach().abs().float() > thr) & self.masks[name]
             else:
@@ -174,7 +175,9 @@ class MagnitudePruner:
         self._hooks = []
 
 
-def _global_threshold(weights, sparsity: float) -> float:
+def global_threshold(weights, sparsity: float) -> float:
+    """The one magnitude below which the `sparsity` fraction of all `weights` (tensors of any shape)
+    lies: weights with |w| > threshold are kept (-1.0 when nothing is dropped)."""
     if sparsity <= 0:
         return -1.0
     allw = torch.cat([w.detach().abs().float().flatten() for w in weights])
@@ -195,7 +198,7 @@ def global_magnitude_prune(model: nn.Module, sparsity: float,
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"global_magnitude_prune: sparsity must be in [0, 1), got {sparsity}")
     layers = _select(model, filter_fn)
-    thr = _global_threshold([m.weight for _, m in layers], sparsity)
+    thr = global_threshold([m.weight for _, m in layers], sparsity)
     out = {}
     for name, mod in layers:
         mod.weight.mul_(mod.weight.abs().float() > thr)

@@ -13,7 +13,7 @@ A second table times two binary convs in a row (conv, BatchNorm, Hardtanh, conv,
   - the same BinaryConv2d layers unfused (float activations, BatchNorm and Hardtanh in between);
   - fp32 nn.Conv2d block (channels_last) and two torch.ao int8 Conv2d (quantized in, between, out).
 The tables are then produced again in a subprocess with COMPRESSOPS_ISA=avx2 and
-ONEDNN_MAX_CPU_ISA=AVX2 set before torch loads, so every library is limited to AVX2.
+ONEDNN_MAX_CPU_ISA=AVX2 set before torch loads, so every library is limited to AVX2 (--no-avx2 skips it).
 `binary GMAC/s` counts N*OC*OH*OW*C*KH*KW binary multiply-accumulates per second; `ceiling` is
 the measured XNOR-popcount ceiling at that thread count (torch.ops.compressops.
 _binary_xor_popcount_peak: the conv kernel's own inner loop over L1-resident data on every
@@ -22,26 +22,28 @@ thread, no tap bookkeeping or epilogue), and `% ceil` the binary rows' share of 
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
 import os
-import subprocess
-import sys
-import warnings
-from pathlib import Path
-
 import statistics
+import warnings
 
 import torch
 from torch import nn
 
 import compressops as co
-from compressops.bench import report, timing
+from compressops.bench import runner
+from compressops.bench.runner import Family, Group, Impl, Run, Speedup, Table, Variant
 from compressops.nn import BinaryChain, BinaryConv2d
 
-FULL_SHAPES = [(256, 56), (512, 28)]  # (C = OC, H = W)
-QUICK_SHAPES = [(256, 56)]
+FAMILY = "binary"
+
+
+def _shapes(convs, batches):
+    """(name, N, C = OC, H = W) for every conv (C, H) and batch N."""
+    return [(f"C={c} {hw}x{hw} 3x3", n, c, hw) for c, hw in convs for n in batches]
+
+
+SHAPES = {"design": _shapes([(256, 56), (512, 28)], (1, 8)), "quick": _shapes([(256, 56)], (1,)),
+          "smoke": _shapes([(64, 8)], (1,))}
 
 
 def _ao_conv(conv: nn.Conv2d, x: torch.Tensor):
@@ -76,94 +78,6 @@ def _batchnorm(c: int) -> nn.BatchNorm2d:
     return bn.eval()
 
 
-def run_chain_table(shapes, batches, threads_list, min_run_time: float) -> list[dict]:
-    """Two 3x3 convs in a row: BinaryChain (fused) vs the unfused binary layers, fp32 and int8."""
-    rows = []
-    old_threads = torch.get_num_threads()
-    try:
-        for c, hw in shapes:
-            convs = [nn.Conv2d(c, c, 3, padding=1).to(memory_format=torch.channels_last) for _ in range(2)]
-            bns = [_batchnorm(c), _batchnorm(c)]
-            fp32 = nn.Sequential(convs[0], bns[0], nn.Hardtanh(), convs[1], bns[1]).eval()
-            unfused = nn.Sequential(BinaryConv2d.from_float(convs[0]), bns[0], nn.Hardtanh(),
-                                    BinaryConv2d.from_float(convs[1]), bns[1]).eval()
-            chain = BinaryChain.from_modules(list(unfused))
-            for n in batches:
-                x = torch.randn(n, c, hw, hw).contiguous(memory_format=torch.channels_last)
-                q1, xq = _ao_conv(convs[0], x)
-                q2, _ = _ao_conv(convs[1], x)
-                macs = 2 * n * c * c * hw * hw * 9
-                for t in threads_list:
-                    torch.set_num_threads(t)
-                    impls = {
-                        "BinaryChain (fused, packed between)": lambda: chain(x),
-                        "BinaryConv2d x2 unfused (BN, Hardtanh in float)": lambda: unfused(x),
-                        "fp32 conv-BN-Hardtanh-conv-BN": lambda: fp32(x),
-                        "torch.ao int8 Conv2d x2 (kernel only)": lambda: q2(q1(xq)),
-                    }
-                    res = {}
-                    with torch.inference_mode():
-                        for name, fn in impls.items():
-                            res[name] = timing.median_us(fn, min_run_time)
-                    names = list(impls)
-                    unf, base, int8 = res[names[1]], res[names[2]], res[names[3]]
-                    for name, us in res.items():
-                        binary = name.startswith("Binary")
-                        rows.append({
-                            "impl": name, "shape": f"2 x C={c} {hw}x{hw} 3x3", "n": n, "threads": t, "us": us,
-                            "vs_fp32": base / us, "vs_int8": int8 / us, "vs_unfused": unf / us if binary else None,
-                            "gmacs": macs / us / 1e3 if binary else None,
-                        })
-    finally:
-        torch.set_num_threads(old_threads)
-    return rows
-
-
-def run_table(shapes, batches, threads_list, min_run_time: float) -> list[dict]:
-    rows = []
-    old_threads = torch.get_num_threads()
-    try:
-        for c, hw in shapes:
-            conv = nn.Conv2d(c, c, 3, padding=1).to(memory_format=torch.channels_last)
-            bconv = BinaryConv2d.from_float(conv)
-            conv_bf16 = nn.Conv2d(c, c, 3, padding=1).to(torch.bfloat16).to(memory_format=torch.channels_last)
-            for n in batches:
-                x = torch.randn(n, c, hw, hw).contiguous(memory_format=torch.channels_last)
-                xb = x.bfloat16()
-                xp = co.ops.binary_pack_activation(x)
-                qconv, xq = _ao_conv(conv, x)
-                macs = n * c * c * hw * hw * 9
-                for t in threads_list:
-                    torch.set_num_threads(t)
-                    ceiling = xor_popcount_ceiling_gmacs()
-                    impls = {
-                        "BinaryConv2d (pack + conv)": lambda: bconv(x),
-                        "binary_conv2d kernel (packed in)": lambda: co.ops.binary_conv2d(
-                            xp, bconv.weight_bits, bconv.alpha, bconv.bias, c, (3, 3), (1, 1), (1, 1)),
-                        "fp32 nn.Conv2d": lambda: conv(x),
-                        "bf16 nn.Conv2d": lambda: conv_bf16(xb),
-                        "torch.ao int8 Conv2d (kernel only)": lambda: qconv(xq),
-                    }
-                    res = {}
-                    with torch.inference_mode():
-                        for name, fn in impls.items():
-                            res[name] = timing.median_us(fn, min_run_time)
-                    fp32, int8 = res["fp32 nn.Conv2d"], res["torch.ao int8 Conv2d (kernel only)"]
-                    for name, us in res.items():
-                        binary = name.startswith(("Binary", "binary"))
-                        rows.append({
-                            "impl": name, "shape": f"C={c} {hw}x{hw} 3x3", "n": n, "threads": t, "us": us,
-                            "vs_fp32": fp32 / us, "vs_int8": int8 / us,
-                            "gmacs": macs / us / 1e3 if binary else None,
-                            "ceiling": ceiling if binary else None,
-                            "pct_ceiling": 100 * macs / us / 1e3 / ceiling if binary else None,
-                            "isa": co.isa() if binary else os.environ.get("ONEDNN_MAX_CPU_ISA", "default"),
-                        })
-    finally:
-        torch.set_num_threads(old_threads)
-    return rows
-
-
 COLUMNS = [("impl", "implementation", ""), ("shape", "shape", ""), ("n", "N", "d"), ("threads", "thr", "d"),
            ("us", "time (us)", ".0f"), ("vs_fp32", "x fp32", ".2f"), ("vs_int8", "x int8", ".2f"),
            ("gmacs", "binary GMAC/s", ".0f"), ("ceiling", "ceiling GMAC/s", ".0f"), ("pct_ceiling", "% ceil", ".0f"),
@@ -173,54 +87,79 @@ CHAIN_COLUMNS = [("impl", "implementation", ""), ("shape", "block", ""), ("n", "
                  ("vs_unfused", "x unfused", ".2f"), ("gmacs", "binary GMAC/s", ".0f")]
 
 
-def _avx2_subprocess(argv: list[str]) -> list[dict]:
-    env = dict(os.environ, COMPRESSOPS_ISA="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
-    out = subprocess.run([sys.executable, "-m", "compressops.bench.binary_conv", "--child", *argv], env=env,
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+class BinaryConvBench(Family):
+    name, title, stem = FAMILY, "binary conv", "binary_conv"
+    shape_sets = SHAPES
+    min_run_time, quick_min_run_time = 0.5, 0.1
+    speedups = [Speedup("vs_fp32", "fp32 "), Speedup("vs_int8", "torch.ao int8"),
+                Speedup("vs_unfused", "BinaryConv2d x2 unfused", ("ours",))]
+    tables = [Table(COLUMNS, kind="conv"),
+              Table(CHAIN_COLUMNS, kind="chain",
+                    title="Two binary convs in a row (BinaryChain keeps the activations between them packed):")]
+    legend = ["binary GMAC/s: N*OC*OH*OW*C*KH*KW binary multiply-accumulates per second; ceiling: the measured "
+              "XNOR-popcount ceiling at that thread count (the conv kernel's own inner loop over L1-resident data on "
+              "every thread, no tap bookkeeping or epilogue); % ceil: the binary rows' share of it",
+              "x int8: over torch.ao int8 Conv2d, the one peer (x86 engine, input already quantized: kernel only)"]
+    variants = [Variant("avx2", "Every library limited to AVX2 (COMPRESSOPS_ISA=avx2, ONEDNN_MAX_CPU_ISA=AVX2)",
+                        {"COMPRESSOPS_ISA": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"})]
+    main_heading, main_table = "Best ISA here (compressops {isa}, oneDNN default)", "best"
+    plot_key, plot_ylabel = "vs_fp32", "speedup vs fp32 nn.Conv2d"
+
+    def per_thread(self, run: Run) -> None:
+        ceiling = xor_popcount_ceiling_gmacs(1 if run.smoke else 7)
+        run.measured.setdefault("ceiling", {})[run.threads] = ceiling
+        run.notes.append(f"{run.threads} thr: XNOR-popcount ceiling {ceiling:.0f} binary GMAC/s")
+
+    def groups(self, shape, run: Run):
+        name, n, c, hw = shape
+        x = torch.randn(n, c, hw, hw).contiguous(memory_format=torch.channels_last)
+        macs = n * c * c * hw * hw * 9
+        yield Group(name, self._conv_impls(x, c), {"kind": "conv", "n": n, "macs": macs})
+        yield Group(f"2 x {name}", self._chain_impls(x, c), {"kind": "chain", "n": n, "macs": 2 * macs})
+
+    def _conv_impls(self, x: torch.Tensor, c: int) -> list[Impl]:
+        conv = nn.Conv2d(c, c, 3, padding=1).to(memory_format=torch.channels_last)
+        bconv = BinaryConv2d.from_float(conv)
+        conv_bf16 = nn.Conv2d(c, c, 3, padding=1).to(torch.bfloat16).to(memory_format=torch.channels_last)
+        xb, xp = x.bfloat16(), co.ops.binary_pack_activation(x)
+        qconv, xq = _ao_conv(conv, x)
+        ours, lib = {"isa": co.isa()}, {"isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default")}
+        return [Impl("BinaryConv2d (pack + conv)", lambda: bconv(x), "ours", fields=ours),
+                Impl("binary_conv2d kernel (packed in)", lambda: co.ops.binary_conv2d(
+                    xp, bconv.weight_bits, bconv.alpha, bconv.bias, c, (3, 3), (1, 1), (1, 1)), "ours", fields=ours),
+                Impl("fp32 nn.Conv2d", lambda: conv(x), "dense", fields=lib),
+                Impl("bf16 nn.Conv2d", lambda: conv_bf16(xb), "dense", fields=lib),
+                Impl("torch.ao int8 Conv2d (kernel only)", lambda: qconv(xq), "peer", fields=lib)]
+
+    def _chain_impls(self, x: torch.Tensor, c: int) -> list[Impl]:
+        """conv, BatchNorm, Hardtanh, conv, BatchNorm: fused, unfused, fp32, int8."""
+        convs = [nn.Conv2d(c, c, 3, padding=1).to(memory_format=torch.channels_last) for _ in range(2)]
+        bns = [_batchnorm(c), _batchnorm(c)]
+        fp32 = nn.Sequential(convs[0], bns[0], nn.Hardtanh(), convs[1], bns[1]).eval()
+        unfused = nn.Sequential(BinaryConv2d.from_float(convs[0]), bns[0], nn.Hardtanh(),
+                                BinaryConv2d.from_float(convs[1]), bns[1]).eval()
+        chain = BinaryChain.from_modules(list(unfused))
+        q1, xq = _ao_conv(convs[0], x)
+        q2, _ = _ao_conv(convs[1], x)
+        return [Impl("BinaryChain (fused, packed between)", lambda: chain(x), "ours"),
+                Impl("BinaryConv2d x2 unfused (BN, Hardtanh in float)", lambda: unfused(x), "ours"),
+                Impl("fp32 conv-BN-Hardtanh-conv-BN", lambda: fp32(x), "dense"),
+                Impl("torch.ao int8 Conv2d x2 (kernel only)", lambda: q2(q1(xq)), "peer")]
+
+    def finish(self, rows: list[dict], run: Run) -> None:
+        for r in rows:
+            if r["role"] == "ours":
+                r["gmacs"] = r["macs"] / r["us"] / 1e3
+                if r["kind"] == "conv":
+                    r["ceiling"] = run.measured["ceiling"][r["threads"]]
+                    r["pct_ceiling"] = 100 * r["gmacs"] / r["ceiling"]
+
+    def plot_group(self, row: dict) -> str:
+        return f"{row['shape']} N={row['n']} {row['threads']}thr"
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="C=256 56x56, N=1, 2 threads, short timings")
-    ap.add_argument("--threads", type=int, nargs="*", default=None, help="thread counts (default 1 2)")
-    ap.add_argument("--min-run-time", type=float, default=None)
-    ap.add_argument("--no-avx2", action="store_true", help="skip the AVX2-limited table (subprocess)")
-    ap.add_argument("--out", type=str, default="benchmarks/results/binary_conv.json")
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
-    batches = [1] if args.quick else [1, 8]
-    threads = args.threads or ([2] if args.quick else [1, 2])
-    mrt = args.min_run_time or (0.1 if args.quick else 0.5)
-    def both_tables():
-        return ([dict(r, kind="conv") for r in run_table(shapes, batches, threads, mrt)]
-                + [dict(r, kind="chain") for r in run_chain_table(shapes, batches, threads, mrt)])
-
-    def print_tables(all_rows):
-        print(report.markdown_table([r for r in all_rows if r["kind"] == "conv"], COLUMNS))
-        print("\nTwo binary convs in a row (BinaryChain keeps the activations between them packed):\n")
-        print(report.markdown_table([r for r in all_rows if r["kind"] == "chain"], CHAIN_COLUMNS))
-
-    if args.child:
-        print(json.dumps(both_tables()))
-        return 0
-    child_argv = (["--quick"] if args.quick else []) + ["--threads", *map(str, threads), "--min-run-time", str(mrt)]
-    rows = both_tables()
-    print(f"## Best ISA here (compressops {co.isa()}, oneDNN default)\n")
-    print_tables(rows)
-    avx2_rows = []
-    if not args.no_avx2:
-        avx2_rows = _avx2_subprocess(child_argv)
-        print("\n## Every library limited to AVX2 (COMPRESSOPS_ISA=avx2, ONEDNN_MAX_CPU_ISA=AVX2)\n")
-        print_tables(avx2_rows)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "torch": torch.__version__,
-            "compressops_isa": co.isa(), "quick": args.quick}
-    report.write_json(out, meta, [dict(r, table="best") for r in rows] + [dict(r, table="avx2") for r in avx2_rows])
-    print(f"\nJSON: {out}")
-    return 0
+    return runner.main(BinaryConvBench(), argv)
 
 
 if __name__ == "__main__":

@@ -9,25 +9,26 @@ N codes as the k=16 d=4 layer -- a speed reference only: it returns the top-1 pe
 The PQ layers use random codes and codebooks (the speed does not depend on their values; fitting
 k-means to 4096x4096 weights would dominate the run). rel. err is measured against each row's own
 weight: the float64 product with the decoded PQ weight for PQ rows (so k=16 shows the 8-bit table
-rounding), with the fp32 weight for the dense and int8 rows.
+rounding), with the fp32 weight for the dense and int8 rows. % SoL at M <= 8: each row's weight
+bytes over the read bandwidth measured in this run. x best peer: the fastest of int8, plain-torch PQ
+and faiss, over the PQ row.
 """
 
 from __future__ import annotations
-
-import argparse
-import copy
-import datetime
-from pathlib import Path
 
 import torch
 from torch import nn
 
 import compressops as co
-from compressops.isa import last_kernel_isa
-from compressops.bench import report, shapes, timing
+from compressops.bench import runner
+from compressops.bench.linear import Layer, LinearFamily
+from compressops.bench.runner import (IMPL, MEDIAN_US, REL_ERR, SHAPE, SOL, THREADS, X_FP32, X_PEER, Impl, Run,
+                                      Table, Target)
 from compressops.formats import pq as fpq
-from compressops.info import cpu_model
+from compressops.isa import last_kernel_isa
 from compressops.nn import Int8Linear, PQLinear
+
+FAMILY = "pq"
 
 PQ_CONFIGS = [(16, 4), (256, 4), (256, 8)]
 # k=256 does M*N*S table lookups (vectorized over tiles of up to 16 rows for M >= 2); the design
@@ -77,109 +78,55 @@ def faiss_fastscan(q: PQLinear, threads: int):
     return index, None
 
 
-def run(shape_set: str, threads_list: list[int], min_run_time: float, out_dir: Path) -> int:
-    torch.manual_seed(0)
-    rows, notes = [], []
-    active = co.isa()
-    for threads in threads_list:
-        torch.set_num_threads(threads)
-        for name, m, n, k in shapes.SETS[shape_set]:
-            lin = nn.Linear(k, n)
-            lin_bf16 = copy.deepcopy(lin).to(torch.bfloat16)
-            x = torch.randn(m, k)
-            xb = x.bfloat16()
-            impls = []  # (label, fn, exact weight, weight bytes)
-            pq16 = None
-            for kc, d in PQ_CONFIGS:
-                q = random_pq(lin, kc, d)
-                if kc == 16 and d == 4:
-                    pq16 = q
-                if kc == 256 and m * n * q.num_subspaces > MAX_K256_LOOKUPS:
-                    note = f"PQLinear k=256 skipped where M*N*S > {MAX_K256_LOOKUPS} (seconds a call)"
-                    if note not in notes:
-                        notes.append(note)
-                    continue
-                impls.append((f"compressops PQ k={kc} d={d} ({active})", (lambda q=q: q(x)), q.dequantize(),
-                              q.compressed_bytes()))
-            impls += [("fp32 nn.Linear", lambda: lin(x), lin.weight, 4 * n * k),
-                      ("bf16 nn.Linear", lambda: lin_bf16(xb), lin.weight, 2 * n * k)]
-            q8 = Int8Linear.from_float(lin)
-            impls.append(("compressops int8 (W8A8)", lambda: q8(x), lin.weight, n * k))
-            if m <= 8:
-                f = plain_torch_pq(pq16)
-                impls.append(("plain torch PQ k=16 d=4 (einsum + gather)", lambda: f(x), pq16.dequantize(),
-                              pq16.compressed_bytes()))
-            index, why = faiss_fastscan(pq16, threads)
-            if why and why not in notes:
-                notes.append(why)
-            with torch.inference_mode():
-                for impl, fn, w, wbytes in impls:
-                    exact = x.double() @ w.detach().double().t() + lin.bias.double()
-                    y = fn()
-                    if impl.startswith("compressops PQ"):  # name the route that ran ("dense" at large M)
-                        impl = impl.replace(f"({active})", f"({last_kernel_isa('pq_linear') or active})")
-                    relerr = ((y.double() - exact).norm() / exact.norm()).item()
-                    us = timing.median_us(fn, min_run_time)
-                    rows.append({"shape": name, "m": m, "n": n, "k": k, "threads": threads, "impl": impl, "us": us,
-                                 "weight_bytes": wbytes, "relerr": relerr})
-            if index is not None:
-                xn = x.numpy()
-                us = timing.median_us(lambda: index.search(xn, 1), min_run_time)
-                rows.append({"shape": name, "m": m, "n": n, "k": k, "threads": threads,
-                             "impl": "faiss IndexPQFastScan k=16 d=4 (top-1 only, no y)", "us": us,
-                             "weight_bytes": pq16.compressed_bytes(), "relerr": None})
-    for r in rows:
-        fp32 = next((o["us"] for o in rows if o["shape"] == r["shape"] and o["threads"] == r["threads"]
-                     and o["impl"] == "fp32 nn.Linear"), None)
-        r["speedup_fp32"] = fp32 / r["us"] if fp32 else None
-    meta = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(), "isa": active,
-            "torch": torch.__version__, "notes": notes, "shape_set": shape_set}
-    print(f"# PQ linear benchmark, {meta['date']}, {meta['cpu']} (compressops ISA {active}, torch {meta['torch']})")
-    for note in notes:
-        print(f"- {note}")
-    print("- PQ layers: random codes/codebooks; rel. err against each row's own weight (decoded PQ weight for "
-          "PQ rows); faiss returns the top-1 only\n")
-    cols = [("shape", "shape", ""), ("threads", "thr", "d"), ("impl", "implementation", ""),
-            ("us", "median us", ".0f"), ("speedup_fp32", "x fp32", ".2f"), ("weight_bytes", "weight bytes", "d"),
-            ("relerr", "rel. err", ".4f")]
-    print(report.markdown_table(rows, cols))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"pq_linear_{shape_set}"
-    report.write_json(out_dir / f"{stem}.json", meta, rows)
-    print(f"\nwrote {out_dir / (stem + '.json')}")
+def _route_label(active: str):
+    """Names the route the first call took in the row's label ("dense" at large M)."""
+    def after_call(row):
+        row["impl"] = row["impl"].replace(f"({active})", f"({last_kernel_isa('pq_linear') or active})")
+    return after_call
 
-    def t(shape, impl):
-        return next((r["us"] for r in rows if r["shape"] == shape and r["impl"].startswith(impl)
-                     and r["threads"] == 2), None)
 
-    print("\nIssue targets (K=N=4096, 2 threads; measured, not asserted):")
-    for m, cfg, target in ((1, "compressops PQ k=16 d=4", 12), (64, "compressops PQ k=16 d=4", 5),
-                           (1, "compressops PQ k=256 d=4", 4)):
-        shape = f"4096x4096 M={m}"
-        ours, fp32 = t(shape, cfg), t(shape, "fp32")
-        if None in (ours, fp32):
-            print(f"  {cfg} M={m}: not measured in this run")
-            continue
-        print(f"  {cfg} M={m}: {fp32 / ours:.2f}x faster than fp32 nn.Linear (target >= {target}x): "
-              f"{'PASS' if fp32 / ours >= target else 'MISS'}")
-    return 0
+class PQBench(LinearFamily):
+    name, title, stem = FAMILY, "PQ linear", "pq_linear"
+    tables = [Table([SHAPE, THREADS, IMPL, MEDIAN_US, X_FP32, X_PEER, ("weight_bytes", "weight bytes", "d"), SOL,
+                     REL_ERR])]
+    legend = ["PQ layers: random codes/codebooks; rel. err against each row's own weight (decoded PQ weight for "
+              "PQ rows); faiss returns the top-1 only"]
+
+    def impls(self, layer: Layer, run: Run) -> list[Impl]:
+        x, (m, n, k), active = layer.x, (layer.m, layer.n, layer.k), co.isa()
+        out, pq16 = [], None
+        for kc, d in PQ_CONFIGS:
+            q = random_pq(layer.lin, kc, d)
+            pq16 = q if (kc, d) == (16, 4) else pq16
+            if kc == 256 and m * n * q.num_subspaces > MAX_K256_LOOKUPS:
+                run.note(f"PQLinear k=256 skipped where M*N*S > {MAX_K256_LOOKUPS} (seconds a call)")
+                continue
+            out.append(Impl(f"compressops PQ k={kc} d={d} ({active})", (lambda q=q: q(x)), "ours",
+                            layer.exact(q.dequantize()), q.compressed_bytes(), after_call=_route_label(active)))
+        q8 = Int8Linear.from_float(layer.lin)
+        out += [*self.dense(layer), Impl("compressops int8 (W8A8)", lambda: q8(x), "peer", layer.exact(), n * k)]
+        if m <= 8:
+            f = plain_torch_pq(pq16)
+            out.append(Impl("plain torch PQ k=16 d=4 (einsum + gather)", lambda: f(x), "peer",
+                            layer.exact(pq16.dequantize()), pq16.compressed_bytes()))
+        index, why = faiss_fastscan(pq16, run.threads)
+        if why:
+            run.note(why)
+        if index is not None:
+            xn = x.numpy()
+            out.append(Impl("faiss IndexPQFastScan k=16 d=4 (top-1 only, no y)", lambda: index.search(xn, 1), "peer",
+                            weight_bytes=pq16.compressed_bytes()))
+        return out
+
+    def summary(self, rows: list[dict], run: Run) -> None:
+        targets = [Target(f"{cfg} M={m}", f"4096x4096 M={m}", cfg, "fp32", "fp32 nn.Linear", ratio)
+                   for m, cfg, ratio in ((1, "compressops PQ k=16 d=4", 12), (64, "compressops PQ k=16 d=4", 5),
+                                         (1, "compressops PQ k=256 d=4", 4))]
+        runner.print_targets(rows, "Issue targets (K=N=4096, 2 threads; measured, not asserted):", targets)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shapes", default="design", choices=sorted(shapes.SETS))
-    p.add_argument("--threads", default="1,2", help="comma-separated thread counts")
-    p.add_argument("--quick", action="store_true", help="target shapes only, 2 threads, short timing")
-    p.add_argument("--min-run-time", type=float, default=0.3, help="seconds per measurement")
-    p.add_argument("--isa", help="force a lower compressops CPU level for the whole run")
-    p.add_argument("--out", default="benchmarks/results", help="directory for the JSON")
-    a = p.parse_args(argv)
-    if a.isa:
-        co.set_isa(a.isa)
-    shape_set, threads, mrt = a.shapes, [int(t) for t in a.threads.split(",")], a.min_run_time
-    if a.quick:
-        shape_set, threads, mrt = "quick", [2], min(mrt, 0.2)
-    return run(shape_set, threads, mrt, Path(a.out))
+    return runner.main(PQBench(), argv)
 
 
 if __name__ == "__main__":

@@ -21,4 +21,8 @@ MINILM = [
     ("minilm down 384x1536 M=1024", 1024, 384, 1536),    # encoder.layer.*.output.dense
 ]
 
-SETS = {"design": DESIGN, "quick": QUICK, "minilm": MINILM}
+# One tiny layer for `--smoke` (tests): does every implementation run, not how fast. N % 16 == 0 and
+# K a multiple of 128 so the int4 peers (torch int4pack, onnxruntime blocks of 128) take it.
+SMOKE = [("smoke 64x128 M=2", 2, 64, 128)]
+
+SETS = {"design": DESIGN, "quick": QUICK, "minilm": MINILM, "smoke": SMOKE}

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
+import time
+from dataclasses import dataclass
 
 import torch
 from torch.utils.benchmark import Timer
+
+# Cores other processes may keep busy while a row is timed before the row is void: on a 2-core
+# machine more than this stalls every 2-thread parallel region (see other_cpu_seconds).
+VOID_LOAD = 0.1
 
 
 def median_us(fn, min_run_time: float = 0.3) -> float:
@@ -15,6 +22,57 @@ def median_us(fn, min_run_time: float = 0.3) -> float:
     m = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
         min_run_time=min_run_time)
     return m.median * 1e6
+
+
+@dataclass
+class Timing:
+    """One implementation's result from interleaved()."""
+
+    us: float  # median wall time of one fn() call, microseconds
+    other_load: float  # average cores other processes kept busy while this fn was being timed
+
+    @property
+    def void(self) -> bool:
+        return self.other_load > VOID_LOAD
+
+
+def interleaved(fns, min_run_time: float = 0.3, rounds: int = 3) -> list[Timing]:
+    """Median time of every fn() in `fns`, timed in turns: each gets `rounds` turns of
+    min_run_time / rounds seconds, one after the other's.
+
+    Timing one implementation after another lets a neighbour's burst or a clock change land on
+    whichever was being timed then; in turns it lands on all of them alike. Each turn runs blocks of
+    calls (about a tenth of a turn each, so the timer's own cost vanishes) through
+    torch.utils.benchmark; the median is over every block of every turn. Call each fn once before
+    (warmup). The other load is measured over the fn's own turns only.
+    """
+    timers = [Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()) for fn in fns]
+    turn = min_run_time / max(rounds, 1)
+    numbers = [_block_size(t, turn / 10) for t in timers]
+    samples: list[list[float]] = [[] for _ in fns]
+    busy, wall = [0.0] * len(fns), [0.0] * len(fns)
+    for _ in range(max(rounds, 1)):
+        for i, (timer, number) in enumerate(zip(timers, numbers)):
+            o0, t0 = other_cpu_seconds(), time.perf_counter()
+            spent = 0.0
+            while spent < turn:
+                per_call = timer.timeit(number).median
+                samples[i].append(per_call)
+                spent += per_call * number
+            busy[i] += other_cpu_seconds() - o0
+            wall[i] += time.perf_counter() - t0
+    # Clamped: /proc counts in clock ticks, so a quiet machine can read slightly below zero.
+    return [Timing(statistics.median(s) * 1e6, max(0.0, b / w)) for s, b, w in zip(samples, busy, wall)]
+
+
+def _block_size(timer: Timer, target_s: float, most: int = 1 << 20) -> int:
+    """Calls per timed block so that a block takes at least target_s (at least 1)."""
+    number = 1
+    while True:
+        block = timer.timeit(number).median * number
+        if block >= target_s or number >= most:
+            return number
+        number = min(most, max(2 * number, math.ceil(number * target_s / max(block, 1e-9))))
 
 
 def read_bandwidth_gbs(nbytes: int, min_run_time: float = 0.3) -> float:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from .checks import check_bias, check_x
+
 WORD_BITS = 64
 
 
@@ -89,3 +91,65 @@ def dequantize(weight_bits: torch.Tensor, alpha: torch.Tensor, in_channels: int)
     """The float32 weight alpha * sign(w) this format computes with."""
     s = weight_signs(weight_bits, in_channels)
     return s * alpha.reshape(-1, *([1] * (s.dim() - 1)))
+
+
+# ---------------------------------------------------------------------------------------------
+# validation of the binary ops (reference, fake and kernels alike; no check reads data, so
+# every one runs in full on fake tensors)
+
+def check_pack_activation(x: torch.Tensor, op: str = "binary_pack_activation") -> None:
+    """x: float, 4-D NCHW with at least one channel, or any other rank with a non-empty last dim."""
+    check_x(x, op)
+    if x.dim() == 4:
+        torch._check_value(x.shape[1] >= 1, lambda: f"{op}: x must have at least one channel, got shape "
+                                                    f"{tuple(x.shape)}")
+    else:
+        torch._check_value(x.shape[-1] >= 1, lambda: f"{op}: x must have a non-empty last dimension, got shape "
+                                                     f"{tuple(x.shape)}")
+
+
+def check_operands(op: str, x_packed: torch.Tensor, w_packed: torch.Tensor, alpha: torch.Tensor,
+                   bias: torch.Tensor | None, c: int, w_dims: int) -> None:
+    """Checks shared by the binary conv and linear ops: c valid channel bits per tap, packed
+    operands with ceil(c/64) words last, w_packed w_dims-D, alpha float32 [OC], bias [OC]."""
+    torch._check_value(c >= 1, lambda: f"{op}: in_channels/in_features must be >= 1, got {c}")
+    cw = words(c)
+    torch._check_value(x_packed.dtype == torch.int64 and x_packed.dim() >= 1 and x_packed.shape[-1] == cw,
+                       lambda: f"{op}: x_packed must be int64 with last dimension ceil(C/64) = {cw}, got "
+                               f"{x_packed.dtype} {tuple(x_packed.shape)}")
+    torch._check_value(w_packed.dtype == torch.int64 and w_packed.dim() == w_dims and w_packed.shape[-1] == cw,
+                       lambda: f"{op}: w_packed must be int64 {w_dims}-D with last dimension {cw}, got "
+                               f"{w_packed.dtype} {tuple(w_packed.shape)}")
+    oc = w_packed.shape[0]
+    torch._check_value(alpha.dtype == torch.float32 and alpha.dim() == 1 and alpha.shape[0] == oc,
+                       lambda: f"{op}: alpha must be float32 of shape [{oc}], got {alpha.dtype} {tuple(alpha.shape)}")
+    check_bias(bias, oc, op, shape="[{n}]")
+
+
+def check_conv2d(op: str, x_packed: torch.Tensor, w_packed: torch.Tensor, alpha: torch.Tensor,
+                 bias: torch.Tensor | None, in_channels: int, kernel_size, stride, padding) -> tuple:
+    """The validation of binary_conv2d and binary_conv2d_packed.
+
+    Returns:
+        (N, OC, OH, OW) of the output.
+    Raises:
+        ValueError naming the argument.
+    """
+    check_operands(op, x_packed, w_packed, alpha, bias, in_channels, 4)
+    torch._check_value(x_packed.dim() == 4, lambda: f"{op}: x_packed must be 4-D [N, H, W, CW], got "
+                                                    f"{tuple(x_packed.shape)}")
+    kh, kw = kernel_size
+    torch._check_value(w_packed.shape[1] == kh and w_packed.shape[2] == kw,
+                       lambda: f"{op}: w_packed has taps {tuple(w_packed.shape[1:3])} but kernel_size is {(kh, kw)}")
+    torch._check_value(min(stride) >= 1 and min(padding) >= 0,
+                       lambda: f"{op}: stride must be >= 1 and padding >= 0, got {stride}, {padding}")
+    oh = (x_packed.shape[1] + 2 * padding[0] - kh) // stride[0] + 1
+    ow = (x_packed.shape[2] + 2 * padding[1] - kw) // stride[1] + 1
+    return x_packed.shape[0], w_packed.shape[0], oh, ow
+
+
+def check_linear(op: str, x_packed: torch.Tensor, w_packed: torch.Tensor, alpha: torch.Tensor,
+                 bias: torch.Tensor | None, in_features: int) -> int:
+    """The validation of binary_linear. Returns OUT (the number of output features)."""
+    check_operands(op, x_packed, w_packed, alpha, bias, in_features, 2)
+    return w_packed.shape[0]

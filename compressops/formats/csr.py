@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from .checks import check_bias, check_k, check_packed, check_x, is_fake, resolve_out_dtype
+
 MAGIC = 0x52534343  # "CCSR"
 VERSION = 1
 HEADER_BYTES = 64
@@ -77,6 +79,8 @@ def check(crow: torch.Tensor, col: torch.Tensor, n: int, k: int, op: str = "csr"
                          f"{tuple(crow.shape)}")
     if col.dtype != torch.int32 or col.dim() != 1:
         raise ValueError(f"{op}: col must be a 1-D int32 tensor, got {col.dtype} {tuple(col.shape)}")
+    if is_fake(crow) or is_fake(col):
+        return  # the rest reads the index (data): the kernel checks it when it runs
     c = crow.to(torch.int64)
     if int(c[0]) != 0 or int(c[-1]) != col.shape[0] or bool((c[1:] < c[:-1]).any()):
         raise ValueError(f"{op}: crow must start at 0, be non-decreasing and end at nnz = {col.shape[0]}")
@@ -144,3 +148,30 @@ def to_dense(crow, col, values, k, dtype=torch.float32) -> torch.Tensor:
     dense = torch.zeros(n, k, dtype=dtype, device=values.device)
     dense.index_put_((rows, col.to(torch.int64)), values.to(dtype), accumulate=True)
     return dense
+
+
+def check_linear(op: str, x: torch.Tensor, packed: torch.Tensor, values: torch.Tensor, out_features: int,
+                 bias: torch.Tensor | None = None):
+    """The validation of csr_linear (reference, fake and Triton kernels).
+
+    Returns:
+        (N, K, output dtype = x.dtype, header): header is read_header's dict, or None on fake
+        tensors, whose header (data) cannot be read: N is then out_features, K is x's and nnz
+        values' length, and the kernel checks the header when it runs on real tensors.
+    Raises:
+        ValueError naming the argument.
+    """
+    check_x(x, op)
+    if is_fake(packed):
+        check_packed(packed, op, "packed", "csr_pack", HEADER_BYTES)
+        h, n, k, nnz = None, int(out_features), x.shape[-1], values.shape[0] if values.dim() == 1 else None
+    else:
+        h = read_header(packed, op)
+        n, k, nnz = h["n"], h["k"], h["nnz"]
+    torch._check_value(int(out_features) == n, lambda: f"{op}: out_features={out_features} but the pack has N={n}")
+    torch._check_value(values.dtype in (torch.float32, torch.bfloat16) and values.dim() == 1 and values.shape[0] == nnz,
+                       lambda: f"{op}: values must be float32/bfloat16 of shape [nnz] = [{nnz}], got {values.dtype} "
+                               f"{tuple(values.shape)}")
+    check_k(x, k, op, "the pack has K")
+    check_bias(bias, n, op)
+    return n, k, resolve_out_dtype(x, None, op), h

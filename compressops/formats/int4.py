@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import torch
 
+from .checks import check_bias, check_k, check_packed, check_x, is_fake, resolve_out_dtype
+
 MAGIC = 0x34493443
 VERSION = 1
 NR = 8
@@ -203,7 +205,7 @@ def check_canonical(qweight, scales, zeros, in_features, group_size, op):
         if zeros.dtype != torch.uint8 or tuple(zeros.shape) != (n, g):
             raise ValueError(f"{op}: zeros must be uint8 [N, G] = [{n}, {g}] or None (symmetric), got "
                              f"{zeros.dtype} {tuple(zeros.shape)}")
-        if zeros.numel() and int(zeros.max()) > 15:
+        if not is_fake(zeros) and zeros.numel() and int(zeros.max()) > 15:  # data: skipped by the fake kernel
             raise ValueError(f"{op}: zeros must lie in [0, 15]")
     return n, kp, g
 
@@ -268,46 +270,77 @@ def unpack_weight(w_packed: torch.Tensor):
     return q.contiguous(), s.contiguous(), zs.contiguous(), h
 
 
+def check_linear(op: str, x: torch.Tensor, w_packed: torch.Tensor, out_features: int,
+                 bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None):
+    """The validation of int4_linear (reference, fake and Triton kernels).
+
+    Args:
+        op: the op name the messages start with.
+        x: float (..., K). w_packed: uint8 from int4_pack_weight. out_features: N.
+        bias: optional float [N]. out_dtype: float32/bfloat16/float16 or None (x.dtype).
+    Returns:
+        (N, K, output dtype, header): header is read_header's dict, or None on fake tensors,
+        whose data (the header) cannot be read: N is then out_features and K is x's, and the
+        kernel checks the header when it runs on real tensors.
+    Raises:
+        ValueError naming the argument.
+    """
+    check_x(x, op)
+    if is_fake(w_packed):
+        check_packed(w_packed, op, "w_packed", "int4_pack_weight", HEADER_BYTES)
+        h, n, k = None, out_features, x.shape[-1]
+    else:
+        h = read_header(w_packed, op)
+        n, k = h["n"], h["k"]
+    torch._check_value(out_features == n, lambda: f"{op}: out_features={out_features} but w_packed holds N={n}")
+    check_k(x, k, op, "the weight has K")
+    check_bias(bias, n, op)
+    return n, k, resolve_out_dtype(x, out_dtype, op), h
+
+
 # ---------------------------------------------------------------------------------------------
 # import of GPTQ checkpoints
 
-def from_gptq_tensors(qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor | None,
-                      bias: torch.Tensor | None = None, group_size: int = 128, in_features: int | None = None,
-                      zero_offset: int = 1):
-    """Build a compressops.nn.Int4Linear from an AutoGPTQ-style (v1, "gptq" format) tensor set.
+def gptq_to_canonical(qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor | None,
+                      group_size: int = 128, in_features: int | None = None, zero_offset: int = 1,
+                      name: str = "gptq_to_canonical") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """An AutoGPTQ-style (v1, "gptq" format) tensor set -> the canonical asymmetric int4 tensors.
 
     Layout (g_idx absent, i.e. act-order off; the columns of each group are contiguous):
         qweight  int32 [K/8, N]   8 codes per int32 along K, low bits first: code of (k, n) =
                                   (qweight[k // 8, n] >> (4 * (k % 8))) & 15
         qzeros   int32 [G, N/8]   8 zero points per int32 along N, low bits first; AutoGPTQ v1
                                   stores z - 1 (so zero_offset=1 adds it back; pass 0 for
-                                  checkpoints that store z itself, e.g. GPTQ "v2"/gptq_v2)
+                                  checkpoints that store z itself, e.g. GPTQ "v2"/gptq_v2);
+                                  None: z = 8 everywhere
         scales   fp16/fp32 [G, N]
-        bias     optional [N]
     The weight is w[n, k] = (q - z) * s with G = K / group_size. K must be a multiple of 8
     (and K_pad/8 rows); in_features (default K) may be smaller when the checkpoint is padded.
     Symmetric checkpoints (all z = 8) still carry qzeros; they import as asymmetric (exact).
-    """
-    from ..nn.int4_linear import Int4Linear
+    compressops.nn.Int4Linear.from_gptq builds the layer from these tensors.
 
-    check_group_size(group_size, "from_gptq_tensors")
+    Returns:
+        (qweight uint8 [N, K_pad/2], scales float32 [N, G'], zeros uint8 [N, G'], in_features) with
+        K_pad = in_features rounded up to group_size and G' = K_pad / group_size.
+    Raises:
+        ValueError: a dtype or shape that does not fit the layout (the message starts with `name`).
+    """
+    check_group_size(group_size, name)
     if qweight.dtype != torch.int32 or qweight.dim() != 2:
-        raise ValueError(f"from_gptq_tensors: qweight must be int32 [K/8, N], got {qweight.dtype} "
-                         f"{tuple(qweight.shape)}")
+        raise ValueError(f"{name}: qweight must be int32 [K/8, N], got {qweight.dtype} {tuple(qweight.shape)}")
     k8, n = qweight.shape
     k = k8 * 8
     in_features = in_features or k
     g = scales.shape[0]
     if scales.dim() != 2 or scales.shape[1] != n or g * group_size < in_features or g != -(-k // group_size):
-        raise ValueError(f"from_gptq_tensors: scales must be [G, N] = [{-(-k // group_size)}, {n}], got "
-                         f"{tuple(scales.shape)}")
+        raise ValueError(f"{name}: scales must be [G, N] = [{-(-k // group_size)}, {n}], got {tuple(scales.shape)}")
     shifts = torch.arange(0, 32, 4, dtype=torch.int32, device=qweight.device)
     codes = ((qweight.unsqueeze(1) >> shifts.view(1, 8, 1)) & 15).reshape(k, n).t()  # [N, K]
     if qzeros is None:
         z = torch.full((n, g), 8, dtype=torch.int32, device=qweight.device)
     else:
         if qzeros.dtype != torch.int32 or tuple(qzeros.shape) != (g, -(-n // 8)):
-            raise ValueError(f"from_gptq_tensors: qzeros must be int32 [G, N/8] = [{g}, {-(-n // 8)}], got "
+            raise ValueError(f"{name}: qzeros must be int32 [G, N/8] = [{g}, {-(-n // 8)}], got "
                              f"{qzeros.dtype} {tuple(qzeros.shape)}")
         z = ((qzeros.unsqueeze(2) >> shifts.view(1, 1, 8)) & 15).reshape(g, -1)[:, :n].t()
         z = ((z + zero_offset) & 15) if zero_offset else z
@@ -321,13 +354,6 @@ def from_gptq_tensors(qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch
     # columns past in_features are padding: they must hold the zero point
     if kp > in_features:
         q[:, in_features:] = zq[:, -1:].expand(n, kp - in_features)
-    mod = Int4Linear(in_features, n, bias=bias is not None, group_size=group_size, symmetric=False,
-                     device=qweight.device)
-    with torch.no_grad():
-        mod.qweight.copy_(pack_nibbles(q))
-        mod.scales.copy_(scales[: kp // group_size].t().float())
-        mod.zeros.copy_(zq[:, : kp // group_size])
-        if bias is not None:
-            mod.bias.copy_(bias.detach().float())
-    mod.repack()
-    return mod
+    g_kept = kp // group_size
+    return (pack_nibbles(q), scales[:g_kept].t().float().contiguous(), zq[:, :g_kept].contiguous(),
+            in_features)

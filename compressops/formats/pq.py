@@ -36,6 +36,8 @@ import math
 
 import torch
 
+from .checks import check_bias, check_k, check_packed, check_x, is_fake, resolve_out_dtype
+
 MAGIC = 0x51504350  # "PCPQ"
 VERSION = 1
 HEADER_BYTES = 64
@@ -115,10 +117,7 @@ def check_canonical(codes: torch.Tensor, codebooks: torch.Tensor, op: str) -> tu
 
 def pack(codes: torch.Tensor, codebooks: torch.Tensor, in_features: int) -> torch.Tensor:
     """Pure-PyTorch packer (the reference for compressops.ops.pq_pack)."""
-    n, s, k, d = check_canonical(codes, codebooks, "pq_pack")
-    if num_subspaces(in_features, d) != s:
-        raise ValueError(f"pq_pack: in_features={in_features} needs S=ceil(K/d)={num_subspaces(in_features, d)} "
-                         f"subspaces but codebooks have S={s}")
+    n, s, k, d = check_pack(codes, codebooks, in_features, "pq_pack")
     n_pad, s_pad = padded_dims(n, s, k)
     dev = codes.device
     cb = torch.zeros(s_pad, d, k, dtype=torch.float32, device=dev)
@@ -181,30 +180,43 @@ def dequantize(codes: torch.Tensor, codebooks: torch.Tensor, in_features: int) -
     return w.reshape(n, s * d)[:, :in_features].contiguous()
 
 
-def quantize_weight(weight: torch.Tensor, num_centroids: int = 256, subvector_dim: int = 4, *, seed: int = 0,
-                    max_iter: int = 25, name: str = "weight") -> tuple[torch.Tensor, torch.Tensor]:
-    """k-means PQ of a float weight [N, K] -> canonical (codes, codebooks)."""
-    from ..algorithms.kmeans import kmeans_subspaces
-
-    if weight.dim() != 2 or not weight.is_floating_point():
-        raise ValueError(f"{name}: expected a 2-D float weight [N, K], got {weight.dtype} {tuple(weight.shape)}")
-    w = weight.detach().float()
-    if not torch.isfinite(w).all():
-        raise ValueError(f"{name}: weight holds NaN/Inf values; PQ needs finite weights")
-    if num_centroids not in NUM_CENTROIDS or subvector_dim not in SUBVECTOR_DIMS:
-        raise ValueError(f"{name}: num_centroids must be in {NUM_CENTROIDS} and subvector_dim in {SUBVECTOR_DIMS}")
-    n, kin = w.shape
-    d = subvector_dim
-    s = num_subspaces(kin, d)
-    wp = torch.zeros(n, s * d, dtype=torch.float32, device=w.device)
-    wp[:, :kin] = w
-    x = wp.view(n, s, d).transpose(0, 1).contiguous()  # [S, N, d]
-    codebooks, assign = kmeans_subspaces(x, num_centroids, seed=seed, max_iter=max_iter)
-    codes = assign.t().contiguous().to(torch.uint8)  # [N, S]
-    if num_centroids == 16:
-        codes = pack_nibbles(codes)
-    return codes, codebooks
-
-
 def bits_per_weight(num_centroids: int, d: int) -> float:
     return math.log2(num_centroids) / d
+
+
+def check_pack(codes: torch.Tensor, codebooks: torch.Tensor, in_features: int, op: str = "pq_pack"):
+    """The validation of pq_pack: canonical buffers (check_canonical) for an in_features-wide layer.
+
+    Reads no data, so it runs in full on fake tensors. Returns (N, S, k, d).
+    """
+    n, s, k, d = check_canonical(codes, codebooks, op)
+    need = num_subspaces(in_features, d)
+    torch._check_value(need == s, lambda: f"{op}: in_features={in_features} needs S=ceil(K/d)={need} subspaces "
+                                          f"but codebooks have S={s}")
+    return n, s, k, d
+
+
+def check_linear(op: str, x: torch.Tensor, packed: torch.Tensor, in_features: int, out_features: int,
+                 bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None):
+    """The validation of pq_linear (reference, fake and Triton kernels).
+
+    Returns:
+        (N, K, output dtype, header): header is read_header's dict, or None on fake tensors,
+        whose header (data) cannot be read: N and K are then out_features and in_features, and
+        the kernel checks the header when it runs on real tensors.
+    Raises:
+        ValueError naming the argument.
+    """
+    check_x(x, op)
+    if is_fake(packed):
+        check_packed(packed, op, "packed", "pq_pack", HEADER_BYTES)
+        h, n, k_in = None, out_features, in_features
+    else:
+        h = read_header(packed, op)
+        n, k_in = h["n"], h["k_in"]
+    torch._check_value(k_in == in_features and n == out_features,
+                       lambda: f"{op}: packed holds a [{n}, {k_in}] layer but in_features={in_features}, "
+                               f"out_features={out_features}")
+    check_k(x, in_features, op, "the layer has K")
+    check_bias(bias, n, op)
+    return n, k_in, resolve_out_dtype(x, out_dtype, op), h

@@ -22,6 +22,10 @@ from __future__ import annotations
 
 import torch
 
+from .checks import check_bias, check_k, check_scale, check_x, resolve_out_dtype
+
+MAX_INT8_K = 262144  # int8 values: the K/2 kept products sum exactly in int32 (MAX_INT8_K / 2 * 127 * 127 < 2**31)
+
 
 def padded_k(k: int) -> int:
     return (k + 3) // 4 * 4
@@ -117,3 +121,38 @@ def quantize_values(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     inv = torch.where(amax > 0, 127.0 / torch.where(amax > 0, amax, torch.ones_like(amax)), torch.zeros_like(amax))
     q = torch.round(v * inv[:, None]).clamp_(-127, 127).to(torch.int8)
     return q, scale
+
+
+def check_linear(op: str, x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, in_features: int,
+                 bias: torch.Tensor | None = None, w_scale: torch.Tensor | None = None):
+    """The validation of sparse24_linear (float kept values) and, when w_scale is given,
+    sparse24_int8_linear (int8 kept values and their float32 [N] scales).
+
+    Used by the reference, the fake and the Triton kernels; it reads no data, so it runs in full
+    on fake tensors.
+
+    Returns:
+        (N, K, output dtype = x.dtype).
+    Raises:
+        ValueError naming the argument.
+    """
+    check_x(x, op)
+    int8 = w_scale is not None
+    k = int(in_features)
+    torch._check_value(k >= 1 and (not int8 or k <= MAX_INT8_K),
+                       lambda: f"{op}: in_features must be >= 1 (and <= {MAX_INT8_K} for int8 values: exact int32 "
+                               f"sums), got {k}")
+    want = (torch.int8,) if int8 else (torch.float32, torch.bfloat16)
+    half = padded_k(k) // 2
+    torch._check_value(values.dtype in want and values.dim() == 2 and values.shape[1] == half,
+                       lambda: f"{op}: values must be {'/'.join(str(t) for t in want)} of shape [N, {half}] "
+                               f"for in_features={k}, got {values.dtype} {tuple(values.shape)}")
+    n, mb = values.shape[0], meta_bytes(k)
+    torch._check_value(meta.dtype == torch.uint8 and meta.dim() == 2 and meta.shape[0] == n and meta.shape[1] == mb,
+                       lambda: f"{op}: meta must be uint8 of shape [N, {mb}] = [{n}, {mb}], got {meta.dtype} "
+                               f"{tuple(meta.shape)}")
+    check_k(x, k, op, "in_features")
+    check_bias(bias, n, op)
+    if int8:
+        check_scale(w_scale, n, op)
+    return n, k, resolve_out_dtype(x, None, op)

@@ -1,25 +1,19 @@
-"""Drop-in compressed modules."""
+"""Drop-in compressed modules.
 
-from .int8_linear import Int8Linear
+Every module of this package is imported here (which registers its family, see
+compressops.configs.register_family) and the names in its `__all__` are re-exported, so a new
+family's module file needs no edit here.
+"""
 
-__all__ = ["Int8Linear"]
+import importlib
+import pkgutil
 
-# [int4 module]
-from .int4_linear import Int4Linear  # noqa: E402
+__all__: list[str] = []
 
-__all__ += ["Int4Linear"]
-
-# [sparse modules]
-from .sparse_linear import CSRLinear, Sparse24Linear  # noqa: E402
-
-__all__ += ["Sparse24Linear", "CSRLinear"]
-
-# [pq module]
-from .pq_linear import PQLinear  # noqa: E402
-__all__ += ["PQLinear"]
-
-# [binary modules]
-from .binary import BinaryConv2d, BinaryLinear  # noqa: E402
-from .binary_chain import BinaryChain  # noqa: E402
-
-__all__ += ["BinaryConv2d", "BinaryLinear", "BinaryChain"]
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name.startswith("_"):
+        continue
+    _module = importlib.import_module(f"{__name__}.{_info.name}")
+    for _name in getattr(_module, "__all__", ()):
+        globals()[_name] = getattr(_module, _name)
+        __all__.append(_name)

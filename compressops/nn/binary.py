@@ -7,8 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..configs import Binary
+from ..algorithms.binarize import first_last_filter, sign_ste
+from ..configs import Binary, Family, register_family
 from ..formats import binary as binary_format
+
+__all__ = ["BinaryConv2d", "BinaryLinear"]
 
 
 def _pair(v, name):
@@ -115,8 +118,6 @@ class _BinaryBase(nn.Module):
         return self.training and self.weight is not None
 
     def _binary_weight_ste(self) -> torch.Tensor:
-        from ..algorithms.binarize import sign_ste
-
         w = self.weight
         s = sign_ste(w)
         if self.scale == "none":
@@ -257,8 +258,6 @@ class BinaryConv2d(_BinaryBase):
     @torch.jit.unused
     def _forward_train(self, x: torch.Tensor) -> torch.Tensor:
         """The differentiable straight-through path (training a latent weight)."""
-        from ..algorithms.binarize import sign_ste
-
         xb = sign_ste(x) if self.binarize_activations else x
         w = self._binary_weight_ste().to(x.dtype)
         b = None if self.bias is None else self.bias.to(x.dtype)
@@ -353,8 +352,6 @@ class BinaryLinear(_BinaryBase):
     @torch.jit.unused
     def _forward_train(self, x: torch.Tensor) -> torch.Tensor:
         """The differentiable straight-through path (training a latent weight)."""
-        from ..algorithms.binarize import sign_ste
-
         xb = sign_ste(x) if self.binarize_activations else x
         b = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(xb, self._binary_weight_ste().to(x.dtype), b)
@@ -387,3 +384,25 @@ class BinaryLinear(_BinaryBase):
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"weight=1-bit scale={self.scale}, act={'1-bit' if self.binarize_activations else 'float'}"
                 f"{', trainable' if self.weight is not None else ''}")
+
+
+def _convert(mod: nn.Module, config: Binary, name: str, calibration=None, prepared=None):
+    if isinstance(mod, nn.Conv2d):
+        return BinaryConv2d.from_float(mod, config, name=name)
+    return BinaryLinear.from_float(mod, config, name=name)
+
+
+def _unsupported_reason(config: Binary, mod: nn.Module) -> str | None:
+    return BinaryConv2d.unsupported_reason(mod)
+
+
+def _model_filter(config: Binary, model: nn.Module):
+    return first_last_filter(model) if config.keep_first_last else None
+
+
+register_family(Family(
+    config=Binary, converts=(nn.Conv2d, nn.Linear), modules=(BinaryConv2d, BinaryLinear), convert=_convert,
+    unsupported_reason=_unsupported_reason, model_filter=_model_filter,
+    examples={"binary": (Binary(), "conv"), "binary_w1a1": (Binary(keep_first_last=False), "conv"),
+              "binary_w1a32": (Binary(binarize_activations=False, keep_first_last=False), "conv")},
+))

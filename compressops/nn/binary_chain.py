@@ -9,6 +9,7 @@ tensor in between is needed only for its signs, so the chain computes them in th
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -16,6 +17,8 @@ from torch import nn
 
 from .. import ops
 from .binary import BinaryConv2d
+
+__all__ = ["BinaryChain"]
 
 
 def sign_preserving(mod: nn.Module) -> bool:
@@ -74,7 +77,7 @@ class BinaryChain(nn.Module):
     has x's dtype and channels_last memory format, and equals running the layers one after another
     (with whatever was folded into them) because each next layer reads only signs. Inference only
     (in training mode it runs only with gradients off): build it after training with
-    compressops.algorithms.binarize.fuse_binary_chains, or with from_modules.
+    BinaryChain.fuse(model) (or compressops.bnn.fuse_binary_chains), or with from_modules.
 
     Example:
         >>> chain = BinaryChain.from_modules([bconv1, bn1, nn.Hardtanh(), bconv2, bn2])
@@ -139,6 +142,49 @@ class BinaryChain(nn.Module):
                              "output; leave it outside the chain")
         return cls(layers)
 
+    @classmethod
+    def fuse(cls, model: nn.Module, *, inplace: bool = False) -> nn.Module:
+        """Replace every run of consecutive binary convs inside an nn.Sequential with a BinaryChain,
+        so the activations between them stay packed bits.
+
+        A run is: BinaryConv2d (1-bit activations), then one or more of [BatchNorm2d]
+        [sign-preserving activations: Identity, Dropout, Hardtanh(min < 0 <= max), Tanh] BinaryConv2d,
+        then an optional BatchNorm2d; it needs at least two binary convs. BatchNorms are folded into
+        the convs; the activations between convs are dropped, since the next conv reads only signs.
+        Modules after the run (e.g. the activation after the last conv) stay as they were. Layers in
+        a custom forward() cannot be fused automatically; build a BinaryChain for them by hand.
+        The fused module takes the key of the run's first module; other keys are unchanged.
+
+        Args:
+            model: an eval-mode model (BatchNorm folding uses running statistics).
+            inplace: modify `model`, or (default) fuse a deep copy.
+        Returns:
+            the fused model (inference only).
+        Raises:
+            ValueError: the model is in training mode.
+        """
+        if model.training:
+            raise ValueError("BinaryChain.fuse: the model is in training mode; call model.eval() first "
+                             "(BatchNorm folds its running statistics)")
+        if not inplace:
+            model = copy.deepcopy(model)
+        for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+            items = list(seq._modules.items())
+            mods = [m for _, m in items]
+            fused: OrderedDict[str, nn.Module] = OrderedDict()
+            i, changed = 0, False
+            while i < len(items):
+                end = _binary_run_end(mods, i)
+                if end > i:
+                    fused[items[i][0]] = cls.from_modules(mods[i:end])
+                    i, changed = end, True
+                else:
+                    fused[items[i][0]] = items[i][1]
+                    i += 1
+            if changed:
+                seq._modules = fused
+        return model
+
     @property
     def layers(self) -> list[BinaryConv2d]:
         return [*self.body, self.head]
@@ -162,3 +208,29 @@ class BinaryChain(nn.Module):
     def extra_repr(self) -> str:
         return f"{len(self.body) + 1} binary convs, packed activations between them"
 
+
+def _binary_run_end(mods: list, i: int) -> int:
+    """End (exclusive) of the longest fusible run of at least two binary convs starting at i, or i."""
+
+    def is_binary(m):
+        return isinstance(m, BinaryConv2d) and m.binarize_activations
+
+    if not is_binary(mods[i]):
+        return i
+    end, convs, convs_at_end = i + 1, 1, 1
+    last_conv, state, pos = mods[i], "conv", i + 1
+    while pos < len(mods):
+        m = mods[pos]
+        if is_binary(m) and m.in_channels == last_conv.out_channels:
+            last_conv, state, convs = m, "conv", convs + 1
+        elif (state == "conv" and isinstance(m, nn.BatchNorm2d) and m.running_mean is not None
+              and m.num_features == last_conv.out_channels):
+            state = "bn"
+        elif sign_preserving(m):
+            state = "act"
+        else:
+            break
+        pos += 1
+        if state != "act":
+            end, convs_at_end = pos, convs
+    return end if convs_at_end >= 2 else i

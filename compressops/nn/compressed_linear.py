@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+__all__ = ["CompressedLinear"]
+
 
 class CompressedLinear(nn.Module):
     """Base of the nn.Linear replacements (Int8Linear, Int4Linear, Sparse24Linear, CSRLinear, PQLinear).

@@ -6,9 +6,12 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..configs import Int4
+from ..algorithms.gptq import HessianObserver, gptq_quantize
+from ..configs import Family, Int4, register_family
 from ..formats import int4 as int4_format
 from .compressed_linear import CompressedLinear
+
+__all__ = ["Int4Linear"]
 
 
 class Int4Linear(CompressedLinear):
@@ -85,8 +88,6 @@ class Int4Linear(CompressedLinear):
             if hessian is None:
                 raise ValueError(f"{label}: Int4(method='gptq') needs calibration inputs; pass calibration_data "
                                  f"to compressops.convert")
-            from ..algorithms.gptq import gptq_quantize
-
             qw, s, z = gptq_quantize(mod.weight, hessian, config.group_size, config.symmetric, name=label)
         else:
             qw, s, z = int4_format.quantize_weight(mod.weight, config.group_size, config.symmetric, name=label)
@@ -101,6 +102,41 @@ class Int4Linear(CompressedLinear):
                 q.bias.copy_(mod.bias.detach().float())
         q.repack()
         return q
+
+    @classmethod
+    def from_gptq(cls, qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor | None,
+                  bias: torch.Tensor | None = None, group_size: int = 128, in_features: int | None = None,
+                  zero_offset: int = 1) -> Int4Linear:
+        """Import one layer of an AutoGPTQ-style (v1, "gptq" format, act-order off) checkpoint.
+
+        Args:
+            qweight: int32 [K/8, N], 8 codes per int32 along K, low bits first.
+            scales: fp16/fp32 [G, N], G = K / group_size.
+            qzeros: int32 [G, N/8], 8 zero points per int32 along N (AutoGPTQ v1 stores z - 1), or
+                None (z = 8).
+            bias: optional [N].
+            group_size: input channels per group (32, 64, 128 or 256).
+            in_features: the layer's K when smaller than the checkpoint's (padded) K.
+            zero_offset: added to the stored zero points: 1 for v1 checkpoints, 0 for those that
+                store z itself (GPTQ "v2").
+        Returns:
+            an asymmetric Int4Linear computing with w[n, k] = (q - z) * s (the layout is described in
+            compressops.formats.int4.gptq_to_canonical).
+        Raises:
+            ValueError: a dtype or shape that does not fit the layout.
+        """
+        qw, s, z, k = int4_format.gptq_to_canonical(qweight, scales, qzeros, group_size, in_features, zero_offset,
+                                                     name="Int4Linear.from_gptq")
+        mod = cls(k, qw.shape[0], bias=bias is not None, group_size=group_size, symmetric=False,
+                  device=qweight.device)
+        with torch.no_grad():
+            mod.qweight.copy_(qw)
+            mod.scales.copy_(s)
+            mod.zeros.copy_(z)
+            if bias is not None:
+                mod.bias.copy_(bias.detach().float())
+        mod.repack()
+        return mod
 
     @classmethod
     def skeleton(cls, mod: nn.Linear, config: Int4) -> Int4Linear:
@@ -132,3 +168,16 @@ class Int4Linear(CompressedLinear):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, weight=int4 group_size={self.group_size} "
                 f"{'symmetric' if self.symmetric else 'asymmetric'}, method={self.method}")
+
+
+def _convert(mod: nn.Linear, config: Int4, name: str, calibration=None, prepared=None) -> Int4Linear:
+    # calibration: the layer's input Hessian HessianObserver accumulated (method="gptq" only)
+    return Int4Linear.from_float(mod, config, hessian=calibration, name=name)
+
+
+register_family(Family(
+    config=Int4, converts=(nn.Linear,), modules=(Int4Linear,), convert=_convert,
+    make_observer=lambda config: HessianObserver(),
+    examples={"int4": (Int4(group_size=32), "linear"),
+              "int4_gptq_sym": (Int4(group_size=32, symmetric=True, method="gptq"), "linear")},
+))

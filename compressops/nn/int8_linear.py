@@ -6,9 +6,12 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..configs import Int8
+from ..algorithms.observers import AbsMaxObserver
+from ..configs import Family, Int8, register_family
 from ..formats import int8 as int8_format
 from .compressed_linear import CompressedLinear
+
+__all__ = ["Int8Linear"]
 
 
 class Int8Linear(CompressedLinear):
@@ -113,3 +116,16 @@ class Int8Linear(CompressedLinear):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, weight=int8 per-channel, act={self.act}")
+
+
+def _convert(mod: nn.Linear, config: Int8, name: str, calibration=None, prepared=None) -> Int8Linear:
+    # calibration: the static activation scale AbsMaxObserver measured (act="static" only)
+    return Int8Linear.from_float(mod, config, act_scale=calibration, name=name)
+
+
+register_family(Family(
+    config=Int8, converts=(nn.Linear,), modules=(Int8Linear,), convert=_convert,
+    make_observer=lambda config: AbsMaxObserver(),
+    examples={"int8": (Int8(), "linear"), "int8_static": (Int8(act="static"), "linear"),
+              "int8_weight_only": (Int8(act="weight_only"), "linear")},
+))

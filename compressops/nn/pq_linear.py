@@ -6,11 +6,13 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..configs import PQ
+from ..algorithms.kmeans import pq_quantize_weight
+from ..algorithms.pq_refine import GramObserver, refine_codebooks
+from ..configs import PQ, Family, register_family
 from ..formats import pq as pq_format
 from .compressed_linear import CompressedLinear
 
-__all__ = ["PQ", "PQLinear"]
+__all__ = ["PQLinear"]
 
 
 class PQLinear(CompressedLinear):
@@ -78,15 +80,13 @@ class PQLinear(CompressedLinear):
         Raises:
             TypeError: mod is not nn.Linear. ValueError: non-finite weights, bad calibration shape.
         """
-        from ..algorithms.pq_refine import refine_codebooks
-
         config = config or PQ()
         label = name or "PQLinear.from_float"
         if not isinstance(mod, nn.Linear):
             raise TypeError(f"{label}: expected nn.Linear, got {type(mod).__name__}")
         k, d = config.num_centroids, config.subvector_dim
-        codes, codebooks = pq_format.quantize_weight(mod.weight, k, d, seed=config.seed, max_iter=config.max_iter,
-                                                     name=label)
+        codes, codebooks = pq_quantize_weight(mod.weight, k, d, seed=config.seed, max_iter=config.max_iter,
+                                              name=label)
         if calibration is not None and config.refine:
             if tuple(calibration.shape) != (mod.in_features, mod.in_features):
                 raise ValueError(f"{label}: calibration must be the [in, in] = [{mod.in_features}, "
@@ -126,3 +126,16 @@ class PQLinear(CompressedLinear):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"num_centroids={self.num_centroids}, subvector_dim={self.subvector_dim}")
+
+
+def _convert(mod: nn.Linear, config: PQ, name: str, calibration=None, prepared=None) -> PQLinear:
+    # calibration: the input Gram matrix GramObserver accumulated (only when calibration_data is given)
+    return PQLinear.from_float(mod, config, calibration=calibration, name=name)
+
+
+register_family(Family(
+    config=PQ, converts=(nn.Linear,), modules=(PQLinear,), convert=_convert,
+    make_observer=lambda config: GramObserver(),
+    examples={"pq16": (PQ(num_centroids=16, subvector_dim=2, max_iter=3), "linear"),
+              "pq256": (PQ(num_centroids=256, subvector_dim=4, max_iter=5), "linear")},
+))

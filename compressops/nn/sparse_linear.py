@@ -6,10 +6,13 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..configs import CSR, Sparse24
+from ..algorithms.pruning import global_threshold
+from ..configs import CSR, Family, Sparse24, register_family
 from ..formats import csr as csr_format
 from ..formats import sparse24 as s24
 from .compressed_linear import CompressedLinear
+
+__all__ = ["Sparse24Linear", "CSRLinear"]
 
 
 def _float_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -247,3 +250,33 @@ class CSRLinear(CompressedLinear):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"nnz={self.nnz} ({self.sparsity:.1%} sparse), values={str(self.values.dtype).replace('torch.', '')}")
+
+
+def _convert_sparse24(mod: nn.Linear, config: Sparse24, name: str, calibration=None, prepared=None) -> Sparse24Linear:
+    return Sparse24Linear.from_float(mod, config, name=name)
+
+
+def _prepare_csr(config: CSR, layers) -> dict:
+    """CSR(scope="global"): {name: the one magnitude threshold over every layer converted with config}."""
+    if config.scope != "global" or config.sparsity is None:
+        return {}
+    unique = {id(m): m.weight for _, m in layers}  # a layer reachable under two names counts once
+    threshold = global_threshold(list(unique.values()), config.sparsity)
+    return {name: threshold for name, _ in layers}
+
+
+def _convert_csr(mod: nn.Linear, config: CSR, name: str, calibration=None, prepared=None) -> CSRLinear:
+    mask = None
+    if prepared is not None:  # the global threshold _prepare_csr set
+        mask = (mod.weight.detach().abs().float() > prepared) & (mod.weight.detach() != 0)
+    return CSRLinear.from_float(mod, config, name=name, mask=mask)
+
+
+register_family(Family(
+    config=Sparse24, converts=(nn.Linear,), modules=(Sparse24Linear,), convert=_convert_sparse24,
+    examples={"sparse24": (Sparse24(), "linear"), "sparse24_int8": (Sparse24(dtype=torch.int8), "linear")},
+))
+register_family(Family(
+    config=CSR, converts=(nn.Linear,), modules=(CSRLinear,), convert=_convert_csr, prepare=_prepare_csr,
+    examples={"csr": (CSR(sparsity=0.8), "linear"), "csr_global": (CSR(sparsity=0.7, scope="global"), "linear")},
+))

@@ -12,7 +12,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import reference
 from ..formats import csr as csr_format
 
 BM, BJ = 16, 32
@@ -43,20 +42,9 @@ def _csr_linear_kernel(x_ptr, rowptr_ptr, col_ptr, val_ptr, b_ptr, y_ptr, M, N, 
 
 def csr_linear(x, packed, values, out_features, bias=None):
     """compressops::csr_linear on CUDA: x float [..., K] -> [..., N] (see compressops.ops.csr_linear)."""
-    op = "csr_linear"
-    reference._check_x(x, op)
-    h = csr_format.read_header(packed, op)  # one 64-byte device-to-host copy
-    n, k, nnz, cb = h["n"], h["k"], h["nnz"], h["col_bytes"]
-    if int(out_features) != n:
-        raise ValueError(f"{op}: out_features={out_features} but the pack has N={n}")
-    if values.dtype not in (torch.float32, torch.bfloat16) or values.dim() != 1 or values.shape[0] != nnz:
-        raise ValueError(f"{op}: values must be float32/bfloat16 of shape [nnz] = [{nnz}], got {values.dtype} "
-                         f"{tuple(values.shape)}")
-    if x.shape[-1] != k:
-        raise ValueError(f"{op}: x has K={x.shape[-1]} in its last dimension but the pack has K={k}")
-    if bias is not None and (not bias.is_floating_point() or bias.dim() != 1 or bias.shape[0] != n):
-        raise ValueError(f"{op}: bias must be a float tensor of shape [N] = [{n}], got {bias.dtype} "
-                         f"{tuple(bias.shape)}")
+    # one 64-byte device-to-host copy (the header)
+    n, k, out_t, h = csr_format.check_linear("csr_linear", x, packed, values, out_features, bias)
+    nnz, cb = h["nnz"], h["col_bytes"]
     off = csr_format.HEADER_BYTES
     rowptr = packed[off:off + 8 * (n + 1)].view(torch.int64)
     off += 8 * (n + 1)
@@ -68,4 +56,4 @@ def csr_linear(x, packed, values, out_features, bias=None):
         grid = (n, triton.cdiv(m, BM))
         _csr_linear_kernel[grid](x2, rowptr, cols, values, bias if bias is not None else values, y, m, n,
                                  x2.stride(0), COL16=cb == 2, HAS_BIAS=bias is not None, BM=BM, BJ=BJ)
-    return y.to(reference._out_dtype(x, None, op)).reshape(*x.shape[:-1], n)
+    return y.to(out_t).reshape(*x.shape[:-1], n)

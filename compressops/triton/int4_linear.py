@@ -16,18 +16,6 @@ import triton.language as tl
 from ..formats import int4 as f4
 
 
-def group_size_of(w_packed: torch.Tensor, n: int, k: int) -> int:
-    """The pack's group size: from its byte count when only one group size fits (no device read),
-    else from its header (one 4-byte device-to-host copy)."""
-    hits = [g for g in f4.GROUP_SIZES if f4.packed_bytes(n, k, g) == w_packed.numel()]
-    if not hits:
-        raise ValueError(f"int4_linear: w_packed has {w_packed.numel()} bytes, which is no int4 pack of "
-                         f"N={n}, K={k}; repack it with compressops.ops.int4_pack_weight")
-    if len(hits) == 1:
-        return hits[0]
-    return int(w_packed[20:24].view(torch.int32).item())
-
-
 @triton.jit
 def _int4_linear_kernel(x_ptr, wb_ptr, wf_ptr, b_ptr, y_ptr, M, N, K, G, stride_xm, stride_ym,
                         GS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, HAS_BIAS: tl.constexpr):
@@ -64,9 +52,9 @@ def _int4_linear_kernel(x_ptr, wb_ptr, wf_ptr, b_ptr, y_ptr, M, N, K, G, stride_
 
 def int4_linear(x, w_packed, out_features, bias=None, out_dtype=None):
     """compressops::int4_linear on a GPU (or under TRITON_INTERPRET=1 on CPU tensors)."""
-    n, k = out_features, x.shape[-1]
-    gs = group_size_of(w_packed, n, k)
-    groups = f4.padded_k(k, gs) // gs
+    # one 64-byte device-to-host copy (the header: N, K and the group size)
+    n, k, out_t, h = f4.check_linear("int4_linear", x, w_packed, out_features, bias, out_dtype)
+    gs, groups = h["group_size"], h["groups"]
     x2 = x.reshape(-1, k)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
@@ -79,4 +67,4 @@ def int4_linear(x, w_packed, out_features, bias=None, out_dtype=None):
         grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
         _int4_linear_kernel[grid](x2, w_packed, wf, b, y, m, n, k, groups, x2.stride(0), y.stride(0),
                                   GS=gs, BM=bm, BN=bn, HAS_BIAS=bias is not None)
-    return y.to(out_dtype or x.dtype).reshape(*x.shape[:-1], n)
+    return y.to(out_t).reshape(*x.shape[:-1], n)

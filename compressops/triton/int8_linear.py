@@ -3,9 +3,10 @@
 Both read the same prepacked buffer as the CPU kernels (csrc/common/int8_layout.h): after a
 64-byte header, int8 weights [N_pad/16][K_pad/4][16][4], zero padded. The Triton kernel computes
 only the matrix product (int8 x int8 -> exact int32 for W8A8; fp32 x dequantized weight for
-weight-only); the activation quantization and the float epilogue are the reference's own torch
-code, so W8A8 results equal compressops.reference.int8_linear bit for bit (the int32 sums are
-exact in any order, and the epilogue is the same sequence of float32 operations).
+weight-only); the argument checks, the activation quantization and the float epilogue are the
+functions of compressops/formats/int8.py that the reference calls too, so W8A8 results equal
+compressops.reference.int8_linear bit for bit (the int32 sums are exact in any order, and the
+epilogue is the same sequence of float32 operations).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import reference
 from ..formats import int8 as f8
 
 BM, BN, BK = 32, 32, 32
@@ -62,9 +62,9 @@ def _f32_mm_kernel(x_ptr, w_ptr, out_ptr, M, N, K, KP4, NP, stride_xm,
     tl.store(out_ptr + rm[:, None] * N + rn[None, :], acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
-def _shapes(op, x, w_packed, w_scale, bias, out_dtype):
-    """The reference's argument checks (one 64-byte header read), then (n, k, n_pad, k_pad, out dtype)."""
-    n, k, out_t = reference._check_linear(op, x, w_packed, w_scale, bias, out_dtype)
+def _shapes(op, x, w_packed, w_scale, bias, out_dtype, act_scale=None):
+    """The op's argument checks (one 64-byte header read), then (n, k, n_pad, k_pad, out dtype)."""
+    n, k, out_t = f8.check_linear(op, x, w_packed, w_scale, bias, out_dtype, act_scale)
     return n, k, -(-n // f8.NR) * f8.NR, -(-k // f8.KR) * f8.KR, out_t
 
 
@@ -76,18 +76,15 @@ def _launch(kernel, a, w_packed, out, n, k, n_pad, k_pad):
 
 def int8_linear(x, w_packed, w_scale, bias=None, act_scale=None, out_dtype=None):
     """compressops::int8_linear on CUDA: x float [..., K] -> [..., N] (see compressops.ops.int8_linear)."""
-    n, k, n_pad, k_pad, out_t = _shapes("int8_linear", x, w_packed, w_scale, bias, out_dtype)
-    q, sx = reference.int8_quantize_activation(x, act_scale)
+    n, k, n_pad, k_pad, out_t = _shapes("int8_linear", x, w_packed, w_scale, bias, out_dtype, act_scale)
+    q, sx = f8.quantize_activation(x, act_scale)
     q2 = q.reshape(-1, k).contiguous()
     acc = torch.empty(q2.shape[0], n, dtype=torch.int32, device=x.device)
     if q2.shape[0] and n:
         _launch(_int8_mm_kernel, q2, w_packed, acc, n, k, n_pad, k_pad)
     else:
         acc.zero_()
-    y = acc.float() * (sx.reshape(-1, 1) * w_scale.reshape(1, -1))
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(out_t).reshape(*x.shape[:-1], n)
+    return f8.w8a8_epilogue(acc, sx, w_scale, bias, out_t, (*x.shape[:-1], n))
 
 
 def int8_weight_only_linear(x, w_packed, w_scale, bias=None, out_dtype=None):

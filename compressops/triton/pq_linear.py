@@ -45,17 +45,8 @@ def _pq_linear_kernel(x_ptr, cb_ptr, codes_ptr, bias_ptr, y_ptr, N, S, N_PAD, st
 def pq_linear(x: torch.Tensor, packed: torch.Tensor, in_features: int, out_features: int,
               bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """compressops.ops.pq_linear on a Triton device (or CPU tensors under TRITON_INTERPRET=1)."""
-    op = "pq_linear"
-    h = fpq.read_header(packed, op)
-    n, s, d, k, n_pad, s_pad = h["n"], h["s"], h["d"], h["k"], h["n_pad"], h["s_pad"]
-    if h["k_in"] != in_features or n != out_features:
-        raise ValueError(f"{op}: packed holds a [{n}, {h['k_in']}] layer but in_features={in_features}, "
-                         f"out_features={out_features}")
-    if not x.is_floating_point() or x.shape[-1] != in_features:
-        raise ValueError(f"{op}: x must be float (..., {in_features}), got {x.dtype} {tuple(x.shape)}")
-    if bias is not None and tuple(bias.shape) != (n,):
-        raise ValueError(f"{op}: bias must have shape [N] = [{n}], got {tuple(bias.shape)}")
-    out_t = out_dtype or x.dtype
+    n, _, out_t, h = fpq.check_linear("pq_linear", x, packed, in_features, out_features, bias, out_dtype)
+    s, d, k, n_pad, s_pad = h["s"], h["d"], h["k"], h["n_pad"], h["s_pad"]
     x2 = x.reshape(-1, in_features)
     m = x2.shape[0]
     xp = torch.zeros(m, s_pad * d, dtype=torch.float32, device=x.device)

@@ -10,6 +10,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..formats import int8 as f8
+from ..formats import sparse24 as s24
+
 
 @triton.jit
 def _sparse24_kernel(x_ptr, v_ptr, m_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_v, stride_m,
@@ -40,10 +43,8 @@ def _sparse24_kernel(x_ptr, v_ptr, m_ptr, b_ptr, out_ptr, M, N, K, stride_xm, st
 
 
 def sparse24_linear(x, values, meta, in_features, bias=None):
-    """Same contract as compressops.ops.sparse24_linear (argument checks by the reference)."""
-    from .. import reference
-
-    n, k, out_t = reference._check_sparse24("sparse24_linear", x, values, meta, in_features, bias)
+    """Same contract as compressops.ops.sparse24_linear (argument checks: formats.sparse24.check_linear)."""
+    n, k, out_t = s24.check_linear("sparse24_linear", x, values, meta, in_features, bias)
     x2 = x.reshape(-1, k).contiguous()
     m = x2.shape[0]
     out = torch.empty(m, n, dtype=torch.float32, device=x.device)
@@ -87,16 +88,11 @@ def _sparse24_int8_kernel(q_ptr, v_ptr, m_ptr, out_ptr, M, N, K, stride_qm, stri
 
 
 def sparse24_int8_linear(x, values, meta, w_scale, in_features, bias=None):
-    """Same contract as compressops.ops.sparse24_int8_linear: the activation quantization and the
-    float epilogue are the reference's own code, so results equal the reference bit for bit."""
-    from .. import reference
-
-    op = "sparse24_int8_linear"
-    n, k, out_t = reference._check_sparse24(op, x, values, meta, in_features, bias, int8=True)
-    if w_scale.dtype != torch.float32 or w_scale.dim() != 1 or w_scale.shape[0] != n:
-        raise ValueError(f"{op}: w_scale must be float32 of shape [N] = [{n}], got {w_scale.dtype} "
-                         f"{tuple(w_scale.shape)}")
-    q, sx = reference.int8_quantize_activation(x)
+    """Same contract as compressops.ops.sparse24_int8_linear: the checks, the activation quantization
+    and the float epilogue are the formats functions the reference calls, so results equal the
+    reference bit for bit."""
+    n, k, out_t = s24.check_linear("sparse24_int8_linear", x, values, meta, in_features, bias, w_scale)
+    q, sx = f8.quantize_activation(x)
     q2 = q.reshape(-1, k).contiguous()
     m = q2.shape[0]
     acc = torch.zeros(m, n, dtype=torch.int32, device=x.device)
@@ -107,7 +103,4 @@ def sparse24_int8_linear(x, values, meta, w_scale, in_features, bias=None):
         grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
         _sparse24_int8_kernel[grid](q2, vals, meta_c, acc, m, n, k, q2.stride(0), vals.stride(0), meta_c.stride(0),
                                     BM=bm, BN=bn, BK=bk)
-    y = acc.float() * (sx.reshape(-1, 1) * w_scale.reshape(1, -1))
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(out_t).reshape(*x.shape[:-1], n)
+    return f8.w8a8_epilogue(acc, sx, w_scale, bias, out_t, (*x.shape[:-1], n))

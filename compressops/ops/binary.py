@@ -1,0 +1,136 @@
+"""The binary (sign-bit) ops: activation pack, XNOR-popcount conv2d and linear
+(format: compressops/formats/binary.py)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..formats import binary as fb
+from ..reference import binary as ref
+from . import _register
+
+__all__ = ["binary_pack_activation", "binary_conv2d", "binary_conv2d_packed", "binary_linear"]
+
+
+def _fake_pack_activation(x):
+    fb.check_pack_activation(x)
+    if x.dim() == 4:
+        return x.new_empty((x.shape[0], x.shape[2], x.shape[3], fb.words(x.shape[1])), dtype=torch.int64)
+    return x.new_empty((*x.shape[:-1], fb.words(x.shape[-1])), dtype=torch.int64)
+
+
+def _fake_conv2d(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding, clamp_min=None,
+                 clamp_max=None):
+    n, oc, oh, ow = fb.check_conv2d("binary_conv2d", x_packed, w_packed, alpha, bias, in_channels, kernel_size,
+                                    stride, padding)
+    return x_packed.new_empty((n, oc, oh, ow), dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+
+
+def _conv2d_default(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding, clamp_min=None,
+                    clamp_max=None):
+    # The native kernels write channels_last; the default kernel matches them (and the fake).
+    return ref.binary_conv2d(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding,
+                             clamp_min, clamp_max).contiguous(memory_format=torch.channels_last)
+
+
+def _fake_conv2d_packed(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding):
+    n, oc, oh, ow = fb.check_conv2d("binary_conv2d_packed", x_packed, w_packed, alpha, bias, in_channels,
+                                    kernel_size, stride, padding)
+    return x_packed.new_empty((n, oh, ow, fb.words(oc)), dtype=torch.int64)
+
+
+def _fake_linear(x_packed, w_packed, alpha, bias, in_features, clamp_min=None, clamp_max=None):
+    out = fb.check_linear("binary_linear", x_packed, w_packed, alpha, bias, in_features)
+    return x_packed.new_empty((*x_packed.shape[:-1], out), dtype=torch.float32)
+
+
+_register("binary_pack_activation", _fake_pack_activation, ref.binary_pack_activation)
+_register("binary_conv2d", _fake_conv2d, _conv2d_default)
+_register("binary_conv2d_packed", _fake_conv2d_packed, ref.binary_conv2d_packed)
+_register("binary_linear", _fake_linear, ref.binary_linear)
+
+
+def binary_pack_activation(x: Tensor) -> Tensor:
+    """Fused sign-and-pack of activations (x >= 0 -> bit 1, so sign(0) = +1).
+
+    Args:
+        x: float32/bfloat16/float16. 4-D is read as NCHW (any memory format, channels_last is the
+            fast case); any other rank packs the last dimension.
+    Returns:
+        int64 [N, H, W, ceil(C/64)] for 4-D x, else (..., ceil(C/64)); channel c is bit c % 64 of
+        word c // 64, pad bits 0 (compressops/formats/binary.py).
+    """
+    return torch.ops.compressops.binary_pack_activation(x)
+
+
+def binary_conv2d(
+    x_packed: Tensor,
+    w_packed: Tensor,
+    alpha: Tensor,
+    bias: Tensor | None,
+    in_channels: int,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int] = (1, 1),
+    padding: tuple[int, int] = (0, 0),
+    clamp_min: float | None = None,
+    clamp_max: float | None = None,
+) -> Tensor:
+    """XNOR-popcount conv2d: alpha * (valid_bits - 2 * popcount(x XOR w)) + bias, then clamped.
+
+    Equals conv2d(sign(x), sign(w), stride, zero padding) * alpha + bias bit for bit (padded taps
+    contribute 0). Dilation 1, groups 1.
+
+    Args:
+        x_packed: int64 [N, H, W, ceil(in_channels/64)] from binary_pack_activation.
+        w_packed: int64 [OC, KH, KW, ceil(in_channels/64)] (compressops.formats.binary.binarize_weight).
+        alpha: float32 [OC]. bias: optional float [OC].
+        in_channels: C (the number of valid bits per tap).
+        kernel_size, stride, padding: (h, w) pairs.
+        clamp_min, clamp_max: optional bounds applied last (e.g. hard-tanh before the next binary layer).
+    Returns:
+        float32 [N, OC, OH, OW] in channels_last memory format.
+    """
+    return torch.ops.compressops.binary_conv2d(x_packed, w_packed, alpha, bias, in_channels, list(kernel_size),
+                                               list(stride), list(padding), clamp_min, clamp_max)
+
+
+def binary_conv2d_packed(
+    x_packed: Tensor,
+    w_packed: Tensor,
+    alpha: Tensor,
+    bias: Tensor | None,
+    in_channels: int,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int] = (1, 1),
+    padding: tuple[int, int] = (0, 0),
+) -> Tensor:
+    """binary_conv2d whose output stays binary: the sign bits of alpha * acc + bias, packed for the
+    next binary layer, so consecutive binary convs never unpack to float in between.
+
+    Equals binary_pack_activation(binary_conv2d(...)) bit for bit (v >= 0 -> 1; NaN -> 0). A
+    BatchNorm or a sign-preserving activation between the two layers is folded into alpha and bias
+    first (compressops.nn.BinaryChain does that).
+
+    Args:
+        x_packed: int64 [N, H, W, ceil(in_channels/64)] from binary_pack_activation (or this op).
+        w_packed: int64 [OC, KH, KW, ceil(in_channels/64)]. alpha: float32 [OC]. bias: optional [OC].
+        in_channels, kernel_size, stride, padding: as binary_conv2d.
+    Returns:
+        int64 [N, OH, OW, ceil(OC/64)], channel padding bits 0.
+    """
+    return torch.ops.compressops.binary_conv2d_packed(x_packed, w_packed, alpha, bias, in_channels,
+                                                      list(kernel_size), list(stride), list(padding))
+
+
+def binary_linear(x_packed: Tensor, w_packed: Tensor, alpha: Tensor, bias: Tensor | None, in_features: int,
+                  clamp_min: float | None = None, clamp_max: float | None = None) -> Tensor:
+    """XNOR-popcount linear: (sign(x) @ sign(w).T) * alpha + bias, then clamped; bit-exact.
+
+    Args:
+        x_packed: int64 [..., ceil(in_features/64)] from binary_pack_activation.
+        w_packed: int64 [OUT, ceil(in_features/64)]. alpha: float32 [OUT]. bias: optional [OUT].
+    Returns:
+        float32 [..., OUT].
+    """
+    return torch.ops.compressops.binary_linear(x_packed, w_packed, alpha, bias, in_features, clamp_min, clamp_max)

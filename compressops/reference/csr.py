@@ -1,0 +1,25 @@
+"""Reference of the CSR sparse ops (format: compressops/formats/csr.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..formats import csr
+
+__all__ = ["csr_pack", "csr_linear"]
+
+
+def csr_pack(crow, col, in_features):
+    """See compressops.ops.csr_pack."""
+    return csr.pack(crow, col, int(in_features))
+
+
+def csr_linear(x, packed, values, out_features, bias=None):
+    """y = x @ W.T + bias, W the dense form of the CSR (packed index, values); float32 accumulation."""
+    n, k, out_t, _ = csr.check_linear("csr_linear", x, packed, values, out_features, bias)
+    crow, col, _ = csr.unpack(packed)
+    w = csr.to_dense(crow, col, values, k, torch.float32)
+    y = x.reshape(-1, k).float() @ w.t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(out_t).reshape(*x.shape[:-1], n)

@@ -1,0 +1,37 @@
+"""Reference of the PQ (product quantization) ops (format: compressops/formats/pq.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..formats import pq as fpq
+
+__all__ = ["pq_pack", "pq_tables", "pq_linear"]
+
+
+def pq_pack(codes: torch.Tensor, codebooks: torch.Tensor, in_features: int) -> torch.Tensor:
+    """See compressops.ops.pq_pack."""
+    return fpq.pack(codes, codebooks, in_features)
+
+
+def pq_tables(x: torch.Tensor, codebooks: torch.Tensor, in_features: int) -> torch.Tensor:
+    """float64 lookup tables L[m, s, c] = x_m[s*d:(s+1)*d] . C[s, c] for x (..., K) -> [M, S, k]."""
+    s, _, d = codebooks.shape
+    x2 = x.reshape(-1, in_features).double()
+    xp = x2.new_zeros(x2.shape[0], s * d)
+    xp[:, :in_features] = x2
+    return torch.einsum("msd,scd->msc", xp.view(-1, s, d), codebooks.double())
+
+
+def pq_linear(x, packed, in_features, out_features, bias=None, out_dtype=None):
+    """y[n] = sum_s L[s, code(n, s)] + bias[n] with the exact table; see compressops.ops.pq_linear."""
+    op = "pq_linear"
+    n, _, out_t, _ = fpq.check_linear(op, x, packed, in_features, out_features, bias, out_dtype)
+    codes, codebooks, _ = fpq.unpack(packed, op)
+    tab = pq_tables(x, codebooks, in_features)  # [M, S, k]
+    s = codebooks.shape[0]
+    idx = codes.long().t()  # [S, N]
+    y = torch.gather(tab, 2, idx[None].expand(tab.shape[0], s, n)).sum(1)  # [M, N]
+    if bias is not None:
+        y = y + bias.double()
+    return y.float().to(out_t).reshape(*x.shape[:-1], n)

@@ -1,0 +1,33 @@
+"""Reference of the 2:4 sparse ops (format: compressops/formats/sparse24.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..formats import int8 as f8
+from ..formats import sparse24 as s24
+
+__all__ = ["sparse24_linear", "sparse24_int8_linear"]
+
+
+def sparse24_linear(x, values, meta, in_features, bias=None):
+    """y = x @ W.T + bias with W the dense form of the 2:4 (values, meta); float32 accumulation."""
+    n, k, out_t = s24.check_linear("sparse24_linear", x, values, meta, in_features, bias)
+    w = s24.decompress(values, meta, k, torch.float32)
+    y = x.reshape(-1, k).float() @ w.t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(out_t).reshape(*x.shape[:-1], n)
+
+
+def sparse24_int8_linear(x, values, meta, w_scale, in_features, bias=None):
+    """2:4 with int8 kept values: y = float(q(x) @ Wq.T) * (x_scale * w_scale) + bias.
+
+    q(x) is compressops.formats.int8.quantize_activation (dynamic, per row); the integer sum is
+    exact (int32).
+    """
+    n, k, out_t = s24.check_linear("sparse24_int8_linear", x, values, meta, in_features, bias, w_scale)
+    w = s24.decompress(values, meta, k, torch.float64)
+    q, sx = f8.quantize_activation(x)
+    acc = (q.reshape(-1, k).double() @ w.t()).to(torch.int32)
+    return f8.w8a8_epilogue(acc, sx, w_scale, bias, out_t, (*x.shape[:-1], n))
