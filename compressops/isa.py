@@ -1,8 +1,17 @@
-"""CPU ISA levels: read the active one, force a lower one (tests, benchmarks, comparisons).
+"""CPU ISA levels: read the active one, force another (tests, benchmarks, comparisons).
 
-Levels, lowest first: scalar, avx2, avx512, avx512_vnni, amx. The active level is the highest
-this CPU and OS support, lowered by COMPRESSOPS_ISA (or torch's ATEN_CPU_CAPABILITY) if set.
-An op without a kernel at the active level uses the next level down that it has.
+Levels, lowest first: scalar, avx2, avx512, avx512_vnni, amx (the native library's list,
+csrc/cpu/isa_levels.def). The active level is the highest this CPU and OS support, lowered by
+COMPRESSOPS_ISA (or torch's ATEN_CPU_CAPABILITY) if set. An op without a kernel at the active level
+uses the next level down that it has.
+
+Emulated levels: the avx512, avx512_vnni and amx kernels are also built at the AVX2 baseline against
+SIMDe and an AMX emulation header, so they run on any x86-64 CPU, slowly. They are used only when
+asked for: `COMPRESSOPS_ISA=amx+emulated`, `set_isa("amx+emulated")` or
+`cpu_isa("amx", emulated=True)`; `isa()` then returns "amx+emulated". A test and development tool:
+speed under emulation means nothing.
+
+The level is process-wide: `set_isa` and the `cpu_isa` context manager change it for every thread.
 """
 
 from __future__ import annotations
@@ -13,11 +22,23 @@ import torch
 
 from . import _loader
 
-LEVELS = ("scalar", "avx2", "avx512", "avx512_vnni", "amx")
+EMULATED_SUFFIX = "+emulated"
+# The documented order; the native library's own list (_cpu_isa_levels) is authoritative when loaded.
+_DEFAULT_LEVELS = ("scalar", "avx2", "avx512", "avx512_vnni", "amx")
+
+
+def levels() -> tuple[str, ...]:
+    """Every level name, lowest first."""
+    if not _loader.native_loaded():
+        return _DEFAULT_LEVELS
+    return tuple(torch.ops.compressops._cpu_isa_levels())
+
+
+LEVELS = _DEFAULT_LEVELS
 
 
 def isa() -> str:
-    """The active CPU ISA level, or "reference" when the native library is not loaded."""
+    """The active CPU ISA level ("avx2", "amx+emulated"), or "reference" without the native library."""
     if not _loader.native_loaded():
         return "reference"
     return torch.ops.compressops._cpu_isa()
@@ -31,51 +52,111 @@ def detected_isa() -> str:
 
 
 def compiled_isas() -> list[str]:
-    """Levels this build compiled kernels for."""
+    """Levels this build compiled kernels for, natively, then "<level>+emulated" for each emulated build."""
     if not _loader.native_loaded():
         return []
     return list(torch.ops.compressops._compiled_cpu_isas())
 
 
+def emulated_isas() -> list[str]:
+    """The "<level>+emulated" choices this build has (empty when SIMDe was missing at build time)."""
+    return [lv for lv in compiled_isas() if lv.endswith(EMULATED_SUFFIX)]
+
+
 def available_isas() -> list[str]:
-    """Levels that are both compiled and runnable on this CPU, lowest first."""
+    """Native levels that are both compiled and runnable on this CPU, lowest first."""
     top = detected_isa()
     if top == "reference":
         return []
-    return [lv for lv in compiled_isas() if LEVELS.index(lv) <= LEVELS.index(top)]
+    order = levels()
+    return [lv for lv in compiled_isas()
+            if not lv.endswith(EMULATED_SUFFIX) and order.index(lv) <= order.index(top)]
 
 
-def set_isa(level: str) -> None:
-    """Force the active level for this process. Raises if the CPU lacks it or the name is unknown."""
-    if level not in LEVELS:
-        raise ValueError(f"unknown CPU ISA level {level!r}; expected one of {', '.join(LEVELS)}")
+def runnable_isa(level: str) -> str:
+    """How this machine runs `level`: the level itself where the CPU has it, else "<level>+emulated"
+    where this build emulates it, else "" (not runnable here)."""
+    if level in available_isas():
+        return level
+    emulated = level + EMULATED_SUFFIX
+    return emulated if emulated in emulated_isas() else ""
+
+
+def set_isa(level: str, emulated: bool = False) -> None:
+    """Force the active level for this process (every thread). `level` may carry "+emulated".
+
+    Raises:
+        ValueError: an unknown level name, or emulation asked for a level that has no emulated build.
+        RuntimeError: a native level above what this CPU has, an emulated level this build lacks, or
+            no native library.
+    """
+    name = level + EMULATED_SUFFIX if emulated and not level.endswith(EMULATED_SUFFIX) else level
+    base = name[: -len(EMULATED_SUFFIX)] if name.endswith(EMULATED_SUFFIX) else name
+    if base not in levels():
+        raise ValueError(f"unknown CPU ISA level {level!r}; expected one of {', '.join(levels())}")
     if not _loader.native_loaded():
-        raise RuntimeError(f"cannot select CPU ISA {level!r}: the native library is not loaded "
+        raise RuntimeError(f"cannot select CPU ISA {name!r}: the native library is not loaded "
                            f"({_loader.load_error()})")
-    torch.ops.compressops._set_cpu_isa(level)
+    try:
+        torch.ops.compressops._set_cpu_isa(name)
+    except RuntimeError as e:
+        if "has no emulated build" in str(e):
+            raise ValueError(str(e).splitlines()[0]) from None
+        raise
 
 
 def last_kernel_isa(op: str) -> str:
-    """The level the last CPU call of `op` ran on ("" if it has not run).
+    """The level the last CPU call of `op` ran on ("" if it has not run), e.g. "avx2" or
+    "avx512_vnni+emulated".
 
-    `pq_linear` at large batches may instead report "dense": it decoded the weight and ran
-    torch's GEMM, because building lookup tables would have cost more (see `pq_linear_cpu`).
+    The 2:4, CSR and PQ ops at large batches may instead report "dense": they decoded the weight
+    and ran torch's GEMM, because that was cheaper than their own kernel there.
     """
     if not _loader.native_loaded():
         return ""
     return torch.ops.compressops._last_kernel_isa(op)
 
 
+def kernel_isas(op: str) -> list[str]:
+    """Levels `op` has CPU kernels for in this build, lowest first (natively or emulated)."""
+    if not _loader.native_loaded():
+        return []
+    return list(torch.ops.compressops._kernel_isas(op))
+
+
+def kernel_level_for(op: str, level: str) -> str:
+    """The level `op` runs at when `level` is active: the highest level at or below it that the op
+    has a kernel for, keeping "+emulated" when that level is an emulated one.
+
+    Example:
+        >>> kernel_level_for("int4_linear", "avx512_vnni")   # int4 has scalar and avx2 kernels
+        'avx2'
+    """
+    emulated = level.endswith(EMULATED_SUFFIX)
+    base = level[: -len(EMULATED_SUFFIX)] if emulated else level
+    order = levels()
+    has = kernel_isas(op)
+    for lv in reversed(order[: order.index(base) + 1]):
+        if lv in has:
+            # Under emulation, the levels with an emulated build run it; avx2 and scalar run natively.
+            emu = emulated and lv + EMULATED_SUFFIX in emulated_isas()
+            return lv + EMULATED_SUFFIX if emu else lv
+    return ""
+
+
 @contextlib.contextmanager
-def cpu_isa(level: str):
-    """Context manager that runs its body at `level` and restores the previous level after.
+def cpu_isa(level: str, emulated: bool = False):
+    """Context manager that runs its body at `level` (emulated if asked) and restores the previous
+    level after. The level is process-wide: other threads see it too while the body runs.
 
     Example:
         >>> with compressops.cpu_isa("avx2"):
         ...     y = layer(x)
+        >>> with compressops.cpu_isa("amx", emulated=True):   # AMX kernels on any x86-64 CPU
+        ...     y = layer(x)
     """
     previous = isa()
-    set_isa(level)
+    set_isa(level, emulated=emulated)
     try:
         yield
     finally:

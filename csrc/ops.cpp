@@ -6,67 +6,41 @@
 // literals are fine) inside m.def(...).
 #include <torch/library.h>
 
-#include <atomic>
-#include <mutex>
 #include <string>
-#include <unordered_map>
+#include <vector>
 
 #include "cpu/isa.h"
 #include "cpu/kernel_record.h"
 
 namespace compressops::cpu {
 namespace {
-std::mutex g_record_mutex;
-std::unordered_map<std::string, std::string>& records() {
-  static std::unordered_map<std::string, std::string> r;
-  return r;
-}
-}  // namespace
-
-void record_kernel_isa(const char* op, CpuIsa level) {
-  std::lock_guard<std::mutex> lock(g_record_mutex);
-  records()[op] = isa_name(level);
-}
-
-void record_kernel_route(const char* op, const char* route) {
-  std::lock_guard<std::mutex> lock(g_record_mutex);
-  records()[op] = route;
-}
-
-std::string last_kernel_isa(const std::string& op) {
-  std::lock_guard<std::mutex> lock(g_record_mutex);
-  auto it = records().find(op);
-  return it == records().end() ? std::string() : it->second;
-}
-
-namespace {
-std::string cpu_isa_op() { return isa_name(active_isa()); }
+std::string cpu_isa_op() { return isa_choice_name(active_isa()); }
 std::string detected_cpu_isa_op() { return isa_name(detected_isa()); }
-void set_cpu_isa_op(std::string name) { set_active_isa(parse_isa(name)); }
+void set_cpu_isa_op(std::string name) { set_active_isa(parse_isa_choice(name)); }
+// Every level of isa_levels.def, lowest first (the one list, for the Python side too).
+std::vector<std::string> cpu_isa_levels_op() {
+  std::vector<std::string> out;
+  for (int l = 0; l < kNumIsaLevels; ++l) out.emplace_back(isa_name(static_cast<CpuIsa>(l)));
+  return out;
+}
+// Levels compiled natively, then "<level>+emulated" for each emulated build.
 std::vector<std::string> compiled_cpu_isas_op() {
   std::vector<std::string> out;
-  for (int l = 0; l <= static_cast<int>(CpuIsa::kAMX); ++l) {
+  for (int l = 0; l < kNumIsaLevels; ++l) {
     if (isa_compiled(static_cast<CpuIsa>(l))) out.emplace_back(isa_name(static_cast<CpuIsa>(l)));
+  }
+  for (int l = 0; l < kNumIsaLevels; ++l) {
+    const auto level = static_cast<CpuIsa>(l);
+    if (isa_emulation_compiled(level)) out.emplace_back(isa_choice_name({level, true}));
   }
   return out;
 }
-std::vector<std::string> kernel_isas_op(std::string op) {
-  if (op == "int8_pack_weight") return {};  // baseline host code, no per-ISA kernel
-  if (op.rfind("int8_", 0) == 0) return int8_kernel_isas();
-  if (op == "int4_pack_weight") return {};
-  if (op.rfind("int4_", 0) == 0) return int4_kernel_isas();
-
-  if (op == "csr_pack") return {};
-  if (op.rfind("sparse24_", 0) == 0 || op.rfind("csr_", 0) == 0) return sparse_kernel_isas(op);
-
-  if (op == "pq_pack") return {};  // baseline host code, no per-ISA kernel
-  if (op.rfind("pq_", 0) == 0) return pq_kernel_isas();
-
-  if (op.rfind("binary_", 0) == 0) return binary_kernel_isas();
-
-  TORCH_CHECK(false, "_kernel_isas: unknown op family for '", op, "'");
-}
+std::vector<std::string> kernel_isas_op(std::string op) { return kernel_isas(op); }
+std::string last_kernel_isa_op(std::string op) { return last_kernel_isa(op); }
 }  // namespace
+
+// binary_conv.cpp: the measured XNOR-popcount ceiling, for the binary benchmark.
+double binary_xor_popcount_peak_op(int64_t iters);
 }  // namespace compressops::cpu
 
 TORCH_LIBRARY(compressops, m) {
@@ -119,8 +93,9 @@ TORCH_LIBRARY(compressops, m) {
   m.def("_detected_cpu_isa() -> str", &compressops::cpu::detected_cpu_isa_op);
   m.def("_set_cpu_isa(str isa) -> ()", &compressops::cpu::set_cpu_isa_op);
   m.def("_compiled_cpu_isas() -> str[]", &compressops::cpu::compiled_cpu_isas_op);
+  m.def("_cpu_isa_levels() -> str[]", &compressops::cpu::cpu_isa_levels_op);
   m.def("_kernel_isas(str op) -> str[]", &compressops::cpu::kernel_isas_op);
-  m.def("_last_kernel_isa(str op) -> str", &compressops::cpu::last_kernel_isa);
+  m.def("_last_kernel_isa(str op) -> str", &compressops::cpu::last_kernel_isa_op);
   // Benchmarks: the measured XNOR-popcount ceiling (binary MACs per second, all threads).
   m.def("_binary_xor_popcount_peak(int iters) -> float", &compressops::cpu::binary_xor_popcount_peak_op);
 }

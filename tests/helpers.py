@@ -1,27 +1,45 @@
 """Shared test helpers: ISA levels to cover, opcheck settings, random non-degenerate data."""
 
+import platform
+
 import pytest
 import torch
 
 import compressops as co
+from compressops.isa import kernel_level_for, levels, runnable_isa
 
 NATIVE = co._loader.native_loaded()
 requires_native = pytest.mark.skipif(not NATIVE, reason="native library not loaded")
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
-# Every level this build has and this CPU can run; tests that loop over levels cover each one.
+# Native levels this build has and this CPU can run.
 ISA_LEVELS = co.available_isas() if NATIVE else []
+X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 
 OPCHECK_UTILS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
 
 
 def isa_params():
-    """pytest params for every runnable level, plus skipped placeholders for the ones this CPU lacks."""
+    """pytest params for every level: the level itself where this CPU has it, "<level>+emulated" where
+    it lacks it. Nothing is skipped for lack of a level on x86-64: a level that neither runs natively
+    nor has an emulated build here stays in the list under its own name, and the test fails when it
+    cannot select it (a build without simde-py). Only a build without the native library, or a
+    non-x86 machine, skips them."""
     params = []
-    for lv in ("scalar", "avx2", "avx512", "avx512_vnni", "amx"):
-        marks = [] if lv in ISA_LEVELS else [pytest.mark.skip(reason=f"this CPU/build cannot run {lv}")]
-        params.append(pytest.param(lv, marks=marks, id=lv))
+    for lv in levels():
+        choice = runnable_isa(lv) if NATIVE else ""
+        if choice:
+            params.append(pytest.param(choice, id=choice))
+        elif NATIVE and X86_64:
+            params.append(pytest.param(lv, id=lv))
+        else:
+            params.append(pytest.param(lv, id=lv, marks=pytest.mark.skip(reason=f"no native library or not x86-64: {lv}")))
     return params
+
+
+def expected_kernel_level(op: str, level: str) -> str:
+    """The level _last_kernel_isa(op) must report after a call at `level` (derived from _kernel_isas)."""
+    return kernel_level_for(op, level)
 
 
 def randn_nonzero(*shape, dtype=torch.float32):

@@ -9,13 +9,16 @@ import torch
 
 import compressops as co
 
-from .helpers import ISA_LEVELS, requires_native
+from compressops.isa import (EMULATED_SUFFIX, emulated_isas, kernel_isas, kernel_level_for, last_kernel_isa, levels,
+                             runnable_isa)
+
+from .helpers import ISA_LEVELS, X86_64, requires_native
 
 pytestmark = requires_native
 
 
 def test_active_is_detected_and_runnable():
-    assert co.isa() in ("scalar", "avx2", "avx512", "avx512_vnni", "amx")
+    assert co.isa() in levels()
     assert co.detected_isa() in ISA_LEVELS
     assert "scalar" in ISA_LEVELS
     assert co.isa() == co.detected_isa() or os.environ.get("COMPRESSOPS_ISA") or os.environ.get("ATEN_CPU_CAPABILITY")
@@ -31,11 +34,15 @@ def test_context_manager_forces_and_restores():
 def test_errors_for_unknown_or_unsupported_levels():
     with pytest.raises(ValueError, match="unknown CPU ISA"):
         co.set_isa("sse9")
-    missing = [lv for lv in ("avx2", "avx512", "avx512_vnni", "amx") if lv not in ISA_LEVELS]
+    missing = [lv for lv in levels() if lv not in ISA_LEVELS]
     if missing:
         with pytest.raises(RuntimeError, match="this CPU supports up to"):
             co.set_isa(missing[0])
         assert co.isa() == co.detected_isa()
+    with pytest.raises(ValueError, match="has no emulated build"):
+        co.set_isa("avx2", emulated=True)
+    with pytest.raises(ValueError, match="unknown CPU ISA"):
+        co.set_isa("avx9000+emulated")
 
 
 @pytest.mark.parametrize("var", ["COMPRESSOPS_ISA", "ATEN_CPU_CAPABILITY"])
@@ -57,7 +64,6 @@ def test_bad_env_value_is_a_clear_error_not_a_crash():
     assert res.returncode != 0 and "unknown CPU ISA level 'avx9000'" in res.stderr
 
 
-@pytest.mark.skipif("avx512_vnni" not in ISA_LEVELS, reason="needs AVX-512 VNNI to test its decline path")
 def test_vnni_declines_k_beyond_its_lane_bound():
     from compressops import ops, reference
     from compressops.formats import int8 as f8
@@ -65,7 +71,7 @@ def test_vnni_declines_k_beyond_its_lane_bound():
     w, s = f8.quantize_weight(torch.randn(16, 70000))
     p = ops.int8_pack_weight(w)
     x = torch.randn(1, 70000)
-    with co.cpu_isa("avx512_vnni"):
+    with co.cpu_isa(runnable_isa("avx512_vnni")):  # natively, or its emulated build on CPUs without it
         y = ops.int8_linear(x, p, s)
         assert torch.ops.compressops._last_kernel_isa("int8_linear") == "avx2"
     assert torch.equal(y, reference.int8_linear(x, p, s))
@@ -94,3 +100,84 @@ def test_detection_agrees_with_the_kernels_cpu_flags():
             break
         expected = level
     assert co.detected_isa() == expected
+
+
+_INT8_CHILD = ("import torch, compressops as co; from compressops import ops, reference;"
+               "from compressops.formats import int8 as f;"
+               "w, s = f.quantize_weight(torch.randn(48, 200)); p = ops.int8_pack_weight(w); x = torch.randn(5, 200);"
+               "y = ops.int8_linear(x, p, s);"
+               "print(co.isa(), torch.ops.compressops._last_kernel_isa('int8_linear'),"
+               " torch.equal(y, reference.int8_linear(x, p, s)))")
+
+
+@pytest.mark.skipif(not X86_64, reason="emulated levels are x86-64 builds")
+def test_every_level_runs_here_natively_or_emulated():
+    """No level is out of reach on an x86-64 machine: what the CPU lacks, the emulated build runs."""
+    for lv in levels():
+        assert runnable_isa(lv), f"{lv}: neither native here nor emulated in this build (is simde-py installed?)"
+    assert [e[: -len(EMULATED_SUFFIX)] for e in emulated_isas()] == ["avx512", "avx512_vnni", "amx"]
+
+
+@pytest.mark.skipif(not X86_64, reason="emulated levels are x86-64 builds")
+def test_emulated_level_from_the_environment_in_a_new_process():
+    env = {**os.environ, "COMPRESSOPS_ISA": "amx+emulated"}
+    out = subprocess.run([sys.executable, "-c", _INT8_CHILD], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["amx+emulated", "avx512_vnni+emulated", "True"]
+
+
+def test_emulation_is_never_chosen_by_detection():
+    env = {k: v for k, v in os.environ.items() if k not in ("COMPRESSOPS_ISA", "ATEN_CPU_CAPABILITY")}
+    out = subprocess.run([sys.executable, "-c", _INT8_CHILD], capture_output=True, text=True, env=env, check=True)
+    active, ran, exact = out.stdout.split()
+    assert active == co.detected_isa() and EMULATED_SUFFIX not in ran and exact == "True"
+
+
+@pytest.mark.skipif(not X86_64, reason="emulated levels are x86-64 builds")
+def test_cpu_isa_emulated_context_manager_and_info():
+    from compressops import ops, reference
+    from compressops.formats import int8 as f8
+    from compressops.info import info
+
+    w, s = f8.quantize_weight(torch.randn(24, 100))
+    p, x = ops.int8_pack_weight(w), torch.randn(3, 100)
+    before = co.isa()
+    with co.cpu_isa("amx", emulated=True):
+        assert co.isa() == "amx+emulated"
+        y = ops.int8_linear(x, p, s)
+        assert last_kernel_isa("int8_linear") == kernel_level_for("int8_linear", "amx+emulated")
+        assert info()["ops"]["int8_linear"]["cpu_kernel_here"] == "avx512_vnni+emulated"
+    assert co.isa() == before
+    assert torch.equal(y, reference.int8_linear(x, p, s))
+
+
+def test_cpu_isa_context_manager_is_process_wide():
+    """Documented behaviour: the level is one per process, so another thread sees the forced level."""
+    import threading
+
+    seen = []
+    entered, done = threading.Event(), threading.Event()
+
+    def other():
+        entered.wait(10)
+        seen.append(co.isa())
+        done.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    with co.cpu_isa("scalar"):
+        entered.set()
+        done.wait(10)
+    t.join()
+    assert seen == ["scalar"]
+
+
+def test_fallback_chains_come_from_the_kernel_records():
+    """Every op's level at each active level follows from _kernel_isas alone (no hand-kept maps)."""
+    assert kernel_isas("int8_pack_weight") == []
+    assert kernel_isas("binary_pack_activation") == ["scalar", "avx2"]
+    assert "avx512_vnni" in kernel_isas("binary_conv2d") and "avx512_vnni" in kernel_isas("int8_linear")
+    assert kernel_level_for("int4_linear", "amx+emulated") == "avx2"
+    assert kernel_level_for("int8_linear", "avx512+emulated") == "avx2"
+    assert kernel_level_for("binary_conv2d", "amx+emulated") == "avx512_vnni+emulated"
+    with pytest.raises(RuntimeError, match="no CPU kernel record"):
+        kernel_isas("no_such_op")

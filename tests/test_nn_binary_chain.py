@@ -13,7 +13,7 @@ from compressops.bnn import fuse_binary_chains
 from compressops.nn import BinaryChain, BinaryConv2d
 from compressops.nn.binary_chain import fold_batchnorm, sign_preserving
 
-from .helpers import isa_params, randn_nonzero, requires_native
+from .helpers import expected_kernel_level, isa_params, randn_nonzero, requires_native
 
 
 def batchnorm(c, affine=True):
@@ -98,7 +98,7 @@ def test_chain_equals_unfused_layers_on_every_level(level):
     folded = [fold_batchnorm(c, b) for c, b in ((c1, bn1), (c2, bn2), (c3, bn3))]
     with co.cpu_isa(level):
         y = chain(x)
-        expect_level = {"avx512": "avx2", "amx": "avx512_vnni"}.get(level, level)
+        expect_level = expected_kernel_level("binary_conv2d_packed", level)
         assert torch.ops.compressops._last_kernel_isa("binary_conv2d_packed") == expect_level
         # the same folded layers with float tensors between them: bit for bit, since the packed
         # op equals packing the float op's output

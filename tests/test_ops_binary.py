@@ -8,11 +8,9 @@ import compressops as co
 from compressops import ops, reference
 from compressops.formats import binary as bf
 
-from .helpers import OPCHECK_UTILS, isa_params, randn_nonzero, requires_native
+from .helpers import expected_kernel_level, OPCHECK_UTILS, isa_params, randn_nonzero, requires_native
 
 # Packing has kernels up to avx2; the conv/linear kernels also at avx512_vnni (vpopcntq).
-PACK_FALLBACK = {"avx512": "avx2", "avx512_vnni": "avx2", "amx": "avx2"}
-FALLBACK = {"avx512": "avx2", "amx": "avx512_vnni"}
 
 
 def make_conv(c, oc, k, bias=True):
@@ -54,7 +52,8 @@ def test_pack_activation_bit_exact(level, c):
     for inp in (x, x.contiguous(memory_format=torch.channels_last), x.bfloat16(), x[:, :, :, ::2]):
         with co.cpu_isa(level):
             p = ops.binary_pack_activation(inp)
-            assert torch.ops.compressops._last_kernel_isa("binary_pack_activation") == PACK_FALLBACK.get(level, level)
+            ran = torch.ops.compressops._last_kernel_isa("binary_pack_activation")
+            assert ran == expected_kernel_level("binary_pack_activation", level)
         assert torch.equal(p, reference.binary_pack_activation(inp))
     x2 = randn_nonzero(3, 4, c)
     with co.cpu_isa(level):
@@ -76,7 +75,7 @@ def test_conv2d_bit_exact(level, k, s, p):
         xp = ops.binary_pack_activation(x)
         with co.cpu_isa(level):
             y = ops.binary_conv2d(xp, bits, alpha, b, c, (k, k), (s, s), (p, p))
-            assert torch.ops.compressops._last_kernel_isa("binary_conv2d") == FALLBACK.get(level, level)
+            assert torch.ops.compressops._last_kernel_isa("binary_conv2d") == expected_kernel_level("binary_conv2d", level)
         ref = reference.binary_conv2d(xp, bits, alpha, b, c, (k, k), (s, s), (p, p))
         assert y.shape == ref.shape and y.dtype == torch.float32
         assert torch.equal(y, ref), (c, oc, n)
@@ -132,7 +131,7 @@ def test_conv2d_packed_bit_exact(level, k, s, p):
         args = (xp, bits, alpha, b, c, (k, k), (s, s), (p, p))
         with co.cpu_isa(level):
             y = ops.binary_conv2d_packed(*args)
-            assert torch.ops.compressops._last_kernel_isa("binary_conv2d_packed") == FALLBACK.get(level, level)
+            assert torch.ops.compressops._last_kernel_isa("binary_conv2d_packed") == expected_kernel_level("binary_conv2d_packed", level)
         ref = reference.binary_conv2d_packed(*args)
         assert y.shape == ref.shape == (n, ref.shape[1], ref.shape[2], (oc + 63) // 64)
         assert torch.equal(y, ref), (c, oc, n)
@@ -164,7 +163,7 @@ def test_conv2d_packed_ties_nan_and_pad_bits(level):
 def test_xor_popcount_peak_runs_on_every_level(level):
     with co.cpu_isa(level):
         rate = torch.ops.compressops._binary_xor_popcount_peak(50)
-        assert torch.ops.compressops._last_kernel_isa("_binary_xor_popcount_peak") == FALLBACK.get(level, level)
+        assert torch.ops.compressops._last_kernel_isa("_binary_xor_popcount_peak") == expected_kernel_level("_binary_xor_popcount_peak", level)
     assert 0 < rate < float("inf")
     with pytest.raises(RuntimeError, match="iters must be >= 1"):
         torch.ops.compressops._binary_xor_popcount_peak(0)

@@ -9,7 +9,7 @@ import compressops as co
 from compressops import ops, reference
 from compressops.formats import int4 as f4
 
-from .helpers import OPCHECK_UTILS, isa_params, randn_nonzero, requires_native
+from .helpers import expected_kernel_level, OPCHECK_UTILS, isa_params, randn_nonzero, requires_native
 
 SHAPES = [  # (batch shape, K, N, group_size, symmetric): odd K (not a multiple of the group), odd N
     ((1,), 1, 1, 32, False),
@@ -22,7 +22,6 @@ SHAPES = [  # (batch shape, K, N, group_size, symmetric): odd K (not a multiple 
 ]
 
 # int4 has kernels for scalar and avx2 only; every higher level runs avx2.
-FALLBACK = {"avx512": "avx2", "avx512_vnni": "avx2", "amx": "avx2"}
 
 
 def make_layer(k, n, group_size=128, symmetric=False, bias=True):
@@ -79,7 +78,7 @@ def test_int4_linear_matches_reference(level, shape, bias, dtype):
     with co.cpu_isa(level):
         y = ops.int4_linear(x, packed, n, b)
         ran = torch.ops.compressops._last_kernel_isa("int4_linear")
-    assert ran == FALLBACK.get(level, level)
+    assert ran == expected_kernel_level("int4_linear", level)
     y_ref = reference.int4_linear(x, packed, n, b)
     assert y.dtype == dtype and y.shape == (*batch, n)
     assert close_to_reference(y, y_ref)

@@ -9,7 +9,7 @@ import compressops as co
 from compressops import ops, reference
 from compressops.formats import int8 as f8
 
-from .helpers import OPCHECK_UTILS, isa_params, randn_nonzero, requires_native
+from .helpers import expected_kernel_level, OPCHECK_UTILS, isa_params, randn_nonzero, requires_native
 
 SHAPES = [  # (batch shape, K, N): M=1, odd K (not a multiple of 4/64), N not a multiple of 16
     ((1,), 1, 1),
@@ -23,7 +23,6 @@ SHAPES = [  # (batch shape, K, N): M=1, odd K (not a multiple of 4/64), N not a 
 
 
 # int8 has no kernel of its own at these levels; they run the next level down.
-FALLBACK = {"avx512": "avx2", "amx": "avx512_vnni"}
 
 
 def make_layer(k, n, bias=True):
@@ -51,7 +50,7 @@ def test_quantize_activation_bit_exact(level, shape, dtype):
     with co.cpu_isa(level):
         q, s = ops.int8_quantize_activation(x)
         ran = torch.ops.compressops._last_kernel_isa("int8_quantize_activation")
-    assert ran == FALLBACK.get(level, level)
+    assert ran == expected_kernel_level("int8_quantize_activation", level)
     q_ref, s_ref = reference.int8_quantize_activation(x)
     assert torch.equal(q, q_ref)
     assert torch.equal(s, s_ref)
@@ -69,7 +68,7 @@ def test_int8_linear_bit_exact(level, shape, bias, dtype):
     with co.cpu_isa(level):
         y = ops.int8_linear(x, packed, w_s, b)
         ran = torch.ops.compressops._last_kernel_isa("int8_linear")
-    assert ran == FALLBACK.get(level, level)
+    assert ran == expected_kernel_level("int8_linear", level)
     y_ref = reference.int8_linear(x, packed, w_s, b)
     assert y.dtype == dtype and y.shape == (*batch, n)
     assert torch.equal(y, y_ref)

@@ -15,9 +15,8 @@ import compressops as co
 from compressops import ops, reference
 from compressops.formats import pq as fpq
 
-from .helpers import OPCHECK_UTILS, isa_params, randn_nonzero, requires_cuda, requires_native
+from .helpers import expected_kernel_level, OPCHECK_UTILS, isa_params, randn_nonzero, requires_cuda, requires_native
 
-FALLBACK = {"avx512": "avx2", "avx512_vnni": "avx2", "amx": "avx2"}
 
 # (batch shape, K, N, d, k): M in {0, 1, 3, 8, 64+}, odd K (not a multiple of d) and odd N
 SHAPES = [
@@ -79,7 +78,7 @@ def test_linear_within_bound(level, shape, dtype):
     with co.cpu_isa(level):
         y = ops.pq_linear(x, packed, k_in, n, bias, out_dtype=torch.float32)
         ran = torch.ops.compressops._last_kernel_isa("pq_linear")
-    assert ran == FALLBACK.get(level, level)
+    assert ran == expected_kernel_level("pq_linear", level)
     assert torch.equal(x, x_copy)
     ref = reference.pq_linear(x, packed, k_in, n, bias, out_dtype=torch.float32)
     assert y.shape == (*batch, n) and y.dtype == torch.float32
@@ -122,7 +121,7 @@ def test_k256_batched_within_bound(level, shape, threads, dtype):
     try:
         with co.cpu_isa(level):
             y = ops.pq_linear(x, packed, k_in, n, bias, out_dtype=torch.float32)
-            assert torch.ops.compressops._last_kernel_isa("pq_linear") == FALLBACK.get(level, level)
+            assert torch.ops.compressops._last_kernel_isa("pq_linear") == expected_kernel_level("pq_linear", level)
     finally:
         torch.set_num_threads(prev)
     ref = reference.pq_linear(x, packed, k_in, n, bias, out_dtype=torch.float32)
@@ -231,7 +230,7 @@ def test_large_batch_route_within_bound(level, case):
         for b in (bias, None):
             y = ops.pq_linear(x, packed, k_in, n, b)
             ran = torch.ops.compressops._last_kernel_isa("pq_linear")
-            assert ran == ("dense" if route == "dense" else FALLBACK.get(level, level))
+            assert ran == ("dense" if route == "dense" else expected_kernel_level("pq_linear", level))
             ref = reference.pq_linear(x, packed, k_in, n, b)
             err = (y - ref).abs()
             assert (err <= bound(x, cb, canon, k_in, k)).all(), f"max err {err.max()}"

@@ -8,7 +8,7 @@ from compressops import ops, reference
 from compressops.formats import csr as fcsr
 from compressops.formats import sparse24 as s24
 
-from .helpers import OPCHECK_UTILS, isa_params, randn_nonzero, requires_native
+from .helpers import expected_kernel_level, OPCHECK_UTILS, isa_params, randn_nonzero, requires_native
 
 # (batch shape, K, N): M in {0, 1, 3, 8, 64+}, K not a multiple of 4/8/32, batch dims
 SHAPES = [
@@ -26,7 +26,6 @@ SHAPES = [
     ((400,), 300, 37),  # CSR: 64-row chunks and a 16-row tail; 2:4 and CSR: the dense route (auto)
     ((70,), 200, 21),  # CSR at 50% sparsity: the K-tiled kernel from 64 rows on
 ]
-FALLBACK = {"avx512": "avx2", "avx512_vnni": "avx2", "amx": "avx2"}
 F32_TOL, BF16_TOL = 1e-5, 1e-2  # relative Frobenius error against the reference
 
 
@@ -111,7 +110,7 @@ def test_sparse24_linear_close_to_reference(level, shape, vdtype, xdtype):
     ref = reference.sparse24_linear(x, values, meta, k, b)
     assert y.dtype == xdtype and y.shape == (*batch, n)
     if x.numel():
-        assert ran == FALLBACK.get(level, level)
+        assert ran == expected_kernel_level("sparse24_linear", level)
         assert relerr(y, ref) < (F32_TOL if xdtype == torch.float32 else BF16_TOL)
 
 
@@ -149,7 +148,7 @@ def test_sparse24_int8_linear_bit_exact(level, shape, xdtype):
         y = ops.sparse24_int8_linear(x, q, meta, scale, k, b)
         ran = torch.ops.compressops._last_kernel_isa("sparse24_int8_linear")
     if x.numel():
-        assert ran == FALLBACK.get(level, level)
+        assert ran == expected_kernel_level("sparse24_int8_linear", level)
     assert torch.equal(y, reference.sparse24_int8_linear(x, q, meta, scale, k, b))
 
 
@@ -192,7 +191,7 @@ def test_csr_linear_close_to_reference(level, shape, sparsity, dtypes):
     ref = reference.csr_linear(x, packed, vals, n, b)
     assert y.dtype == xdtype and y.shape == (*batch, n)
     if x.numel():
-        assert ran == FALLBACK.get(level, level)
+        assert ran == expected_kernel_level("csr_linear", level)
         if ref.abs().sum() > 0:
             assert relerr(y, ref) < (F32_TOL if xdtype == torch.float32 else BF16_TOL)
 

@@ -25,30 +25,20 @@ using PackFn = bool (*)(const BinaryPackParams&, int64_t, int64_t);
 using PackPlanesFn = bool (*)(const BinaryPackPlanesParams&, int64_t, int64_t);
 using ConvFn = bool (*)(const BinaryConvParams&, int64_t, int64_t);
 
-#ifdef COMPRESSOPS_HAVE_AVX2
-#define IF_AVX2(f) f
-#else
-#define IF_AVX2(f) nullptr
-#endif
-
-#ifdef COMPRESSOPS_HAVE_AVX512_VNNI
-#define IF_AVX512_VNNI(f) f
-#else
-#define IF_AVX512_VNNI(f) nullptr
-#endif
-
 // Packing is memory-bound: levels above avx2 fall through to it. The conv has a vpopcntq kernel at
 // avx512_vnni (the first level with VPOPCNTDQ); avx512 falls to avx2 and amx to avx512_vnni.
-constexpr KernelTable<PackFn> kPack{{kernels::binary_pack_rows_SCALAR, IF_AVX2(kernels::binary_pack_rows_AVX2),
-                                     nullptr, nullptr, nullptr}};
-constexpr KernelTable<PackPlanesFn> kPackPlanes{{kernels::binary_pack_planes_SCALAR,
-                                                 IF_AVX2(kernels::binary_pack_planes_AVX2), nullptr, nullptr, nullptr}};
-constexpr KernelTable<ConvFn> kConv{{kernels::binary_conv_rows_SCALAR, IF_AVX2(kernels::binary_conv_rows_AVX2),
-                                     nullptr, IF_AVX512_VNNI(kernels::binary_conv_rows_AVX512_VNNI), nullptr}};
+const KernelTable<PackFn> kPack = COMPRESSOPS_KERNEL_TABLE(kernels::binary_pack_rows);
+const KernelTable<PackPlanesFn> kPackPlanes = COMPRESSOPS_KERNEL_TABLE(kernels::binary_pack_planes);
+const KernelTable<ConvFn> kConv = COMPRESSOPS_KERNEL_TABLE(kernels::binary_conv_rows);
 using PeakFn = uint64_t (*)(int64_t, uint64_t);
-constexpr std::array<PeakFn, 5> kPeak{kernels::binary_xor_popcount_peak_SCALAR,
-                                      IF_AVX2(kernels::binary_xor_popcount_peak_AVX2), nullptr,
-                                      IF_AVX512_VNNI(kernels::binary_xor_popcount_peak_AVX512_VNNI), nullptr};
+const KernelTable<PeakFn> kPeak = COMPRESSOPS_KERNEL_TABLE(kernels::binary_xor_popcount_peak);
+
+// What each op's last call ran on, and the levels its kernels exist at (kernel_record.h).
+const KernelRecord kRecord0("binary_pack_activation", [] { return kPack.levels(); });
+const KernelRecord kRecord1("binary_conv2d", [] { return kConv.levels(); });
+const KernelRecord kRecord2("binary_conv2d_packed", [] { return kConv.levels(); });
+const KernelRecord kRecord3("binary_linear", [] { return kConv.levels(); });
+const KernelRecord kRecord4("_binary_xor_popcount_peak", [] { return kPeak.levels(); });
 
 int64_t words_for(int64_t c) { return (c + 63) / 64; }
 
@@ -306,10 +296,8 @@ at::Tensor binary_linear_cpu(const at::Tensor& x_packed, const at::Tensor& w_pac
 // second over all threads, the measured ceiling for the conv kernel at the active level.
 double binary_xor_popcount_peak_op(int64_t iters) {
   TORCH_CHECK(iters >= 1, "_binary_xor_popcount_peak: iters must be >= 1, got ", iters);
-  PeakFn fn = nullptr;
-  int level = static_cast<int>(active_isa());
-  for (; level >= 0 && !fn; --level) fn = kPeak[level];
-  record_kernel_isa("_binary_xor_popcount_peak", static_cast<CpuIsa>(level + 1));
+  const auto [fn, level] = kPeak.first(active_isa());
+  record_kernel_isa("_binary_xor_popcount_peak", level);
   const int64_t threads = at::get_num_threads();
   std::vector<uint64_t> sink(threads);
   const auto t0 = std::chrono::steady_clock::now();
@@ -323,14 +311,6 @@ double binary_xor_popcount_peak_op(int64_t iters) {
   // every thread's work observable.
   return static_cast<double>(threads) * iters * kernels::binary_xor_popcount_peak_bits() / secs +
          static_cast<double>(keep & 1) * 1e-30;
-}
-
-std::vector<std::string> binary_kernel_isas() {
-  std::vector<std::string> levels;
-  for (int l = 0; l < 5; ++l) {
-    if (kConv.by_level[l]) levels.emplace_back(isa_name(static_cast<CpuIsa>(l)));
-  }
-  return levels;
 }
 
 TORCH_LIBRARY_IMPL(compressops, CPU, m) {

@@ -22,14 +22,12 @@ namespace {
 using kernels::CsrParams;
 using SpmmFn = bool (*)(const CsrParams&, int64_t, int64_t);
 
-#ifdef COMPRESSOPS_HAVE_AVX2
-#define IF_AVX2(f) f
-#else
-#define IF_AVX2(f) nullptr
-#endif
+const KernelTable<SpmmFn> kSpmm = COMPRESSOPS_KERNEL_TABLE(kernels::csr_spmm);
+// What each op's last call ran on, and the levels its kernels exist at (kernel_record.h).
+const KernelRecord kRecord0("csr_pack", [] { return std::vector<std::string>(); });
+const KernelRecord kRecord1("csr_linear", [] { return kSpmm.levels(); });
 
-constexpr KernelTable<SpmmFn> kSpmm{{kernels::csr_spmm_SCALAR, IF_AVX2(kernels::csr_spmm_AVX2), nullptr, nullptr,
-                                     nullptr}};
+
 
 constexpr int32_t kMagic = 0x52534343;
 constexpr int32_t kVersion = 1;
@@ -243,7 +241,7 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
       pc.m = std::min(chunk, m - r0);
       pc.x = p.x + r0 * p.ldx;
       pc.out = p.out + r0 * p.ldo;
-      if (level != CpuIsa::kScalar && pc.m >= kernels::kCsrTransposeM) {
+      if (level.level != CpuIsa::kScalar && pc.m >= kernels::kCsrTransposeM) {
         const int64_t ldt = (pc.m + 7) / 8 * 8;
         // Only the padding lanes need zeros: no memset of all K x ldt floats before the copy.
         if (!xt.defined() || xt.size(1) != ldt) xt = at::empty({k, ldt}, x2.options());
@@ -266,14 +264,6 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
 }
 
 }  // namespace
-
-std::vector<std::string> csr_kernel_isas() {
-  std::vector<std::string> levels;
-  for (int l = 0; l < 5; ++l) {
-    if (kSpmm.by_level[l]) levels.emplace_back(isa_name(static_cast<CpuIsa>(l)));
-  }
-  return levels;
-}
 
 TORCH_LIBRARY_IMPL(compressops, CPU, m) {
   m.impl("csr_pack", &csr_pack_cpu);

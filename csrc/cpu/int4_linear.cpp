@@ -21,17 +21,15 @@ using kernels::Int4QuantizeParams;
 using QuantizeFn = bool (*)(const Int4QuantizeParams&, int64_t, int64_t);
 using GemmFn = bool (*)(const Int4GemmParams&, int64_t, int64_t);
 
-#ifdef COMPRESSOPS_HAVE_AVX2
-#define IF_AVX2(f) f
-#else
-#define IF_AVX2(f) nullptr
-#endif
-
 // Only scalar and avx2 kernels: every higher level falls down the chain to avx2.
-constexpr KernelTable<QuantizeFn> kQuantize{{kernels::int4_quantize_rows_SCALAR,
-                                             IF_AVX2(kernels::int4_quantize_rows_AVX2), nullptr, nullptr, nullptr}};
-constexpr KernelTable<GemmFn> kGemm{{kernels::int4_gemm_SCALAR, IF_AVX2(kernels::int4_gemm_AVX2), nullptr, nullptr,
-                                     nullptr}};
+const KernelTable<QuantizeFn> kQuantize = COMPRESSOPS_KERNEL_TABLE(kernels::int4_quantize_rows);
+const KernelTable<GemmFn> kGemm = COMPRESSOPS_KERNEL_TABLE(kernels::int4_gemm);
+// What each op's last call ran on, and the levels its kernels exist at (kernel_record.h).
+const KernelRecord kRecord0("int4_pack_weight", [] { return std::vector<std::string>(); });
+const KernelRecord kRecord1("int4_quantize_rows", [] { return kQuantize.levels(); });
+const KernelRecord kRecord2("int4_linear", [] { return kGemm.levels(); });
+
+
 
 bool valid_group_size(int64_t g) { return g == 32 || g == 64 || g == 128 || g == 256; }
 
@@ -228,14 +226,6 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& w_packed, int6
 }
 
 }  // namespace
-
-std::vector<std::string> int4_kernel_isas() {
-  std::vector<std::string> levels;
-  for (int l = 0; l < 5; ++l) {
-    if (kGemm.by_level[l]) levels.emplace_back(isa_name(static_cast<CpuIsa>(l)));
-  }
-  return levels;
-}
 
 TORCH_LIBRARY_IMPL(compressops, CPU, m) {
   m.impl("int4_pack_weight", &int4_pack_weight_cpu);

@@ -26,11 +26,6 @@ using QuantizeFn = bool (*)(const Int8QuantizeParams&, int64_t, int64_t);
 using GemmFn = bool (*)(const Int8GemmParams&, int64_t, int64_t);
 using WeightOnlyFn = bool (*)(const Int8WeightOnlyParams&, int64_t, int64_t);
 
-#ifdef COMPRESSOPS_HAVE_AVX2
-#define IF_AVX2(f) f
-#else
-#define IF_AVX2(f) nullptr
-#endif
 #ifdef COMPRESSOPS_HAVE_AVX512_VNNI
 #define IF_VNNI(f) f
 #else
@@ -38,14 +33,16 @@ using WeightOnlyFn = bool (*)(const Int8WeightOnlyParams&, int64_t, int64_t);
 #endif
 
 // Levels without an entry (avx512, amx) fall through to the next one down.
-constexpr KernelTable<QuantizeFn> kQuantize{{kernels::int8_quantize_rows_SCALAR,
-                                             IF_AVX2(kernels::int8_quantize_rows_AVX2), nullptr,
-                                             IF_VNNI(kernels::int8_quantize_rows_AVX512_VNNI), nullptr}};
-constexpr KernelTable<GemmFn> kGemm{{kernels::int8_gemm_SCALAR, IF_AVX2(kernels::int8_gemm_AVX2), nullptr,
-                                     IF_VNNI(kernels::int8_gemm_AVX512_VNNI), nullptr}};
-constexpr KernelTable<WeightOnlyFn> kWeightOnly{{kernels::int8_weight_only_gemm_SCALAR,
-                                                 IF_AVX2(kernels::int8_weight_only_gemm_AVX2), nullptr,
-                                                 IF_VNNI(kernels::int8_weight_only_gemm_AVX512_VNNI), nullptr}};
+const KernelTable<QuantizeFn> kQuantize = COMPRESSOPS_KERNEL_TABLE(kernels::int8_quantize_rows);
+const KernelTable<GemmFn> kGemm = COMPRESSOPS_KERNEL_TABLE(kernels::int8_gemm);
+const KernelTable<WeightOnlyFn> kWeightOnly = COMPRESSOPS_KERNEL_TABLE(kernels::int8_weight_only_gemm);
+// What each op's last call ran on, and the levels its kernels exist at (kernel_record.h).
+const KernelRecord kRecord0("int8_pack_weight", [] { return std::vector<std::string>(); });
+const KernelRecord kRecord1("int8_quantize_activation", [] { return kQuantize.levels(); });
+const KernelRecord kRecord2("int8_linear", [] { return kGemm.levels(); });
+const KernelRecord kRecord3("int8_weight_only_linear", [] { return kWeightOnly.levels(); });
+
+
 
 Int8PackedHeader read_header(const at::Tensor& packed, const char* op) {
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 1 && packed.is_contiguous(), op,
@@ -381,14 +378,6 @@ void int8_gemm_host(const int8_t* q, int64_t ldq, const float* a_scale, int64_t 
   p.n = h.n;
   p.k_pad = h.k_pad;
   run_int8_gemm(p, h.n_pad, sizeof(float), "int8_linear");
-}
-
-std::vector<std::string> int8_kernel_isas() {
-  std::vector<std::string> levels;
-  for (int l = 0; l < 5; ++l) {
-    if (kGemm.by_level[l]) levels.emplace_back(isa_name(static_cast<CpuIsa>(l)));
-  }
-  return levels;
 }
 
 TORCH_LIBRARY_IMPL(compressops, CPU, m) {

@@ -89,40 +89,74 @@ bool parse_aten_capability(const char* v, CpuIsa* out) {
   return true;
 }
 
-CpuIsa env_limited(CpuIsa detected) {
-  CpuIsa level = detected;
+IsaChoice env_limited(CpuIsa detected) {
+  IsaChoice choice{detected, false};
   if (const char* env = std::getenv("COMPRESSOPS_ISA"); env && *env) {
-    level = std::min(level, parse_isa(env));
+    const IsaChoice asked = parse_isa_choice(env);
+    if (asked.emulated) return asked;  // asked for explicitly: detection does not cap it
+    choice.level = std::min(choice.level, asked.level);
   }
   if (const char* env = std::getenv("ATEN_CPU_CAPABILITY"); env && *env) {
     CpuIsa aten;
-    if (parse_aten_capability(env, &aten)) level = std::min(level, aten);
+    if (parse_aten_capability(env, &aten)) choice.level = std::min(choice.level, aten);
   }
-  return level;
+  return choice;
 }
 
+#define COMPRESSOPS_ISA_NAME_(ENUM, SUFFIX, NAME, EMULATED, ...) NAME,
+constexpr const char* kNames[] = {COMPRESSOPS_FOR_EACH_ISA_LEVEL(COMPRESSOPS_ISA_NAME_, _)};
+#undef COMPRESSOPS_ISA_NAME_
+#define COMPRESSOPS_ISA_EMULATABLE_(ENUM, SUFFIX, NAME, EMULATED, ...) EMULATED != 0,
+constexpr bool kEmulatable[] = {COMPRESSOPS_FOR_EACH_ISA_LEVEL(COMPRESSOPS_ISA_EMULATABLE_, _)};
+#undef COMPRESSOPS_ISA_EMULATABLE_
+constexpr const char* kEmulatedSuffix = "+emulated";
+
+std::string valid_choices() {
+  std::string s;
+  for (int i = 0; i < kNumIsaLevels; ++i) {
+    if (i) s += ", ";
+    s += kNames[i];
+  }
+  s += " (levels ";
+  bool first = true;
+  for (int i = 0; i < kNumIsaLevels; ++i) {
+    if (!kEmulatable[i]) continue;
+    s += first ? "" : ", ";
+    s += kNames[i];
+    first = false;
+  }
+  return s + " also as <level>+emulated)";
+}
+
+// -1: no override; otherwise 2 * level + emulated.
 std::atomic<int> g_override{-1};
 
 }  // namespace
 
 const char* isa_name(CpuIsa isa) {
-  switch (isa) {
-    case CpuIsa::kScalar: return "scalar";
-    case CpuIsa::kAVX2: return "avx2";
-    case CpuIsa::kAVX512: return "avx512";
-    case CpuIsa::kAVX512VNNI: return "avx512_vnni";
-    case CpuIsa::kAMX: return "amx";
-  }
-  return "unknown";
+  const int i = static_cast<int>(isa);
+  return i >= 0 && i < kNumIsaLevels ? kNames[i] : "unknown";
 }
 
-CpuIsa parse_isa(const std::string& name) {
-  for (int i = 0; i <= static_cast<int>(CpuIsa::kAMX); ++i) {
-    const auto isa = static_cast<CpuIsa>(i);
-    if (name == isa_name(isa)) return isa;
+std::string isa_choice_name(IsaChoice choice) {
+  return std::string(isa_name(choice.level)) + (choice.emulated ? kEmulatedSuffix : "");
+}
+
+IsaChoice parse_isa_choice(const std::string& name) {
+  std::string level = name;
+  bool emulated = false;
+  const std::string suffix(kEmulatedSuffix);
+  if (level.size() > suffix.size() && level.compare(level.size() - suffix.size(), suffix.size(), suffix) == 0) {
+    level.resize(level.size() - suffix.size());
+    emulated = true;
   }
-  TORCH_CHECK(false, "compressops: unknown CPU ISA level '", name,
-              "'; expected one of scalar, avx2, avx512, avx512_vnni, amx");
+  for (int i = 0; i < kNumIsaLevels; ++i) {
+    if (level != kNames[i]) continue;
+    TORCH_CHECK(!emulated || kEmulatable[i], "compressops: CPU ISA level '", level,
+                "' has no emulated build; expected one of ", valid_choices());
+    return {static_cast<CpuIsa>(i), emulated};
+  }
+  TORCH_CHECK(false, "compressops: unknown CPU ISA level '", name, "'; expected one of ", valid_choices());
 }
 
 CpuIsa detected_isa() {
@@ -130,48 +164,36 @@ CpuIsa detected_isa() {
   return isa;
 }
 
-CpuIsa active_isa() {
+IsaChoice active_isa() {
   const int forced = g_override.load(std::memory_order_relaxed);
-  if (forced >= 0) return static_cast<CpuIsa>(forced);
-  static const CpuIsa isa = env_limited(detected_isa());
+  if (forced >= 0) return {static_cast<CpuIsa>(forced / 2), (forced & 1) != 0};
+  static const IsaChoice isa = env_limited(detected_isa());
   return isa;
 }
 
-void set_active_isa(CpuIsa isa) {
-  TORCH_CHECK(isa <= detected_isa(), "compressops: cannot select CPU ISA '", isa_name(isa),
-              "': this CPU supports up to '", isa_name(detected_isa()), "'");
-  g_override.store(static_cast<int>(isa), std::memory_order_relaxed);
+void set_active_isa(IsaChoice choice) {
+  if (choice.emulated) {
+    TORCH_CHECK(isa_emulation_compiled(choice.level), "compressops: cannot select CPU ISA '",
+                isa_choice_name(choice), "': this build has no emulated ", isa_name(choice.level),
+                " kernels (SIMDe was not found at build time)");
+  } else {
+    TORCH_CHECK(choice.level <= detected_isa(), "compressops: cannot select CPU ISA '", isa_name(choice.level),
+                "': this CPU supports up to '", isa_name(detected_isa()), "' (or ask for '",
+                isa_name(choice.level), kEmulatedSuffix, "')");
+  }
+  g_override.store(2 * static_cast<int>(choice.level) + (choice.emulated ? 1 : 0), std::memory_order_relaxed);
 }
 
-bool isa_compiled(CpuIsa isa) {
-  switch (isa) {
-    case CpuIsa::kScalar: return true;
-    case CpuIsa::kAVX2:
-#ifdef COMPRESSOPS_HAVE_AVX2
-      return true;
-#else
-      return false;
+// CMake passes one bit per level of isa_levels.def, in its order.
+#ifndef COMPRESSOPS_COMPILED_ISA_MASK
+#define COMPRESSOPS_COMPILED_ISA_MASK 1
 #endif
-    case CpuIsa::kAVX512:
-#ifdef COMPRESSOPS_HAVE_AVX512
-      return true;
-#else
-      return false;
+#ifndef COMPRESSOPS_EMULATED_ISA_MASK
+#define COMPRESSOPS_EMULATED_ISA_MASK 0
 #endif
-    case CpuIsa::kAVX512VNNI:
-#ifdef COMPRESSOPS_HAVE_AVX512_VNNI
-      return true;
-#else
-      return false;
-#endif
-    case CpuIsa::kAMX:
-#ifdef COMPRESSOPS_HAVE_AMX
-      return true;
-#else
-      return false;
-#endif
-  }
-  return false;
-}
+
+bool isa_compiled(CpuIsa isa) { return (COMPRESSOPS_COMPILED_ISA_MASK >> static_cast<int>(isa)) & 1; }
+bool isa_emulation_compiled(CpuIsa isa) { return (COMPRESSOPS_EMULATED_ISA_MASK >> static_cast<int>(isa)) & 1; }
+bool isa_emulatable(CpuIsa isa) { return kEmulatable[static_cast<int>(isa)]; }
 
 }  // namespace compressops::cpu

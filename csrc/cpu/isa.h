@@ -2,27 +2,46 @@
 #pragma once
 #include <string>
 
+#include "isa_levels.def"
+
 namespace compressops::cpu {
 
 // Ordered: each level implies every level below it.
-enum class CpuIsa : int {
-  kScalar = 0,
-  kAVX2 = 1,        // AVX2 + FMA + F16C + BMI2 + POPCNT, OS saves YMM state
-  kAVX512 = 2,      // AVX-512 F/BW/DQ/VL/CD, OS saves ZMM state
-  kAVX512VNNI = 3,  // + VNNI, VPOPCNTDQ, VBMI, VBMI2, BITALG
-  kAMX = 4,         // + AMX-TILE/INT8/BF16, and Linux granted the tile state
+#define COMPRESSOPS_ISA_ENUM_(ENUM, SUFFIX, NAME, EMULATED, ...) ENUM,
+enum class CpuIsa : int { COMPRESSOPS_FOR_EACH_ISA_LEVEL(COMPRESSOPS_ISA_ENUM_, _) };
+#undef COMPRESSOPS_ISA_ENUM_
+
+#define COMPRESSOPS_ISA_COUNT_(ENUM, SUFFIX, NAME, EMULATED, ...) +1
+constexpr int kNumIsaLevels = 0 COMPRESSOPS_FOR_EACH_ISA_LEVEL(COMPRESSOPS_ISA_COUNT_, _);
+#undef COMPRESSOPS_ISA_COUNT_
+
+// A level and whether its kernels run natively or from the emulated build (the same kernel
+// source compiled at the AVX2 baseline against SIMDe and our AMX emulation; see isa_levels.def).
+// Emulation is only ever chosen on request (COMPRESSOPS_ISA=<level>+emulated, set_active_isa),
+// never by detection: it is a test tool, and its speed means nothing.
+struct IsaChoice {
+  CpuIsa level = CpuIsa::kScalar;
+  bool emulated = false;
 };
 
 const char* isa_name(CpuIsa isa);
-// Parses a level name as users write it; throws c10::Error naming the valid choices.
-CpuIsa parse_isa(const std::string& name);
+// "avx2", or "amx+emulated".
+std::string isa_choice_name(IsaChoice choice);
+// Parses a level name as users write it, with an optional "+emulated"; throws c10::Error naming
+// the valid choices.
+IsaChoice parse_isa_choice(const std::string& name);
 // What the hardware and OS support (cpuid + xgetbv + arch_prctl for AMX). Computed once.
 CpuIsa detected_isa();
-// min(detected, COMPRESSOPS_ISA, ATEN_CPU_CAPABILITY) unless set_active_isa overrode it.
-CpuIsa active_isa();
-// Force a level for tests and benchmarks; throws if above what this CPU has.
-void set_active_isa(CpuIsa isa);
-// Which levels this build compiled kernels for (the per-ISA object libraries that exist).
+// min(detected, COMPRESSOPS_ISA, ATEN_CPU_CAPABILITY) unless set_active_isa overrode it; an
+// emulated choice from COMPRESSOPS_ISA or set_active_isa is kept as asked.
+IsaChoice active_isa();
+// Force a level for tests and benchmarks (process-wide). Throws if a native level is above what
+// this CPU has, or if an emulated level has no emulated build.
+void set_active_isa(IsaChoice choice);
+// Whether this build compiled kernels for the level (natively, or its emulated build).
 bool isa_compiled(CpuIsa isa);
+bool isa_emulation_compiled(CpuIsa isa);
+// Whether the level has an emulated build at all (isa_levels.def), compiled or not.
+bool isa_emulatable(CpuIsa isa);
 
 }  // namespace compressops::cpu

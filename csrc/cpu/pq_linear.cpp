@@ -27,21 +27,16 @@ using QuantFn = bool (*)(const PqQuantizeParams&, int64_t, int64_t);
 using Scan16Fn = bool (*)(const Pq16ScanParams&, int64_t, int64_t);
 using Batch256Fn = bool (*)(const Pq256BatchParams&, int64_t, int64_t);
 
-#ifdef COMPRESSOPS_HAVE_AVX2
-#define IF_AVX2(f) f
-#else
-#define IF_AVX2(f) nullptr
-#endif
-
 // avx512 / avx512_vnni / amx have no entry: they fall through to avx2.
-constexpr KernelTable<TableFn> kTable{{kernels::pq_build_tables_SCALAR, IF_AVX2(kernels::pq_build_tables_AVX2),
-                                       nullptr, nullptr, nullptr}};
-constexpr KernelTable<QuantFn> kQuant{{kernels::pq16_quantize_tables_SCALAR,
-                                       IF_AVX2(kernels::pq16_quantize_tables_AVX2), nullptr, nullptr, nullptr}};
-constexpr KernelTable<Scan16Fn> kScan16{{kernels::pq16_scan_SCALAR, IF_AVX2(kernels::pq16_scan_AVX2), nullptr,
-                                         nullptr, nullptr}};
-constexpr KernelTable<Batch256Fn> kBatch256{{kernels::pq256_batch_SCALAR, IF_AVX2(kernels::pq256_batch_AVX2),
-                                             nullptr, nullptr, nullptr}};
+const KernelTable<TableFn> kTable = COMPRESSOPS_KERNEL_TABLE(kernels::pq_build_tables);
+const KernelTable<QuantFn> kQuant = COMPRESSOPS_KERNEL_TABLE(kernels::pq16_quantize_tables);
+const KernelTable<Scan16Fn> kScan16 = COMPRESSOPS_KERNEL_TABLE(kernels::pq16_scan);
+const KernelTable<Batch256Fn> kBatch256 = COMPRESSOPS_KERNEL_TABLE(kernels::pq256_batch);
+// What each op's last call ran on, and the levels its kernels exist at (kernel_record.h).
+const KernelRecord kRecord0("pq_pack", [] { return std::vector<std::string>(); });
+const KernelRecord kRecord1("pq_linear", [] { return kScan16.levels(); });
+
+
 
 bool valid_d(int64_t d) { return d == 1 || d == 2 || d == 4 || d == 8 || d == 16; }
 
@@ -265,7 +260,7 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t 
   tp.d = d;
   tp.ncent = kc;
   tp.m = m;
-  const CpuIsa isa = active_isa();
+  const IsaChoice isa = active_isa();
   const auto [tfn, tlevel] = kTable.select(isa, tp);
   const TableFn build = tfn;
   (void)tlevel;
@@ -311,14 +306,6 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t 
 }
 
 }  // namespace
-
-std::vector<std::string> pq_kernel_isas() {
-  std::vector<std::string> levels;
-  for (int l = 0; l < 5; ++l) {
-    if (kScan16.by_level[l]) levels.emplace_back(isa_name(static_cast<CpuIsa>(l)));
-  }
-  return levels;
-}
 
 TORCH_LIBRARY_IMPL(compressops, CPU, m) {
   m.impl("pq_pack", &pq_pack_cpu);

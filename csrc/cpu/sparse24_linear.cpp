@@ -19,7 +19,6 @@
 
 namespace compressops::cpu {
 
-std::vector<std::string> csr_kernel_isas();  // csr_linear.cpp
 
 namespace {
 
@@ -28,17 +27,14 @@ using kernels::Sparse24Params;
 using FFn = bool (*)(const Sparse24Params&, int64_t, int64_t);
 using IFn = bool (*)(const Sparse24Int8Params&, int64_t, int64_t);
 
-#ifdef COMPRESSOPS_HAVE_AVX2
-#define IF_AVX2(f) f
-#else
-#define IF_AVX2(f) nullptr
-#endif
-
 // Levels without an entry (avx512 and up) fall through to avx2.
-constexpr KernelTable<FFn> kF{
-    {kernels::sparse24_f_SCALAR, IF_AVX2(kernels::sparse24_f_AVX2), nullptr, nullptr, nullptr}};
-constexpr KernelTable<IFn> kI{{kernels::sparse24_i8_SCALAR, IF_AVX2(kernels::sparse24_i8_AVX2), nullptr, nullptr,
-                               nullptr}};
+const KernelTable<FFn> kF = COMPRESSOPS_KERNEL_TABLE(kernels::sparse24_f);
+const KernelTable<IFn> kI = COMPRESSOPS_KERNEL_TABLE(kernels::sparse24_i8);
+// What each op's last call ran on, and the levels its kernels exist at (kernel_record.h).
+const KernelRecord kRecord0("sparse24_linear", [] { return kF.levels(); });
+const KernelRecord kRecord1("sparse24_int8_linear", [] { return kI.levels(); });
+
+
 
 int64_t padded_k(int64_t k) { return (k + 3) / 4 * 4; }
 int64_t meta_bytes(int64_t k) { return (padded_k(k) / 4 + 1) / 2; }
@@ -230,7 +226,7 @@ at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, co
     record_kernel_isa(op, level);
     at::Tensor xt, xs;
     const bool transposed = kernels::sparse24_float_transposed(m, c.n, c.kp);
-    if (level != CpuIsa::kScalar && !transposed) {
+    if (level.level != CpuIsa::kScalar && !transposed) {
       const int64_t kp16 = c.kp / 16 * 16;
       const at::Tensor order = at::tensor(std::vector<int64_t>{0, 2, 1, 3}, xf.options().dtype(at::kLong));
       xs = kp16 > 0 ? xf.narrow(1, 0, kp16).reshape({m, kp16 / 16, 4, 4}).index_select(2, order).reshape({m, kp16})
@@ -238,7 +234,7 @@ at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, co
       p.xs = xs.data_ptr<float>();
       p.ldxs = xs.size(1);
     }
-    if (level != CpuIsa::kScalar && transposed) {
+    if (level.level != CpuIsa::kScalar && transposed) {
       const int64_t ldt = (m + 7) / 8 * 8;
       xt = at::zeros({c.kp, ldt}, xf.options());
       xt.narrow(1, 0, m).copy_(xf.t());
@@ -315,7 +311,7 @@ at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, const at::Tensor& value
       const auto [fn, level] = kI.select(active_isa(), p);
       record_kernel_isa(op, level);
       at::Tensor qt;
-      if (level != CpuIsa::kScalar && m >= kernels::kSparse24Int8TransposeM) {
+      if (level.level != CpuIsa::kScalar && m >= kernels::kSparse24Int8TransposeM) {
         const int64_t ldt = (m + 15) / 16 * 16;
         qt = at::zeros({c.kp, ldt}, x.options().dtype(at::kShort));
         qt.narrow(1, 0, m).copy_(q.t());
@@ -331,15 +327,6 @@ at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, const at::Tensor& value
 }
 
 }  // namespace
-
-std::vector<std::string> sparse_kernel_isas(const std::string& op) {
-  if (op.rfind("csr_", 0) == 0) return csr_kernel_isas();
-  std::vector<std::string> levels;
-  for (int l = 0; l < 5; ++l) {
-    if (kF.by_level[l]) levels.emplace_back(isa_name(static_cast<CpuIsa>(l)));
-  }
-  return levels;
-}
 
 TORCH_LIBRARY_IMPL(compressops, CPU, m) {
   m.impl("sparse24_linear", &sparse24_linear_cpu);

@@ -21,7 +21,7 @@
 #include "binary_conv_kernel.h"
 
 #if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
-#include <immintrin.h>
+#include "simd.h"
 #endif
 
 namespace compressops::cpu::kernels {
@@ -174,6 +174,8 @@ inline void conv_block(const BinaryConvParams& p, const TapRow* rows, int nrows,
 
 }  // namespace
 
+// Bit packing is memory-bound: it has scalar and avx2 kernels, and the levels above fall back to avx2.
+#if COMPRESSOPS_ISA_LEVEL <= COMPRESSOPS_LEVEL_AVX2
 bool COMPRESSOPS_KERNEL(binary_pack_rows)(const BinaryPackParams& p, int64_t begin, int64_t end) {
   for (int64_t r = begin; r < end; ++r) {
     const float* xr = p.x + r * p.ldx;
@@ -237,6 +239,7 @@ bool COMPRESSOPS_KERNEL(binary_pack_planes)(const BinaryPackPlanesParams& p, int
   }
   return true;
 }
+#endif
 
 bool COMPRESSOPS_KERNEL(binary_conv_rows)(const BinaryConvParams& p, int64_t begin, int64_t end) {
   if (p.out_bits && (p.oc_begin % 64 != 0 || kOcChunk != 64)) return false;

@@ -6,6 +6,7 @@
 // channels >= C in the last word (channel padding) are 0 in both activations and weights, so their
 // XOR is 0 and they never count as mismatches.
 #pragma once
+#include "../dispatch.h"
 #include <cstdint>
 
 namespace compressops::cpu::kernels {
@@ -51,14 +52,6 @@ struct BinaryConvParams {
   float cmin, cmax;
 };
 
-// Pack kernels handle rows [begin, end); conv kernels handle output rows [begin, end) of the
-// flattened (n, oh) index. Both return false to decline (the host retries one level lower).
-#define COMPRESSOPS_DECLARE_BINARY(SUFFIX)                                                   \
-  bool binary_pack_rows_##SUFFIX(const BinaryPackParams&, int64_t begin, int64_t end); \
-  bool binary_pack_planes_##SUFFIX(const BinaryPackPlanesParams&, int64_t begin, int64_t end); \
-  bool binary_conv_rows_##SUFFIX(const BinaryConvParams&, int64_t begin, int64_t end); \
-  uint64_t binary_xor_popcount_peak_##SUFFIX(int64_t iters, uint64_t seed);
-
 // binary_xor_popcount_peak runs the conv kernel's inner loop (one activation vector against kOCB
 // weight vectors: XOR, popcount, accumulate) over L1-resident buffers `iters` times, with no tap
 // bookkeeping and no epilogue: the measured ceiling that benchmarks compare the conv against.
@@ -68,9 +61,15 @@ constexpr int64_t kBinaryPeakWords = 256;  // 2 KiB of activations, 8 x 2 KiB of
 constexpr int64_t kBinaryPeakChannels = 8;
 constexpr int64_t binary_xor_popcount_peak_bits() { return kBinaryPeakWords * 64 * kBinaryPeakChannels; }
 
-COMPRESSOPS_DECLARE_BINARY(SCALAR)
-COMPRESSOPS_DECLARE_BINARY(AVX2)
-COMPRESSOPS_DECLARE_BINARY(AVX512_VNNI)
-#undef COMPRESSOPS_DECLARE_BINARY
+// Pack kernels handle rows [begin, end); conv kernels handle output rows [begin, end) of the
+// flattened (n, oh) index. Both return false to decline (the host retries one level lower).
+using BinaryPackRowsFn = bool(const BinaryPackParams&, int64_t begin, int64_t end);
+COMPRESSOPS_DECLARE_KERNEL(binary_pack_rows, BinaryPackRowsFn)
+using BinaryPackPlanesFn = bool(const BinaryPackPlanesParams&, int64_t begin, int64_t end);
+COMPRESSOPS_DECLARE_KERNEL(binary_pack_planes, BinaryPackPlanesFn)
+using BinaryConvRowsFn = bool(const BinaryConvParams&, int64_t begin, int64_t end);
+COMPRESSOPS_DECLARE_KERNEL(binary_conv_rows, BinaryConvRowsFn)
+using BinaryXorPopcountPeakFn = uint64_t(int64_t iters, uint64_t seed);
+COMPRESSOPS_DECLARE_KERNEL(binary_xor_popcount_peak, BinaryXorPopcountPeakFn)
 
 }  // namespace compressops::cpu::kernels

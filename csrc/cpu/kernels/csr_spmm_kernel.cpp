@@ -19,7 +19,7 @@
 #include "lane_tile_store.h"
 
 #if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
-#include <immintrin.h>
+#include "simd.h"
 #endif
 
 namespace compressops::cpu::kernels {

@@ -1,6 +1,7 @@
 // Torch-free CSR sparse linear kernels (row-parallel SpMM). See csr_spmm_kernel.cpp and
 // compressops/formats/csr.py for the packed index layout.
 #pragma once
+#include "../dispatch.h"
 #include <cstdint>
 
 namespace compressops::cpu::kernels {
@@ -39,9 +40,7 @@ constexpr int64_t kCsrMaxLanes = 64;
 constexpr int64_t kCsrTileMinMDense = 64;
 
 // Output rows [n_begin, n_end) (the host splits them by nonzero count).
-#define COMPRESSOPS_DECLARE_CSR(SUFFIX) bool csr_spmm_##SUFFIX(const CsrParams&, int64_t n_begin, int64_t n_end);
-COMPRESSOPS_DECLARE_CSR(SCALAR)
-COMPRESSOPS_DECLARE_CSR(AVX2)
-#undef COMPRESSOPS_DECLARE_CSR
+using CsrSpmmFn = bool(const CsrParams&, int64_t n_begin, int64_t n_end);
+COMPRESSOPS_DECLARE_KERNEL(csr_spmm, CsrSpmmFn)
 
 }  // namespace compressops::cpu::kernels

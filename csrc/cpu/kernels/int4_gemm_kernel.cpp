@@ -18,7 +18,7 @@
 #include "int4_gemm_kernel.h"
 
 #if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
-#include <immintrin.h>
+#include "simd.h"
 #endif
 
 namespace compressops::cpu::kernels {

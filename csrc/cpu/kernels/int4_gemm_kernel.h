@@ -1,5 +1,6 @@
 // Torch-free int4 (W4A8) linear kernels. Declarations of every per-ISA copy; see int4_gemm_kernel.cpp.
 #pragma once
+#include "../dispatch.h"
 #include <cstdint>
 
 namespace compressops::cpu::kernels {
@@ -38,12 +39,9 @@ struct Int4GemmParams {
   int64_t m, n, group_size, groups;
 };
 
-#define COMPRESSOPS_DECLARE_INT4(SUFFIX)                                                              \
-  bool int4_quantize_rows_##SUFFIX(const Int4QuantizeParams&, int64_t row_begin, int64_t row_end); \
-  bool int4_gemm_##SUFFIX(const Int4GemmParams&, int64_t nb_begin, int64_t nb_end);
-
-COMPRESSOPS_DECLARE_INT4(SCALAR)
-COMPRESSOPS_DECLARE_INT4(AVX2)
-#undef COMPRESSOPS_DECLARE_INT4
+using Int4QuantizeRowsFn = bool(const Int4QuantizeParams&, int64_t row_begin, int64_t row_end);
+COMPRESSOPS_DECLARE_KERNEL(int4_quantize_rows, Int4QuantizeRowsFn)
+using Int4GemmFn = bool(const Int4GemmParams&, int64_t nb_begin, int64_t nb_end);
+COMPRESSOPS_DECLARE_KERNEL(int4_gemm, Int4GemmFn)
 
 }  // namespace compressops::cpu::kernels

@@ -1,5 +1,6 @@
 // Torch-free int8 linear kernels. Declarations of every per-ISA copy; see int8_gemm_kernel.cpp.
 #pragma once
+#include "../dispatch.h"
 #include <cstdint>
 
 namespace compressops::cpu::kernels {
@@ -56,14 +57,11 @@ struct Int8WeightOnlyParams {
 // Each kernel handles rows [row_begin, row_end) or column blocks [nb_begin, nb_end) (blocks of
 // kInt8NR output channels) and returns true when it handled them, false to decline (the host then
 // retries one level lower).
-#define COMPRESSOPS_DECLARE_INT8(SUFFIX)                                                         \
-  bool int8_quantize_rows_##SUFFIX(const Int8QuantizeParams&, int64_t row_begin, int64_t row_end); \
-  bool int8_gemm_##SUFFIX(const Int8GemmParams&, int64_t nb_begin, int64_t nb_end);             \
-  bool int8_weight_only_gemm_##SUFFIX(const Int8WeightOnlyParams&, int64_t nb_begin, int64_t nb_end);
-
-COMPRESSOPS_DECLARE_INT8(SCALAR)
-COMPRESSOPS_DECLARE_INT8(AVX2)
-COMPRESSOPS_DECLARE_INT8(AVX512_VNNI)
-#undef COMPRESSOPS_DECLARE_INT8
+using Int8QuantizeRowsFn = bool(const Int8QuantizeParams&, int64_t row_begin, int64_t row_end);
+COMPRESSOPS_DECLARE_KERNEL(int8_quantize_rows, Int8QuantizeRowsFn)
+using Int8GemmFn = bool(const Int8GemmParams&, int64_t nb_begin, int64_t nb_end);
+COMPRESSOPS_DECLARE_KERNEL(int8_gemm, Int8GemmFn)
+using Int8WeightOnlyGemmFn = bool(const Int8WeightOnlyParams&, int64_t nb_begin, int64_t nb_end);
+COMPRESSOPS_DECLARE_KERNEL(int8_weight_only_gemm, Int8WeightOnlyGemmFn)
 
 }  // namespace compressops::cpu::kernels

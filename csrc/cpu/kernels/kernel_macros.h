@@ -1,15 +1,16 @@
 // Included by every file in csrc/cpu/kernels/. Those files are compiled once per ISA level with
-// -DCOMPRESSOPS_ISA_SUFFIX=<LEVEL> -DCOMPRESSOPS_ISA_LEVEL=<n>; COMPRESSOPS_KERNEL pastes the
-// level into each exported symbol so the copies never collide (one definition per name).
+// -DCOMPRESSOPS_ISA_SUFFIX=<LEVEL> -DCOMPRESSOPS_ISA_LEVEL=<n> (and the emulated levels a second
+// time with -DCOMPRESSOPS_ISA_SUFFIX=<LEVEL>_EMU -DCOMPRESSOPS_EMULATED=1); COMPRESSOPS_KERNEL
+// pastes the suffix into each exported symbol so the copies never collide (one definition per
+// name), and the host's weak declarations (dispatch.h) pick up whichever ones exist.
+// CMake also defines COMPRESSOPS_LEVEL_<SUFFIX> = the level's index in isa_levels.def, for
+// `#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2` tests.
 #pragma once
 
 #define COMPRESSOPS_CAT_(a, b) a##_##b
 #define COMPRESSOPS_CAT(a, b) COMPRESSOPS_CAT_(a, b)
 #define COMPRESSOPS_KERNEL(name) COMPRESSOPS_CAT(name, COMPRESSOPS_ISA_SUFFIX)
 
-// Numeric values of COMPRESSOPS_ISA_LEVEL; the same order as compressops::cpu::CpuIsa.
-#define COMPRESSOPS_LEVEL_SCALAR 0
-#define COMPRESSOPS_LEVEL_AVX2 1
-#define COMPRESSOPS_LEVEL_AVX512 2
-#define COMPRESSOPS_LEVEL_AVX512_VNNI 3
-#define COMPRESSOPS_LEVEL_AMX 4
+#if !defined(COMPRESSOPS_ISA_LEVEL) || !defined(COMPRESSOPS_LEVEL_AVX2)
+#error "kernel files are compiled by CMake's per-level object libraries (cmake/isa.cmake)"
+#endif

@@ -27,7 +27,7 @@
 #include "pq_lookup_kernel.h"
 
 #if COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_AVX2
-#include <immintrin.h>
+#include "simd.h"
 #endif
 
 namespace compressops::cpu::kernels {

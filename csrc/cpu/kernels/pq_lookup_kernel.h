@@ -1,6 +1,7 @@
 // Torch-free PQ lookup-table linear kernels. Declarations of every per-ISA copy; see
 // pq_lookup_kernel.cpp and csrc/common/pq_layout.h.
 #pragma once
+#include "../dispatch.h"
 #include <cstdint>
 
 namespace compressops::cpu::kernels {
@@ -73,14 +74,13 @@ inline int64_t pq256_batch_scratch(const Pq256BatchParams& p) {
   return p.group * 256 * p.mt + pq256_part_blocks(p) * 8 * p.mt;
 }
 
-#define COMPRESSOPS_DECLARE_PQ(SUFFIX)                                                  \
-  bool pq_build_tables_##SUFFIX(const PqTableParams&, int64_t unit_begin, int64_t unit_end); \
-  bool pq16_quantize_tables_##SUFFIX(const PqQuantizeParams&, int64_t m_begin, int64_t m_end); \
-  bool pq16_scan_##SUFFIX(const Pq16ScanParams&, int64_t nb_begin, int64_t nb_end);        \
-  bool pq256_batch_##SUFFIX(const Pq256BatchParams&, int64_t unit_begin, int64_t unit_end);
-
-COMPRESSOPS_DECLARE_PQ(SCALAR)
-COMPRESSOPS_DECLARE_PQ(AVX2)
-#undef COMPRESSOPS_DECLARE_PQ
+using PqBuildTablesFn = bool(const PqTableParams&, int64_t unit_begin, int64_t unit_end);
+COMPRESSOPS_DECLARE_KERNEL(pq_build_tables, PqBuildTablesFn)
+using Pq16QuantizeTablesFn = bool(const PqQuantizeParams&, int64_t m_begin, int64_t m_end);
+COMPRESSOPS_DECLARE_KERNEL(pq16_quantize_tables, Pq16QuantizeTablesFn)
+using Pq16ScanFn = bool(const Pq16ScanParams&, int64_t nb_begin, int64_t nb_end);
+COMPRESSOPS_DECLARE_KERNEL(pq16_scan, Pq16ScanFn)
+using Pq256BatchFn = bool(const Pq256BatchParams&, int64_t unit_begin, int64_t unit_end);
+COMPRESSOPS_DECLARE_KERNEL(pq256_batch, Pq256BatchFn)
 
 }  // namespace compressops::cpu::kernels

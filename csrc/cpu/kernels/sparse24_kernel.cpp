@@ -24,7 +24,7 @@
 #include "sparse24_kernel.h"
 
 #if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
-#include <immintrin.h>
+#include "simd.h"
 #endif
 
 namespace compressops::cpu::kernels {

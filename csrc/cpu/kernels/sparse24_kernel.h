@@ -2,6 +2,7 @@
 // Format: compressops/formats/sparse24.py (kept values [N, Kp/2] in K order, 2-bit positions packed
 // 4 bits a group, 2 groups a byte, low nibble first).
 #pragma once
+#include "../dispatch.h"
 #include <cstdint>
 
 namespace compressops::cpu::kernels {
@@ -61,12 +62,9 @@ struct Sparse24Int8Params {
 };
 
 // Output channels [n_begin, n_end); return false to decline (never, at the levels implemented).
-#define COMPRESSOPS_DECLARE_SPARSE24(SUFFIX)                                                \
-  bool sparse24_f_##SUFFIX(const Sparse24Params&, int64_t n_begin, int64_t n_end);        \
-  bool sparse24_i8_##SUFFIX(const Sparse24Int8Params&, int64_t n_begin, int64_t n_end);
-
-COMPRESSOPS_DECLARE_SPARSE24(SCALAR)
-COMPRESSOPS_DECLARE_SPARSE24(AVX2)
-#undef COMPRESSOPS_DECLARE_SPARSE24
+using Sparse24FFn = bool(const Sparse24Params&, int64_t n_begin, int64_t n_end);
+COMPRESSOPS_DECLARE_KERNEL(sparse24_f, Sparse24FFn)
+using Sparse24I8Fn = bool(const Sparse24Int8Params&, int64_t n_begin, int64_t n_end);
+COMPRESSOPS_DECLARE_KERNEL(sparse24_i8, Sparse24I8Fn)
 
 }  // namespace compressops::cpu::kernels
