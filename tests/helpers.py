@@ -1,12 +1,13 @@
 """Shared test helpers: ISA levels to cover, opcheck settings, random non-degenerate data."""
 
+import os
 import platform
 
 import pytest
 import torch
 
 import compressops as co
-from compressops.isa import kernel_level_for, levels, runnable_isa
+from compressops.isa import EMULATED_SUFFIX, emulated_isas, kernel_level_for, levels, runnable_isa
 
 NATIVE = co._loader.native_loaded()
 requires_native = pytest.mark.skipif(not NATIVE, reason="native library not loaded")
@@ -19,6 +20,19 @@ X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 OPCHECK_UTILS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
 
 
+# COMPRESSOPS_TEST_CPU=<level> makes the tests treat this CPU as one whose highest level is <level>: the
+# levels above run their emulated builds, as on a CPU that lacks them (e.g. COMPRESSOPS_TEST_CPU=avx2 shows,
+# on an AVX-512 machine, what an AVX2-only CI run runs and how long it takes).
+TEST_CPU = os.environ.get("COMPRESSOPS_TEST_CPU") or None
+
+
+def _runnable(level: str) -> str:
+    if TEST_CPU is not None and levels().index(level) > levels().index(TEST_CPU):
+        emulated = level + EMULATED_SUFFIX
+        return emulated if emulated in emulated_isas() else ""
+    return runnable_isa(level)
+
+
 def isa_params():
     """pytest params for every level: the level itself where this CPU has it, "<level>+emulated" where
     it lacks it. Nothing is skipped for lack of a level on x86-64: a level that neither runs natively
@@ -27,7 +41,7 @@ def isa_params():
     non-x86 machine, skips them."""
     params = []
     for lv in levels():
-        choice = runnable_isa(lv) if NATIVE else ""
+        choice = _runnable(lv) if NATIVE else ""
         if choice:
             params.append(pytest.param(choice, id=choice))
         elif NATIVE and X86_64:
