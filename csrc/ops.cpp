@@ -87,6 +87,8 @@ TORCH_LIBRARY(compressops, m) {
   m.def(
       "binary_linear(Tensor x_packed, Tensor w_packed, Tensor alpha, Tensor? bias, int in_features, "
       "float? clamp_min=None, float? clamp_max=None) -> Tensor");
+  m.def("half_pack_weight(Tensor w) -> Tensor");  // half: float16 weights (compressops/formats/half.py)
+  m.def("half_linear(Tensor x, Tensor packed, Tensor? bias=None, ScalarType? out_dtype=None) -> Tensor");
 
   // CPU ISA control (internal): read and force the level, list what was built and what ran.
   m.def("_cpu_isa() -> str", &compressops::cpu::cpu_isa_op);

@@ -28,7 +28,7 @@ class Config:
     Subclass it as a frozen dataclass with the saved format name::
 
         @dataclass(frozen=True)
-        class Half(Config, format_name="half"):
+        class Fp8(Config, format_name="fp8"):
             keep_bias_fp32: bool = True
 
     The hooks below (accepts ... convert_module) forward to the family registered for the class

@@ -1,0 +1,118 @@
+"""The 64-byte header every compressops pack starts with: the Python twin of csrc/common/pack_header.h.
+
+A family's pack op writes it (make), its compute ops and unpackers read it (read) and check the
+family's own fields and the pack's size against what N and K imply (check_layout). The reader trusts
+nothing in it: a tampered, truncated, foreign or outdated pack raises ValueError, with the same
+messages as the C++ host, before anything past the header is read.
+
+Layout (little endian):
+
+    offset  type      field
+         0  uint32    magic "COPK" (0x4B504F43)
+         4  uint32    header version (HEADER_VERSION)
+         8  char[8]   format tag: the family's format name, ASCII, NUL padded
+        16  uint32    format version: the family's layout version
+        20  uint32    reserved, zero
+        24  int64     N (output channels)
+        32  int64     K (input channels)
+        40  int64[3]  family fields (unused ones zero)
+
+N and K lie in [1, 2^31).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import torch
+
+from .checks import check_packed
+
+MAGIC = 0x4B504F43
+HEADER_VERSION = 1
+HEADER_BYTES = 64
+MAX_DIM = 2**31  # N, K < MAX_DIM
+TAG_BYTES = 8
+_STRUCT = struct.Struct("<II8sIIqq3q")
+assert _STRUCT.size == HEADER_BYTES
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Who reads a pack, for messages: "<op>: <name> ... compressops.ops.<pack_op>"."""
+
+    op: str
+    name: str
+    pack_op: str
+
+
+@dataclass(frozen=True)
+class PackHeader:
+    tag: str
+    version: int
+    n: int
+    k: int
+    fields: tuple[int, int, int]
+
+
+def make(tag: str, version: int, n: int, k: int, fields=(0, 0, 0), device=None) -> torch.Tensor:
+    """The header of a `tag` pack (layout version `version`) of an [n, k] weight: uint8 [64]."""
+    raw = tag.encode("ascii")
+    if not 1 <= len(raw) <= TAG_BYTES:
+        raise ValueError(f"pack tag {tag!r} must be 1 to {TAG_BYTES} ASCII characters")
+    data = _STRUCT.pack(MAGIC, HEADER_VERSION, raw, version, 0, n, k, *fields)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device)
+
+
+def _printable(raw: bytes) -> str:
+    raw = raw.split(b"\0", 1)[0]
+    return "".join(chr(c) if 0x20 <= c < 0x7F else "?" for c in raw)
+
+
+def read(packed: torch.Tensor, tag: str, version: int, r: Reader) -> PackHeader:
+    """Parse the header of `packed` and check what every pack shares (see csrc/common/pack_header.h
+    read_pack_header): 1-D uint8, at least 64 bytes, magic, header version, tag, format version,
+    reserved zero, 1 <= N, K < 2^31.
+
+    Raises:
+        ValueError naming r.op and r.name.
+    """
+    check_packed(packed, r.op, r.name, r.pack_op, 0)
+    who, repack = f"{r.op}: {r.name}", f"; repack it with compressops.ops.{r.pack_op}"
+    if packed.numel() < HEADER_BYTES:
+        raise ValueError(f"{who} holds {packed.numel()} bytes, too few for a pack header ({HEADER_BYTES}){repack}")
+    magic, header_version, raw_tag, found_version, reserved, n, k, *fields = _STRUCT.unpack(
+        bytes(packed[:HEADER_BYTES].tolist()))
+    if magic != MAGIC or header_version != HEADER_VERSION:
+        raise ValueError(f"{who} does not start with a compressops pack header (version {HEADER_VERSION}){repack}")
+    if raw_tag != tag.encode("ascii").ljust(TAG_BYTES, b"\0"):
+        raise ValueError(f"{who} holds a '{_printable(raw_tag)}' pack, not a '{tag}' one")
+    if found_version != version:
+        raise ValueError(f"{who} is a '{tag}' pack of version {found_version}, this build reads version {version}"
+                         f"{repack}")
+    if reserved != 0:
+        raise ValueError(f"{who}'s header is corrupt (reserved field {reserved})")
+    if not (1 <= n < MAX_DIM and 1 <= k < MAX_DIM):
+        raise ValueError(f"{who}'s header has N={n}, K={k}; both must be in [1, 2^31)")
+    return PackHeader(tag, version, n, k, tuple(fields))
+
+
+def check_layout(h: PackHeader, fields, nbytes: int, expected_bytes: int, r: Reader) -> None:
+    """The family's half of the check: the header's fields must be `fields` (what the family derives
+    from N and K) and the pack `expected_bytes` long (check_pack_layout in the C++ header).
+
+    Raises:
+        ValueError naming r.op and r.name.
+    """
+    who = f"{r.op}: {r.name}"
+    fields = tuple(fields)
+    if h.fields != fields:
+        raise ValueError(f"{who}'s header fields {_tuple(h.fields)} do not match a '{h.tag}' pack of N={h.n}, "
+                         f"K={h.k} {_tuple(fields)}; repack it with compressops.ops.{r.pack_op}")
+    if nbytes != expected_bytes:
+        raise ValueError(f"{who} has {nbytes} bytes but its header (N={h.n}, K={h.k}) needs {expected_bytes}")
+
+
+def _tuple(fields) -> str:
+    return "(" + ", ".join(str(f) for f in fields) + ")"
