@@ -12,7 +12,7 @@
 #include "dispatch.h"
 #include "int8_linear.h"
 #include "kernel_record.h"
-#include "kernels/int8_gemm_kernel.h"
+#include "kernels/int8/kernel.h"
 
 namespace compressops::cpu {
 namespace {
