@@ -26,12 +26,6 @@ using QuantizeFn = bool (*)(const Int8QuantizeParams&, int64_t, int64_t);
 using GemmFn = bool (*)(const Int8GemmParams&, int64_t, int64_t);
 using WeightOnlyFn = bool (*)(const Int8WeightOnlyParams&, int64_t, int64_t);
 
-#ifdef COMPRESSOPS_HAVE_AVX512_VNNI
-#define IF_VNNI(f) f
-#else
-#define IF_VNNI(f) nullptr
-#endif
-
 // Levels without an entry (avx512, amx) fall through to the next one down.
 const KernelTable<QuantizeFn> kQuantize = COMPRESSOPS_KERNEL_TABLE(kernels::int8_quantize_rows);
 const KernelTable<GemmFn> kGemm = COMPRESSOPS_KERNEL_TABLE(kernels::int8_gemm);
