@@ -1,6 +1,6 @@
 // Binary conv kernels at the avx512_vnni level, the first level that guarantees VPOPCNTDQ: XOR +
 // vpopcntq on 512-bit words, 64-bit counters that never need widening. Sign packing is common.h's
-// AVX2 code; bit packing has no kernel here (it falls to avx2).
+// AVX2 code; bit packing is memory-bound and has no kernel here (it falls to avx2).
 #include "common.h"
 
 namespace compressops::cpu::kernels {

@@ -7,9 +7,8 @@
 //   static uint64_t sign_word(const float* v, int64_t n);  // bit j = (v[j] >= 0), j < n <= 64
 // and instantiates the templates below with it.
 //
-// Levels with kernels: scalar.cpp, avx2.cpp and avx512_vnni.cpp (the first level that guarantees
-// VPOPCNTDQ). avx512 and amx have no file: the host's fallback chain sends avx512 to avx2 and amx
-// to avx512_vnni. Bit packing is memory-bound: it has scalar and avx2 kernels only.
+// A kernel a level does not define (no file for the level, or no entry point in it) falls down the
+// host's chain to the next level that has it.
 //
 // Every integer count is exact and the float epilogue is a separate multiply and add (kernel files
 // build with -ffp-contract=off), so each level returns the same bits as

@@ -1,6 +1,7 @@
 // Torch-free binary (XNOR-popcount) kernels: the params and the declarations of every per-ISA copy.
-// The definitions are this directory's level files (scalar.cpp, avx2.cpp, avx512_vnni.cpp), with
-// what several levels share in common.h; compressops/formats/binary.py documents the bit layout.
+// The definitions are this directory's level files (<level>.cpp, for the levels that have
+// kernels), with what several levels share in common.h; compressops/formats/binary.py documents
+// the bit layout.
 //
 // Bit layout: channel c of a pixel (or of a weight tap) is bit (c % 64) of 64-bit word c / 64,
 // least significant bit first; bit 1 means +1 (x >= 0, so sign(0) = +1), bit 0 means -1. Bits of

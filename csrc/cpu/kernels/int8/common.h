@@ -2,8 +2,8 @@
 // dynamic scale, the float epilogue, the column-block loop) and the AVX2 code that the levels above
 // AVX2 reuse (quantization, the epilogue, the weight-only GEMM). Each level file includes it once.
 //
-// Levels with kernels: scalar.cpp, avx2.cpp, avx512_vnni.cpp. avx512 and amx have no file, so the
-// host's fallback chain sends them to the next level down (avx512 -> avx2, amx -> avx512_vnni).
+// A kernel a level does not define (no file for the level, or no entry point in it) falls down the
+// host's chain to the next level that has it.
 //
 // Every integer result is exact, and the float epilogue is written as separate multiply and add
 // (kernel files build with -ffp-contract=off), so each level returns the same bits as

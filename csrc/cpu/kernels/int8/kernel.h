@@ -1,6 +1,6 @@
 // Torch-free int8 linear kernels: the params and the declarations of every per-ISA copy. The
-// definitions are this directory's level files (scalar.cpp, avx2.cpp, avx512_vnni.cpp), with what
-// several levels share in common.h.
+// definitions are this directory's level files (<level>.cpp, for the levels that have kernels),
+// with what several levels share in common.h.
 #pragma once
 #include "../../dispatch.h"
 #include <cstdint>
