@@ -42,8 +42,12 @@ set(COMPRESSOPS_ISA_FLAGS_AVX512_VNNI ${COMPRESSOPS_ISA_FLAGS_AVX512}
 set(COMPRESSOPS_ISA_FLAGS_AMX ${COMPRESSOPS_ISA_FLAGS_AVX512_VNNI} -mamx-tile -mamx-int8 -mamx-bf16)
 
 # compressops_add_isa_objects(<out_var> <LEVEL> [EMULATED <simde_include_dir>] SOURCES <sources...>):
-# adds object library compressops_kernels_<level>[_emu] and appends it to <out_var>.
+# adds object library compressops_kernels_<level>[_emu] and appends it to <out_var>. Sets
+# COMPRESSOPS_ISA_BUILT in the caller to whether the level is in the build: a level the compiler
+# can emit is, even when no kernel file implements it (it gets no object then, and its ops fall
+# down the chain at run time).
 function(compressops_add_isa_objects out_var level)
+  set(COMPRESSOPS_ISA_BUILT OFF PARENT_SCOPE)
   cmake_parse_arguments(ARG "" "EMULATED" "SOURCES" ${ARGN})
   set(sources ${ARG_SOURCES})
   string(TOLOWER ${level} lower)
@@ -64,6 +68,10 @@ function(compressops_add_isa_objects out_var level)
       message(STATUS "compressops: compiler cannot emit ${level}; that level is left out")
       return()
     endif()
+  endif()
+  set(COMPRESSOPS_ISA_BUILT ON PARENT_SCOPE)
+  if(NOT sources)
+    return()
   endif()
   add_library(${target} OBJECT ${sources})
   # GCC 12 warns about its own avx512fintrin.h helpers (__Y "uninitialized"); not our code. SIMDe's

@@ -1,6 +1,6 @@
 // Host side of the binary (XNOR-popcount) family on CPU: argument checks, allocation, ISA
 // selection (once per call) and at::parallel_for over output rows and channel chunks. The
-// arithmetic lives in kernels/binary_conv_kernel.cpp; the format in compressops/formats/binary.py.
+// arithmetic lives in kernels/binary/; the format in compressops/formats/binary.py.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -12,7 +12,7 @@
 
 #include "dispatch.h"
 #include "kernel_record.h"
-#include "kernels/binary_conv_kernel.h"
+#include "kernels/binary/kernel.h"
 
 namespace compressops::cpu {
 namespace {

@@ -12,7 +12,7 @@
 #include "dispatch.h"
 #include "int8_linear.h"
 #include "kernel_record.h"
-#include "kernels/int8_gemm_kernel.h"
+#include "kernels/int8/kernel.h"
 
 namespace compressops::cpu {
 namespace {
@@ -25,12 +25,6 @@ using kernels::Int8WeightOnlyParams;
 using QuantizeFn = bool (*)(const Int8QuantizeParams&, int64_t, int64_t);
 using GemmFn = bool (*)(const Int8GemmParams&, int64_t, int64_t);
 using WeightOnlyFn = bool (*)(const Int8WeightOnlyParams&, int64_t, int64_t);
-
-#ifdef COMPRESSOPS_HAVE_AVX512_VNNI
-#define IF_VNNI(f) f
-#else
-#define IF_VNNI(f) nullptr
-#endif
 
 // Levels without an entry (avx512, amx) fall through to the next one down.
 const KernelTable<QuantizeFn> kQuantize = COMPRESSOPS_KERNEL_TABLE(kernels::int8_quantize_rows);

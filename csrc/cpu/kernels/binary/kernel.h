@@ -1,12 +1,14 @@
-// Torch-free binary (XNOR-popcount) kernels. Declarations of every per-ISA copy; see
-// binary_conv_kernel.cpp and compressops/formats/binary.py for the bit layout.
+// Torch-free binary (XNOR-popcount) kernels: the params and the declarations of every per-ISA copy.
+// The definitions are this directory's level files (<level>.cpp, for the levels that have
+// kernels), with what several levels share in common.h; compressops/formats/binary.py documents
+// the bit layout.
 //
 // Bit layout: channel c of a pixel (or of a weight tap) is bit (c % 64) of 64-bit word c / 64,
 // least significant bit first; bit 1 means +1 (x >= 0, so sign(0) = +1), bit 0 means -1. Bits of
 // channels >= C in the last word (channel padding) are 0 in both activations and weights, so their
 // XOR is 0 and they never count as mismatches.
 #pragma once
-#include "../dispatch.h"
+#include "../../dispatch.h"
 #include <cstdint>
 
 namespace compressops::cpu::kernels {

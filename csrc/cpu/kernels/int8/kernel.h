@@ -1,6 +1,8 @@
-// Torch-free int8 linear kernels. Declarations of every per-ISA copy; see int8_gemm_kernel.cpp.
+// Torch-free int8 linear kernels: the params and the declarations of every per-ISA copy. The
+// definitions are this directory's level files (<level>.cpp, for the levels that have kernels),
+// with what several levels share in common.h.
 #pragma once
-#include "../dispatch.h"
+#include "../../dispatch.h"
 #include <cstdint>
 
 namespace compressops::cpu::kernels {
