@@ -42,7 +42,8 @@ set(COMPRESSOPS_ISA_FLAGS_AVX512_VNNI ${COMPRESSOPS_ISA_FLAGS_AVX512}
 set(COMPRESSOPS_ISA_FLAGS_AMX ${COMPRESSOPS_ISA_FLAGS_AVX512_VNNI} -mamx-tile -mamx-int8 -mamx-bf16)
 
 # compressops_add_isa_objects(<out_var> <LEVEL> [EMULATED <simde_include_dir>] SOURCES <sources...>):
-# adds object library compressops_kernels_<level>[_emu] and appends it to <out_var>.
+# adds object library compressops_kernels_<level>[_emu] and appends it to <out_var>; sets
+# COMPRESSOPS_ISA_BUILT_<LEVEL> when the compiler can emit the level (native builds).
 function(compressops_add_isa_objects out_var level)
   cmake_parse_arguments(ARG "" "EMULATED" "SOURCES" ${ARGN})
   set(sources ${ARG_SOURCES})
@@ -64,6 +65,14 @@ function(compressops_add_isa_objects out_var level)
       message(STATUS "compressops: compiler cannot emit ${level}; that level is left out")
       return()
     endif()
+  endif()
+  if(NOT ARG_EMULATED)
+    set(COMPRESSOPS_ISA_BUILT_${level} ON PARENT_SCOPE)
+  endif()
+  # A level that no family has a kernel file for still counts as built (its ops fall down the
+  # chain), but adds no object library: CMake rejects one without sources.
+  if(NOT sources)
+    return()
   endif()
   add_library(${target} OBJECT ${sources})
   # GCC 12 warns about its own avx512fintrin.h helpers (__Y "uninitialized"); not our code. SIMDe's
