@@ -14,7 +14,7 @@
 #include "dense_route.h"
 #include "dispatch.h"
 #include "kernel_record.h"
-#include "kernels/csr_spmm_kernel.h"
+#include "kernels/csr/kernel.h"
 
 namespace compressops::cpu {
 namespace {

@@ -1,5 +1,5 @@
 // Host side of the int4 linear family on CPU: argument checks, packing, ISA selection (once per
-// call) and at::parallel_for over column blocks. The arithmetic lives in kernels/int4_gemm_kernel.cpp.
+// call) and at::parallel_for over column blocks. The arithmetic lives in kernels/int4/.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -9,7 +9,7 @@
 #include "../common/int4_layout.h"
 #include "dispatch.h"
 #include "kernel_record.h"
-#include "kernels/int4_gemm_kernel.h"
+#include "kernels/int4/kernel.h"
 
 namespace compressops::cpu {
 namespace {

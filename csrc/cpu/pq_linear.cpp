@@ -1,6 +1,6 @@
 // Host side of the PQ lookup-table linear on CPU: argument checks, packing, table build, ISA
 // selection (once per call) and at::parallel_for over blocks of output rows. Arithmetic lives in
-// kernels/pq_lookup_kernel.cpp; the layout in common/pq_layout.h.
+// kernels/pq/; the layout in common/pq_layout.h.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -12,7 +12,7 @@
 #include "dense_route.h"
 #include "dispatch.h"
 #include "kernel_record.h"
-#include "kernels/pq_lookup_kernel.h"
+#include "kernels/pq/kernel.h"
 
 namespace compressops::cpu {
 namespace {

@@ -15,7 +15,7 @@
 #include "dispatch.h"
 #include "int8_linear.h"
 #include "kernel_record.h"
-#include "kernels/sparse24_kernel.h"
+#include "kernels/sparse24/kernel.h"
 
 namespace compressops::cpu {
 

@@ -6,6 +6,9 @@
 #include <cstdint>
 
 namespace compressops::cpu::kernels {
+// Internal linkage: each level file compiles its own copy with its own flags, and the linker must
+// not hand one level's kernels another level's copy.
+namespace {
 
 // out[(lane0 + l) * ldo + n0 + r] = acc[r][l] (+ bias[n0 + r]) for r < rows, l < lanes.
 inline void store_lane_tile(const float (*acc)[64], int64_t rows, int64_t lanes, int64_t lane0, int64_t n0,
@@ -20,4 +23,5 @@ inline void store_lane_tile(const float (*acc)[64], int64_t rows, int64_t lanes,
   }
 }
 
+}  // namespace
 }  // namespace compressops::cpu::kernels

@@ -1,7 +1,5 @@
-// 2:4 sparse linear kernels, compiled once per ISA level (see kernel_macros.h).
-//
-// Levels implemented here: scalar and avx2; the other objects compile this file to nothing, so the
-// host's fallback chain sends avx512/avx512_vnni/amx to avx2.
+// 2:4 sparse linear kernels at the AVX2 level. The family has no avx512, avx512_vnni or amx file, so
+// those levels fall down the chain to these kernels.
 //
 // Float values (fp32 or bf16), small batches: one output row at a time; each metadata byte covers
 // 8 K-positions (2 groups, 4 kept values). A 256-entry table turns a byte into 4 lane indices, two
@@ -13,78 +11,15 @@
 // int8 values: the kept-position byte indices are computed in registers from 8 metadata bytes,
 // the quantized row is shuffled with vpshufb to the kept positions (32 a step) and multiplied with
 // vpmaddubsw/vpmaddwd; the int32 sums are exact, the epilogue matches the reference.
-#include "kernel_macros.h"
-
-#if COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_SCALAR || COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_AVX2
-
 #include <algorithm>
-#include <cstring>
 
-#include "lane_tile_store.h"
-#include "sparse24_kernel.h"
-
-#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
-#include "simd.h"
-#endif
+#include "../kernel_macros.h"
+#include "../lane_tile_store.h"
+#include "../simd.h"
+#include "common.h"
 
 namespace compressops::cpu::kernels {
 namespace {
-
-inline float bf16_to_f32(uint16_t h) {
-  uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-inline float value_at(const Sparse24Params& p, const void* row, int64_t j) {
-  return p.values_bf16 ? bf16_to_f32(static_cast<const uint16_t*>(row)[j]) : static_cast<const float*>(row)[j];
-}
-
-const void* values_row(const Sparse24Params& p, int64_t n) {
-  const int64_t half = p.kp / 2;
-  return p.values_bf16 ? static_cast<const void*>(static_cast<const uint16_t*>(p.values) + n * half)
-                       : static_cast<const void*>(static_cast<const float*>(p.values) + n * half);
-}
-
-// Positions of group g's two kept values (absolute K index).
-inline void group_positions(const uint8_t* meta_row, int64_t g, int64_t* k0, int64_t* k1) {
-  const unsigned nib = (meta_row[g >> 1] >> ((g & 1) * 4)) & 0xFu;
-  *k0 = 4 * g + (nib & 3u);
-  *k1 = 4 * g + ((nib >> 2) & 3u);
-}
-
-// Scalar dot of one output row with one activation row over groups [g0, g1).
-inline float dot_groups(const Sparse24Params& p, const void* vrow, const uint8_t* mrow, const float* x, int64_t g0,
-                        int64_t g1) {
-  float acc = 0.0f;
-  for (int64_t g = g0; g < g1; ++g) {
-    int64_t k0, k1;
-    group_positions(mrow, g, &k0, &k1);
-    acc += value_at(p, vrow, 2 * g) * x[k0];
-    acc += value_at(p, vrow, 2 * g + 1) * x[k1];
-  }
-  return acc;
-}
-
-inline int32_t idot_groups(const Sparse24Int8Params& p, const int8_t* vrow, const uint8_t* mrow, const int8_t* q,
-                           int64_t g0, int64_t g1) {
-  int32_t acc = 0;
-  for (int64_t g = g0; g < g1; ++g) {
-    int64_t k0, k1;
-    group_positions(mrow, g, &k0, &k1);
-    acc += static_cast<int32_t>(vrow[2 * g]) * q[k0] + static_cast<int32_t>(vrow[2 * g + 1]) * q[k1];
-  }
-  return acc;
-}
-
-inline void store_i8(const Sparse24Int8Params& p, int64_t m, int64_t n, int32_t acc) {
-  float v = static_cast<float>(acc) * (p.a_scale[m] * p.w_scale[n]);
-  if (p.bias) v = v + p.bias[n];
-  p.out[m * p.ldo + n] = v;
-}
-
-#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
 
 // For a metadata byte: the 4 kept positions within its 8 K-positions, as int32 lanes / as bytes.
 struct Lut {
@@ -380,59 +315,30 @@ void i8_transposed_avx2(const Sparse24Int8Params& p, int64_t n_begin, int64_t n_
   }
 }
 
-#endif  // AVX2
-
 }  // namespace
 
 bool COMPRESSOPS_KERNEL(sparse24_f)(const Sparse24Params& p, int64_t n_begin, int64_t n_end) {
-#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
   if (p.xt != nullptr) {
     transposed_avx2(p, n_begin, n_end);
     return true;
   }
   const Lut& t = lut();
-#endif
-  for (int64_t n = n_begin; n < n_end; ++n) {
-    const void* vrow = values_row(p, n);
-    const uint8_t* mrow = p.meta + n * p.meta_stride;
-    for (int64_t m = 0; m < p.m; ++m) {
-      const float* x = p.x + m * p.ldx;
-#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
-      float v = dot_row_avx2(t, p, vrow, mrow, x, p.xs + m * p.ldxs);
-#else
-      float v = dot_groups(p, vrow, mrow, x, 0, p.kp / 4);
-#endif
-      if (p.bias) v = v + p.bias[n];
-      p.out[m * p.ldo + n] = v;
-    }
-  }
+  for_each_output(p, n_begin, n_end, [&](const void* vrow, const uint8_t* mrow, int64_t m) {
+    return dot_row_avx2(t, p, vrow, mrow, p.x + m * p.ldx, p.xs + m * p.ldxs);
+  });
   return true;
 }
 
 bool COMPRESSOPS_KERNEL(sparse24_i8)(const Sparse24Int8Params& p, int64_t n_begin, int64_t n_end) {
-#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
   if (p.qt16 != nullptr) {
     i8_transposed_avx2(p, n_begin, n_end);
     return true;
   }
   const Lut& t = lut();
-#endif
-  const int64_t half = p.kp / 2;
-  for (int64_t n = n_begin; n < n_end; ++n) {
-    const int8_t* vrow = p.values + n * half;
-    const uint8_t* mrow = p.meta + n * p.meta_stride;
-    for (int64_t m = 0; m < p.m; ++m) {
-      const int8_t* q = p.q + m * p.ldq;
-#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
-      store_i8(p, m, n, idot_row_avx2(t, p, vrow, mrow, q));
-#else
-      store_i8(p, m, n, idot_groups(p, vrow, mrow, q, 0, p.kp / 4));
-#endif
-    }
-  }
+  for_each_output(p, n_begin, n_end, [&](const int8_t* vrow, const uint8_t* mrow, int64_t m) {
+    return idot_row_avx2(t, p, vrow, mrow, p.q + m * p.ldq);
+  });
   return true;
 }
 
 }  // namespace compressops::cpu::kernels
-
-#endif  // levels implemented here

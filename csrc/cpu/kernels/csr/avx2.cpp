@@ -1,6 +1,6 @@
-// CSR sparse linear kernels, compiled once per ISA level (see kernel_macros.h).
+// CSR sparse linear kernels at the AVX2 level. The family has no avx512, avx512_vnni or amx file, so
+// those levels fall down the chain to these kernels.
 //
-// Levels implemented here: scalar and avx2 (avx512 and above fall back to avx2).
 // Small batches: each output row is a dot product over its nonzeros, vectorized 8 nonzeros at a
 // time (8 scalar loads assembled in a register: faster than vgatherdps on Zen 3; 16-bit columns
 // are read 4 at a time and split in general registers).
@@ -8,47 +8,15 @@
 // FMA'd across 32 batch lanes at a time (an L2-sized slice of the transposed block), so a row's
 // nonzeros are read once per 32 lanes and stay in L1/L2. For denser matrices with sorted columns,
 // the K-tiled variant keeps a 128-position tile of the activations in L1 instead.
-#include "kernel_macros.h"
-
-#if COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_SCALAR || COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_AVX2
-
 #include <algorithm>
-#include <cstring>
 
-#include "csr_spmm_kernel.h"
-#include "lane_tile_store.h"
-
-#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
-#include "simd.h"
-#endif
+#include "../kernel_macros.h"
+#include "../lane_tile_store.h"
+#include "../simd.h"
+#include "common.h"
 
 namespace compressops::cpu::kernels {
 namespace {
-
-inline float bf16_to_f32(uint16_t h) {
-  uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-inline float val(const CsrParams& p, int64_t j) {
-  return p.values_bf16 ? bf16_to_f32(static_cast<const uint16_t*>(p.values)[j])
-                       : static_cast<const float*>(p.values)[j];
-}
-
-inline int64_t col(const CsrParams& p, int64_t j) {
-  return p.col_bytes == 2 ? static_cast<int64_t>(static_cast<const uint16_t*>(p.cols)[j])
-                          : static_cast<int64_t>(static_cast<const int32_t*>(p.cols)[j]);
-}
-
-inline float dot_scalar(const CsrParams& p, const float* x, int64_t j0, int64_t j1) {
-  float acc = 0.0f;
-  for (int64_t j = j0; j < j1; ++j) acc += val(p, j) * x[col(p, j)];
-  return acc;
-}
-
-#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
 
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -231,12 +199,9 @@ void sorted_transposed_avx2(const CsrParams& p, int64_t n_begin, int64_t n_end) 
   }
 }
 
-#endif  // AVX2
-
 }  // namespace
 
 bool COMPRESSOPS_KERNEL(csr_spmm)(const CsrParams& p, int64_t n_begin, int64_t n_end) {
-#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
   if (p.xt != nullptr) {
     // Denser matrices (>= 40% nonzeros) have enough work per (row, K tile) to pay for the tiles
     // from kCsrTileMinMDense rows on.
@@ -248,23 +213,9 @@ bool COMPRESSOPS_KERNEL(csr_spmm)(const CsrParams& p, int64_t n_begin, int64_t n
     }
     return true;
   }
-#endif
-  for (int64_t n = n_begin; n < n_end; ++n) {
-    const int64_t j0 = p.rowptr[n], j1 = p.rowptr[n + 1];
-    for (int64_t m = 0; m < p.m; ++m) {
-      const float* x = p.x + m * p.ldx;
-#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
-      float v = dot_avx2(p, x, j0, j1);
-#else
-      float v = dot_scalar(p, x, j0, j1);
-#endif
-      if (p.bias) v = v + p.bias[n];
-      p.out[m * p.ldo + n] = v;
-    }
-  }
+  for_each_output(p, n_begin, n_end,
+                  [&](const float* x, int64_t j0, int64_t j1) { return dot_avx2(p, x, j0, j1); });
   return true;
 }
 
 }  // namespace compressops::cpu::kernels
-
-#endif  // levels implemented here

@@ -1,7 +1,8 @@
-// Torch-free CSR sparse linear kernels (row-parallel SpMM). See csr_spmm_kernel.cpp and
-// compressops/formats/csr.py for the packed index layout.
+// Torch-free CSR sparse linear kernels (row-parallel SpMM): their params and every level's symbol.
+// The kernels are the level files beside this header; compressops/formats/csr.py has the packed
+// index layout.
 #pragma once
-#include "../dispatch.h"
+#include "../../dispatch.h"
 #include <cstdint>
 
 namespace compressops::cpu::kernels {

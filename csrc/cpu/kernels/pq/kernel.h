@@ -1,7 +1,7 @@
-// Torch-free PQ lookup-table linear kernels. Declarations of every per-ISA copy; see
-// pq_lookup_kernel.cpp and csrc/common/pq_layout.h.
+// Torch-free PQ lookup-table linear kernels: their params and every level's symbol. The kernels
+// are the level files beside this header; the layout is in csrc/common/pq_layout.h.
 #pragma once
-#include "../dispatch.h"
+#include "../../dispatch.h"
 #include <cstdint>
 
 namespace compressops::cpu::kernels {

@@ -1,6 +1,7 @@
-// Torch-free int4 (W4A8) linear kernels. Declarations of every per-ISA copy; see int4_gemm_kernel.cpp.
+// Torch-free int4 (W4A8) linear kernels: their params and every level's symbol. The kernels are
+// the level files beside this header.
 #pragma once
-#include "../dispatch.h"
+#include "../../dispatch.h"
 #include <cstdint>
 
 namespace compressops::cpu::kernels {

@@ -1,109 +1,11 @@
-// int4 (W4A8) linear kernels, compiled once per ISA level (see kernel_macros.h).
-//
-// Levels implemented here: scalar and avx2. Every other level's object compiles this file to
-// nothing and the host's fallback chain sends it down to avx2.
-//
-// The integer dot products are exact at every level; only the fp32 epilogue (one multiply-add
-// per group) may differ in the last bits between levels (scalar uses std::fma, avx2 vfmadd).
-#include "kernel_macros.h"
-
-#if COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_SCALAR || COMPRESSOPS_ISA_LEVEL == COMPRESSOPS_LEVEL_AVX2
-
-#include <algorithm>
-#include <cmath>
-#include <cstring>
-#include <limits>
-
-#include "../../common/int4_layout.h"
-#include "int4_gemm_kernel.h"
-
-#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
-#include "simd.h"
-#endif
+// int4 (W4A8) linear kernels at the AVX2 level. The family has no avx512, avx512_vnni or amx file,
+// so those levels fall down the chain to these kernels.
+#include "../kernel_macros.h"
+#include "../simd.h"
+#include "common.h"
 
 namespace compressops::cpu::kernels {
 namespace {
-
-constexpr int64_t NR = kInt4NR;
-
-inline float bf16_to_f32(uint16_t h) {
-  uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-inline uint16_t f32_to_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  if (std::isnan(f)) return 0x7fc0;
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<uint16_t>(bits >> 16);
-}
-
-inline float load_x(const void* x, Int4FloatKind kind, int64_t i) {
-  return kind == Int4FloatKind::kF32 ? static_cast<const float*>(x)[i]
-                                     : bf16_to_f32(static_cast<const uint16_t*>(x)[i]);
-}
-
-inline void store_out(const Int4GemmParams& p, int64_t m, int64_t n, float v) {
-  if (p.out_kind == Int4FloatKind::kF32) {
-    static_cast<float*>(p.out)[m * p.ldo + n] = v;
-  } else {
-    static_cast<uint16_t*>(p.out)[m * p.ldo + n] = f32_to_bf16(v);
-  }
-}
-
-// Scale rule of one group (see Int4QuantizeParams). Returns false when the group quantizes to zeros.
-inline bool group_scale(float amax, bool nonfinite, float* scale, float* inv) {
-  if (nonfinite) {
-    *scale = std::numeric_limits<float>::quiet_NaN();
-    return false;
-  }
-  if (amax == 0.0f) {
-    *scale = 0.0f;
-    return false;
-  }
-  *scale = amax / 127.0f;
-  *inv = 127.0f / amax;
-  return true;
-}
-
-inline int8_t quantize_value(float v) {
-  if (v != v) v = 0.0f;
-  v = std::min(std::max(v, -127.0f), 127.0f);
-  return static_cast<int8_t>(std::nearbyint(v));
-}
-
-// One row, scalar form (also used for the ragged last group at every level).
-void quantize_group_scalar(const Int4QuantizeParams& p, const void* x, int8_t* q, int64_t k0, int64_t k1,
-                           float* scale_out, float* corr_out) {
-  float amax = 0.0f;
-  bool nonfinite = false;
-  for (int64_t i = k0; i < k1; ++i) {
-    const float a = std::fabs(load_x(x, p.x_kind, i));
-    nonfinite |= !std::isfinite(a);
-    amax = std::max(amax, a);
-  }
-  float scale = 0.0f, inv = 0.0f;
-  const int64_t g_end = k0 + p.group_size;
-  if (!group_scale(amax, nonfinite, &scale, &inv)) {
-    std::memset(q + k0, 0, g_end - k0);
-    *scale_out = scale;
-    *corr_out = scale == scale ? 0.0f : scale;
-    return;
-  }
-  int32_t sum = 0;
-  for (int64_t i = k0; i < k1; ++i) {
-    q[i] = quantize_value(load_x(x, p.x_kind, i) * inv);
-    sum += q[i];
-  }
-  std::memset(q + k1, 0, g_end - k1);
-  *scale_out = scale;
-  *corr_out = scale * static_cast<float>(sum);
-}
-
-#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
 
 inline __m256 load8_x(const void* x, Int4FloatKind kind, int64_t i) {
   if (kind == Int4FloatKind::kF32) return _mm256_loadu_ps(static_cast<const float*>(x) + i);
@@ -304,83 +206,16 @@ void gemm_avx2(const Int4GemmParams& p, int64_t nb_begin, int64_t nb_end) {
   }
 }
 
-#else  // scalar
-
-void gemm_scalar(const Int4GemmParams& p, int64_t nb_begin, int64_t nb_end) {
-  const int64_t gs = p.group_size;
-  const int64_t gstride = int4_group_stride(gs);
-  const int64_t bstride = gstride * p.groups;
-  for (int64_t nb = nb_begin; nb < nb_end; ++nb) {
-    const uint8_t* wb = p.w + nb * bstride;
-    for (int64_t m = 0; m < p.m; ++m) {
-      const int8_t* xr = p.a + m * p.lda;
-      float y[NR] = {};
-      for (int64_t g = 0; g < p.groups; ++g) {
-        const uint8_t* wg = wb + g * gstride;
-        int32_t acc[NR] = {};
-        for (int64_t j = 0; j < gs / 8; ++j) {
-          const int8_t* xp = xr + g * gs + j * 8;
-          for (int64_t c = 0; c < NR; ++c) {
-            for (int64_t i = 0; i < 4; ++i) {
-              const uint8_t v = wg[j * 32 + c * 4 + i];
-              acc[c] += static_cast<int32_t>(v & 15) * xp[i] + static_cast<int32_t>(v >> 4) * xp[4 + i];
-            }
-          }
-        }
-        float s[NR], zs[NR];
-        std::memcpy(s, wg + gs * 4, sizeof(s));
-        std::memcpy(zs, wg + gs * 4 + sizeof(s), sizeof(zs));
-        const float as = p.a_scale[m * p.ldas + g], ac = p.a_corr[m * p.ldas + g];
-        for (int64_t c = 0; c < NR; ++c) {
-          y[c] = std::fma(static_cast<float>(acc[c]), s[c] * as, y[c]);
-          y[c] = std::fma(-zs[c], ac, y[c]);
-        }
-      }
-      const int64_t n0 = nb * NR;
-      for (int64_t c = 0; c < NR && n0 + c < p.n; ++c) {
-        float v = y[c];
-        if (p.bias) v = v + p.bias[n0 + c];
-        store_out(p, m, n0 + c, v);
-      }
-    }
-  }
-}
-
-#endif
-
 }  // namespace
 
 bool COMPRESSOPS_KERNEL(int4_quantize_rows)(const Int4QuantizeParams& p, int64_t row_begin, int64_t row_end) {
-  for (int64_t r = row_begin; r < row_end; ++r) {
-    const void* x = p.x_kind == Int4FloatKind::kF32
-                        ? static_cast<const void*>(static_cast<const float*>(p.x) + r * p.ldx)
-                        : static_cast<const void*>(static_cast<const uint16_t*>(p.x) + r * p.ldx);
-    int8_t* q = p.q + r * p.k_pad;
-    for (int64_t g = 0; g < p.groups; ++g) {
-      const int64_t k0 = g * p.group_size, k1 = std::min(p.k, k0 + p.group_size);
-      float* sc = p.a_scale + r * p.groups + g;
-      float* co = p.a_corr + r * p.groups + g;
-#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
-      if (k1 - k0 == p.group_size) {
-        quantize_group_avx2(p, x, q, k0, sc, co);
-        continue;
-      }
-#endif
-      quantize_group_scalar(p, x, q, k0, k1, sc, co);
-    }
-  }
+  quantize_rows<quantize_group_avx2>(p, row_begin, row_end);
   return true;
 }
 
 bool COMPRESSOPS_KERNEL(int4_gemm)(const Int4GemmParams& p, int64_t nb_begin, int64_t nb_end) {
-#if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
   gemm_avx2(p, nb_begin, nb_end);
-#else
-  gemm_scalar(p, nb_begin, nb_end);
-#endif
   return true;
 }
 
 }  // namespace compressops::cpu::kernels
-
-#endif

@@ -1,8 +1,9 @@
-// Torch-free 2:4 sparse linear kernels. Declarations of every per-ISA copy; see sparse24_kernel.cpp.
+// Torch-free 2:4 sparse linear kernels: their params and every level's symbol. The kernels are
+// the level files beside this header.
 // Format: compressops/formats/sparse24.py (kept values [N, Kp/2] in K order, 2-bit positions packed
 // 4 bits a group, 2 groups a byte, low nibble first).
 #pragma once
-#include "../dispatch.h"
+#include "../../dispatch.h"
 #include <cstdint>
 
 namespace compressops::cpu::kernels {
