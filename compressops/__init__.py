@@ -15,6 +15,7 @@ from .convert import convert
 from .io import load, save
 from .isa import available_isas, cpu_isa, detected_isa, isa, set_isa
 from .report import report
+from .routes import current_sparse_route, set_sparse_route, sparse_route
 
 __version__ = "0.1.0"
 
@@ -27,7 +28,7 @@ def info() -> dict:
 
 
 __all__ = ["convert", "report", "save", "load", "info", "isa", "detected_isa", "available_isas", "cpu_isa",
-           "set_isa", "configs", "nn", "ops"]
+           "set_isa", "sparse_route", "set_sparse_route", "current_sparse_route", "configs", "nn", "ops"]
 
 for _cls in configs.config_types():
     globals()[_cls.__name__] = _cls

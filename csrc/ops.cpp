@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/dense_route.h"
 #include "cpu/isa.h"
 #include "cpu/kernel_record.h"
 
@@ -37,6 +38,8 @@ std::vector<std::string> compiled_cpu_isas_op() {
 }
 std::vector<std::string> kernel_isas_op(std::string op) { return kernel_isas(op); }
 std::string last_kernel_isa_op(std::string op) { return last_kernel_isa(op); }
+std::string sparse_route_op() { return sparse_route_name(forced_sparse_route()); }
+void set_sparse_route_op(std::string route) { set_forced_sparse_route(parse_sparse_route(route)); }
 }  // namespace
 
 // binary_conv.cpp: the measured XNOR-popcount ceiling, for the binary benchmark.
@@ -98,6 +101,9 @@ TORCH_LIBRARY(compressops, m) {
   m.def("_cpu_isa_levels() -> str[]", &compressops::cpu::cpu_isa_levels_op);
   m.def("_kernel_isas(str op) -> str[]", &compressops::cpu::kernel_isas_op);
   m.def("_last_kernel_isa(str op) -> str", &compressops::cpu::last_kernel_isa_op);
+  // Route of the 2:4 and CSR ops (internal): "auto" (each op's rule), "kernel" or "dense".
+  m.def("_sparse_route() -> str", &compressops::cpu::sparse_route_op);
+  m.def("_set_sparse_route(str route) -> ()", &compressops::cpu::set_sparse_route_op);
   // Benchmarks: the measured XNOR-popcount ceiling (binary MACs per second, all threads).
   m.def("_binary_xor_popcount_peak(int iters) -> float", &compressops::cpu::binary_xor_popcount_peak_op);
 }

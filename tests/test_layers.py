@@ -13,7 +13,7 @@ PACKAGE = Path(co.__file__).parent
 # must be added here: an unlisted one is reported.
 LAYERS = [
     ("compressops.configs", 0), ("compressops._loader", 0), ("compressops._schemas", 0), ("compressops.isa", 0),
-    ("compressops._C", 0),
+    ("compressops.routes", 0), ("compressops._C", 0),
     ("compressops.formats", 1),
     ("compressops.reference", 2), ("compressops.ops", 2), ("compressops.triton", 2),
     ("compressops.algorithms", 3),

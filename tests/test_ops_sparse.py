@@ -1,5 +1,9 @@
 """2:4 and CSR sparse ops against compressops.reference, on every CPU ISA level this machine runs."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -8,7 +12,7 @@ from compressops import ops, reference
 from compressops.formats import csr as fcsr
 from compressops.formats import sparse24 as s24
 
-from .helpers import expected_kernel_level, OPCHECK_UTILS, isa_params, randn_nonzero, requires_native
+from .helpers import expected_kernel_level, NATIVE, OPCHECK_UTILS, isa_params, randn_nonzero, requires_native
 
 # (batch shape, K, N): M in {0, 1, 3, 8, 64+}, K not a multiple of 4/8/32, batch dims
 SHAPES = [
@@ -30,10 +34,14 @@ F32_TOL, BF16_TOL = 1e-5, 1e-2  # relative Frobenius error against the reference
 
 
 @pytest.fixture(autouse=True)
-def kernel_route(monkeypatch):
+def kernel_route():
     """The per-level tests check the sparse kernels, so large batches must not take the dense
     route (a torch GEMM on the decoded weight); the dense-route tests below opt back in."""
-    monkeypatch.setenv("COMPRESSOPS_SPARSE_ROUTE", "kernel")
+    if not NATIVE:  # the reference ops have no routes
+        yield
+        return
+    with co.sparse_route("kernel"):
+        yield
 
 
 def relerr(y, ref):
@@ -230,18 +238,18 @@ def sparse24_auto_is_dense(m, n, k, int8):
 @pytest.mark.parametrize("route", ["dense", "auto"])
 @pytest.mark.parametrize("shape", ROUTE_SHAPES, ids=str)
 @pytest.mark.parametrize("vdtype", [torch.float32, torch.bfloat16], ids=["v_f32", "v_bf16"])
-def test_sparse24_dense_route(monkeypatch, route, shape, vdtype):
-    monkeypatch.setenv("COMPRESSOPS_SPARSE_ROUTE", route)
+def test_sparse24_dense_route(route, shape, vdtype):
     batch, k, n = shape
     values, meta, b = make24(k, n, vdtype, bias=(k % 2 == 1))
     x = randn_nonzero(*batch, k)
-    y = ops.sparse24_linear(x, values, meta, k, b)
-    ran = torch.ops.compressops._last_kernel_isa("sparse24_linear")
+    xb = x.bfloat16()
+    with co.sparse_route(route):
+        y = ops.sparse24_linear(x, values, meta, k, b)
+        ran = torch.ops.compressops._last_kernel_isa("sparse24_linear")
+        yb = ops.sparse24_linear(xb, values, meta, k, b)
     m = x.numel() // k
     assert (ran == "dense") == (route == "dense" or sparse24_auto_is_dense(m, n, k, int8=False))
     assert relerr(y, reference.sparse24_linear(x, values, meta, k, b)) < F32_TOL
-    xb = x.bfloat16()
-    yb = ops.sparse24_linear(xb, values, meta, k, b)
     assert yb.dtype == torch.bfloat16
     assert relerr(yb, reference.sparse24_linear(xb, values, meta, k, b)) < BF16_TOL
 
@@ -249,13 +257,13 @@ def test_sparse24_dense_route(monkeypatch, route, shape, vdtype):
 @requires_native
 @pytest.mark.parametrize("route", ["dense", "auto"])
 @pytest.mark.parametrize("shape", ROUTE_SHAPES + [((400,), 300, 37)], ids=str)
-def test_sparse24_int8_dense_route_bit_exact(monkeypatch, route, shape):
-    monkeypatch.setenv("COMPRESSOPS_SPARSE_ROUTE", route)
+def test_sparse24_int8_dense_route_bit_exact(route, shape):
     batch, k, n = shape
     q, meta, scale, b = make24_int8(k, n, bias=(n % 2 == 1))
     x = randn_nonzero(*batch, k) * 3
     x.view(-1, k)[0, 1] = float("nan")  # a NaN row stays NaN, as in the reference
-    y = ops.sparse24_int8_linear(x, q, meta, scale, k, b)
+    with co.sparse_route(route):
+        y = ops.sparse24_int8_linear(x, q, meta, scale, k, b)
     ran = torch.ops.compressops._last_kernel_isa("sparse24_int8_linear")
     m = x.numel() // k
     assert (ran == "dense") == (route == "dense" or sparse24_auto_is_dense(m, n, k, int8=True))
@@ -268,15 +276,15 @@ def test_sparse24_int8_dense_route_bit_exact(monkeypatch, route, shape):
 @pytest.mark.parametrize("v0, v1, same, routed", [(100, 100, True, False), (-128, 5, False, False),
                                                   (50, -70, True, True), (-127, 127, False, True)],
                          ids=["coinciding_overflow", "minus_128", "coinciding_fits", "full_range"])
-def test_sparse24_int8_dense_route_declines_what_int8_cannot_hold(monkeypatch, v0, v1, same, routed):
+def test_sparse24_int8_dense_route_declines_what_int8_cannot_hold(v0, v1, same, routed):
     # Both kept values of a group at one position add up (the format's rule); the int8 GEMM needs
     # symmetric int8, so a sum outside [-127, 127] or a -128 keeps the op on the 2:4 kernel.
-    monkeypatch.setenv("COMPRESSOPS_SPARSE_ROUTE", "dense")
     q, meta, scale, b = make24_int8(66, 20)  # K % 4 == 2: the last group is cut by the padding
     q[3, 0], q[3, 1] = v0, v1
     meta[3, 0] = (meta[3, 0] & 0xF0) | (0b0101 if same else 0b1001)  # group 0: positions 1, 1 or 1, 2
     x = randn_nonzero(300, 66)
-    y = ops.sparse24_int8_linear(x, q, meta, scale, 66, b)
+    with co.sparse_route("dense"):
+        y = ops.sparse24_int8_linear(x, q, meta, scale, 66, b)
     assert (torch.ops.compressops._last_kernel_isa("sparse24_int8_linear") == "dense") == routed
     assert torch.equal(y, reference.sparse24_int8_linear(x, q, meta, scale, 66, b))
 
@@ -286,12 +294,12 @@ def test_sparse24_int8_dense_route_declines_what_int8_cannot_hold(monkeypatch, v
 @pytest.mark.parametrize("sparsity", [0.5, 0.9])
 @pytest.mark.parametrize("shape", ROUTE_SHAPES, ids=str)
 @pytest.mark.parametrize("vdtype", [torch.float32, torch.bfloat16], ids=["v_f32", "v_bf16"])
-def test_csr_dense_route(monkeypatch, route, sparsity, shape, vdtype):
-    monkeypatch.setenv("COMPRESSOPS_SPARSE_ROUTE", route)
+def test_csr_dense_route(route, sparsity, shape, vdtype):
     batch, k, n = shape
     packed, vals, b = make_csr(k, n, sparsity, vdtype, bias=(n % 2 == 0))
     x = randn_nonzero(*batch, k)
-    y = ops.csr_linear(x, packed, vals, n, b)
+    with co.sparse_route(route):
+        y = ops.csr_linear(x, packed, vals, n, b)
     ran = torch.ops.compressops._last_kernel_isa("csr_linear")
     m = x.numel() // k
     assert (ran == "dense") == (route == "dense" or (m >= 256 and sparsity < 0.65))
@@ -299,20 +307,104 @@ def test_csr_dense_route(monkeypatch, route, sparsity, shape, vdtype):
 
 
 @requires_native
-def test_csr_dense_route_duplicates_wide_k_and_bad_setting(monkeypatch):
-    monkeypatch.setenv("COMPRESSOPS_SPARSE_ROUTE", "dense")
+def test_csr_dense_route_duplicates_wide_k():
     k, n = 70000, 5  # 32-bit columns
     col = torch.tensor([69999, 3, 3, 40000, 7, 65536, 12], dtype=torch.int32)  # unsorted, a duplicate
     crow = torch.tensor([0, 3, 3, 5, 5, 7], dtype=torch.int64)
     vals = randn_nonzero(7)
     packed = ops.csr_pack(crow, col, k)
     x = randn_nonzero(3, k)
-    y = ops.csr_linear(x, packed, vals, n)
+    with co.sparse_route("dense"):
+        y = ops.csr_linear(x, packed, vals, n)
     assert torch.ops.compressops._last_kernel_isa("csr_linear") == "dense"
     assert relerr(y, reference.csr_linear(x, packed, vals, n)) < F32_TOL
-    monkeypatch.setenv("COMPRESSOPS_SPARSE_ROUTE", "fastest")
-    with pytest.raises(RuntimeError, match="COMPRESSOPS_SPARSE_ROUTE must be auto, kernel or dense"):
-        ops.csr_linear(x, packed, vals, n)
+
+
+# ------------------------------------------------------------------- the process's route setting
+
+@requires_native
+def test_sparse_route_context_manager_forces_and_restores():
+    packed, vals, _ = make_csr(67, 40, 0.5)
+    x = randn_nonzero(3, 67)
+    assert co.current_sparse_route() == "kernel"  # this file's fixture
+    with co.sparse_route("dense"):
+        assert co.current_sparse_route() == "dense"
+        ops.csr_linear(x, packed, vals, 40)
+        assert torch.ops.compressops._last_kernel_isa("csr_linear") == "dense"
+        with co.sparse_route("auto"):  # M = 3 is far below the rule's batch sizes
+            ops.csr_linear(x, packed, vals, 40)
+            assert torch.ops.compressops._last_kernel_isa("csr_linear") != "dense"
+        assert co.current_sparse_route() == "dense"
+    assert co.current_sparse_route() == "kernel"
+
+
+@requires_native
+def test_sparse_route_bad_names_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown sparse route 'fastest'; expected one of auto, kernel, dense"):
+        co.set_sparse_route("fastest")
+    with pytest.raises(RuntimeError, match="unknown sparse route 'fastest'; expected auto, kernel or dense"):
+        torch.ops.compressops._set_sparse_route("fastest")
+    with pytest.raises(ValueError):
+        with co.sparse_route("Dense"):
+            pass
+    assert co.current_sparse_route() == "kernel"
+
+
+@requires_native
+def test_sparse_route_is_process_wide():
+    """Documented behaviour: the route is one per process, so another thread sees the forced route."""
+    import threading
+
+    packed, vals, _ = make_csr(67, 40, 0.5)
+    seen = []
+    entered, done = threading.Event(), threading.Event()
+
+    def other():
+        entered.wait(10)
+        seen.append(co.current_sparse_route())
+        ops.csr_linear(randn_nonzero(2, 67), packed, vals, 40)
+        seen.append(torch.ops.compressops._last_kernel_isa("csr_linear"))
+        done.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    with co.sparse_route("dense"):
+        entered.set()
+        done.wait(10)
+    t.join()
+    assert seen == ["dense", "dense"]
+
+
+_ROUTE_CHILD = """
+import os, torch, compressops as co
+from compressops import ops
+from compressops.formats import csr
+w = torch.randn(40, 67)
+crow, col, vals = csr.compress(w, csr.magnitude_mask(w, 0.5))
+packed, x = ops.csr_pack(crow, col, 67), torch.randn(3, 67)
+last = lambda: torch.ops.compressops._last_kernel_isa("csr_linear")
+ops.csr_linear(x, packed, vals, 40)
+print(co.current_sparse_route(), last())
+os.environ["COMPRESSOPS_SPARSE_ROUTE"] = "kernel"  # read once, at start-up: no effect now
+ops.csr_linear(x, packed, vals, 40)
+print(co.current_sparse_route(), last())
+with co.sparse_route("kernel"):
+    ops.csr_linear(x, packed, vals, 40)
+    print(co.current_sparse_route(), last() != "dense")
+ops.csr_linear(x, packed, vals, 40)
+print(co.current_sparse_route(), last())
+"""
+
+
+@requires_native
+def test_sparse_route_from_the_environment_is_read_once_at_start_up():
+    env = {**os.environ, "COMPRESSOPS_SPARSE_ROUTE": "dense"}
+    out = subprocess.run([sys.executable, "-c", _ROUTE_CHILD], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["dense", "dense", "dense", "dense", "kernel", "True", "dense", "dense"]
+    env["COMPRESSOPS_SPARSE_ROUTE"] = "fastest"
+    res = subprocess.run([sys.executable, "-c", _ROUTE_CHILD], capture_output=True, text=True, env=env)
+    assert res.returncode != 0
+    assert "COMPRESSOPS_SPARSE_ROUTE must be auto, kernel or dense, got 'fastest'" in res.stderr
 
 
 # ------------------------------------------------------------------------------ shared checks

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "dispatch.h"
+#include "kernels/binary/policy.h"
 #include "kernel_record.h"
 #include "kernels/binary/kernel.h"
 
@@ -54,8 +55,9 @@ void pack_rows(const at::Tensor& x2, int64_t c, at::Tensor& out, const char* op)
   p.cw = words_for(c);
   const auto [fn, level] = kPack.select(active_isa(), p);
   record_kernel_isa(op, level);
+  const int64_t grain_values = kernels::binary_policy(level).pack_grain_values;
   const PackFn kernel = fn;
-  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(c, 1)),
+  at::parallel_for(0, rows, std::max<int64_t>(1, grain_values / std::max<int64_t>(c, 1)),
                    [&](int64_t b, int64_t e) { kernel(p, b, e); });
 }
 
@@ -83,7 +85,7 @@ at::Tensor binary_pack_activation_cpu(const at::Tensor& x) {
       const PackPlanesFn kernel = fn;
       const float* base = xf.data_ptr<float>();
       uint64_t* obase = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
-      const int64_t grain = std::max<int64_t>(8, 32768 / c / 8 * 8);
+      const int64_t grain = std::max<int64_t>(8, kernels::binary_policy(level).pack_grain_values / c / 8 * 8);
       const int64_t chunks = (h * w + grain - 1) / grain;
       at::parallel_for(0, n * chunks, 1, [&](int64_t b, int64_t e) {
         for (int64_t t = b; t < e; ++t) {
@@ -139,10 +141,10 @@ void run_conv(BinaryConvParams p, const char* op) {
   TORCH_CHECK(fn != nullptr, op, ": no kernel accepts kernel height ", p.kh);
   record_kernel_isa(op, level);
   const ConvFn kernel = fn;
-  const int64_t threads = at::get_num_threads();
+  const int64_t tasks = kernels::binary_policy(level).tasks_per_thread * at::get_num_threads();
   // Chunks start at multiples of 64, which binary_conv2d_packed needs (one output word per chunk).
   const int64_t chunk = 64;
-  const int64_t oc_chunks = rows >= 4 * threads ? 1 : (p.oc + chunk - 1) / chunk;
+  const int64_t oc_chunks = rows >= tasks ? 1 : (p.oc + chunk - 1) / chunk;
   const int64_t oc_step = oc_chunks == 1 ? p.oc : chunk;
   at::parallel_for(0, rows * oc_chunks, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {

@@ -13,6 +13,7 @@
 
 #include "dense_route.h"
 #include "dispatch.h"
+#include "kernels/csr/policy.h"
 #include "kernel_record.h"
 #include "kernels/csr/kernel.h"
 
@@ -20,6 +21,7 @@ namespace compressops::cpu {
 namespace {
 
 using kernels::CsrParams;
+using kernels::CsrPolicy;
 using SpmmFn = bool (*)(const CsrParams&, int64_t, int64_t);
 
 const KernelTable<SpmmFn> kSpmm = COMPRESSOPS_KERNEL_TABLE(kernels::csr_spmm);
@@ -119,25 +121,31 @@ Header read_header(const at::Tensor& packed, const char* op) {
   return h;
 }
 
-constexpr int64_t kCsrMaxChunkM = kernels::kCsrMaxLanes;
+// Every level's batch chunks fit the transposed kernels' staging tile.
+constexpr bool chunks_fit_lanes() {
+  for (int l = 0; l < kNumIsaLevels; ++l) {
+    for (const bool emulated : {false, true}) {
+      if (kernels::csr_policy({static_cast<CpuIsa>(l), emulated}).chunk_m > kernels::kCsrMaxLanes) return false;
+    }
+  }
+  return true;
+}
+static_assert(chunks_fit_lanes(), "csr policy: chunk_m must be at most kCsrMaxLanes");
 
-// When the dense route (dense_route.h) beats the CSR kernels: from M = 256 with at least 35%
-// nonzeros. Same-process sweep on the 2-core Zen 3 VM (AVX2; kernel with 64-row chunks vs route,
-// M in {64, 128, 256, 512}, 50-80% sparsity, N x K in {4096 x 4096, 1536 x 384, 384 x 1536}): at 50-60%
-// sparsity the route was 1.06-1.30x faster at M = 256 and 1.13-1.47x at M = 512; at 70% it was
-// 0.78-1.02x and at 80% 0.51-0.82x, so sparser matrices keep the kernel at every batch size.
-bool csr_prefer_dense(int64_t m, int64_t n, int64_t k, int64_t nnz) {
+// Whether the call takes the dense route (dense_route.h): as forced for the process, else by the
+// policy's rule, fitted per level (kernels/csr/policy.h).
+bool csr_prefer_dense(const CsrPolicy& policy, int64_t m, int64_t n, int64_t k, int64_t nnz) {
   const SparseRoute forced = forced_sparse_route();
   if (forced != SparseRoute::kAuto) return forced == SparseRoute::kDense;
-  return m >= 256 && 100 * nnz >= 35 * n * k;
+  return policy.dense(m, n, k, nnz);
 }
 
 // Rows [n0, n1) of the dense fp32 weight [n, k] (row stride k); duplicate columns add up, as in
 // the reference.
 template <typename V>
 void decode_rows(const int64_t* rowptr, const uint8_t* cols, int col_bytes, const V* values, int64_t k, int64_t n0,
-                 int64_t n1, float* dst) {
-  at::parallel_for(n0, n1, 16, [&](int64_t b, int64_t e) {
+                 int64_t n1, int64_t grain, float* dst) {
+  at::parallel_for(n0, n1, grain, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       float* w = dst + (r - n0) * k;
       std::memset(w, 0, sizeof(float) * k);
@@ -182,19 +190,7 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
   const uint8_t* base = packed.data_ptr<uint8_t>();
   const int64_t* rowptr = reinterpret_cast<const int64_t*>(base + kHeader);
   const uint8_t* cols = base + kHeader + 8 * (n + 1);
-  if (m > 0 && csr_prefer_dense(m, n, k, nnz)) {
-    const int cb = h.col_bytes;
-    if (vals.scalar_type() == at::kBFloat16) {
-      const c10::BFloat16* v = vals.data_ptr<c10::BFloat16>();
-      dense_route_linear(x2, n, k, b, out,
-                         [&](int64_t n0, int64_t n1, float* dst) { decode_rows(rowptr, cols, cb, v, k, n0, n1, dst); });
-    } else {
-      const float* v = vals.data_ptr<float>();
-      dense_route_linear(x2, n, k, b, out,
-                         [&](int64_t n0, int64_t n1, float* dst) { decode_rows(rowptr, cols, cb, v, k, n0, n1, dst); });
-    }
-    record_kernel_route(op, "dense");
-  } else if (m > 0) {
+  if (m > 0) {
     CsrParams p{};
     p.rowptr = rowptr;
     p.cols = cols;
@@ -211,50 +207,65 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
     p.n = n;
     p.k = k;
     const auto [fn, level] = kSpmm.select(active_isa(), p);
-    record_kernel_isa(op, level);
-    // Pieces of equal cost: cost(rows [0, i)) = rowptr[i] + kRowCost * i.
-    constexpr int64_t kRowCost = 4;
-    const int64_t pieces = std::min<int64_t>(n, 8 * at::get_num_threads());
-    const int64_t total = nnz + kRowCost * n;
-    std::vector<int64_t> bounds(pieces + 1);
-    bounds[0] = 0;
-    bounds[pieces] = n;
-    for (int64_t t = 1; t < pieces; ++t) {
-      const int64_t target = total * t / pieces;
-      int64_t lo = bounds[t - 1], hi = n;  // first i with cost(i) >= target
-      while (lo < hi) {
-        const int64_t mid = (lo + hi) / 2;
-        if (p.rowptr[mid] + kRowCost * mid < target) lo = mid + 1; else hi = mid;
+    const CsrPolicy policy = kernels::csr_policy(level);
+    if (csr_prefer_dense(policy, m, n, k, nnz)) {
+      const int cb = h.col_bytes;
+      const int64_t grain = policy.decode_grain_rows;
+      if (p.values_bf16) {
+        const c10::BFloat16* v = vals.data_ptr<c10::BFloat16>();
+        dense_route_linear(x2, n, k, b, out, [&](int64_t n0, int64_t n1, float* dst) {
+          decode_rows(rowptr, cols, cb, v, k, n0, n1, grain, dst);
+        });
+      } else {
+        const float* v = vals.data_ptr<float>();
+        dense_route_linear(x2, n, k, b, out, [&](int64_t n0, int64_t n1, float* dst) {
+          decode_rows(rowptr, cols, cb, v, k, n0, n1, grain, dst);
+        });
       }
-      bounds[t] = lo;
-    }
-    const SpmmFn kernel = fn;
-    // Batches of more than kCsrMaxChunkM rows run in chunks of that many: the kernels' time grows
-    // faster than the batch once the transposed activations outgrow the cache. Same-process A/B on
-    // the 2-core Zen 3 VM at M = 128..1024, 50-90% sparsity, N x K in {384, 1536, 4096}^2 (chunks
-    // of 32, 64, 96, 128, 256 and none): 64 was best or within noise of it everywhere, and 1.2-1.9x
-    // faster than no chunking at M = 512 (4096 x 4096 at 90%: 47 ms against 90 ms).
-    const int64_t chunk = kCsrMaxChunkM;
-    at::Tensor xt;
-    for (int64_t r0 = 0; r0 < m; r0 += chunk) {
-      CsrParams pc = p;
-      pc.m = std::min(chunk, m - r0);
-      pc.x = p.x + r0 * p.ldx;
-      pc.out = p.out + r0 * p.ldo;
-      if (level.level != CpuIsa::kScalar && pc.m >= kernels::kCsrTransposeM) {
-        const int64_t ldt = (pc.m + 7) / 8 * 8;
-        // Only the padding lanes need zeros: no memset of all K x ldt floats before the copy.
-        if (!xt.defined() || xt.size(1) != ldt) xt = at::empty({k, ldt}, x2.options());
-        if (ldt > pc.m) xt.narrow(1, pc.m, ldt - pc.m).zero_();
-        xt.narrow(1, 0, pc.m).copy_(x2.narrow(0, r0, pc.m).t());
-        pc.xt = xt.data_ptr<float>();
-        pc.ldt = ldt;
-      }
-      at::parallel_for(0, pieces, 1, [&](int64_t b0, int64_t e0) {
-        for (int64_t t = b0; t < e0; ++t) {
-          if (bounds[t + 1] > bounds[t]) kernel(pc, bounds[t], bounds[t + 1]);
+      record_kernel_route(op, "dense");
+    } else {
+      record_kernel_isa(op, level);
+      // Pieces of equal cost: cost(rows [0, i)) = rowptr[i] + row_cost * i.
+      const int64_t row_cost = policy.row_cost;
+      const int64_t pieces = std::min<int64_t>(n, policy.pieces_per_thread * at::get_num_threads());
+      const int64_t total = nnz + row_cost * n;
+      std::vector<int64_t> bounds(pieces + 1);
+      bounds[0] = 0;
+      bounds[pieces] = n;
+      for (int64_t t = 1; t < pieces; ++t) {
+        const int64_t target = total * t / pieces;
+        int64_t lo = bounds[t - 1], hi = n;  // first i with cost(i) >= target
+        while (lo < hi) {
+          const int64_t mid = (lo + hi) / 2;
+          if (p.rowptr[mid] + row_cost * mid < target) lo = mid + 1; else hi = mid;
         }
-      });
+        bounds[t] = lo;
+      }
+      const SpmmFn kernel = fn;
+      // Batches of more than chunk_m rows run in chunks of that many: the kernels' time grows
+      // faster than the batch once the transposed activations outgrow the cache.
+      const int64_t chunk = policy.chunk_m;
+      at::Tensor xt;
+      for (int64_t r0 = 0; r0 < m; r0 += chunk) {
+        CsrParams pc = p;
+        pc.m = std::min(chunk, m - r0);
+        pc.x = p.x + r0 * p.ldx;
+        pc.out = p.out + r0 * p.ldo;
+        if (level.level != CpuIsa::kScalar && policy.transposed(pc.m)) {
+          const int64_t ldt = (pc.m + 7) / 8 * 8;
+          // Only the padding lanes need zeros: no memset of all K x ldt floats before the copy.
+          if (!xt.defined() || xt.size(1) != ldt) xt = at::empty({k, ldt}, x2.options());
+          if (ldt > pc.m) xt.narrow(1, pc.m, ldt - pc.m).zero_();
+          xt.narrow(1, 0, pc.m).copy_(x2.narrow(0, r0, pc.m).t());
+          pc.xt = xt.data_ptr<float>();
+          pc.ldt = ldt;
+        }
+        at::parallel_for(0, pieces, 1, [&](int64_t b0, int64_t e0) {
+          for (int64_t t = b0; t < e0; ++t) {
+            if (bounds[t + 1] > bounds[t]) kernel(pc, bounds[t], bounds[t + 1]);
+          }
+        });
+      }
     }
   }
   if (x.scalar_type() != at::kFloat) out = out.to(x.scalar_type());

@@ -6,27 +6,26 @@
 #pragma once
 #include <ATen/ATen.h>
 
-#include <c10/util/Exception.h>
-
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <optional>
+#include <string>
 
 namespace compressops::cpu {
 
-// COMPRESSOPS_SPARSE_ROUTE=kernel|dense overrides each op's own choice (unset or "auto": the op's
-// rule). The rules are fitted to one CPU; this lets a user on another one (and the tests) pick.
-// Read on every call, like COMPRESSOPS_ISA's context manager expects of an environment setting.
+// Which route the 2:4 and CSR ops take: "auto" follows each op's rule (its family's policy.h);
+// "kernel" and "dense" force one for every call. The rules are fitted to one CPU; this lets a user
+// on another one (and the tests) pick. COMPRESSOPS_SPARSE_ROUTE=auto|kernel|dense sets it when the
+// process starts (read once, at the first call that asks, like COMPRESSOPS_ISA);
+// set_forced_sparse_route changes it for the whole process, every thread.
 enum class SparseRoute { kAuto, kKernel, kDense };
 
-inline SparseRoute forced_sparse_route() {
-  const char* v = std::getenv("COMPRESSOPS_SPARSE_ROUTE");
-  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return SparseRoute::kAuto;
-  if (std::strcmp(v, "kernel") == 0) return SparseRoute::kKernel;
-  if (std::strcmp(v, "dense") == 0) return SparseRoute::kDense;
-  TORCH_CHECK(false, "COMPRESSOPS_SPARSE_ROUTE must be auto, kernel or dense, got '", v, "'");
-}
+// The hot path: one relaxed atomic load once the environment has been read. Throws c10::Error on
+// a COMPRESSOPS_SPARSE_ROUTE that is not auto, kernel or dense (at every call, until overridden).
+SparseRoute forced_sparse_route();
+void set_forced_sparse_route(SparseRoute route);
+// "auto", "kernel" or "dense" and back; parse_sparse_route throws c10::Error on anything else.
+SparseRoute parse_sparse_route(const std::string& name);
+const char* sparse_route_name(SparseRoute route);
 
 // About this many bytes of decoded fp32 weight per block: large enough for an efficient GEMM per
 // block, small enough to stay in the last-level cache between decoding it and reading it.

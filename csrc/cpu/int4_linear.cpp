@@ -8,6 +8,7 @@
 
 #include "../common/int4_layout.h"
 #include "dispatch.h"
+#include "kernels/int4/policy.h"
 #include "kernel_record.h"
 #include "kernels/int4/kernel.h"
 
@@ -16,6 +17,7 @@ namespace {
 
 using kernels::Int4FloatKind;
 using kernels::Int4GemmParams;
+using kernels::Int4Policy;
 using kernels::Int4QuantizeParams;
 
 using QuantizeFn = bool (*)(const Int4QuantizeParams&, int64_t, int64_t);
@@ -176,8 +178,11 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& w_packed, int6
     qp.a_corr = ca.data_ptr<float>();
     const auto [qfn, qlevel] = kQuantize.select(active_isa(), qp);
     record_kernel_isa("int4_quantize_rows", qlevel);
+    const int64_t grain_values = kernels::int4_policy(qlevel).quantize_grain_values;
     const QuantizeFn qkernel = qfn;
-    at::parallel_for(0, m, std::max<int64_t>(1, 16384 / k_pad), [&](int64_t b0, int64_t e0) { qkernel(qp, b0, e0); });
+    at::parallel_for(0, m, std::max<int64_t>(1, grain_values / k_pad), [&](int64_t b0, int64_t e0) {
+      qkernel(qp, b0, e0);
+    });
 
     Int4GemmParams p{};
     p.a = q.data_ptr<int8_t>();
@@ -199,9 +204,9 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& w_packed, int6
     const GemmFn kernel = fn;
     const int64_t blocks = h.n_pad / kInt4NR;
     // Whole column blocks per thread when there are enough; otherwise split rows too.
-    const int64_t threads = at::get_num_threads();
-    const int64_t row_chunk =
-        blocks >= 4 * threads ? m : std::max<int64_t>(16, (m + 4 * threads - 1) / (4 * threads));
+    const Int4Policy policy = kernels::int4_policy(level);
+    const int64_t tasks = policy.tasks_per_thread * at::get_num_threads();
+    const int64_t row_chunk = blocks >= tasks ? m : std::max<int64_t>(policy.min_row_chunk, (m + tasks - 1) / tasks);
     const int64_t row_chunks = (m + row_chunk - 1) / row_chunk;
     const size_t out_elem = out.element_size();
     at::parallel_for(0, row_chunks * blocks, 1, [&](int64_t begin, int64_t end) {

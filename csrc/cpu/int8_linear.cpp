@@ -11,6 +11,7 @@
 #include "../common/int8_layout.h"
 #include "dispatch.h"
 #include "int8_linear.h"
+#include "kernels/int8/policy.h"
 #include "kernel_record.h"
 #include "kernels/int8/kernel.h"
 
@@ -19,6 +20,7 @@ namespace {
 
 using kernels::FloatKind;
 using kernels::Int8GemmParams;
+using kernels::Int8Policy;
 using kernels::Int8QuantizeParams;
 using kernels::Int8WeightOnlyParams;
 
@@ -96,11 +98,12 @@ at::ScalarType resolve_out_dtype(const at::Tensor& x, std::optional<at::ScalarTy
 
 // Splits (rows x column blocks) into tiles: whole column blocks when there are enough of them to
 // keep every thread busy, otherwise row chunks too, so a narrow layer on a big batch still
-// spreads over all threads. `body(row0, rows, nb_begin, nb_end)` runs once per contiguous run.
+// spreads over all threads (the policy's numbers). `body(row0, rows, nb_begin, nb_end)` runs once
+// per contiguous run.
 template <typename Body>
-void parallel_tiles(int64_t m, int64_t blocks, const Body& body) {
-  const int64_t threads = at::get_num_threads();
-  const int64_t row_chunk = blocks >= 4 * threads ? m : std::max<int64_t>(16, (m + 4 * threads - 1) / (4 * threads));
+void parallel_tiles(const Int8Policy& policy, int64_t m, int64_t blocks, const Body& body) {
+  const int64_t tasks = policy.tasks_per_thread * at::get_num_threads();
+  const int64_t row_chunk = blocks >= tasks ? m : std::max<int64_t>(policy.min_row_chunk, (m + tasks - 1) / tasks);
   const int64_t row_chunks = (m + row_chunk - 1) / row_chunk;
   at::parallel_for(0, row_chunks * blocks, 1, [&](int64_t begin, int64_t end) {
     int64_t t = begin;
@@ -142,9 +145,10 @@ void quantize_rows(const at::Tensor& x2, int64_t k, int64_t k_pad, int8_t* q, in
   p.static_inv = is_static ? &static_inv : nullptr;
   const auto [fn, level] = kQuantize.select(active_isa(), p);
   record_kernel_isa("int8_quantize_activation", level);
+  const int64_t grain_values = kernels::int8_policy(level).quantize_grain_values;
   const QuantizeFn kernel = fn;
   const int64_t m = x2.size(0);
-  at::parallel_for(0, m, std::max<int64_t>(1, 16384 / std::max<int64_t>(k, 1)),
+  at::parallel_for(0, m, std::max<int64_t>(1, grain_values / std::max<int64_t>(k, 1)),
                    [&](int64_t b, int64_t e) { kernel(p, b, e); });
 }
 
@@ -252,8 +256,9 @@ std::tuple<at::Tensor, at::Tensor> int8_quantize_activation_cpu(const at::Tensor
 void run_int8_gemm(const Int8GemmParams& p, int64_t n_pad, size_t out_elem, const char* op) {
   const auto [fn, level] = kGemm.select(active_isa(), p);
   record_kernel_isa(op, level);
+  const Int8Policy policy = kernels::int8_policy(level);
   const GemmFn kernel = fn;
-  parallel_tiles(p.m, n_pad / kInt8NR, [&](int64_t row0, int64_t rows, int64_t nb0, int64_t nb1) {
+  parallel_tiles(policy, p.m, n_pad / kInt8NR, [&](int64_t row0, int64_t rows, int64_t nb0, int64_t nb1) {
     Int8GemmParams t = p;
     t.a += row0 * p.lda;
     t.a_scale += row0;
@@ -334,9 +339,10 @@ at::Tensor int8_weight_only_linear_cpu(const at::Tensor& x, const at::Tensor& w_
     p.k_pad = k_pad;
     const auto [fn, level] = kWeightOnly.select(active_isa(), p);
     record_kernel_isa(op, level);
+    const Int8Policy policy = kernels::int8_policy(level);
     const WeightOnlyFn kernel = fn;
     const size_t out_elem = out.element_size();
-    parallel_tiles(m, h.n_pad / kInt8NR, [&](int64_t row0, int64_t rows, int64_t nb0, int64_t nb1) {
+    parallel_tiles(policy, m, h.n_pad / kInt8NR, [&](int64_t row0, int64_t rows, int64_t nb0, int64_t nb1) {
       Int8WeightOnlyParams t = p;
       t.x += row0 * p.ldx;
       t.out = static_cast<char*>(p.out) + row0 * p.ldo * out_elem;

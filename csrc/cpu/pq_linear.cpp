@@ -11,6 +11,7 @@
 #include "../common/pq_layout.h"
 #include "dense_route.h"
 #include "dispatch.h"
+#include "kernels/pq/policy.h"
 #include "kernel_record.h"
 #include "kernels/pq/kernel.h"
 
@@ -19,6 +20,7 @@ namespace {
 
 using kernels::Pq16ScanParams;
 using kernels::Pq256BatchParams;
+using kernels::PqPolicy;
 using kernels::PqQuantizeParams;
 using kernels::PqTableParams;
 
@@ -152,22 +154,6 @@ void pq_decode_rows(const uint8_t* codes, const float* cb_t, const PqPackedHeade
   });
 }
 
-// Large batches where building lookup tables costs more than a dense GEMM: the table build is
-// M*K*k multiply-adds, so with k=256 and few output rows it rivals the GEMM's M*N*K, and small d
-// means many lookups per output. Fitted by hand to a one-off same-process sweep on the 2-core Zen 3
-// dev VM (table route vs this route, M=256 and 1024, K,N in {384, 1536, 4096}, d in {1, 2, 4, 8}, k in
-// {16, 256}; the sweep script is not kept): table/dense time ~ 2*256/N + 2/d for k=256 and
-// ~ (456/N + 0.55)/d for k=16. `benchmarks/bench_pq_linear.py --shapes minilm` shows the outcome
-// (rows labelled "(dense)"); other CPUs will want other constants.
-// The dense route (dense_route.h) is taken only when that estimate exceeds 1.2, since it also
-// decodes the weight every call; below M=256 decoding is not amortized.
-bool pq_prefer_dense(int64_t m, int64_t n, int64_t d, int64_t kc) {
-  if (m < 256) return false;
-  const double nd = static_cast<double>(n), dd = static_cast<double>(d);
-  const double ratio = kc == 256 ? 2.0 * 256.0 / nd + 2.0 / dd : (456.0 / nd + 0.55) / dd;
-  return ratio > 1.2;
-}
-
 at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t in_features, int64_t out_features,
                          const std::optional<at::Tensor>& bias, std::optional<at::ScalarType> out_dtype) {
   constexpr const char* op = "pq_linear";
@@ -203,14 +189,18 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t 
   const uint8_t* base = packed.data_ptr<uint8_t>();
   const float* cb_t = reinterpret_cast<const float*>(base + kPqHeaderBytes);
   const uint8_t* codes = base + kPqHeaderBytes + pq_codebook_bytes(s_pad, d, kc);
-  if (pq_prefer_dense(m, n, d, kc)) {
+  // Large batches where building lookup tables costs more than a dense GEMM on the decoded weight
+  // (dense_route.h); the policy's estimate (kernels/pq/policy.h) is looked up for the level of the
+  // kernel that would build the tables.
+  const auto dense_route = [&] {
     const at::Tensor xf2 = x2.to(at::kFloat).contiguous();
     at::Tensor y = at::empty({m, n}, fopts);
     dense_route_linear(xf2, n, in_features, b, y,
                        [&](int64_t n0, int64_t n1, float* dst) { pq_decode_rows(codes, cb_t, h, n0, n1, dst); });
     record_kernel_route(op, "dense");
     return y.to(out_t).view(out_shape);
-  }
+  };
+  const IsaChoice isa = active_isa();
   if (kc == 256) {
     // Tables built per tile of rows (1, 8 or 16) and per 16-subspace chunk into scratch, laid
     // out [s][c][row] so each code selects a contiguous vector of the tile's rows (no gathers).
@@ -225,9 +215,6 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t 
     bp.mt = m == 1 ? 1 : m <= 8 ? 8 : 16;
     const int64_t tiles = (m + bp.mt - 1) / bp.mt;
     bp.ldxt = tiles * bp.mt;
-    at::Tensor xt = at::zeros({s * d, bp.ldxt}, fopts);
-    xt.narrow(0, 0, in_features).narrow(1, 0, m).copy_(x2.t());
-    bp.xt = xt.data_ptr<float>();
     bp.out = out.data_ptr<float>();
     bp.ldo = n_pad;
     bp.group = kPq256ChunkSubspaces;
@@ -235,7 +222,11 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t 
     // give every thread work
     const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
     bp.n_parts = std::min((threads + tiles - 1) / tiles, n_pad / kPq256BlockRows);
-    const auto [fn, level] = kBatch256.select(active_isa(), bp);
+    const auto [fn, level] = kBatch256.select(isa, bp);
+    if (kernels::pq_policy(level).dense(m, n, d, kc)) return dense_route();
+    at::Tensor xt = at::zeros({s * d, bp.ldxt}, fopts);
+    xt.narrow(0, 0, in_features).narrow(1, 0, m).copy_(x2.t());
+    bp.xt = xt.data_ptr<float>();
     record_kernel_isa(op, level);
     const Batch256Fn batch = fn;
     at::parallel_for(0, tiles * bp.n_parts, 1, [&](int64_t u0, int64_t u1) {
@@ -249,21 +240,21 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t 
     y = out_t == at::kFloat && n == n_pad ? y : y.to(out_t).contiguous();
     return y.view(out_shape);
   }
-  // fp32 input rows padded with zeros to S_pad * d
-  at::Tensor xf = at::zeros({m, s_pad * d}, fopts);
-  xf.narrow(1, 0, in_features).copy_(x2);
   PqTableParams tp{};
-  tp.x = xf.data_ptr<float>();
   tp.ldx = s_pad * d;
   tp.cb_t = cb_t;
   tp.s_pad = s_pad;
   tp.d = d;
   tp.ncent = kc;
   tp.m = m;
-  const IsaChoice isa = active_isa();
   const auto [tfn, tlevel] = kTable.select(isa, tp);
+  const PqPolicy policy = kernels::pq_policy(tlevel);
+  if (policy.dense(m, n, d, kc)) return dense_route();
+  // fp32 input rows padded with zeros to S_pad * d
+  at::Tensor xf = at::zeros({m, s_pad * d}, fopts);
+  xf.narrow(1, 0, in_features).copy_(x2);
+  tp.x = xf.data_ptr<float>();
   const TableFn build = tfn;
-  (void)tlevel;
   const int64_t chunks = (s_pad + kernels::kPqTableChunk - 1) / kernels::kPqTableChunk;
   float* outp = out.data_ptr<float>();
   const float* biasp = b ? b->data_ptr<float>() : nullptr;
@@ -278,7 +269,8 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t 
     // Each row's fp32 table (s_pad * 64 bytes) is built into a per-task buffer that stays in L2 and
     // quantized at once: a batch never materializes (and page-faults in) the whole [m, s_pad, 16]
     // fp32 table, four times the size of the uint8 one.
-    at::parallel_for(0, m, std::max<int64_t>(1, 4096 / std::max<int64_t>(s_pad, 1)), [&](int64_t a, int64_t e) {
+    const int64_t grain = std::max<int64_t>(1, policy.table_grain_subspaces / std::max<int64_t>(s_pad, 1));
+    at::parallel_for(0, m, grain, [&](int64_t a, int64_t e) {
       std::vector<float> row_table(static_cast<size_t>(s_pad * kc));
       PqTableParams rp = tp;
       rp.table = row_table.data();

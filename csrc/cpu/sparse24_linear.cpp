@@ -14,6 +14,7 @@
 #include "dense_route.h"
 #include "dispatch.h"
 #include "int8_linear.h"
+#include "kernels/sparse24/policy.h"
 #include "kernel_record.h"
 #include "kernels/sparse24/kernel.h"
 
@@ -24,6 +25,7 @@ namespace {
 
 using kernels::Sparse24Int8Params;
 using kernels::Sparse24Params;
+using kernels::Sparse24Policy;
 using FFn = bool (*)(const Sparse24Params&, int64_t, int64_t);
 using IFn = bool (*)(const Sparse24Int8Params&, int64_t, int64_t);
 
@@ -88,28 +90,21 @@ Call check(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta
   return c;
 }
 
-// Batches from which the dense route (dense_route.h) beats the 2:4 kernels. Fitted to a
-// same-process sweep on the 2-core Zen 3 dev VM (AVX2; kernel vs route at M from 16 to 512, N x K
-// in {384 x 384, 1536 x 384, 384 x 1536, 4096 x 4096, 11008 x 4096}): with float values the two were
-// even at M = 128 (0.92-1.12x) and the route won by 1.2-1.5x from M = 256; layers of more than 4M
-// weights pay more for decoding per call and cross later. With int8 values the route packs the
-// weight for the int8 GEMM straight from the 2:4 form (pack_rows_i8); same-process sweep (M in
-// {64, 128, 256}, the four larger shapes, 2026-11-23): even at M = 64 (0.87-1.02x), 1.05-1.36x
-// faster at M = 128 and 1.22-1.47x at M = 256. Other CPUs will want other constants.
-bool sparse24_prefer_dense(int64_t m, int64_t n, int64_t kp, bool int8_values) {
+// Whether the call takes the dense route (dense_route.h): as forced for the process, else by the
+// policy's batch sizes, fitted per level (kernels/sparse24/policy.h). With int8 values the route
+// packs the weight for the int8 GEMM straight from the 2:4 form (pack_rows_i8).
+bool sparse24_prefer_dense(const Sparse24Policy& policy, int64_t m, int64_t n, int64_t kp, bool int8_values) {
   const SparseRoute forced = forced_sparse_route();
   if (forced != SparseRoute::kAuto) return forced == SparseRoute::kDense;
-  if (int8_values) return m >= 128;
-  const bool large = n * kp > (int64_t{1} << 22);
-  return m >= (large ? 192 : 128);
+  return int8_values ? policy.int8_dense(m) : policy.float_dense(m, n, kp);
 }
 
 // Rows [n0, n1) of the dense fp32 weight [n, kp] (row stride kp); a group whose two positions
 // coincide adds both values there, as the format and the reference say.
 template <typename V>
 void decode_rows_f32(const V* values, const uint8_t* meta, int64_t meta_stride, int64_t kp, int64_t n0, int64_t n1,
-                     float* dst) {
-  at::parallel_for(n0, n1, 16, [&](int64_t b, int64_t e) {
+                     int64_t grain, float* dst) {
+  at::parallel_for(n0, n1, grain, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       float* w = dst + (r - n0) * kp;
       std::memset(w, 0, sizeof(float) * kp);
@@ -195,20 +190,7 @@ at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, co
   const at::Tensor xf = fp32_rows(x, c.k, c.kp);
   const int64_t m = xf.size(0);
   at::Tensor out = at::empty({m, c.n}, x.options().dtype(at::kFloat));
-  if (m > 0 && sparse24_prefer_dense(m, c.n, c.kp, false)) {
-    const uint8_t* meta_p = c.meta.data_ptr<uint8_t>();
-    const int64_t ms = c.meta.size(1), kp = c.kp;
-    if (c.values.scalar_type() == at::kBFloat16) {
-      const c10::BFloat16* v = c.values.data_ptr<c10::BFloat16>();
-      dense_route_linear(xf, c.n, kp, c.bias, out,
-                         [&](int64_t n0, int64_t n1, float* dst) { decode_rows_f32(v, meta_p, ms, kp, n0, n1, dst); });
-    } else {
-      const float* v = c.values.data_ptr<float>();
-      dense_route_linear(xf, c.n, kp, c.bias, out,
-                         [&](int64_t n0, int64_t n1, float* dst) { decode_rows_f32(v, meta_p, ms, kp, n0, n1, dst); });
-    }
-    record_kernel_route(op, "dense");
-  } else if (m > 0) {
+  if (m > 0) {
     Sparse24Params p{};
     p.x = xf.data_ptr<float>();
     p.ldx = xf.stride(0);
@@ -223,26 +205,44 @@ at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, co
     p.n = c.n;
     p.kp = c.kp;
     const auto [fn, level] = kF.select(active_isa(), p);
-    record_kernel_isa(op, level);
-    at::Tensor xt, xs;
-    const bool transposed = kernels::sparse24_float_transposed(m, c.n, c.kp);
-    if (level.level != CpuIsa::kScalar && !transposed) {
-      const int64_t kp16 = c.kp / 16 * 16;
-      const at::Tensor order = at::tensor(std::vector<int64_t>{0, 2, 1, 3}, xf.options().dtype(at::kLong));
-      xs = kp16 > 0 ? xf.narrow(1, 0, kp16).reshape({m, kp16 / 16, 4, 4}).index_select(2, order).reshape({m, kp16})
-                    : at::zeros({m, 16}, xf.options());
-      p.xs = xs.data_ptr<float>();
-      p.ldxs = xs.size(1);
+    const Sparse24Policy policy = kernels::sparse24_policy(level);
+    if (sparse24_prefer_dense(policy, m, c.n, c.kp, false)) {
+      const uint8_t* meta_p = p.meta;
+      const int64_t ms = p.meta_stride, kp = c.kp, grain = policy.decode_grain_rows;
+      if (p.values_bf16) {
+        const c10::BFloat16* v = c.values.data_ptr<c10::BFloat16>();
+        dense_route_linear(xf, c.n, kp, c.bias, out, [&](int64_t n0, int64_t n1, float* dst) {
+          decode_rows_f32(v, meta_p, ms, kp, n0, n1, grain, dst);
+        });
+      } else {
+        const float* v = c.values.data_ptr<float>();
+        dense_route_linear(xf, c.n, kp, c.bias, out, [&](int64_t n0, int64_t n1, float* dst) {
+          decode_rows_f32(v, meta_p, ms, kp, n0, n1, grain, dst);
+        });
+      }
+      record_kernel_route(op, "dense");
+    } else {
+      record_kernel_isa(op, level);
+      at::Tensor xt, xs;
+      const bool transposed = policy.float_transposed(m, c.n, c.kp);
+      if (level.level != CpuIsa::kScalar && !transposed) {
+        const int64_t kp16 = c.kp / 16 * 16;
+        const at::Tensor order = at::tensor(std::vector<int64_t>{0, 2, 1, 3}, xf.options().dtype(at::kLong));
+        xs = kp16 > 0 ? xf.narrow(1, 0, kp16).reshape({m, kp16 / 16, 4, 4}).index_select(2, order).reshape({m, kp16})
+                      : at::zeros({m, 16}, xf.options());
+        p.xs = xs.data_ptr<float>();
+        p.ldxs = xs.size(1);
+      }
+      if (level.level != CpuIsa::kScalar && transposed) {
+        const int64_t ldt = (m + 7) / 8 * 8;
+        xt = at::zeros({c.kp, ldt}, xf.options());
+        xt.narrow(1, 0, m).copy_(xf.t());
+        p.xt = xt.data_ptr<float>();
+        p.ldt = ldt;
+      }
+      const FFn kernel = fn;
+      at::parallel_for(0, c.n, policy.grain_channels, [&](int64_t b, int64_t e) { kernel(p, b, e); });
     }
-    if (level.level != CpuIsa::kScalar && transposed) {
-      const int64_t ldt = (m + 7) / 8 * 8;
-      xt = at::zeros({c.kp, ldt}, xf.options());
-      xt.narrow(1, 0, m).copy_(xf.t());
-      p.xt = xt.data_ptr<float>();
-      p.ldt = ldt;
-    }
-    const FFn kernel = fn;
-    at::parallel_for(0, c.n, 32, [&](int64_t b, int64_t e) { kernel(p, b, e); });
   }
   if (c.out_t != at::kFloat) out = out.to(c.out_t);
   return out.view(c.out_shape);
@@ -290,28 +290,29 @@ at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, const at::Tensor& value
     at::Tensor q = at::empty({m, c.kp}, x.options().dtype(at::kChar));
     at::Tensor sa = at::empty({m}, x.options().dtype(at::kFloat));
     int8_quantize_rows_host(x2, c.k, c.kp, q.data_ptr<int8_t>(), c.kp, sa.data_ptr<float>());
+    Sparse24Int8Params p{};
+    p.q = q.data_ptr<int8_t>();
+    p.ldq = c.kp;
+    p.a_scale = sa.data_ptr<float>();
+    p.values = c.values.data_ptr<int8_t>();
+    p.meta = c.meta.data_ptr<uint8_t>();
+    p.meta_stride = c.meta.size(1);
+    p.w_scale = ws.data_ptr<float>();
+    p.bias = c.bias ? c.bias->data_ptr<float>() : nullptr;
+    p.out = out.data_ptr<float>();
+    p.ldo = c.n;
+    p.m = m;
+    p.n = c.n;
+    p.kp = c.kp;
+    const auto [fn, level] = kI.select(active_isa(), p);
+    const Sparse24Policy policy = kernels::sparse24_policy(level);
     if (c.k <= kInt8MaxK &&  // int8_linear's limit; longer rows stay on the 2:4 kernel
-        sparse24_prefer_dense(m, c.n, c.kp, true) && int8_dense_route(c, q, sa, ws, out)) {
+        sparse24_prefer_dense(policy, m, c.n, c.kp, true) && int8_dense_route(c, q, sa, ws, out)) {
       record_kernel_route(op, "dense");
     } else {
-      Sparse24Int8Params p{};
-      p.q = q.data_ptr<int8_t>();
-      p.ldq = c.kp;
-      p.a_scale = sa.data_ptr<float>();
-      p.values = c.values.data_ptr<int8_t>();
-      p.meta = c.meta.data_ptr<uint8_t>();
-      p.meta_stride = c.meta.size(1);
-      p.w_scale = ws.data_ptr<float>();
-      p.bias = c.bias ? c.bias->data_ptr<float>() : nullptr;
-      p.out = out.data_ptr<float>();
-      p.ldo = c.n;
-      p.m = m;
-      p.n = c.n;
-      p.kp = c.kp;
-      const auto [fn, level] = kI.select(active_isa(), p);
       record_kernel_isa(op, level);
       at::Tensor qt;
-      if (level.level != CpuIsa::kScalar && m >= kernels::kSparse24Int8TransposeM) {
+      if (level.level != CpuIsa::kScalar && policy.int8_transposed(m)) {
         const int64_t ldt = (m + 15) / 16 * 16;
         qt = at::zeros({c.kp, ldt}, x.options().dtype(at::kShort));
         qt.narrow(1, 0, m).copy_(q.t());
@@ -319,7 +320,7 @@ at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, const at::Tensor& value
         p.ldt16 = ldt;
       }
       const IFn kernel = fn;
-      at::parallel_for(0, c.n, 32, [&](int64_t b, int64_t e) { kernel(p, b, e); });
+      at::parallel_for(0, c.n, policy.grain_channels, [&](int64_t b, int64_t e) { kernel(p, b, e); });
     }
   }
   if (c.out_t != at::kFloat) out = out.to(c.out_t);

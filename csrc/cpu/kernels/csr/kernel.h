@@ -8,8 +8,8 @@
 namespace compressops::cpu::kernels {
 
 // out[m, n] = sum_{j in row n} values[j] * x[m, col[j]] + bias[n], fp32 accumulation.
-// Small batches read rows of x ([m, k], stride ldx); m >= kCsrTransposeM read xt ([k, ldt], the
-// activation block transposed, ldt a multiple of 8, zero padded lanes).
+// Small batches read rows of x ([m, k], stride ldx); larger ones (csr/policy.h says which) read xt
+// ([k, ldt], the activation block transposed, ldt a multiple of 8, zero padded lanes).
 struct CsrParams {
   const int64_t* rowptr;  // [n+1]
   const void* cols;       // uint16 or int32 [nnz]
@@ -27,10 +27,6 @@ struct CsrParams {
   int64_t m, n, k;
 };
 
-// From 4 batch rows the transposed kernels win: same-process A/B, 2 threads, 90% and 70% sparsity,
-// 4096x4096 and 1536x384 (2026-11-23): 1.14-1.88x faster than one dot product per batch row at
-// M=4, 1.29-3.04x at M=6, 1.71-3.69x at M=8; at M=3 0.78-1.65x and at M=2 0.68-1.04x.
-constexpr int64_t kCsrTransposeM = 4;
 // The host hands the kernels at most this many batch rows at a time (the transposed kernels
 // stage a row block's results in a [rows][kCsrMaxLanes] tile).
 constexpr int64_t kCsrMaxLanes = 64;

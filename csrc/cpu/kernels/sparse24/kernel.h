@@ -9,7 +9,7 @@
 namespace compressops::cpu::kernels {
 
 // out[m, n] = sum_kept value * x[m, pos] + bias[n], fp32 accumulation, fp32 output.
-// Small batches (sparse24_float_transposed false) read rows of x ([m, kp], zero padded, stride
+// Small batches (sparse24/policy.h says which) read rows of x ([m, kp], zero padded, stride
 // ldx); larger batches read xt, the activation block transposed to [kp, ldt] (ldt a multiple of 8,
 // zero padded lanes), so each kept weight does an FMA across the batch.
 struct Sparse24Params {
@@ -29,22 +29,6 @@ struct Sparse24Params {
   int64_t m, n, kp;
 };
 
-// Float values take the transposed path from 6 batch rows, or from 16 for weights of more than 4M
-// entries, where the row kernel (once per batch row) keeps winning longer. Same-process A/B, 2
-// threads, fp32 and bf16 values (2026-11-23): at 1536x384 and 384x1536 the transposed path was
-// 0.87-0.90x the row kernel at M=4 and 1.15-1.20x at M=6; at 4096x4096 and 11008x4096 it was
-// 0.45-0.66x at M=8, 0.63-0.80x at M=12, 0.84-1.31x at M=16 and 1.16-1.97x at M=24.
-inline bool sparse24_float_transposed(int64_t m, int64_t n, int64_t kp) {
-  return m >= (n * kp > (int64_t{1} << 22) ? 16 : 6);
-}
-
-// int8 values take the transposed path (qt16) from 16 batch rows: below that the row kernel, once
-// per batch row, wins. Same-process A/B, 2 threads, AVX2 (2026-11-23): at M=8 the row kernel was
-// 2.0-2.7x faster (4096x4096: 4.4 against 12.0 ms; 1536x384 and 384x1536: 0.22 against 0.39-0.43
-// ms); at M=16 1.47x faster at 4096x4096 but 0.81-0.89x at the MiniLM shapes; from M=32 the
-// transposed path was 1.2-1.9x faster everywhere.
-constexpr int64_t kSparse24Int8TransposeM = 16;
-
 // int8 kept values: out[m, n] = float(sum q[m, pos] * v) * (a_scale[m] * w_scale[n]) + bias[n].
 struct Sparse24Int8Params {
   const int8_t* q;  // [m, kp] quantized activations, zero padded, stride ldq
@@ -58,7 +42,7 @@ struct Sparse24Int8Params {
   float* out;
   int64_t ldo;
   int64_t m, n, kp;
-  const int16_t* qt16;  // m >= kSparse24Int8TransposeM: q transposed to [kp, ldt16] int16, or nullptr
+  const int16_t* qt16;  // larger batches: q transposed to [kp, ldt16] int16, or nullptr
   int64_t ldt16;
 };
 

@@ -1,0 +1,74 @@
+"""Routes of the sparse linear ops: read the process's setting, force one (tests, benchmarks, other CPUs).
+
+At large batches the 2:4 and CSR ops may decode the weight a block of rows at a time and run a dense
+GEMM instead of their sparse kernel (`last_kernel_isa` then reports "dense"), from batch sizes
+fitted per family and CPU level on one machine (csrc/cpu/kernels/<family>/policy.h). The route is
+one of ROUTES:
+    "auto"    each op's fitted rule (the default);
+    "kernel"  always the sparse kernel;
+    "dense"   always the dense GEMM on the decoded weight.
+
+COMPRESSOPS_SPARSE_ROUTE=auto|kernel|dense sets it when the process starts: the native library reads
+the variable once, at the first sparse call (or the first `current_sparse_route()`), as it reads
+COMPRESSOPS_ISA; changing the environment later has no effect. `set_sparse_route` and the
+`sparse_route` context manager change it at run time.
+
+The route is process-wide: `set_sparse_route` and the `sparse_route` context manager change it for
+every thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from . import _loader
+
+ROUTES = ("auto", "kernel", "dense")
+
+
+def current_sparse_route() -> str:
+    """The process's route of the 2:4 and CSR ops: "auto", "kernel" or "dense" ("auto" without the
+    native library, whose reference ops have no routes).
+
+    Raises:
+        RuntimeError: COMPRESSOPS_SPARSE_ROUTE holds something else (and no route was set since).
+    """
+    if not _loader.native_loaded():
+        return "auto"
+    return torch.ops.compressops._sparse_route()
+
+
+def set_sparse_route(route: str) -> None:
+    """Force the route of the 2:4 and CSR ops for this process (every thread); "auto" restores each
+    op's own rule.
+
+    Raises:
+        ValueError: `route` is not one of ROUTES.
+        RuntimeError: no native library.
+    """
+    if route not in ROUTES:
+        raise ValueError(f"unknown sparse route {route!r}; expected one of {', '.join(ROUTES)}")
+    if not _loader.native_loaded():
+        raise RuntimeError(f"cannot set the sparse route to {route!r}: the native library is not loaded "
+                           f"({_loader.load_error()})")
+    torch.ops.compressops._set_sparse_route(route)
+
+
+@contextlib.contextmanager
+def sparse_route(route: str):
+    """Context manager that runs its body with the 2:4 and CSR ops on `route` ("auto", "kernel" or
+    "dense") and restores the previous setting after. The route is process-wide: other threads see
+    it too while the body runs.
+
+    Example:
+        >>> with compressops.sparse_route("kernel"):   # the sparse kernel even at large batches
+        ...     y = layer(x)
+    """
+    previous = current_sparse_route()
+    set_sparse_route(route)
+    try:
+        yield
+    finally:
+        torch.ops.compressops._set_sparse_route(previous)
