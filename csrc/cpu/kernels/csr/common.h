@@ -6,16 +6,10 @@
 #include <cstring>
 
 #include "kernel.h"
+#include "../bf16.h"
 
 namespace compressops::cpu::kernels {
 namespace {
-
-inline float bf16_to_f32(uint16_t h) {
-  uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
 
 inline float val(const CsrParams& p, int64_t j) {
   return p.values_bf16 ? bf16_to_f32(static_cast<const uint16_t*>(p.values)[j])

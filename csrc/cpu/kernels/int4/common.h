@@ -14,26 +14,12 @@
 
 #include "../../../common/int4_layout.h"
 #include "kernel.h"
+#include "../bf16.h"
 
 namespace compressops::cpu::kernels {
 namespace {
 
 constexpr int64_t NR = kInt4NR;
-
-inline float bf16_to_f32(uint16_t h) {
-  uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-inline uint16_t f32_to_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  if (std::isnan(f)) return 0x7fc0;
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<uint16_t>(bits >> 16);
-}
 
 inline float load_x(const void* x, Int4FloatKind kind, int64_t i) {
   return kind == Int4FloatKind::kF32 ? static_cast<const float*>(x)[i]

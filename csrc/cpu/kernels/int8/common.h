@@ -22,6 +22,7 @@
 
 #include "../../../common/int8_layout.h"
 #include "../kernel_macros.h"
+#include "../bf16.h"
 #include "kernel.h"
 
 #if COMPRESSOPS_ISA_LEVEL >= COMPRESSOPS_LEVEL_AVX2
@@ -36,22 +37,6 @@ constexpr int64_t KR = kInt8KR;
 // Column blocks that share one pass over a chunk of activation rows: the rows stay in L1 while
 // the weights of these blocks (NBG * 16 * K bytes) stay in L2.
 constexpr int64_t kBlocksPerGroup = 4;
-
-inline float bf16_to_f32(uint16_t h) {
-  uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-// Round to nearest even, NaN to a quiet NaN: the same bits as c10::BFloat16(float).
-inline uint16_t f32_to_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  if (std::isnan(f)) return 0x7fc0;
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<uint16_t>(bits >> 16);
-}
 
 inline float load_x(const void* x, FloatKind kind, int64_t i) {
   return kind == FloatKind::kF32 ? static_cast<const float*>(x)[i]

@@ -136,5 +136,21 @@ void batch256(const Pq256BatchParams& p, int64_t u0, int64_t u1) {
   }
 }
 
+// Every level's pq256_batch entry: the tile heights it has loop shapes for (1, 8 or 16 input rows);
+// declines any other.
+inline bool batch256_tiles(const Pq256BatchParams& p, int64_t u0, int64_t u1) {
+  if (p.mt != 1 && p.mt != 8 && p.mt != 16) return false;
+  if (u0 < u1) {
+    if (p.mt == 1) {
+      batch256<1>(p, u0, u1);
+    } else if (p.mt == 8) {
+      batch256<8>(p, u0, u1);
+    } else {
+      batch256<16>(p, u0, u1);
+    }
+  }
+  return true;
+}
+
 }  // namespace
 }  // namespace compressops::cpu::kernels

@@ -124,17 +124,7 @@ inline void scan_block<1>(const uint8_t* blk, int64_t g, const float* tab, float
 }  // namespace
 
 bool COMPRESSOPS_KERNEL(pq256_batch)(const Pq256BatchParams& p, int64_t u0, int64_t u1) {
-  if (p.mt != 1 && p.mt != 8 && p.mt != 16) return false;
-  if (u0 < u1) {
-    if (p.mt == 1) {
-      batch256<1>(p, u0, u1);
-    } else if (p.mt == 8) {
-      batch256<8>(p, u0, u1);
-    } else {
-      batch256<16>(p, u0, u1);
-    }
-  }
-  return true;
+  return batch256_tiles(p, u0, u1);
 }
 
 bool COMPRESSOPS_KERNEL(pq_build_tables)(const PqTableParams& p, int64_t u0, int64_t u1) {
