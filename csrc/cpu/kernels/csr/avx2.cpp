@@ -52,8 +52,7 @@ inline __m256 gather8(const float* x, const uint16_t* c) {
 template <bool kBf16>
 inline __m256 load8(const void* values, int64_t j) {
   if constexpr (!kBf16) return _mm256_loadu_ps(static_cast<const float*>(values) + j);
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(values) + j));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  return bf16x8_to_f32(static_cast<const uint16_t*>(values) + j);
 }
 
 // The value type is a template parameter so the loop carries no per-iteration branch on it.

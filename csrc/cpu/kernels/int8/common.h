@@ -114,20 +114,9 @@ inline void weight_only_store(const Int8WeightOnlyParams& p, int64_t m, int64_t 
 
 inline __m256 load8_x(const void* x, FloatKind kind, int64_t i) {
   if (kind == FloatKind::kF32) return _mm256_loadu_ps(static_cast<const float*>(x) + i);
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(x) + i));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  return bf16x8_to_f32(static_cast<const uint16_t*>(x) + i);
 }
 
-// 8 floats -> 8 bf16, round to nearest even, NaN -> 0x7fc0 (matches f32_to_bf16).
-inline __m128i f32x8_to_bf16(__m256 f) {
-  const __m256i bits = _mm256_castps_si256(f);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-  __m256i r = _mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
-  r = _mm256_srli_epi32(r, 16);
-  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q));
-  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
-  return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
-}
 
 inline void store8(void* out, FloatKind kind, int64_t idx, __m256 v) {
   if (kind == FloatKind::kF32) {

@@ -44,8 +44,7 @@ const Lut& lut() {
 
 inline __m256 load8_values(const void* row, int bf16, int64_t j) {
   if (!bf16) return _mm256_loadu_ps(static_cast<const float*>(row) + j);
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(row) + j));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  return bf16x8_to_f32(static_cast<const uint16_t*>(row) + j);
 }
 
 inline __m256i idx_pair(const Lut& t, unsigned b0, unsigned b1) {
