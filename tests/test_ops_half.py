@@ -55,9 +55,13 @@ def test_pack_bit_pattern(shape):
     w.view(-1)[0] = float("inf")  # the pack is bytes: any float16 goes through unchanged
     w.view(-1)[-1] = 2.0**-20  # a float16 subnormal
     packed = ops.half_pack_weight(w)
-    assert packed.dtype == torch.uint8 and packed.numel() == fh.packed_bytes(n, k) == 64 + 2 * n * k
-    assert bytes(packed[:64].tolist()) == header_bytes(n, k)
-    assert torch.equal(packed[64:], w.contiguous().view(-1).view(torch.uint8))
+    nbytes = fh.packed_bytes(n, k)
+    assert nbytes == 64 + 2 * n * k
+    assert packed.dtype == torch.uint8 and packed.shape == (n, -(-nbytes // n))
+    flat = packed.view(-1)
+    assert bytes(flat[:64].tolist()) == header_bytes(n, k)
+    assert torch.equal(flat[64:nbytes], w.contiguous().view(-1).view(torch.uint8))
+    assert not flat[nbytes:].any()  # the row padding is zero
     assert torch.equal(packed, fh.pack_weight(w))
     assert torch.equal(fh.unpack_weight(packed).view(torch.int16), w.view(torch.int16))
     # a non-contiguous weight packs to the same bytes
@@ -174,10 +178,12 @@ def test_bad_input_errors(use_reference):
         lin(x[:, :31], packed, b)
     with pytest.raises(err, match="bias must be"):
         lin(x, packed, b[:3])
-    with pytest.raises(err, match="packed must be a 1-D uint8"):
-        lin(x, packed.view(1, -1), b)
-    with pytest.raises(err, match="packed must be a 1-D uint8"):
+    with pytest.raises(err, match="packed must be a 2-D uint8"):
+        lin(x, packed.view(-1), b)
+    with pytest.raises(err, match="packed must be a 2-D uint8"):
         lin(x, w, b)
+    with pytest.raises(err, match="packed must be contiguous"):
+        lin(x, packed.t(), b)
     with pytest.raises(err, match="out_dtype must be"):
         lin(x, packed, b, torch.int32)
     with pytest.raises(err, match="must be float16"):
@@ -190,7 +196,8 @@ def test_bad_input_errors(use_reference):
 
 def _tampered(packed, offset, fmt, value):
     bad = packed.clone()
-    bad[offset:offset + struct.calcsize(fmt)] = torch.tensor(list(struct.pack(fmt, value)), dtype=torch.uint8)
+    bad.view(-1)[offset:offset + struct.calcsize(fmt)] = torch.tensor(list(struct.pack(fmt, value)),
+                                                                      dtype=torch.uint8)
     return bad
 
 
@@ -201,7 +208,7 @@ TAMPERED = {  # header field -> (offset, struct format, value, message)
     "tag bytes": (8, "<8s", b"ha\x01f", r"holds a 'ha\?f' pack"),
     "format version": (16, "<I", 2, "is a 'half' pack of version 2, this build reads version 1"),
     "reserved": (20, "<I", 7, "header is corrupt"),
-    "N larger": (24, "<q", 9, "needs 640"),
+    "N larger": (24, "<q", 9, r"has shape \[8, 72\] but its header \(N=9, K=32\) needs \[9, 72\]"),
     "N zero": (24, "<q", 0, r"N=0, K=32; both must be in \[1, 2\^31\)"),
     "N negative": (24, "<q", -8, r"both must be in \[1, 2\^31\)"),
     "N huge": (24, "<q", 2**40, r"both must be in \[1, 2\^31\)"),
@@ -226,23 +233,24 @@ def test_tampered_header_raises_the_same_error_everywhere(field):
 
 @requires_native
 def test_truncated_or_padded_pack_raises():
-    _, packed, b = make_layer(32, 8)
+    _, packed, b = make_layer(32, 8)  # 64 + 512 bytes: [8, 72]
     x = randn_nonzero(2, 32)
-    for bad, message in ((packed[:-1], "has 575 bytes but its header .N=8, K=32. needs 576"),
-                         (torch.cat([packed, packed[:2]]), "has 578 bytes"),
-                         (packed[:63], "holds 63 bytes, too few for a pack header")):
+    for bad, message in ((packed[:, :-1], r"has shape \[8, 71\] but its header .N=8, K=32. needs \[8, 72\]"),
+                         (torch.cat([packed, packed[:1]]), r"has shape \[9, 72\]"),
+                         (packed.view(-1)[:63].view(1, 63), "holds 63 bytes, too few for a pack header")):
         native, ref = call_both(ops.half_linear, reference.half_linear, x, bad.clone(), b)
         assert native == ref
         assert re.search(message, native), native
 
 
 @requires_native
-def test_swapped_n_and_k_keeps_the_size_and_fails_on_k():
-    """N and K swapped give a pack of the same size: memory-safe, and x's K no longer matches."""
+def test_swapped_n_and_k_keeps_the_size_and_fails_on_the_shape():
+    """N and K swapped give a pack of the same byte count; its first dimension is no longer N."""
     _, packed, b = make_layer(32, 8)
     bad = _tampered(_tampered(packed, 24, "<q", 32), 32, "<q", 8)
-    with pytest.raises(RuntimeError, match="x has K=32 in its last dimension but the weight has K=8"):
-        ops.half_linear(randn_nonzero(2, 32), bad)
+    native, ref = call_both(ops.half_linear, reference.half_linear, randn_nonzero(2, 32), bad, b)
+    assert native == ref
+    assert re.search(r"has shape \[8, 72\] but its header \(N=32, K=8\) needs \[32, 18\]", native), native
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)

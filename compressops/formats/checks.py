@@ -61,8 +61,10 @@ def resolve_out_dtype(x: torch.Tensor, out_dtype: torch.dtype | None, op: str) -
     return t
 
 
-def check_packed(packed: torch.Tensor, op: str, name: str, pack_op: str, header_bytes: int) -> None:
-    """What can be checked of a pack without reading it (for fake tensors; read_header does the rest)."""
-    ok = packed.dtype == torch.uint8 and packed.dim() == 1 and packed.numel() >= header_bytes
-    torch._check_value(ok, lambda: f"{op}: {name} must be a 1-D uint8 tensor from compressops.ops.{pack_op}, "
+def check_packed(packed: torch.Tensor, op: str, name: str, pack_op: str, header_bytes: int = 0, *,
+                 dims: int = 1) -> None:
+    """What can be checked of a pack without reading it (for fake tensors; read_header does the rest):
+    a `dims`-D uint8 tensor of at least `header_bytes` bytes."""
+    ok = packed.dtype == torch.uint8 and packed.dim() == dims and packed.numel() >= header_bytes
+    torch._check_value(ok, lambda: f"{op}: {name} must be a {dims}-D uint8 tensor from compressops.ops.{pack_op}, "
                                    f"got {packed.dtype} of shape {tuple(packed.shape)}")

@@ -9,10 +9,11 @@ Packed, version 1 (compressops.ops.half_pack_weight; built from the canonical we
     header  64 bytes, the shared pack header (compressops/formats/pack_header.py): tag "half",
             version 1, N, K, family fields (0, 0, 0)
     weight  the canonical weight's bytes, row-major float16 [N, K]: 2 * N * K bytes
+    shape   uint8 [N, ceil((64 + 2 * N * K) / N)] (pack_header.pack_shape), zero padded at the end
 The CPU kernels stream each weight row once per block of input rows (at M=1 a GEMV reads it exactly
 once, contiguously), so the canonical order is already the kernels' order and the pack adds only the
-header. The pack is exactly 64 + 2 * N * K bytes, so N follows from its size and K (the fake kernel
-relies on this: it cannot read the header).
+header. The pack's first dimension is N, which is how the fake kernel (it cannot read the header)
+knows the output shape.
 
 half_linear computes y = x.float() @ w.float().T + bias in float32 (float16 -> float32 is exact),
 then rounds to the output dtype. Float sums depend on their order, so kernels are not bit-identical
@@ -27,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from . import pack_header
-from .checks import check_bias, check_k, check_packed, check_x, is_fake, resolve_out_dtype
+from .checks import check_bias, check_k, check_x, is_fake, resolve_out_dtype
 
 TAG = "half"
 VERSION = 1
@@ -37,8 +38,13 @@ _PACK_OP = "half_pack_weight"
 
 
 def packed_bytes(n, k):
-    """Bytes of the pack of an [n, k] weight (works on SymInts)."""
+    """Bytes of the pack of an [n, k] weight before row padding (works on SymInts)."""
     return pack_header.HEADER_BYTES + 2 * n * k
+
+
+def zero_pack(n: int, k: int, device=None) -> torch.Tensor:
+    """The pack of the all-zero [n, k] weight (zero bytes are float16 zeros), built without a pack op."""
+    return pack_header.zeros(TAG, VERSION, (n,), n, k, FIELDS, packed_bytes(n, k), device=device)
 
 
 def to_half(weight: torch.Tensor, name: str = "weight") -> torch.Tensor:
@@ -80,7 +86,7 @@ def pack_weight(w: torch.Tensor) -> torch.Tensor:
     check_weight(w, _PACK_OP)
     n, k = w.shape
     header = pack_header.make(TAG, VERSION, n, k, FIELDS, device=w.device)
-    return torch.cat([header, w.contiguous().view(-1).view(torch.uint8)])
+    return pack_header.shaped(torch.cat([header, w.contiguous().view(-1).view(torch.uint8)]), (n,))
 
 
 def read_header(packed: torch.Tensor, op: str) -> tuple[int, int]:
@@ -91,14 +97,15 @@ def read_header(packed: torch.Tensor, op: str) -> tuple[int, int]:
     """
     r = pack_header.Reader(op, "packed", _PACK_OP)
     h = pack_header.read(packed, TAG, VERSION, r)
-    pack_header.check_layout(h, FIELDS, packed.numel(), packed_bytes(h.n, h.k), r)
+    pack_header.check_layout(h, FIELDS, packed, (h.n,), packed_bytes(h.n, h.k), r)
     return h.n, h.k
 
 
 def unpack_weight(packed: torch.Tensor, op: str = "half_unpack_weight") -> torch.Tensor:
     """The canonical float16 [N, K] weight of a pack: a view into it, no copy."""
     n, k = read_header(packed, op)
-    return packed[pack_header.HEADER_BYTES:].view(torch.float16).view(n, k)
+    start = pack_header.HEADER_BYTES
+    return packed.view(-1)[start:start + 2 * n * k].view(torch.float16).view(n, k)
 
 
 def check_linear(op: str, x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None,
@@ -115,15 +122,10 @@ def check_linear(op: str, x: torch.Tensor, packed: torch.Tensor, bias: torch.Ten
         ValueError naming the argument.
     """
     check_x(x, op)
-    check_packed(packed, op, "packed", _PACK_OP, 0)
-    torch._check_value(packed.is_contiguous(), lambda: f"{op}: packed must be contiguous")
+    r = pack_header.Reader(op, "packed", _PACK_OP)
     if is_fake(packed):
-        # The header is data; the pack's size is 64 + 2 * N * K, so N follows from it and x's K.
+        (n,) = pack_header.check_rows(packed, r, 2)
         k = x.shape[-1]
-        torch._check_value(k >= 1, lambda: f"{op}: x has K={k} in its last dimension; a half pack needs K >= 1")
-        n = (packed.shape[0] - pack_header.HEADER_BYTES) // (2 * k)
-        torch._check_value(packed.shape[0] == packed_bytes(n, k),
-                           lambda: f"{op}: packed has {packed.shape[0]} bytes, which is no half pack with K={k}")
     else:
         n, k = read_header(packed, op)
         check_k(x, k, op, "the weight has K")

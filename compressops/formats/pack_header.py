@@ -18,10 +18,16 @@ Layout (little endian):
         40  int64[3]  family fields (unused ones zero)
 
 N and K lie in [1, 2^31).
+
+Shape: a pack is a contiguous uint8 tensor (*rows, R) whose flat bytes are the header and then the
+family's layout, zero padded at the end to a whole number of rows. Its leading dims `rows` are what a
+fake kernel (which cannot read the header) needs for the output shape: (N,) for a linear pack, (OC,
+KH, KW) for a convolution pack. R = ceil(layout bytes / prod(rows)), so padding costs < prod(rows) bytes.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
@@ -70,20 +76,55 @@ def _printable(raw: bytes) -> str:
     return "".join(chr(c) if 0x20 <= c < 0x7F else "?" for c in raw)
 
 
-def read(packed: torch.Tensor, tag: str, version: int, r: Reader) -> PackHeader:
+def pack_shape(rows, nbytes: int) -> tuple[int, ...]:
+    """The shape (*rows, R) of a pack of `nbytes` bytes (header included) with leading dims `rows`."""
+    rows = tuple(rows)
+    per = math.prod(rows)
+    return (*rows, (nbytes + per - 1) // per)
+
+
+def shaped(flat: torch.Tensor, rows) -> torch.Tensor:
+    """The pack of the uint8 bytes `flat` (header, then layout): zero padded and viewed as pack_shape."""
+    shape = pack_shape(rows, flat.numel())
+    pad = math.prod(shape) - flat.numel()
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    return flat.view(shape)
+
+
+def zeros(tag: str, version: int, rows, n: int, k: int, fields, nbytes: int, device=None) -> torch.Tensor:
+    """A pack whose layout bytes are all zero, shaped pack_shape(rows, nbytes).
+
+    Where zero bytes are the pack of the all-zero weight (the family's docstring says whether), a
+    module skeleton holds this instead of running the pack op on a zero weight it will replace.
+    """
+    out = torch.zeros(pack_shape(rows, nbytes), dtype=torch.uint8, device=device)
+    out.view(-1)[:HEADER_BYTES] = make(tag, version, n, k, fields, device=device)
+    return out
+
+
+def check_rows(packed: torch.Tensor, r: Reader, dims: int):
+    """What a fake kernel can check of a pack (it cannot read the header): a contiguous `dims`-D
+    uint8 tensor. Returns its leading dims packed.shape[:-1] (SymInts under torch.compile)."""
+    check_packed(packed, r.op, r.name, r.pack_op, dims=dims)
+    torch._check_value(packed.is_contiguous(), lambda: f"{r.op}: {r.name} must be contiguous")
+    return tuple(packed.shape[:-1])
+
+
+def read(packed: torch.Tensor, tag: str, version: int, r: Reader, dims: int = 2) -> PackHeader:
     """Parse the header of `packed` and check what every pack shares (see csrc/common/pack_header.h
-    read_pack_header): 1-D uint8, at least 64 bytes, magic, header version, tag, format version,
-    reserved zero, 1 <= N, K < 2^31.
+    read_pack_header): a contiguous `dims`-D uint8 tensor, at least 64 bytes, magic, header version,
+    tag, format version, reserved zero, 1 <= N, K < 2^31.
 
     Raises:
         ValueError naming r.op and r.name.
     """
-    check_packed(packed, r.op, r.name, r.pack_op, 0)
+    check_rows(packed, r, dims)
     who, repack = f"{r.op}: {r.name}", f"; repack it with compressops.ops.{r.pack_op}"
     if packed.numel() < HEADER_BYTES:
         raise ValueError(f"{who} holds {packed.numel()} bytes, too few for a pack header ({HEADER_BYTES}){repack}")
     magic, header_version, raw_tag, found_version, reserved, n, k, *fields = _STRUCT.unpack(
-        bytes(packed[:HEADER_BYTES].tolist()))
+        bytes(packed.view(-1)[:HEADER_BYTES].tolist()))
     if magic != MAGIC or header_version != HEADER_VERSION:
         raise ValueError(f"{who} does not start with a compressops pack header (version {HEADER_VERSION}){repack}")
     if raw_tag != tag.encode("ascii").ljust(TAG_BYTES, b"\0"):
@@ -98,9 +139,10 @@ def read(packed: torch.Tensor, tag: str, version: int, r: Reader) -> PackHeader:
     return PackHeader(tag, version, n, k, tuple(fields))
 
 
-def check_layout(h: PackHeader, fields, nbytes: int, expected_bytes: int, r: Reader) -> None:
-    """The family's half of the check: the header's fields must be `fields` (what the family derives
-    from N and K) and the pack `expected_bytes` long (check_pack_layout in the C++ header).
+def check_layout(h: PackHeader, fields, packed: torch.Tensor, rows, nbytes: int, r: Reader) -> None:
+    """The family's half of the check (check_pack_layout in the C++ header): the header's fields must
+    be `fields` and the pack's shape pack_shape(rows, nbytes), where the family derives `fields`, the
+    leading dims `rows` and the byte count `nbytes` (header included) from N, K and the fields.
 
     Raises:
         ValueError naming r.op and r.name.
@@ -110,8 +152,14 @@ def check_layout(h: PackHeader, fields, nbytes: int, expected_bytes: int, r: Rea
     if h.fields != fields:
         raise ValueError(f"{who}'s header fields {_tuple(h.fields)} do not match a '{h.tag}' pack of N={h.n}, "
                          f"K={h.k} {_tuple(fields)}; repack it with compressops.ops.{r.pack_op}")
-    if nbytes != expected_bytes:
-        raise ValueError(f"{who} has {nbytes} bytes but its header (N={h.n}, K={h.k}) needs {expected_bytes}")
+    want = pack_shape(rows, nbytes)
+    if tuple(packed.shape) != want:
+        raise ValueError(f"{who} has shape {_dims(packed.shape)} but its header (N={h.n}, K={h.k}) needs "
+                         f"{_dims(want)}")
+
+
+def _dims(shape) -> str:
+    return "[" + ", ".join(str(int(d)) for d in shape) + "]"
 
 
 def _tuple(fields) -> str:

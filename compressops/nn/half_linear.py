@@ -43,8 +43,7 @@ class HalfLinear(CompressedLinear):
                              f"{in_features}, {out_features}")
         self.in_features = in_features
         self.out_features = out_features
-        zeros = torch.zeros(out_features, in_features, dtype=torch.float16, device=device)
-        self.register_buffer("weight_packed", ops.half_pack_weight(zeros), persistent=False)
+        self.register_buffer("weight_packed", half_format.zero_pack(out_features, in_features, device), persistent=False)
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device) if bias else None)
 
     @property

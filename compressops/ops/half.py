@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from ..formats import half as fh
+from ..formats import pack_header
 from ..reference import half as ref
 from . import _register
 
@@ -14,7 +15,8 @@ __all__ = ["half_pack_weight", "half_linear"]
 
 def _fake_pack_weight(w):
     fh.check_weight(w, "half_pack_weight")
-    return w.new_empty((fh.packed_bytes(w.shape[0], w.shape[1]),), dtype=torch.uint8)
+    return w.new_empty(pack_header.pack_shape((w.shape[0],), fh.packed_bytes(w.shape[0], w.shape[1])),
+                       dtype=torch.uint8)
 
 
 def _fake_linear(x, packed, bias=None, out_dtype=None):
@@ -32,7 +34,8 @@ def half_pack_weight(w: Tensor) -> Tensor:
     Args:
         w: float16 [N, K] (compressops.formats.half.to_half makes one from a float weight).
     Returns:
-        uint8 [64 + 2 * N * K]: the shared pack header, then w row-major (compressops/formats/half.py).
+        uint8 [N, ceil((64 + 2 * N * K) / N)]: the shared pack header, then w row-major, zero padded
+        (compressops/formats/half.py).
         Build it once per weight and reuse it.
     """
     return torch.ops.compressops.half_pack_weight(w)

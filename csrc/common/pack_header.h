@@ -17,12 +17,18 @@
 //       24  int64      N (output channels)
 //       32  int64      K (input channels)
 //       40  int64[3]   family fields (what the layout needs besides N and K; unused ones zero)
+//
+// Shape: a pack is a contiguous uint8 tensor (*rows, R) whose flat bytes are the header and then the
+// family's layout, zero padded to a whole number of rows. The leading dims are what a fake kernel
+// (which cannot read the header) needs for the output shape: (N) for a linear pack, (OC, KH, KW) for
+// a convolution pack; R = ceil(bytes / prod(rows)).
 #pragma once
 #include <array>
 #include <cstdint>
 #include <cstring>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace compressops {
 
@@ -75,6 +81,11 @@ inline std::string printable_tag(const char (&tag)[kPackTagBytes]) {
   }
   return out;
 }
+inline std::string dims_text(const std::vector<int64_t>& d) {
+  std::string out = "[";
+  for (size_t i = 0; i < d.size(); ++i) out.append(i ? ", " : "").append(std::to_string(d[i]));
+  return out.append("]");
+}
 inline std::string fields_text(const std::array<int64_t, 3>& f) {
   std::string out = "(";
   for (size_t i = 0; i < f.size(); ++i) out.append(i ? ", " : "").append(std::to_string(f[i]));
@@ -117,9 +128,21 @@ inline std::string read_pack_header(const void* data, int64_t bytes, std::string
   return "";
 }
 
-// The family's half of the check: the fields it derives from N and K, and the pack's size.
-inline std::string check_pack_layout(const PackHeader& h, const std::array<int64_t, 3>& fields, int64_t bytes,
-                                     int64_t expected_bytes, const PackReader& r) {
+// The shape (*rows, R) of a pack of `bytes` bytes (header included) with leading dims `rows`.
+inline std::vector<int64_t> pack_shape(const std::vector<int64_t>& rows, int64_t bytes) {
+  int64_t per = 1;
+  for (int64_t r : rows) per *= r;
+  std::vector<int64_t> shape = rows;
+  shape.push_back((bytes + per - 1) / per);
+  return shape;
+}
+
+// The family's half of the check: the header's fields must be `fields` and the pack's shape
+// pack_shape(rows, bytes), where the family derives fields, rows and bytes from N, K and the fields.
+// Returns "" or the error message (the same text as compressops/formats/pack_header.py).
+inline std::string check_pack_layout(const PackHeader& h, const std::array<int64_t, 3>& fields,
+                                     const std::vector<int64_t>& shape, const std::vector<int64_t>& rows,
+                                     int64_t bytes, const PackReader& r) {
   using namespace pack_header_detail;
   const std::string who = std::string(r.op) + ": " + r.name;
   if (h.fields != fields) {
@@ -127,9 +150,10 @@ inline std::string check_pack_layout(const PackHeader& h, const std::array<int64
            "' pack of N=" + std::to_string(h.n) + ", K=" + std::to_string(h.k) + " " + fields_text(fields) +
            "; repack it with compressops.ops." + r.pack_op;
   }
-  if (bytes != expected_bytes) {
-    return who + " has " + std::to_string(bytes) + " bytes but its header (N=" + std::to_string(h.n) +
-           ", K=" + std::to_string(h.k) + ") needs " + std::to_string(expected_bytes);
+  const std::vector<int64_t> want = pack_shape(rows, bytes);
+  if (shape != want) {
+    return who + " has shape " + dims_text(shape) + " but its header (N=" + std::to_string(h.n) +
+           ", K=" + std::to_string(h.k) + ") needs " + dims_text(want);
   }
   return "";
 }

@@ -8,9 +8,9 @@
 #include <algorithm>
 #include <cstring>
 
-#include "../common/pack_header.h"
 #include "dispatch.h"
 #include "kernel_record.h"
+#include "pack_tensor.h"
 #include "kernels/half/kernel.h"
 
 namespace compressops::cpu {
@@ -30,56 +30,46 @@ KernelRecord kLinearRecord("half_linear", [] { return kLinear.levels(); });
 
 int64_t packed_bytes(int64_t n, int64_t k) { return kPackHeaderBytes + 2 * n * k; }
 
-// The header of `packed`, every field checked against what N and K imply (pack_header.h), so the
-// kernels may read 2 * N * K bytes after it.
+// The header of `packed`, every field and the shape checked against what N and K imply
+// (pack_tensor.h), so the kernels may read 2 * N * K bytes after it.
 PackHeader read_header(const at::Tensor& packed, const char* op) {
-  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 1, op,
-              ": packed must be a 1-D uint8 tensor from compressops.ops.half_pack_weight, got ",
-              packed.scalar_type(), " of shape ", packed.sizes());
-  TORCH_CHECK(packed.is_contiguous(), op, ": packed must be contiguous");
-  TORCH_CHECK(packed.device().is_cpu(), op, ": packed must be a CPU tensor here, got ", packed.device());
   const PackReader reader{op, "packed", "half_pack_weight"};
-  PackHeader h;
-  std::string problem = read_pack_header(packed.data_ptr(), packed.numel(), kTag, kVersion, reader, &h);
-  TORCH_CHECK(problem.empty(), problem);
-  problem = check_pack_layout(h, {}, packed.numel(), packed_bytes(h.n, h.k), reader);
-  TORCH_CHECK(problem.empty(), problem);
+  const PackHeader h = read_pack_tensor(packed, kTag, kVersion, reader, 2);
+  check_pack_tensor_layout(packed, h, {}, {h.n}, packed_bytes(h.n, h.k), reader);
   return h;
 }
 
 at::Tensor half_pack_weight_cpu(const at::Tensor& w) {
   constexpr const char* op = "half_pack_weight";
-  TORCH_CHECK(w.scalar_type() == at::kHalf, op, ": w must be float16, got ", w.scalar_type());
-  TORCH_CHECK(w.dim() == 2, op, ": w must be 2-D [N, K], got shape ", w.sizes());
+  TORCH_CHECK_VALUE(w.scalar_type() == at::kHalf, op, ": w must be float16, got ", w.scalar_type());
+  TORCH_CHECK_VALUE(w.dim() == 2, op, ": w must be 2-D [N, K], got shape ", w.sizes());
   const int64_t n = w.size(0), k = w.size(1);
-  TORCH_CHECK(n >= 1 && n < kPackMaxDim && k >= 1 && k < kPackMaxDim, op, ": w needs 1 <= N, K < 2^31, got ",
+  TORCH_CHECK_VALUE(n >= 1 && n < kPackMaxDim && k >= 1 && k < kPackMaxDim, op, ": w needs 1 <= N, K < 2^31, got ",
               w.sizes());
-  at::Tensor packed = at::empty({packed_bytes(n, k)}, w.options().dtype(at::kByte));
-  const PackHeader h = make_pack_header(kTag, kVersion, n, k);
-  std::memcpy(packed.data_ptr(), &h, sizeof(h));
-  packed.narrow(0, kPackHeaderBytes, 2 * n * k).view(at::kHalf).view({n, k}).copy_(w);
+  at::Tensor packed = new_pack_tensor(make_pack_header(kTag, kVersion, n, k), {n}, packed_bytes(n, k), w.options());
+  packed.view(-1).narrow(0, kPackHeaderBytes, 2 * n * k).view(at::kHalf).view({n, k}).copy_(w);
   return packed;
 }
 
 at::Tensor half_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const std::optional<at::Tensor>& bias,
                            std::optional<at::ScalarType> out_dtype) {
   constexpr const char* op = "half_linear";
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be float32, bfloat16 or float16, got ",
+  TORCH_CHECK_VALUE(at::isFloatingType(x.scalar_type()), op, ": x must be float32, bfloat16 or float16, got ",
               x.scalar_type());
-  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension (..., K)");
-  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
+  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have at least one dimension (..., K)");
+  TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
   const PackHeader h = read_header(packed, op);
   const int64_t n = h.n, k = h.k;
-  TORCH_CHECK(x.size(-1) == k, op, ": x has K=", x.size(-1), " in its last dimension but the weight has K=", k);
+  TORCH_CHECK_VALUE(x.size(-1) == k, op, ": x has K=", x.size(-1), " in its last dimension but the weight has K=", k);
   at::Tensor b;
   if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(at::isFloatingType(bias->scalar_type()) && bias->dim() == 1 && bias->size(0) == n, op,
+    TORCH_CHECK_VALUE(at::isFloatingType(bias->scalar_type()) && bias->dim() == 1 && bias->size(0) == n, op,
                 ": bias must be a float tensor of shape [N] = [", n, "], got ", bias->scalar_type(), " ",
                 bias->sizes());
     b = bias->to(at::kFloat).contiguous();
   }
   const at::ScalarType out_t = out_dtype.value_or(x.scalar_type());
-  TORCH_CHECK(out_t == at::kFloat || out_t == at::kBFloat16 || out_t == at::kHalf, op,
+  TORCH_CHECK_VALUE(out_t == at::kFloat || out_t == at::kBFloat16 || out_t == at::kHalf, op,
               ": out_dtype must be float32, bfloat16 or float16, got ", out_t);
 
   // The kernels read float32 rows with unit stride; anything else is converted once.
