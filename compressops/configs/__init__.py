@@ -10,10 +10,14 @@ layer); its submodules are imported automatically, so a new family's config is o
 
 from __future__ import annotations
 
+import functools
 import importlib
+import numbers
 import pkgutil
+import types
+import typing
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 # saved format name -> config class (filled by Config.__init_subclass__)
@@ -42,6 +46,13 @@ class Config:
 
     def __init_subclass__(cls, format_name: str | None = None, **kwargs):
         super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is not None:  # a subclass's own checks run after the type check of every field
+            @functools.wraps(own)
+            def post_init(self, _own=own):
+                Config.__post_init__(self)
+                _own(self)
+            cls.__post_init__ = post_init
         if format_name is None:
             return
         old = _FORMATS.get(format_name)
@@ -49,6 +60,23 @@ class Config:
             raise ValueError(f"format name {format_name!r} is taken by {old.__qualname__}")
         cls.format_name = format_name
         _FORMATS[format_name] = cls
+
+    def __post_init__(self):
+        """Check every field against its annotation (int, float, bool, str, or X | None), so a
+        wrong type fails here with the field named, not later in a kernel (Int4(group_size=128.0)).
+        An int field takes no bool or float; a float field takes an int; `object` takes anything."""
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            value, allowed = getattr(self, f.name), _allowed_types(hints.get(f.name, object))
+            if allowed is None:
+                continue
+            plain = _as_allowed(value, allowed)
+            if plain is not None:
+                object.__setattr__(self, f.name, plain[0])  # numpy/torch scalars become int/float
+                continue
+            names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+            raise TypeError(f"{type(self).__name__}({f.name}={value!r}): {f.name} must be {names}, "
+                            f"got {type(value).__name__}")
 
     @property
     def needs_calibration(self) -> bool:
@@ -113,6 +141,26 @@ class Config:
     def convert_module(self, module, name: str = "", calibration=None, prepared=None):
         """The compressed replacement of float `module` (named `name` in error messages)."""
         return family_of(self).convert(module, self, name, calibration, prepared)
+
+
+def _allowed_types(hint) -> tuple[type, ...] | None:
+    """The plain types a field annotation allows, or None when it allows anything."""
+    if hint is object or hint is Any:
+        return None
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return tuple(typing.get_args(hint))
+    return (hint,) if isinstance(hint, type) else None
+
+
+def _as_allowed(value, allowed: tuple[type, ...]) -> tuple[Any] | None:
+    """(value as the allowed plain type,) or None when no allowed type fits."""
+    if isinstance(value, bool) or type(value).__name__ in ("bool_", "bool"):  # no group size is True
+        return (bool(value),) if bool in allowed else None
+    if int in allowed and isinstance(value, numbers.Integral):
+        return (int(value),)
+    if float in allowed and isinstance(value, numbers.Real):
+        return (float(value),)
+    return (value,) if isinstance(value, allowed) else None
 
 
 @dataclass(frozen=True)
