@@ -17,6 +17,29 @@ from .configs import Config, compressed_types, families
 
 REPORT_ATTR = "_compressops_skipped"
 
+# Parents whose forward reads these children's .weight/.bias directly instead of calling them, so a
+# compressed child would break them (nn.MultiheadAttention passes out_proj.weight to a functional).
+_READS_CHILD_WEIGHTS: dict[type, tuple[str, ...]] = {nn.MultiheadAttention: ("out_proj",)}
+
+
+def _slow_path_encoder_layer(layer: nn.TransformerEncoderLayer) -> None:
+    # Its inference fast path hands linear1/linear2.weight to one fused kernel; this attribute only
+    # gates that path (the regular path calls layer.activation), so 0 keeps the layer on the path
+    # that calls its (now compressed) children.
+    layer.activation_relu_or_gelu = 0
+
+
+def _slow_path_encoder(encoder: nn.TransformerEncoder) -> None:
+    encoder.use_nested_tensor = False  # the nested-tensor path needs every layer's fast path
+
+
+# Ancestors with an inference fast path that bypasses their children's forward: what turns it off
+# once a descendant is compressed.
+_FAST_PATH_OFF: dict[type, Callable[[nn.Module], None]] = {
+    nn.TransformerEncoderLayer: _slow_path_encoder_layer,
+    nn.TransformerEncoder: _slow_path_encoder,
+}
+
 
 def candidate_types() -> tuple[type, ...]:
     """Every float module type some registered family converts (the layers convert and report consider)."""
@@ -24,6 +47,35 @@ def candidate_types() -> tuple[type, ...]:
     for fam in families():
         out += [t for t in fam.converts if t not in out]
     return tuple(out)
+
+
+def _subclass_reason(mod: nn.Module, candidates: tuple[type, ...]) -> str | None:
+    """Why a subclass of a convertible type stays dense (None: it converts).
+
+    A subclass converts when it computes what its base computes (it does not override forward) or
+    when it opts in with a class attribute `compressops_convert = True`; any other subclass may
+    compute something else (2 * linear(x) + 1), which a compressed base module would silently drop.
+    """
+    cls = type(mod)
+    if cls in candidates or getattr(cls, "compressops_convert", False):
+        return None
+    base = next(t for t in candidates if isinstance(mod, t))
+    if cls.forward is base.forward:
+        return None
+    return (f"{cls.__name__} subclasses {base.__name__} with its own forward, which the compressed module "
+            f"would not run (set {cls.__name__}.compressops_convert = True if it computes what "
+            f"{base.__name__} does)")
+
+
+def _parent_reason(model: nn.Module, name: str) -> str | None:
+    """Why the module `name` stays dense because its parent reads its weight directly (None: it converts)."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    for parent_type, children in _READS_CHILD_WEIGHTS.items():
+        if isinstance(parent, parent_type) and child in children:
+            return (f"its parent {type(parent).__name__} reads {child}.weight directly, which a compressed "
+                    f"module does not have")
+    return None
 
 
 def _config_for(name: str, config):
@@ -81,6 +133,10 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
         if not cfg.accepts(mod):
             skipped[name] = f"{type(cfg).__name__} does not support {type(mod).__name__}"
             continue
+        structural = _subclass_reason(mod, candidates) or (_parent_reason(model, name) if name else None)
+        if structural:
+            skipped[name] = structural
+            continue
         # A config may reject some settings of a module type it handles (e.g. grouped convs).
         unsupported = cfg.unsupported_reason(mod)
         if unsupported:
@@ -121,8 +177,19 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
             new = cfg.convert_module(mod, name, calibration.get(name), prepared.get(name))
             converted[id(mod)] = new
         _set_submodule(model, name, new)
+        _turn_off_fast_paths(model, name)
     setattr(model, REPORT_ATTR, skipped)
     return model
+
+
+def _turn_off_fast_paths(model: nn.Module, name: str) -> None:
+    """Keep the ancestors of the converted module `name` off fast paths that would skip its forward."""
+    parts = name.split(".")
+    for depth in range(len(parts)):
+        ancestor = model.get_submodule(".".join(parts[:depth]))
+        for fast_type, turn_off in _FAST_PATH_OFF.items():
+            if isinstance(ancestor, fast_type):
+                turn_off(ancestor)
 
 
 def _calibrate(model: nn.Module, plan, calibration_data) -> dict[str, object]:
