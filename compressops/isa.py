@@ -11,7 +11,9 @@ asked for: `COMPRESSOPS_ISA=amx+emulated`, `set_isa("amx+emulated")` or
 `cpu_isa("amx", emulated=True)`; `isa()` then returns "amx+emulated". A test and development tool:
 speed under emulation means nothing.
 
-The level is process-wide: `set_isa` and the `cpu_isa` context manager change it for every thread.
+`set_isa` changes the level of the whole process; the `cpu_isa` context manager changes it for the
+calling thread only (ops choose their level on the thread that calls them), so contexts entered in
+several threads at once never leave the process on another level.
 """
 
 from __future__ import annotations
@@ -82,14 +84,8 @@ def runnable_isa(level: str) -> str:
     return emulated if emulated in emulated_isas() else ""
 
 
-def set_isa(level: str, emulated: bool = False) -> None:
-    """Force the active level for this process (every thread). `level` may carry "+emulated".
-
-    Raises:
-        ValueError: an unknown level name, or emulation asked for a level that has no emulated build.
-        RuntimeError: a native level above what this CPU has, an emulated level this build lacks, or
-            no native library.
-    """
+def _checked_choice(level: str, emulated: bool) -> str:
+    """The choice name "<level>[+emulated]" after the checks every selection shares."""
     name = level + EMULATED_SUFFIX if emulated and not level.endswith(EMULATED_SUFFIX) else level
     base = name[: -len(EMULATED_SUFFIX)] if name.endswith(EMULATED_SUFFIX) else name
     if base not in levels():
@@ -97,12 +93,28 @@ def set_isa(level: str, emulated: bool = False) -> None:
     if not _loader.native_loaded():
         raise RuntimeError(f"cannot select CPU ISA {name!r}: the native library is not loaded "
                            f"({_loader.load_error()})")
+    return name
+
+
+def _set(setter, name: str) -> None:
     try:
-        torch.ops.compressops._set_cpu_isa(name)
+        setter(name)
     except RuntimeError as e:
         if "has no emulated build" in str(e):
             raise ValueError(str(e).splitlines()[0]) from None
         raise
+
+
+def set_isa(level: str, emulated: bool = False) -> None:
+    """Force the active level for this process (every thread without a cpu_isa context).
+    `level` may carry "+emulated".
+
+    Raises:
+        ValueError: an unknown level name, or emulation asked for a level that has no emulated build.
+        RuntimeError: a native level above what this CPU has, an emulated level this build lacks, or
+            no native library.
+    """
+    _set(torch.ops.compressops._set_cpu_isa, _checked_choice(level, emulated))
 
 
 def last_kernel_isa(op: str) -> str:
@@ -146,18 +158,21 @@ def kernel_level_for(op: str, level: str) -> str:
 
 @contextlib.contextmanager
 def cpu_isa(level: str, emulated: bool = False):
-    """Context manager that runs its body at `level` (emulated if asked) and restores the previous
-    level after. The level is process-wide: other threads see it too while the body runs.
+    """Context manager that runs its body at `level` (emulated if asked) on the calling thread and
+    restores that thread's previous level after. Other threads keep their level.
 
     Example:
         >>> with compressops.cpu_isa("avx2"):
         ...     y = layer(x)
         >>> with compressops.cpu_isa("amx", emulated=True):   # AMX kernels on any x86-64 CPU
         ...     y = layer(x)
+    Raises:
+        as set_isa.
     """
-    previous = isa()
-    set_isa(level, emulated=emulated)
+    name = _checked_choice(level, emulated)
+    previous = torch.ops.compressops._thread_cpu_isa()
+    _set(torch.ops.compressops._set_thread_cpu_isa, name)
     try:
         yield
     finally:
-        torch.ops.compressops._set_cpu_isa(previous)
+        torch.ops.compressops._set_thread_cpu_isa(previous)

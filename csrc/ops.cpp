@@ -18,6 +18,14 @@ namespace {
 std::string cpu_isa_op() { return isa_choice_name(active_isa()); }
 std::string detected_cpu_isa_op() { return isa_name(detected_isa()); }
 void set_cpu_isa_op(std::string name) { set_active_isa(parse_isa_choice(name)); }
+// "" clears the calling thread's level.
+void set_thread_cpu_isa_op(std::string name) {
+  set_thread_isa(name.empty() ? std::nullopt : std::optional<IsaChoice>(parse_isa_choice(name)));
+}
+std::string thread_cpu_isa_op() {
+  const auto choice = thread_isa();
+  return choice ? isa_choice_name(*choice) : "";
+}
 // Every level of isa_levels.def, lowest first (the one list, for the Python side too).
 std::vector<std::string> cpu_isa_levels_op() {
   std::vector<std::string> out;
@@ -97,6 +105,8 @@ TORCH_LIBRARY(compressops, m) {
   m.def("_cpu_isa() -> str", &compressops::cpu::cpu_isa_op);
   m.def("_detected_cpu_isa() -> str", &compressops::cpu::detected_cpu_isa_op);
   m.def("_set_cpu_isa(str isa) -> ()", &compressops::cpu::set_cpu_isa_op);
+  m.def("_set_thread_cpu_isa(str isa) -> ()", &compressops::cpu::set_thread_cpu_isa_op);  // "" clears
+  m.def("_thread_cpu_isa() -> str", &compressops::cpu::thread_cpu_isa_op);
   m.def("_compiled_cpu_isas() -> str[]", &compressops::cpu::compiled_cpu_isas_op);
   m.def("_cpu_isa_levels() -> str[]", &compressops::cpu::cpu_isa_levels_op);
   m.def("_kernel_isas(str op) -> str[]", &compressops::cpu::kernel_isas_op);

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import compressops as co
-
+from compressops import ops
 from compressops.isa import (EMULATED_SUFFIX, emulated_isas, kernel_isas, kernel_level_for, last_kernel_isa, levels,
                              runnable_isa)
 
-from .helpers import ISA_LEVELS, X86_64, requires_native
+from .helpers import ISA_LEVELS, X86_64, randn_nonzero, requires_native
 
 pytestmark = requires_native
 
@@ -150,8 +150,8 @@ def test_cpu_isa_emulated_context_manager_and_info():
     assert torch.equal(y, reference.int8_linear(x, p, s))
 
 
-def test_cpu_isa_context_manager_is_process_wide():
-    """Documented behaviour: the level is one per process, so another thread sees the forced level."""
+def test_cpu_isa_context_manager_is_thread_local():
+    """The context changes the calling thread's level only; set_isa changes the process's."""
     import threading
 
     seen = []
@@ -162,13 +162,49 @@ def test_cpu_isa_context_manager_is_process_wide():
         seen.append(co.isa())
         done.set()
 
+    before = co.isa()
     t = threading.Thread(target=other)
     t.start()
     with co.cpu_isa("scalar"):
+        assert co.isa() == "scalar"
         entered.set()
         done.wait(10)
     t.join()
-    assert seen == ["scalar"]
+    assert seen == [before] and co.isa() == before
+
+
+def test_interleaved_contexts_in_two_threads_leave_the_process_unchanged():
+    """Issue 18: T1 enters, T2 enters, T1 leaves, T2 leaves; each thread ran at its own level
+    throughout and the process ends where it started."""
+    import threading
+
+    before = co.isa()
+    levels = [lv for lv in ("scalar", "avx2") if lv in co.available_isas()]
+    if len(levels) < 2:
+        pytest.skip("needs two native levels")
+    steps = [threading.Event() for _ in range(4)]
+    seen = {}
+    x = randn_nonzero(3, 64)
+
+    def worker(i, level, enter_at, leave_at):
+        steps[enter_at].wait(10)
+        with co.cpu_isa(level):
+            steps[enter_at + 1].set()
+            steps[leave_at].wait(10)
+            ops.int8_quantize_activation(x)
+            seen[i] = (co.isa(), last_kernel_isa("int8_quantize_activation"))
+        if leave_at + 1 < len(steps):
+            steps[leave_at + 1].set()
+
+    t1 = threading.Thread(target=worker, args=(1, levels[0], 0, 2))
+    t2 = threading.Thread(target=worker, args=(2, levels[1], 1, 3))
+    t1.start()
+    t2.start()
+    steps[0].set()
+    t1.join(20)
+    t2.join(20)
+    assert seen[1] == (levels[0], levels[0]) and seen[2] == (levels[1], levels[1])
+    assert co.isa() == before
 
 
 def test_fallback_chains_come_from_the_kernel_records():

@@ -130,6 +130,22 @@ std::string valid_choices() {
 
 // -1: no override; otherwise 2 * level + emulated.
 std::atomic<int> g_override{-1};
+thread_local int t_override = -1;
+
+int encode(IsaChoice choice) { return 2 * static_cast<int>(choice.level) + (choice.emulated ? 1 : 0); }
+IsaChoice decode(int code) { return {static_cast<CpuIsa>(code / 2), (code & 1) != 0}; }
+
+void check_selectable(IsaChoice choice) {
+  if (choice.emulated) {
+    TORCH_CHECK(isa_emulation_compiled(choice.level), "compressops: cannot select CPU ISA '",
+                isa_choice_name(choice), "': this build has no emulated ", isa_name(choice.level),
+                " kernels (SIMDe was not found at build time)");
+  } else {
+    TORCH_CHECK(choice.level <= detected_isa(), "compressops: cannot select CPU ISA '", isa_name(choice.level),
+                "': this CPU supports up to '", isa_name(detected_isa()), "' (or ask for '",
+                isa_name(choice.level), kEmulatedSuffix, "')");
+  }
+}
 
 }  // namespace
 
@@ -165,23 +181,26 @@ CpuIsa detected_isa() {
 }
 
 IsaChoice active_isa() {
+  if (t_override >= 0) return decode(t_override);
   const int forced = g_override.load(std::memory_order_relaxed);
-  if (forced >= 0) return {static_cast<CpuIsa>(forced / 2), (forced & 1) != 0};
+  if (forced >= 0) return decode(forced);
   static const IsaChoice isa = env_limited(detected_isa());
   return isa;
 }
 
 void set_active_isa(IsaChoice choice) {
-  if (choice.emulated) {
-    TORCH_CHECK(isa_emulation_compiled(choice.level), "compressops: cannot select CPU ISA '",
-                isa_choice_name(choice), "': this build has no emulated ", isa_name(choice.level),
-                " kernels (SIMDe was not found at build time)");
-  } else {
-    TORCH_CHECK(choice.level <= detected_isa(), "compressops: cannot select CPU ISA '", isa_name(choice.level),
-                "': this CPU supports up to '", isa_name(detected_isa()), "' (or ask for '",
-                isa_name(choice.level), kEmulatedSuffix, "')");
-  }
-  g_override.store(2 * static_cast<int>(choice.level) + (choice.emulated ? 1 : 0), std::memory_order_relaxed);
+  check_selectable(choice);
+  g_override.store(encode(choice), std::memory_order_relaxed);
+}
+
+void set_thread_isa(std::optional<IsaChoice> choice) {
+  if (choice) check_selectable(*choice);
+  t_override = choice ? encode(*choice) : -1;
+}
+
+std::optional<IsaChoice> thread_isa() {
+  if (t_override < 0) return std::nullopt;
+  return decode(t_override);
 }
 
 // CMake passes one bit per level of isa_levels.def, in its order.

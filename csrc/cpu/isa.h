@@ -1,5 +1,6 @@
 // CPU instruction-set levels, detected once at run time (never from the build machine).
 #pragma once
+#include <optional>
 #include <string>
 
 #include "isa_levels.def"
@@ -32,12 +33,19 @@ std::string isa_choice_name(IsaChoice choice);
 IsaChoice parse_isa_choice(const std::string& name);
 // What the hardware and OS support (cpuid + xgetbv + arch_prctl for AMX). Computed once.
 CpuIsa detected_isa();
-// min(detected, COMPRESSOPS_ISA, ATEN_CPU_CAPABILITY) unless set_active_isa overrode it; an
-// emulated choice from COMPRESSOPS_ISA or set_active_isa is kept as asked.
+// The calling thread's level (set_thread_isa) if it has one, else min(detected, COMPRESSOPS_ISA,
+// ATEN_CPU_CAPABILITY) unless set_active_isa overrode it; an emulated choice from COMPRESSOPS_ISA,
+// set_active_isa or set_thread_isa is kept as asked. Ops call it once per call, on the calling
+// thread, before any parallel loop.
 IsaChoice active_isa();
 // Force a level for tests and benchmarks (process-wide). Throws if a native level is above what
 // this CPU has, or if an emulated level has no emulated build.
 void set_active_isa(IsaChoice choice);
+// Force a level for the calling thread only (same checks), or clear it (nullopt): what the Python
+// cpu_isa() context uses, so contexts in two threads cannot leave the process on another level.
+void set_thread_isa(std::optional<IsaChoice> choice);
+// The calling thread's forced level, if any.
+std::optional<IsaChoice> thread_isa();
 // Whether this build compiled kernels for the level (natively, or its emulated build).
 bool isa_compiled(CpuIsa isa);
 bool isa_emulation_compiled(CpuIsa isa);

@@ -1,0 +1,90 @@
+"""compressops.save/load on the cases issue 18 found: tied weights, a model already converted with
+another config, and files that lie about their aliases."""
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import compressops as co
+
+from .helpers import randn_nonzero
+
+
+def tied_model():
+    m = nn.Sequential(nn.Embedding(10, 16), nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 10, bias=False))
+    m[3].weight = nn.Parameter(randn_nonzero(10, 24))
+    m[0].weight = nn.Parameter(randn_nonzero(10, 16))
+    return m
+
+
+def test_tied_weights_save_once_and_tie_again(tmp_path):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Embedding(10, 16), nn.Linear(16, 10, bias=False), nn.Linear(10, 10))
+    m[1].weight = m[0].weight  # tied, as language models tie embedding and output
+    co.convert(m, {"2": co.Int8()})
+    path = tmp_path / "tied.safetensors"
+    co.save(m, str(path))
+    with safe_open(str(path), framework="pt") as f:
+        assert "1.weight" not in f.keys() and "0.weight" in f.keys()
+        assert json.loads(f.metadata()["compressops_aliases"]) == {"1.weight": "0.weight"}
+    fresh = nn.Sequential(nn.Embedding(10, 16), nn.Linear(16, 10, bias=False), nn.Linear(10, 10))
+    fresh[1].weight = fresh[0].weight
+    co.load(fresh, str(path))
+    assert fresh[1].weight is fresh[0].weight
+    assert torch.equal(fresh[0].weight, m[0].weight)
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(fresh(ids), m(ids))
+    untied = nn.Sequential(nn.Embedding(10, 16), nn.Linear(16, 10, bias=False), nn.Linear(10, 10))
+    co.load(untied, str(path))  # an untied skeleton gets the same values in both places
+    assert torch.equal(untied[1].weight, m[0].weight)
+
+
+def test_views_sharing_memory_are_saved_as_copies(tmp_path):
+    m = nn.Module()
+    base = randn_nonzero(8, 4)
+    m.register_buffer("a", base[:4])
+    m.register_buffer("b", base[4:])
+    path = tmp_path / "views.safetensors"
+    co.save(m, str(path))
+    stored = load_file(str(path))
+    assert torch.equal(stored["a"], base[:4]) and torch.equal(stored["b"], base[4:])
+
+
+def test_alias_to_a_missing_key_raises(tmp_path):
+    path = tmp_path / "lie.safetensors"
+    save_file({"0.weight": torch.zeros(10, 16)}, str(path),
+              metadata={"compressops_layers": "{}", "compressops_aliases": json.dumps({"1.weight": "9.weight"})})
+    m = nn.Sequential(nn.Embedding(10, 16), nn.Linear(16, 10, bias=False))
+    with pytest.raises(ValueError, match="ties '1.weight' to '9.weight', which the file does not hold"):
+        co.load(m, str(path))
+
+
+def test_the_files_config_wins_over_an_already_converted_model(tmp_path):
+    """A dynamic W8A8 file loaded into a weight-only model runs W8A8 (issue 18)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 8))
+    dynamic = co.convert(model, co.Int8(act="dynamic"), inplace=False)
+    path = tmp_path / "dynamic.safetensors"
+    co.save(dynamic, str(path))
+    target = co.convert(nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 8)), co.Int8(act="weight_only"))
+    co.load(target, str(path))
+    assert target[0].config == co.Int8(act="dynamic") and target[2].config == co.Int8(act="dynamic")
+    x = randn_nonzero(3, 32)
+    assert torch.equal(target(x), dynamic(x))
+
+
+def test_the_files_config_wins_over_another_family(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 16))
+    int8 = co.convert(model, co.Int8(), inplace=False)
+    path = tmp_path / "int8.safetensors"
+    co.save(int8, str(path))
+    target = co.convert(nn.Sequential(nn.Linear(32, 16)), co.Half())
+    co.load(target, str(path))
+    assert type(target[0]) is type(int8[0])
+    x = randn_nonzero(3, 32)
+    assert torch.equal(target(x), int8(x))
