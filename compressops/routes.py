@@ -13,8 +13,8 @@ the variable once, at the first sparse call (or the first `current_sparse_route(
 COMPRESSOPS_ISA; changing the environment later has no effect. `set_sparse_route` and the
 `sparse_route` context manager change it at run time.
 
-The route is process-wide: `set_sparse_route` and the `sparse_route` context manager change it for
-every thread.
+`set_sparse_route` changes the route of the whole process; the `sparse_route` context manager
+changes it for the calling thread only, so contexts in several threads never leave the process changed.
 """
 
 from __future__ import annotations
@@ -29,15 +29,16 @@ ROUTES = ("auto", "kernel", "dense")
 
 
 def current_sparse_route() -> str:
-    """The process's route of the 2:4 and CSR ops: "auto", "kernel" or "dense" ("auto" without the
-    native library, whose reference ops have no routes).
+    """The calling thread's route of the 2:4 and CSR ops (its sparse_route context's, else the
+    process's): "auto", "kernel" or "dense" ("auto" without the native library, whose reference ops
+    have no routes).
 
     Raises:
         RuntimeError: COMPRESSOPS_SPARSE_ROUTE holds something else (and no route was set since).
     """
     if not _loader.native_loaded():
         return "auto"
-    return torch.ops.compressops._sparse_route()
+    return torch.ops.compressops._thread_sparse_route() or torch.ops.compressops._sparse_route()
 
 
 def set_sparse_route(route: str) -> None:
@@ -48,27 +49,32 @@ def set_sparse_route(route: str) -> None:
         ValueError: `route` is not one of ROUTES.
         RuntimeError: no native library.
     """
+    _check_route(route)
+    torch.ops.compressops._set_sparse_route(route)
+
+
+def _check_route(route: str) -> None:
     if route not in ROUTES:
         raise ValueError(f"unknown sparse route {route!r}; expected one of {', '.join(ROUTES)}")
     if not _loader.native_loaded():
         raise RuntimeError(f"cannot set the sparse route to {route!r}: the native library is not loaded "
                            f"({_loader.load_error()})")
-    torch.ops.compressops._set_sparse_route(route)
 
 
 @contextlib.contextmanager
 def sparse_route(route: str):
     """Context manager that runs its body with the 2:4 and CSR ops on `route` ("auto", "kernel" or
-    "dense") and restores the previous setting after. The route is process-wide: other threads see
-    it too while the body runs.
+    "dense") on the calling thread and restores that thread's previous setting after. Other threads
+    keep their route.
 
     Example:
         >>> with compressops.sparse_route("kernel"):   # the sparse kernel even at large batches
         ...     y = layer(x)
     """
-    previous = current_sparse_route()
-    set_sparse_route(route)
+    _check_route(route)
+    previous = torch.ops.compressops._thread_sparse_route()
+    torch.ops.compressops._set_thread_sparse_route(route)
     try:
         yield
     finally:
-        torch.ops.compressops._set_sparse_route(previous)
+        torch.ops.compressops._set_thread_sparse_route(previous)

@@ -48,6 +48,14 @@ std::vector<std::string> kernel_isas_op(std::string op) { return kernel_isas(op)
 std::string last_kernel_isa_op(std::string op) { return last_kernel_isa(op); }
 std::string sparse_route_op() { return sparse_route_name(forced_sparse_route()); }
 void set_sparse_route_op(std::string route) { set_forced_sparse_route(parse_sparse_route(route)); }
+// "" clears the calling thread's route.
+void set_thread_sparse_route_op(std::string route) {
+  set_thread_sparse_route(route.empty() ? std::nullopt : std::optional<SparseRoute>(parse_sparse_route(route)));
+}
+std::string thread_sparse_route_op() {
+  const auto route = thread_sparse_route();
+  return route ? sparse_route_name(*route) : "";
+}
 }  // namespace
 
 // binary_conv.cpp: the measured XNOR-popcount ceiling, for the binary benchmark.
@@ -114,6 +122,8 @@ TORCH_LIBRARY(compressops, m) {
   // Route of the 2:4 and CSR ops (internal): "auto" (each op's rule), "kernel" or "dense".
   m.def("_sparse_route() -> str", &compressops::cpu::sparse_route_op);
   m.def("_set_sparse_route(str route) -> ()", &compressops::cpu::set_sparse_route_op);
+  m.def("_set_thread_sparse_route(str route) -> ()", &compressops::cpu::set_thread_sparse_route_op);  // "" clears
+  m.def("_thread_sparse_route() -> str", &compressops::cpu::thread_sparse_route_op);
   // Benchmarks: the measured XNOR-popcount ceiling (binary MACs per second, all threads).
   m.def("_binary_xor_popcount_peak(int iters) -> float", &compressops::cpu::binary_xor_popcount_peak_op);
 }

@@ -351,8 +351,9 @@ def test_sparse_route_bad_names_are_clear_errors():
 
 
 @requires_native
-def test_sparse_route_is_process_wide():
-    """Documented behaviour: the route is one per process, so another thread sees the forced route."""
+def test_sparse_route_context_is_thread_local():
+    """The context sets the calling thread's route; another thread keeps the process's, and
+    set_sparse_route sets the process's for every thread without a context."""
     import threading
 
     packed, vals, _ = make_csr(67, 40, 0.5)
@@ -366,13 +367,20 @@ def test_sparse_route_is_process_wide():
         seen.append(torch.ops.compressops._last_kernel_isa("csr_linear"))
         done.set()
 
-    t = threading.Thread(target=other)
-    t.start()
-    with co.sparse_route("dense"):
-        entered.set()
-        done.wait(10)
-    t.join()
-    assert seen == ["dense", "dense"]
+    before = co.current_sparse_route()
+    co.set_sparse_route("kernel")
+    try:
+        t = threading.Thread(target=other)
+        t.start()
+        with co.sparse_route("dense"):
+            assert co.current_sparse_route() == "dense"
+            entered.set()
+            done.wait(10)
+        t.join()
+        assert seen[0] == "kernel" and seen[1] != "dense"
+        assert co.current_sparse_route() == "kernel"
+    finally:
+        co.set_sparse_route(before)
 
 
 _ROUTE_CHILD = """

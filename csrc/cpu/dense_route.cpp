@@ -1,5 +1,5 @@
-// The process-wide route setting of the 2:4 and CSR ops (dense_route.h): from the environment
-// once, or as set at run time.
+// The route setting of the 2:4 and CSR ops (dense_route.h): from the environment once, or as set
+// at run time for the process or the calling thread.
 #include "dense_route.h"
 
 #include <c10/util/Exception.h>
@@ -33,10 +33,12 @@ SparseRoute from_env() {
 
 // -1: not set at run time (the environment's setting holds); otherwise a SparseRoute.
 std::atomic<int> g_set{-1};
+thread_local int t_set = -1;  // the same for the calling thread only
 
 }  // namespace
 
 SparseRoute forced_sparse_route() {
+  if (t_set >= 0) return static_cast<SparseRoute>(t_set);
   const int set = g_set.load(std::memory_order_relaxed);
   if (set >= 0) return static_cast<SparseRoute>(set);
   static const SparseRoute env = from_env();
@@ -45,6 +47,13 @@ SparseRoute forced_sparse_route() {
 
 void set_forced_sparse_route(SparseRoute route) {
   g_set.store(static_cast<int>(route), std::memory_order_relaxed);
+}
+
+void set_thread_sparse_route(std::optional<SparseRoute> route) { t_set = route ? static_cast<int>(*route) : -1; }
+
+std::optional<SparseRoute> thread_sparse_route() {
+  if (t_set < 0) return std::nullopt;
+  return static_cast<SparseRoute>(t_set);
 }
 
 SparseRoute parse_sparse_route(const std::string& name) {

@@ -16,13 +16,18 @@ namespace compressops::cpu {
 // "kernel" and "dense" force one for every call. The rules are fitted to one CPU; this lets a user
 // on another one (and the tests) pick. COMPRESSOPS_SPARSE_ROUTE=auto|kernel|dense sets it when the
 // process starts (read once, at the first call that asks, like COMPRESSOPS_ISA);
-// set_forced_sparse_route changes it for the whole process, every thread.
+// set_forced_sparse_route changes it for the whole process, set_thread_sparse_route for the calling
+// thread only (the Python context manager, so contexts in two threads cannot interleave).
 enum class SparseRoute { kAuto, kKernel, kDense };
 
-// The hot path: one relaxed atomic load once the environment has been read. Throws c10::Error on
-// a COMPRESSOPS_SPARSE_ROUTE that is not auto, kernel or dense (at every call, until overridden).
+// The hot path: a thread-local read and one relaxed atomic load once the environment has been
+// read. Throws c10::Error on a COMPRESSOPS_SPARSE_ROUTE that is not auto, kernel or dense (at every
+// call, until overridden).
 SparseRoute forced_sparse_route();
 void set_forced_sparse_route(SparseRoute route);
+// The calling thread's route (nullopt clears it), which takes precedence over the process's.
+void set_thread_sparse_route(std::optional<SparseRoute> route);
+std::optional<SparseRoute> thread_sparse_route();
 // "auto", "kernel" or "dense" and back; parse_sparse_route throws c10::Error on anything else.
 SparseRoute parse_sparse_route(const std::string& name);
 const char* sparse_route_name(SparseRoute route);
