@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import warnings
 from collections.abc import Callable, Mapping
 
 from torch import nn
@@ -209,10 +210,14 @@ def _calibrate(model: nn.Module, plan, calibration_data) -> dict[str, object]:
     observers = calibrate(model, {n: m for n, (m, _) in uses.items()}, calibration_data, factories)
     out = {}
     for name, obs in observers.items():
-        try:
-            out[name] = obs.result()
-        except ValueError as e:
-            raise ValueError(f"convert: layer {name!r}: {e}") from None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                out[name] = obs.result()
+            except ValueError as e:
+                raise ValueError(f"convert: layer {name!r}: {e}") from None
+        for w in caught:  # say which layer
+            warnings.warn(f"convert: layer {name!r}: {w.message}", w.category, stacklevel=3)
     return out
 
 

@@ -20,27 +20,25 @@ from __future__ import annotations
 import torch
 
 from ..formats import int4 as int4_format
+from .observers import RowObserver
 
 
-class HessianObserver:
-    """Accumulates H = X^T X in float64 over every row a layer sees (calibration for GPTQ)."""
+class HessianObserver(RowObserver):
+    """Accumulates H = X^T X in float64 over every finite row a layer sees (calibration for GPTQ)."""
 
     def __init__(self):
+        super().__init__()
         self.h = None
-        self.rows = 0
 
     def observe(self, x: torch.Tensor) -> None:
-        x2 = x.detach().reshape(-1, x.shape[-1]).double()
-        x2 = torch.where(torch.isfinite(x2), x2, torch.zeros_like(x2))
+        x2 = self.finite_rows(x).double()
         if self.h is None:
             self.h = torch.zeros(x2.shape[1], x2.shape[1], dtype=torch.float64, device=x2.device)
         self.h += x2.t() @ x2
-        self.rows += x2.shape[0]
 
     def result(self) -> torch.Tensor:
         """What convert hands to the layer's handler: H float64 [K, K]."""
-        if self.h is None or self.rows == 0:
-            raise ValueError("observer saw no data: the calibration data never reached this layer")
+        self.check_rows()
         return self.h
 
 

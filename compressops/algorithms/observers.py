@@ -2,32 +2,62 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
 
-class AbsMaxObserver:
-    """Running max of |x| over every value a layer sees (symmetric min-max observer).
+class RowObserver:
+    """What every observer shares: it sees a layer's inputs as rows [*, K] and ignores the rows that
+    hold NaN/Inf (one bad token must not turn every statistic into NaN), counting them; result()
+    warns how many it ignored and raises when no finite row was left."""
 
-    scale() = absmax / 127, the static int8 activation scale.
+    def __init__(self):
+        self.rows = 0
+        self.dropped = 0
+
+    def finite_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """x's rows [M, K] without those holding NaN/Inf (counted in self.dropped)."""
+        x2 = x.detach().reshape(-1, x.shape[-1]) if x.dim() else x.detach().reshape(1, 1)
+        ok = torch.isfinite(x2).all(dim=1)
+        if not bool(ok.all()):
+            self.dropped += int((~ok).sum())
+            x2 = x2[ok]
+        self.rows += x2.shape[0]
+        return x2
+
+    def check_rows(self) -> None:
+        """Raise when no finite row was seen; warn when some rows were ignored."""
+        if self.rows == 0 and self.dropped == 0:
+            raise ValueError("observer saw no data: the calibration data never reached this layer")
+        if self.rows == 0:
+            raise ValueError(f"every one of the {self.dropped} input rows this layer saw in the calibration data "
+                             f"held NaN/Inf")
+        if self.dropped:
+            warnings.warn(f"calibration data: {self.dropped} of {self.dropped + self.rows} input rows held NaN/Inf "
+                          f"and were ignored", RuntimeWarning, stacklevel=2)
+
+
+class AbsMaxObserver(RowObserver):
+    """Running max of |x| over every finite row a layer sees (symmetric min-max observer).
+
+    scale() = absmax / 127, the static int8 activation scale (1.0 when every value was zero: any
+    scale quantizes zeros exactly).
     """
 
     def __init__(self):
+        super().__init__()
         self.absmax = 0.0
-        self.batches = 0
 
     def observe(self, x: torch.Tensor) -> None:
-        if x.numel():
-            v = float(x.detach().abs().amax())
-            if v == v and v != float("inf"):
-                self.absmax = max(self.absmax, v)
-        self.batches += 1
+        x2 = self.finite_rows(x)
+        if x2.numel():
+            self.absmax = max(self.absmax, float(x2.abs().amax()))
 
     def scale(self) -> torch.Tensor:
-        if self.batches == 0:
-            raise ValueError("observer saw no data: the calibration data never reached this layer")
+        self.check_rows()
         return torch.tensor(self.absmax / 127.0 if self.absmax > 0 else 1.0, dtype=torch.float32)
 
     def result(self) -> torch.Tensor:

@@ -19,23 +19,23 @@ from __future__ import annotations
 
 import torch
 
+from .observers import RowObserver
 
-class GramObserver:
-    """Accumulates G = sum x^T x over a layer's input rows (float64), what refinement needs."""
+
+class GramObserver(RowObserver):
+    """Accumulates G = sum x^T x over a layer's finite input rows (float64), what refinement needs."""
 
     def __init__(self):
+        super().__init__()
         self.gram = None
-        self.rows = 0
 
     def observe(self, x: torch.Tensor) -> None:
-        x2 = x.detach().reshape(-1, x.shape[-1]).double()
+        x2 = self.finite_rows(x).double()
         g = x2.t() @ x2
         self.gram = g if self.gram is None else self.gram + g
-        self.rows += x2.shape[0]
 
     def result(self) -> torch.Tensor:
-        if self.gram is None or self.rows == 0:
-            raise ValueError("observer saw no data: the calibration data never reached this layer")
+        self.check_rows()
         return self.gram / self.rows
 
 
