@@ -7,6 +7,7 @@ Environment toggles:
                                them on CPUs that lack those levels) whenever simde-py is installed
   COMPRESSOPS_CPU_ISAS="avx2;avx512;avx512_vnni;amx"   vector levels to compile (scalar always)
   COMPRESSOPS_WERROR=1         warnings are errors (CI)
+  COMPRESSOPS_SANITIZE=1       ASan + UBSan build in its own build directory (make sanitize)
   MAX_JOBS=N                   parallel compile jobs
   DEBUG=1                      -O0 -g
 The build never looks at this machine's CPU or GPU: every level the compiler can emit is built and
@@ -45,7 +46,9 @@ class cmake_build_ext(build_ext):
         out_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
         out_dir.mkdir(parents=True, exist_ok=True)
         # A stable build directory keeps rebuilds incremental across `pip install -e .` runs.
-        build_dir = ROOT / "build" / f"cmake-py{sys.version_info.major}{sys.version_info.minor}"
+        sanitize = os.environ.get("COMPRESSOPS_SANITIZE") == "1"
+        build_dir = ROOT / "build" / (f"cmake-py{sys.version_info.major}{sys.version_info.minor}"
+                                      + ("-sanitize" if sanitize else ""))
         build_dir.mkdir(parents=True, exist_ok=True)
         cfg = "Debug" if os.environ.get("DEBUG") == "1" else "Release"
         args = [
@@ -55,6 +58,7 @@ class cmake_build_ext(build_ext):
             f"-DCOMPRESSOPS_CUDA={os.environ.get('COMPRESSOPS_CUDA', 'auto')}",
             f"-DCOMPRESSOPS_EMULATION={os.environ.get('COMPRESSOPS_EMULATION', 'auto')}",
             f"-DCOMPRESSOPS_WERROR={'ON' if os.environ.get('COMPRESSOPS_WERROR') == '1' else 'OFF'}",
+            f"-DCOMPRESSOPS_SANITIZE={'ON' if sanitize else 'OFF'}",
         ]
         if os.environ.get("COMPRESSOPS_CPU_ISAS"):
             args.append(f"-DCOMPRESSOPS_CPU_ISAS={os.environ['COMPRESSOPS_CPU_ISAS']}")
@@ -73,7 +77,8 @@ class cmake_build_ext(build_ext):
             "python": sys.version.split()[0],
             "torch_version": torch.__version__,
             "cuda_version": torch.version.cuda,
-            "toggles": {k: os.environ[k] for k in ("COMPRESSOPS_CUDA", "COMPRESSOPS_CPU_ISAS", "DEBUG")
+            "toggles": {k: os.environ[k] for k in ("COMPRESSOPS_CUDA", "COMPRESSOPS_CPU_ISAS", "COMPRESSOPS_SANITIZE",
+                                                   "DEBUG")
                         if k in os.environ},
         })
         (out_dir / "_build_info.json").write_text(json.dumps(info, indent=2) + "\n")
