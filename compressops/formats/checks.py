@@ -25,8 +25,12 @@ def is_fake(t: torch.Tensor) -> bool:
 
 
 def check_x(x: torch.Tensor, op: str) -> None:
-    """x must be a float32/bfloat16/float16 tensor with at least one dimension (..., K)."""
-    torch._check_value(x.is_floating_point(),
+    """x must be a float32/bfloat16/float16 tensor with at least one dimension (..., K).
+
+    The one input rule of every family: float64 (and float8) inputs raise here rather than being
+    rounded silently; cast them to float32 first.
+    """
+    torch._check_value(x.dtype in FLOAT_DTYPES,
                        lambda: f"{op}: x must be float32, bfloat16 or float16, got {x.dtype}")
     torch._check_value(x.dim() >= 1, lambda: f"{op}: x must have at least one dimension (..., K)")
 
