@@ -350,7 +350,8 @@ def test_hand_made_header_beyond_max_k_raises():
     bad = pack_header.zeros("int8", 1, (1,), 1, k, f8.FIELDS, f8.packed_bytes(1, k))
     native, ref = call_both(ops.int8_linear, reference.int8_linear, torch.ones(1, k), bad, torch.ones(1))
     assert native == ref
-    assert native == f"int8_linear: w_packed's header has K={k}, more than an int8 pack holds (131072, int32 accumulation)"
+    assert native == (f"int8_linear: w_packed's header has K={k}, more than an int8 pack holds (131072, "
+                      f"int32 accumulation)")
 
 
 def _bad_linear_calls(w_q, w_s, packed, b, x):
@@ -410,7 +411,8 @@ def test_bad_weights_raise_the_same_error_from_both_packers():
     w_q = torch.randint(-127, 128, (8, 32), dtype=torch.int8)
     for bad, message in ((w_q.float(), "w_q must be int8, got torch.float32"),
                          (w_q.flatten(), r"w_q must be 2-D \[N, K\], got shape \(256,\)"),
-                         (w_q[:0], r"w_q needs 1 <= N < 2\^31 and 1 <= K <= 131072 \(int32 accumulation\), got \(0, 32\)"),
+                         (w_q[:0], r"w_q needs 1 <= N < 2\^31 and 1 <= K <= 131072 \(int32 accumulation\), "
+                                   r"got \(0, 32\)"),
                          (w_q[:, :0], r"got \(8, 0\)"),
                          (torch.zeros(1, f8.MAX_K + 1, dtype=torch.int8), r"got \(1, 131073\)"),
                          (torch.full((2, 3), -128, dtype=torch.int8), r"\[-127, 127\] \(symmetric int8\); found -128")):
