@@ -2,12 +2,11 @@
 
 Both read the same pack as the CPU kernels (compressops/formats/int8.py): after the 64-byte shared
 header, int8 weights [N_pad/16][K_pad/4][16][4], zero padded, at byte offsets from the start of the
-contiguous pack. The Triton kernel computes
-only the matrix product (int8 x int8 -> exact int32 for W8A8; fp32 x dequantized weight for
-weight-only); the argument checks, the activation quantization and the float epilogue are the
-functions of compressops/formats/int8.py that the reference calls too, so W8A8 results equal
-compressops.reference.int8_linear bit for bit (the int32 sums are exact in any order, and the
-epilogue is the same sequence of float32 operations).
+contiguous pack. The Triton kernel computes only the matrix product (int8 x int8 -> exact int32 for
+W8A8; fp32 x dequantized weight for weight-only); the argument checks, the activation quantization
+and the float epilogue are the functions of compressops/formats/int8.py that the reference calls
+too, so W8A8 results equal compressops.reference.int8_linear bit for bit (the int32 sums are exact
+in any order, and the epilogue is the same sequence of float32 operations).
 """
 
 from __future__ import annotations
