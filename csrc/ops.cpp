@@ -69,8 +69,8 @@ TORCH_LIBRARY(compressops, m) {
   m.def("int8_pack_weight(Tensor w_q) -> Tensor");
   m.def("int8_quantize_activation(Tensor x, Tensor? act_scale=None) -> (Tensor, Tensor)");
   m.def(
-      "int8_linear(Tensor x, Tensor w_packed, Tensor w_scale, Tensor? bias=None, Tensor? act_scale=None, "
-      "ScalarType? out_dtype=None) -> Tensor");
+      "int8_linear(Tensor x, Tensor w_packed, Tensor w_scale, Tensor? bias=None, ScalarType? out_dtype=None, *, "
+      "Tensor? act_scale=None) -> Tensor");
   m.def(
       "int8_weight_only_linear(Tensor x, Tensor w_packed, Tensor w_scale, Tensor? bias=None, "
       "ScalarType? out_dtype=None) -> Tensor");

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 import compressops as co
-from compressops import reference
+from compressops import ops, reference
+from compressops.formats import int8 as f8
 from compressops.nn import Int8Linear
 
 from .helpers import randn_nonzero
@@ -36,7 +37,7 @@ def test_static_mode_uses_calibrated_scale():
     q = Int8Linear.from_float(lin, co.Int8(act="static"), act_scale=torch.tensor(3.0 / 127))
     x = randn_nonzero(8, 64).clamp(-3, 3)
     y = q(x)
-    assert torch.equal(y, reference.int8_linear(x, q.weight_packed, q.weight_scale, q.bias, q.act_scale))
+    assert torch.equal(y, reference.int8_linear(x, q.weight_packed, q.weight_scale, q.bias, act_scale=q.act_scale))
     assert rel_err(y, lin(x).detach()) < 0.05
     with pytest.raises(ValueError, match="calibration_data"):
         Int8Linear.from_float(lin, co.Int8(act="static"))
@@ -55,7 +56,7 @@ def test_bf16_input_and_module_to_bf16_keep_fp32_scales():
     assert rel_err(yb, y32) < 0.01
 
 
-def test_state_dict_round_trip_and_repack():
+def test_state_dict_round_trip():
     lin = nn.Linear(100, 40)
     q = Int8Linear.from_float(lin)
     buf = io.BytesIO()
@@ -66,6 +67,75 @@ def test_state_dict_round_trip_and_repack():
     fresh.load_state_dict(torch.load(buf))
     x = randn_nonzero(6, 100)
     assert torch.equal(fresh(x), q(x))
+
+
+@pytest.mark.parametrize("act", ["dynamic", "static", "weight_only"])
+def test_memory_holds_only_the_pack(act):
+    lin = nn.Linear(67, 33)
+    q = Int8Linear.from_float(lin, co.Int8(act=act), act_scale=torch.tensor(0.02))
+    extra = {"act_scale"} if act == "static" else set()
+    assert {n for n, b in q.named_buffers() if b is not None} == {"weight_packed", "weight_scale", "bias"} | extra
+    w_q, scale = f8.quantize_weight(lin.weight)
+    assert torch.equal(q.weight, w_q) and torch.equal(q.weight_scale, scale)
+    assert torch.equal(q.weight_packed, ops.int8_pack_weight(w_q))
+    assert q.weight_packed.shape == (33, -(-f8.packed_bytes(33, 67) // 33))
+    assert q.compressed_bytes() == 67 * 33 + 4 * 33 + 4 * 33 + (4 if act == "static" else 0)
+    assert q.dense_bytes() == 4 * 67 * 33 + 4 * 33
+
+
+@pytest.mark.parametrize("act", ["dynamic", "static"])
+def test_state_dict_holds_the_canonical_format(act):
+    lin = nn.Linear(100, 40)
+    q = Int8Linear.from_float(lin, co.Int8(act=act), act_scale=torch.tensor(0.05))
+    sd = q.state_dict()
+    assert list(sd) == ["weight", "weight_scale", "bias"] + (["act_scale"] if act == "static" else [])
+    assert sd["weight"].dtype == torch.int8 and sd["weight"].shape == (40, 100)
+    assert sd["weight_scale"].dtype == torch.float32 and sd["weight_scale"].shape == (40,)
+    assert torch.equal(sd["weight"], f8.quantize_weight(lin.weight)[0])
+    fresh = Int8Linear(100, 40, act=act)
+    result = fresh.load_state_dict(sd)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert torch.equal(fresh.weight_packed, q.weight_packed)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), sd.values()))
+
+
+def test_skeleton_does_not_pack_and_load_packs_once(monkeypatch):
+    """A skeleton holds the zero pack without running the pack op; load_state_dict packs once."""
+    good = Int8Linear.from_float(nn.Linear(48, 20)).state_dict()
+    calls = []
+    real = ops.int8_pack_weight
+
+    def counting(w_q):
+        calls.append(tuple(w_q.shape))
+        return real(w_q)
+
+    monkeypatch.setattr(ops, "int8_pack_weight", counting)
+    q = Int8Linear(48, 20)
+    assert calls == []
+    assert torch.equal(q.weight_packed, f8.zero_pack(20, 48)) and not q.weight.any()
+    q.load_state_dict(good)
+    assert calls == [(20, 48)]
+    assert torch.equal(q.weight, good["weight"])
+
+
+def test_load_state_dict_errors():
+    q = Int8Linear(16, 8)
+    good = Int8Linear.from_float(nn.Linear(16, 8)).state_dict()
+    with pytest.raises(RuntimeError, match="Missing key.*weight"):
+        q.load_state_dict({k: v for k, v in good.items() if k != "weight"})
+    with pytest.raises(RuntimeError, match=r"weight: the checkpoint holds torch.float32 \(8, 16\), "
+                                           r"Int8Linear needs torch.int8 \(8, 16\)"):
+        q.load_state_dict({**good, "weight": good["weight"].float()})
+    with pytest.raises(RuntimeError, match="needs torch.int8"):
+        q.load_state_dict({**good, "weight": good["weight"][:4]})
+    bad = good["weight"].clone()
+    bad[3, 5] = -128
+    with pytest.raises(RuntimeError, match=r"mismatch for weight: the checkpoint holds -128"):
+        q.load_state_dict({**good, "weight": bad})
+    with pytest.raises(RuntimeError, match="Unexpected key.*weight_packed"):
+        q.load_state_dict({**good, "weight_packed": q.weight_packed})
+    missing = q.load_state_dict({k: v for k, v in good.items() if k != "weight"}, strict=False)
+    assert missing.missing_keys == ["weight"]
 
 
 def test_to_float_dequantize_and_repr():

@@ -1,5 +1,7 @@
 """int8 ops against compressops.reference, on every CPU ISA level this machine runs."""
 
+import re
+import struct
 import threading
 
 import pytest
@@ -8,6 +10,7 @@ import torch
 import compressops as co
 from compressops import ops, reference
 from compressops.formats import int8 as f8
+from compressops.formats import pack_header
 
 from .helpers import expected_kernel_level, OPCHECK_UTILS, isa_params, randn_nonzero, requires_native
 
@@ -31,6 +34,20 @@ def make_layer(k, n, bias=True):
     return w_q, w_s, ops.int8_pack_weight(w_q), (randn_nonzero(n) if bias else None)
 
 
+def header_bytes(n, k, tag=b"int8", version=1, fields=(16, 4, 0)):
+    return struct.pack("<4sI8sIIqq3q", b"COPK", 1, tag, version, 0, n, k, *fields)
+
+
+def call_both(fn_native, fn_ref, *args, **kwargs):
+    """The error messages of the native kernel and of the reference for the same bad call."""
+    messages = []
+    for fn in (fn_native, fn_ref):
+        with pytest.raises((ValueError, RuntimeError)) as e:
+            fn(*args, **kwargs)
+        messages.append(str(e.value).splitlines()[0])
+    return messages
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_pack_matches_python_and_roundtrips(shape):
     _, k, n = shape
@@ -38,7 +55,30 @@ def test_pack_matches_python_and_roundtrips(shape):
     packed = ops.int8_pack_weight(w_q)
     assert torch.equal(packed, f8.pack_weight(w_q))
     assert torch.equal(f8.unpack_weight(packed), w_q)
-    assert packed.numel() == f8.packed_bytes(n, k)
+    nbytes = f8.packed_bytes(n, k)
+    n_pad, k_pad = -(-n // 16) * 16, -(-k // 4) * 4
+    assert nbytes == 64 + n_pad * k_pad + 4 * n_pad
+    assert packed.dtype == torch.uint8 and packed.shape == (n, -(-nbytes // n)) and packed.is_contiguous()
+    flat = packed.view(-1)
+    assert bytes(flat[:64].tolist()) == header_bytes(n, k)
+    # the blocked weights: byte (n, k) at ((n // 16 * K_pad/4 + k // 4) * 16 + n % 16) * 4 + k % 4
+    blocks = flat[64:64 + n_pad * k_pad].view(torch.int8).view(n_pad // 16, k_pad // 4, 16, 4)
+    dense = blocks.permute(0, 2, 1, 3).reshape(n_pad, k_pad)
+    assert torch.equal(dense[:n, :k], w_q) and not dense[n:].any() and not dense[:, k:].any()
+    col_sums = flat[64 + n_pad * k_pad:nbytes].view(torch.int32)
+    assert torch.equal(col_sums[:n], w_q.sum(dim=1, dtype=torch.int32)) and not col_sums[n:].any()
+    assert not flat[nbytes:].any()  # the row padding is zero
+    # a non-contiguous weight packs to the same bytes
+    assert torch.equal(ops.int8_pack_weight(w_q.t().contiguous().t()), packed)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_zero_pack_is_the_pack_of_the_zero_weight(shape):
+    """Int8Linear's skeleton holds zero_pack instead of running the pack op on a zero weight."""
+    _, k, n = shape
+    zero = f8.zero_pack(n, k)
+    assert torch.equal(ops.int8_pack_weight(torch.zeros(n, k, dtype=torch.int8)), zero)
+    assert torch.equal(f8.unpack_weight(zero), torch.zeros(n, k, dtype=torch.int8))
 
 
 @pytest.mark.parametrize("level", isa_params())
@@ -80,9 +120,9 @@ def test_int8_linear_static_scale_bit_exact(level):
     x = randn_nonzero(9, 200) * 4  # some values beyond the static range: they must clamp
     act_scale = torch.tensor(2.5 / 127)
     with co.cpu_isa(level):
-        y = ops.int8_linear(x, packed, w_s, b, act_scale)
+        y = ops.int8_linear(x, packed, w_s, b, act_scale=act_scale)
         q, s = ops.int8_quantize_activation(x, act_scale)
-    assert torch.equal(y, reference.int8_linear(x, packed, w_s, b, act_scale))
+    assert torch.equal(y, reference.int8_linear(x, packed, w_s, b, act_scale=act_scale))
     q_ref, s_ref = reference.int8_quantize_activation(x, act_scale)
     assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
     assert (q == 127).any() and (q == -127).any()
@@ -185,12 +225,16 @@ def _opcheck_samples():
         (torch.ops.compressops.int8_quantize_activation.default, (x,), {}),
         (torch.ops.compressops.int8_quantize_activation.default, (x, torch.tensor(0.02)), {}),
         (torch.ops.compressops.int8_linear.default, (x, packed, w_s, b), {}),
-        (torch.ops.compressops.int8_linear.default, (x.bfloat16(), packed, w_s, None, torch.tensor(0.03)), {}),
+        (torch.ops.compressops.int8_linear.default, (x.bfloat16(), packed, w_s, None),
+         {"act_scale": torch.tensor(0.03)}),
+        (torch.ops.compressops.int8_linear.default, (randn_nonzero(2, 4, 67), packed, w_s, b, torch.float16), {}),
         (torch.ops.compressops.int8_weight_only_linear.default, (x, packed, w_s, b), {}),
+        (torch.ops.compressops.int8_weight_only_linear.default, (x.half(), packed, w_s, None),
+         {"out_dtype": torch.bfloat16}),
     ]
 
 
-@pytest.mark.parametrize("idx", range(6))
+@pytest.mark.parametrize("idx", range(8))
 def test_opcheck(idx):
     op, args, kwargs = _opcheck_samples()[idx]
     torch.library.opcheck(op, args, kwargs, test_utils=OPCHECK_UTILS)
@@ -212,10 +256,18 @@ def test_bad_input_errors(use_reference):
         lin(x, packed, w_s[:7], b)
     with pytest.raises(err, match="bias must be"):
         lin(x, packed, w_s, b[:3])
-    with pytest.raises(err, match="w_packed"):
+    with pytest.raises(err, match="w_packed must be a 2-D uint8"):
         lin(x, w_q.view(torch.uint8).flatten(), w_s, b)
+    with pytest.raises(err, match="w_packed does not start with a compressops pack header"):
+        lin(x, w_q.view(torch.uint8), w_s, b)
+    with pytest.raises(err, match="w_packed must be a 2-D uint8"):
+        lin(x, packed.view(-1), w_s, b)
+    with pytest.raises(err, match="w_packed must be contiguous"):
+        lin(x, packed.t(), w_s, b)
+    with pytest.raises(err, match="out_dtype must be"):
+        lin(x, packed, w_s, b, torch.int32)
     with pytest.raises(err, match="act_scale must be finite and positive"):
-        lin(x, packed, w_s, b, torch.tensor(-1.0))
+        lin(x, packed, w_s, b, act_scale=torch.tensor(-1.0))
     with pytest.raises(err, match="must be int8"):
         pack(w_q.float())
     with pytest.raises(err, match="2-D"):
@@ -224,6 +276,149 @@ def test_bad_input_errors(use_reference):
         pack(torch.zeros(1, 131073, dtype=torch.int8))
     with pytest.raises(err, match=r"\[-127, 127\]"):
         pack(torch.full((2, 3), -128, dtype=torch.int8))
+
+
+def _tampered(packed, offset, fmt, value):
+    bad = packed.clone()
+    bad.view(-1)[offset:offset + struct.calcsize(fmt)] = torch.tensor(list(struct.pack(fmt, value)),
+                                                                      dtype=torch.uint8)
+    return bad
+
+
+TAMPERED = {  # header field -> (offset, struct format, value, message); the pack of make_layer(32, 8) is [8, 80]
+    "magic": (0, "<I", 0x38493843, "does not start with a compressops pack header"),
+    "header version": (4, "<I", 2, "does not start with a compressops pack header"),
+    "tag": (8, "<8s", b"half", "holds a 'half' pack, not a 'int8' one"),
+    "tag bytes": (8, "<8s", b"in\x01\xff", r"holds a 'in\?\?' pack"),
+    "format version": (16, "<I", 2, "is a 'int8' pack of version 2, this build reads version 1"),
+    "reserved": (20, "<I", 7, "header is corrupt"),
+    "N larger": (24, "<q", 9, r"has shape \[8, 80\] but its header \(N=9, K=32\) needs \[9, 72\]"),
+    "N smaller": (24, "<q", 7, r"has shape \[8, 80\] but its header \(N=7, K=32\) needs \[7, 92\]"),
+    "N zero": (24, "<q", 0, r"N=0, K=32; both must be in \[1, 2\^31\)"),
+    "N negative": (24, "<q", -8, r"both must be in \[1, 2\^31\)"),
+    "N huge": (24, "<q", 2**40, r"both must be in \[1, 2\^31\)"),
+    "K larger": (32, "<q", 36, r"header \(N=8, K=36\) needs \[8, 88\]"),
+    "K overflowing": (32, "<q", 2**31 - 1, "needs"),
+    "K negative": (32, "<q", -1, r"both must be in \[1, 2\^31\)"),
+    "NR": (40, "<q", 32, r"header fields \(32, 4, 0\) do not match a 'int8' pack of N=8, K=32 \(16, 4, 0\)"),
+    "KR": (48, "<q", 8, r"header fields \(16, 8, 0\) do not match"),
+    "last field": (56, "<q", -1, "do not match"),
+}
+
+
+@requires_native
+@pytest.mark.parametrize("op", ["int8_linear", "int8_weight_only_linear"])
+@pytest.mark.parametrize("field", sorted(TAMPERED))
+def test_tampered_header_raises_the_same_error_everywhere(field, op):
+    """A header that lies raises before any weight byte is read, with one message from C++ and Python."""
+    _, w_s, packed, b = make_layer(32, 8)
+    offset, fmt, value, message = TAMPERED[field]
+    bad = _tampered(packed, offset, fmt, value)
+    native, ref = call_both(getattr(ops, op), getattr(reference, op), randn_nonzero(2, 32), bad, w_s, b)
+    assert native == ref
+    assert native.startswith(f"{op}: w_packed")
+    assert re.search(message, native), native
+
+
+@requires_native
+def test_truncated_or_padded_pack_raises():
+    _, w_s, packed, b = make_layer(32, 8)  # 64 + 16 * 32 + 4 * 16 = 640 bytes: [8, 80]
+    x = randn_nonzero(2, 32)
+    for bad, message in ((packed[:, :-1], r"has shape \[8, 79\] but its header .N=8, K=32. needs \[8, 80\]"),
+                         (torch.cat([packed, packed[:1]]), r"has shape \[9, 80\]"),
+                         (torch.cat([packed, packed[:, :1]], dim=1), r"has shape \[8, 81\]"),
+                         (packed.view(-1)[:63].view(1, 63), "holds 63 bytes, too few for a pack header")):
+        for op in ("int8_linear", "int8_weight_only_linear"):
+            native, ref = call_both(getattr(ops, op), getattr(reference, op), x, bad.clone(), w_s, b)
+            assert native == ref
+            assert re.search(message, native), native
+
+
+@requires_native
+def test_swapped_n_and_k_fails_on_the_shape():
+    _, w_s, packed, b = make_layer(32, 8)
+    bad = _tampered(_tampered(packed, 24, "<q", 32), 32, "<q", 8)
+    native, ref = call_both(ops.int8_linear, reference.int8_linear, randn_nonzero(2, 32), bad, w_s, b)
+    assert native == ref
+    assert re.search(r"has shape \[8, 80\] but its header \(N=32, K=8\) needs \[32, 14\]", native), native
+
+
+@requires_native
+def test_hand_made_header_beyond_max_k_raises():
+    """A consistent header whose K the int32 sums cannot hold (the pack op never writes one)."""
+    k = f8.MAX_K + 1
+    bad = pack_header.zeros("int8", 1, (1,), 1, k, f8.FIELDS, f8.packed_bytes(1, k))
+    native, ref = call_both(ops.int8_linear, reference.int8_linear, torch.ones(1, k), bad, torch.ones(1))
+    assert native == ref
+    assert native == (f"int8_linear: w_packed's header has K={k}, more than an int8 pack holds (131072, "
+                      f"int32 accumulation)")
+
+
+def _bad_linear_calls(w_q, w_s, packed, b, x):
+    """(description, args, kwargs) of int8_linear calls with one bad argument each."""
+    return [
+        ("x int", (x.to(torch.int32), packed, w_s, b), {}),
+        ("x 0-d", (x[0, 0], packed, w_s, b), {}),
+        ("K", (x[:, :31], packed, w_s, b), {}),
+        ("pack dtype", (x, packed.view(torch.int8), w_s, b), {}),
+        ("pack float", (x, w_q.float(), w_s, b), {}),
+        ("pack 1-D", (x, packed.view(-1), w_s, b), {}),
+        ("pack 3-D", (x, packed.view(8, 10, 8), w_s, b), {}),
+        ("pack strided", (x, packed.t(), w_s, b), {}),
+        ("w_scale dtype", (x, packed, w_s.double(), b), {}),
+        ("w_scale short", (x, packed, w_s[:7], b), {}),
+        ("w_scale 2-D", (x, packed, w_s.view(2, 4), b), {}),
+        ("bias short", (x, packed, w_s, b[:3]), {}),
+        ("bias int", (x, packed, w_s, b.to(torch.int64)), {}),
+        ("out_dtype", (x, packed, w_s, b, torch.int32), {}),
+        ("out_dtype float64", (x, packed, w_s, b, torch.float64), {}),
+        ("act_scale shape", (x, packed, w_s, b), {"act_scale": torch.ones(2)}),
+        ("act_scale int", (x, packed, w_s, b), {"act_scale": torch.tensor(3)}),
+        ("act_scale negative", (x, packed, w_s, b), {"act_scale": torch.tensor(-1.5)}),
+        ("act_scale zero", (x, packed, w_s, b), {"act_scale": torch.tensor(0.0)}),
+        ("act_scale nan", (x, packed, w_s, b), {"act_scale": torch.tensor(float("nan"))}),
+        ("act_scale -nan", (x, packed, w_s, b), {"act_scale": -torch.tensor(float("nan"))}),
+        ("act_scale inf", (x, packed, w_s, b), {"act_scale": torch.tensor(float("inf"))}),
+        ("act_scale tiny", (x, packed, w_s, b), {"act_scale": torch.tensor(1e-50, dtype=torch.float64)}),
+    ]
+
+
+@requires_native
+def test_bad_arguments_raise_the_same_error_everywhere():
+    """Each bad argument (the family's tensors included) gets one message from C++ and Python."""
+    w_q, w_s, packed, b = make_layer(32, 8)
+    x = randn_nonzero(2, 32)
+    for what, args, kwargs in _bad_linear_calls(w_q, w_s, packed, b, x):
+        native, ref = call_both(ops.int8_linear, reference.int8_linear, *args, **kwargs)
+        assert native == ref, what
+        assert native.startswith("int8_linear: "), what
+        if not kwargs:
+            native, ref = call_both(ops.int8_weight_only_linear, reference.int8_weight_only_linear, *args)
+            assert native == ref and native.startswith("int8_weight_only_linear: "), what
+    native, _ = call_both(ops.int8_linear, reference.int8_linear, x, packed, w_s.double(), b)
+    assert native == "int8_linear: w_scale must be float32 of shape [N] = [8], got torch.float64 (8,)"
+    native, _ = call_both(ops.int8_linear, reference.int8_linear, x, packed, w_s, b, act_scale=torch.tensor(-1.5))
+    assert native == "int8_linear: act_scale must be finite and positive, got -1.5"
+    for bad in (torch.ones(2), torch.tensor(float("nan"))):
+        native, ref = call_both(ops.int8_quantize_activation, reference.int8_quantize_activation, x, bad)
+        assert native == ref and native.startswith("int8_quantize_activation: act_scale"), bad
+    native, ref = call_both(ops.int8_quantize_activation, reference.int8_quantize_activation, x.int())
+    assert native == ref == "int8_quantize_activation: x must be float32, bfloat16 or float16, got torch.int32"
+
+
+@requires_native
+def test_bad_weights_raise_the_same_error_from_both_packers():
+    w_q = torch.randint(-127, 128, (8, 32), dtype=torch.int8)
+    for bad, message in ((w_q.float(), "w_q must be int8, got torch.float32"),
+                         (w_q.flatten(), r"w_q must be 2-D \[N, K\], got shape \(256,\)"),
+                         (w_q[:0], r"w_q needs 1 <= N < 2\^31 and 1 <= K <= 131072 \(int32 accumulation\), "
+                                   r"got \(0, 32\)"),
+                         (w_q[:, :0], r"got \(8, 0\)"),
+                         (torch.zeros(1, f8.MAX_K + 1, dtype=torch.int8), r"got \(1, 131073\)"),
+                         (torch.full((2, 3), -128, dtype=torch.int8), r"\[-127, 127\] \(symmetric int8\); found -128")):
+        native, ref = call_both(ops.int8_pack_weight, reference.int8_pack_weight, bad)
+        assert native == ref
+        assert native.startswith("int8_pack_weight: w_q") and re.search(message, native), native
 
 
 _TRITON_SCRIPT = r"""
@@ -242,7 +437,7 @@ for (m, k, n, bias, act) in [(3, 67, 19, True, None), (1, 5, 33, False, None), (
     b = torch.randn(n) if bias else None
     x = torch.randn(2, m, k)
     a = torch.tensor(act) if act is not None else None
-    y, yr = int8_linear(x, p, ws, b, a), reference.int8_linear(x, p, ws, b, a)
+    y, yr = int8_linear(x, p, ws, b, act_scale=a), reference.int8_linear(x, p, ws, b, act_scale=a)
     assert y.shape == yr.shape == (2, m, n) and torch.equal(y, yr), (m, k, n)
     xb = x.bfloat16()
     y2, y2r = int8_weight_only_linear(xb, p, ws, b), reference.int8_weight_only_linear(xb, p, ws, b)

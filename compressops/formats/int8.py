@@ -1,15 +1,22 @@
 """The int8 linear format.
 
-Canonical (what state_dict and files hold; the same on every device):
+Canonical, version 1 (what state_dict and files hold; the same on every device):
     weight        int8    [N, K]  row-major, values in [-127, 127] (symmetric: -128 is never used)
     weight_scale  float32 [N]     per output channel; W ~= weight * weight_scale[:, None]
     act_scale     float32 []      only for static activation quantization
 
-Prepacked (CPU kernels; built from the canonical weight, never serialized), a 1-D uint8 tensor:
-    header    64 bytes: int32 magic, version, N, K, N_pad, K_pad, NR=16, KR=4, 8 reserved
-    weights   int8 [N_pad/16][K_pad/4][16][4]: 16 output channels side by side, 4 consecutive k
-              per lane (the operand shape of vpdpbusd / vpmaddubsw); zero padded
-    col_sums  int32 [N_pad]: sum over k of each padded column
+Packed, version 1 (compressops.ops.int8_pack_weight; built from the canonical weight, never saved):
+    header    64 bytes, the shared pack header (compressops/formats/pack_header.py): tag "int8",
+              version 1, N, K, family fields (NR, KR, 0) = (16, 4, 0), the blocking below
+    weights   int8 [N_pad/16][K_pad/4][16][4] with N_pad = N rounded up to 16 and K_pad = K rounded
+              up to 4: 16 output channels side by side, 4 consecutive k per lane (the operand shape
+              of vpdpbusd / vpmaddubsw); zero padded
+    col_sums  int32 [N_pad]: sum over k of each padded column (the vpdpbusd kernels feed x + 128 and
+              subtract 128 * col_sum)
+    shape     uint8 [N, ceil(packed_bytes(N, K) / N)] (pack_header.pack_shape), zero padded at the end
+The pack's first dimension is N, which is how the fake kernel (it cannot read the header) knows the
+output shape. All-zero layout bytes are the pack of the all-zero weight (zero blocks, zero column
+sums), so zero_pack builds it without the pack op. K is at most MAX_K, so int32 sums stay exact.
 csrc/common/int8_layout.h defines the same layout for C++; tests check both packers agree byte
 for byte.
 """
@@ -18,14 +25,16 @@ from __future__ import annotations
 
 import torch
 
-from .checks import check_bias, check_k, check_packed, check_scale, check_x, is_fake, resolve_out_dtype
+from . import pack_header
+from .checks import check_bias, check_k, check_scale, check_x, is_fake, resolve_out_dtype
 
-MAGIC = 0x38493843
+TAG = "int8"
 VERSION = 1
 NR = 16
 KR = 4
-HEADER_BYTES = 64
+FIELDS = (NR, KR, 0)
 MAX_K = 131072  # int32 accumulation stays exact: MAX_K * 127 * 127 < 2**31
+_PACK_OP = "int8_pack_weight"
 
 
 def _round_up(v, m):
@@ -33,9 +42,14 @@ def _round_up(v, m):
 
 
 def packed_bytes(n, k):
-    """Size in bytes of the prepacked buffer for an [n, k] weight (works on SymInts)."""
+    """Bytes of the pack of an [n, k] weight, header included, before row padding (works on SymInts)."""
     n_pad, k_pad = _round_up(n, NR), _round_up(k, KR)
-    return HEADER_BYTES + n_pad * k_pad + 4 * n_pad
+    return pack_header.HEADER_BYTES + n_pad * k_pad + 4 * n_pad
+
+
+def zero_pack(n: int, k: int, device=None) -> torch.Tensor:
+    """The pack of the all-zero int8 [n, k] weight, built without the pack op (a module skeleton's placeholder)."""
+    return pack_header.zeros(TAG, VERSION, (n,), n, k, FIELDS, packed_bytes(n, k), device=device)
 
 
 def quantize_weight(weight: torch.Tensor, name: str = "weight") -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,63 +77,67 @@ def quantize_weight(weight: torch.Tensor, name: str = "weight") -> tuple[torch.T
     return w_q, scale
 
 
+def check_weight(w_q: torch.Tensor, op: str) -> None:
+    """Raise ValueError unless w_q is a packable int8 [N, K] weight (1 <= N < 2^31, 1 <= K <= MAX_K,
+    values in [-127, 127]; the value check reads data, so a fake tensor skips it)."""
+    torch._check_value(w_q.dtype == torch.int8, lambda: f"{op}: w_q must be int8, got {w_q.dtype}")
+    torch._check_value(w_q.dim() == 2, lambda: f"{op}: w_q must be 2-D [N, K], got shape {tuple(w_q.shape)}")
+    n, k = w_q.shape
+    for ok in (n >= 1, n < pack_header.MAX_DIM, k >= 1, k <= MAX_K):
+        torch._check_value(ok, lambda: f"{op}: w_q needs 1 <= N < 2^31 and 1 <= K <= {MAX_K} (int32 accumulation), "
+                                       f"got {tuple(w_q.shape)}")
+    if not is_fake(w_q) and int(w_q.min()) < -127:
+        raise ValueError(f"{op}: w_q must lie in [-127, 127] (symmetric int8); found -128")
+
+
 def pack_weight(w_q: torch.Tensor) -> torch.Tensor:
-    """Pure-PyTorch packer (the reference for compressops.ops.int8_pack_weight).
+    """Pure-PyTorch packer (the reference of compressops.ops.int8_pack_weight).
 
     Args:
         w_q: int8 [N, K], values in [-127, 127].
     Returns:
-        uint8 [packed_bytes(N, K)] in the prepacked layout of this module's docstring.
+        uint8 [N, ceil(packed_bytes(N, K) / N)]: the packed layout of this module's docstring.
     """
-    check_weight(w_q, "int8_pack_weight")
+    check_weight(w_q, _PACK_OP)
     n, k = w_q.shape
     n_pad, k_pad = _round_up(n, NR), _round_up(k, KR)
     w = torch.zeros(n_pad, k_pad, dtype=torch.int8, device=w_q.device)
     w[:n, :k] = w_q
     blocks = w.view(n_pad // NR, NR, k_pad // KR, KR).permute(0, 2, 1, 3).contiguous()
     col_sums = w.to(torch.int32).sum(dim=1, dtype=torch.int32)
-    header = torch.zeros(16, dtype=torch.int32, device=w_q.device)
-    header[:8] = torch.tensor([MAGIC, VERSION, n, k, n_pad, k_pad, NR, KR], dtype=torch.int32)
-    return torch.cat([header.view(torch.uint8), blocks.view(-1).view(torch.uint8), col_sums.view(torch.uint8)])
+    header = pack_header.make(TAG, VERSION, n, k, FIELDS, device=w_q.device)
+    flat = torch.cat([header, blocks.view(-1).view(torch.uint8), col_sums.view(torch.uint8)])
+    return pack_header.shaped(flat, (n,))
 
 
-def read_header(w_packed: torch.Tensor, op: str = "int8") -> dict:
-    """Parse and validate the header of a prepacked buffer; returns its fields as ints."""
-    if w_packed.dtype != torch.uint8 or w_packed.dim() != 1 or w_packed.numel() < HEADER_BYTES:
-        raise ValueError(
-            f"{op}: w_packed must be a 1-D uint8 tensor from compressops.ops.int8_pack_weight, "
-            f"got {w_packed.dtype} of shape {tuple(w_packed.shape)}"
-        )
-    h = w_packed[:HEADER_BYTES].clone().view(torch.int32).tolist()
-    magic, version, n, k, n_pad, k_pad, nr, kr = h[:8]
-    if magic != MAGIC or version != VERSION or nr != NR or kr != KR:
-        raise ValueError(f"{op}: w_packed does not hold an int8 pack (version {VERSION}); repack it")
-    if w_packed.numel() != packed_bytes(n, k):
-        raise ValueError(f"{op}: w_packed has {w_packed.numel()} bytes but its header (N={n}, K={k}) "
-                         f"needs {packed_bytes(n, k)}")
-    return {"n": n, "k": k, "n_pad": n_pad, "k_pad": k_pad}
+def read_header(w_packed: torch.Tensor, op: str) -> tuple[int, int]:
+    """(N, K) of an int8 pack, after checking every header field and the size (the C++ host's
+    read_header makes the same checks with the same messages).
+
+    Raises:
+        ValueError naming `op` and "w_packed".
+    """
+    r = pack_header.Reader(op, "w_packed", _PACK_OP)
+    h = pack_header.read(w_packed, TAG, VERSION, r)
+    pack_header.check_layout(h, FIELDS, w_packed, (h.n,), packed_bytes(h.n, h.k), r)
+    if h.k > MAX_K:  # only a hand-made header gets here: the pack op refuses such a K
+        raise ValueError(f"{op}: w_packed's header has K={h.k}, more than an int8 pack holds ({MAX_K}, "
+                         f"int32 accumulation)")
+    return h.n, h.k
 
 
-def unpack_weight(w_packed: torch.Tensor) -> torch.Tensor:
-    """Inverse of pack_weight: uint8 prepacked buffer -> int8 [N, K]."""
-    h = read_header(w_packed)
-    n, k, n_pad, k_pad = h["n"], h["k"], h["n_pad"], h["k_pad"]
-    body = w_packed[HEADER_BYTES:HEADER_BYTES + n_pad * k_pad].view(torch.int8)
+def unpack_weight(w_packed: torch.Tensor, op: str = "int8_unpack_weight") -> torch.Tensor:
+    """The canonical int8 [N, K] weight of a pack (an exact copy: the pack's layout is blocked).
+
+    Raises:
+        ValueError naming `op` if w_packed is not a valid int8 pack.
+    """
+    n, k = read_header(w_packed, op)
+    n_pad, k_pad = _round_up(n, NR), _round_up(k, KR)
+    start = pack_header.HEADER_BYTES
+    body = w_packed.view(-1)[start:start + n_pad * k_pad].view(torch.int8)
     w = body.view(n_pad // NR, k_pad // KR, NR, KR).permute(0, 2, 1, 3).reshape(n_pad, k_pad)
     return w[:n, :k].contiguous()
-
-
-def check_weight(w_q: torch.Tensor, op: str) -> None:
-    """Raise ValueError unless w_q is a packable int8 [N, K] weight."""
-    if w_q.dtype != torch.int8:
-        raise ValueError(f"{op}: w_q must be int8, got {w_q.dtype}")
-    if w_q.dim() != 2:
-        raise ValueError(f"{op}: w_q must be 2-D [N, K], got shape {tuple(w_q.shape)}")
-    if w_q.shape[0] < 1 or not 1 <= w_q.shape[1] <= MAX_K:
-        raise ValueError(f"{op}: w_q needs N >= 1 and 1 <= K <= {MAX_K} (int32 accumulation), "
-                         f"got {tuple(w_q.shape)}")
-    if not is_fake(w_q) and w_q.numel() and int(w_q.min()) < -127:  # data: skipped by the fake kernel
-        raise ValueError(f"{op}: w_q must lie in [-127, 127] (symmetric int8); found -128")
 
 
 def check_act_scale(act_scale: torch.Tensor | None, op: str) -> None:
@@ -136,7 +154,7 @@ def check_act_scale(act_scale: torch.Tensor | None, op: str) -> None:
         return
     s = act_scale.detach().float().reshape(())
     if not (torch.isfinite(s) and s > 0):
-        raise ValueError(f"{op}: act_scale must be finite and positive, got {float(s)}")
+        raise ValueError(f"{op}: act_scale must be finite and positive, got {float(s):g}")
 
 
 def check_activation(x: torch.Tensor, act_scale: torch.Tensor | None, op: str = "int8_quantize_activation") -> None:
@@ -207,7 +225,8 @@ def w8a8_epilogue(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tenso
 def check_linear(op: str, x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor,
                  bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
                  act_scale: torch.Tensor | None = None) -> tuple[int, int, torch.dtype]:
-    """The validation of int8_linear and int8_weight_only_linear (reference, fake and Triton kernels).
+    """The validation of int8_linear and int8_weight_only_linear (reference, fake and Triton kernels),
+    in the C++ host's order, so the first bad argument raises the same message everywhere.
 
     Args:
         op: the op name the messages start with.
@@ -220,15 +239,15 @@ def check_linear(op: str, x: torch.Tensor, w_packed: torch.Tensor, w_scale: torc
         ValueError naming the argument.
     """
     check_x(x, op)
+    r = pack_header.Reader(op, "w_packed", _PACK_OP)
     if is_fake(w_packed):
-        # The header is data: N and K come from w_scale and x here, and the kernel reads the
-        # header when it runs on real tensors.
-        check_packed(w_packed, op, "w_packed", "int8_pack_weight", HEADER_BYTES)
-        n, k = (w_scale.shape[0] if w_scale.dim() == 1 else "?"), x.shape[-1]
+        # The header is data: N is the pack's first dimension and K is x's, and the kernel reads
+        # the header when it runs on real tensors.
+        (n,) = pack_header.check_rows(w_packed, r, 2)
+        k = x.shape[-1]
     else:
-        h = read_header(w_packed, op)
-        n, k = h["n"], h["k"]
-    check_k(x, k, op, "the weight has K")
+        n, k = read_header(w_packed, op)
+        check_k(x, k, op, "the weight has K")
     check_scale(w_scale, n, op)
     check_bias(bias, n, op)
     out_t = resolve_out_dtype(x, out_dtype, op)

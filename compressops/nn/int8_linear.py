@@ -21,9 +21,11 @@ class Int8Linear(CompressedLinear):
     scale (act="static"), or left float (act="weight_only"). Inputs: float32/bfloat16/float16
     (..., in_features), any leading dims; the output has the input's dtype.
 
-    Buffers (state_dict): weight int8 [out, in], weight_scale float32 [out], bias float32 [out]
-    (if any), act_scale float32 [] (static only). The prepacked weight used by the kernels is a
-    non-persistent buffer rebuilt after load_state_dict, never saved.
+    state_dict: weight int8 [out, in], weight_scale float32 [out], bias float32 [out] (if any),
+    act_scale float32 [] (static only): the canonical format of compressops/formats/int8.py. In
+    memory the layer holds the pack (`weight_packed`, not saved) instead of `weight`, which is an
+    exact unpack of it (a copy, since the pack is blocked: writes to it do not change the layer);
+    state_dict and load_state_dict translate, so the weight is never held twice.
 
     Example:
         >>> lin = torch.nn.Linear(64, 32)
@@ -31,6 +33,7 @@ class Int8Linear(CompressedLinear):
         >>> y = q(torch.randn(4, 64))
     """
 
+    __jit_unused_properties__ = [*CompressedLinear.__jit_unused_properties__, "weight"]
     _fixed_dtype = ("weight_scale", "act_scale", "bias")
 
     _version = 1
@@ -45,17 +48,16 @@ class Int8Linear(CompressedLinear):
         self.in_features = in_features
         self.out_features = out_features
         self.act = act
-        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("weight_packed", int8_format.zero_pack(out_features, in_features, device),
+                             persistent=False)
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device) if bias else None)
         self.register_buffer("act_scale", torch.ones((), dtype=torch.float32, device=device) if act == "static" else None)
-        self.register_buffer("weight_packed", None, persistent=False)
-        self.repack()
-        self.register_load_state_dict_post_hook(lambda module, keys: module.repack())
 
-    def repack(self) -> None:
-        """Rebuild the prepacked weight from `weight` (after changing `weight` in place)."""
-        self.weight_packed = ops.int8_pack_weight(self.weight)
+    @property
+    def weight(self) -> torch.Tensor:
+        """The int8 weight [out, in]: an exact unpack of the pack (a copy; writes to it change nothing)."""
+        return int8_format.unpack_weight(self.weight_packed)
 
     @classmethod
     def from_float(cls, mod: nn.Linear, config: Int8 | None = None, act_scale: torch.Tensor | None = None,
@@ -80,13 +82,12 @@ class Int8Linear(CompressedLinear):
         w_q, scale = int8_format.quantize_weight(mod.weight, name=label)
         q = cls(mod.in_features, mod.out_features, bias=mod.bias is not None, act=config.act,
                 device=mod.weight.device)
-        q.weight.copy_(w_q)
+        q.weight_packed = ops.int8_pack_weight(w_q)
         q.weight_scale.copy_(scale)
         if mod.bias is not None:
             q.bias.copy_(mod.bias.detach().float())
         if config.act == "static":
             q.act_scale.copy_(act_scale.reshape(()).float())
-        q.repack()
         return q
 
     @classmethod
@@ -107,11 +108,44 @@ class Int8Linear(CompressedLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act == "weight_only":
             return ops.int8_weight_only_linear(x, self.weight_packed, self.weight_scale, self.bias)
-        return ops.int8_linear(x, self.weight_packed, self.weight_scale, self.bias, self.act_scale)
+        # The op itself, not the ops.int8_linear wrapper: TorchScript cannot compile a Python
+        # function with a keyword-only argument that has a default.
+        return torch.ops.compressops.int8_linear(x, self.weight_packed, self.weight_scale, self.bias,
+                                                 act_scale=self.act_scale)
 
     def dequantize(self) -> torch.Tensor:
         """The float32 weight [out, in] this layer computes with."""
         return self.weight.float() * self.weight_scale[:, None]
+
+    def compressed_bytes(self) -> int:
+        """Bytes of the stored format (the state_dict's int8 weight and float32 scales and bias)."""
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        destination[prefix + "weight"] = self.weight
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        key = prefix + "weight"
+        if key in unexpected_keys:  # the base class knows only the registered buffers
+            unexpected_keys.remove(key)
+        w = state_dict.get(key)
+        if w is None:
+            missing_keys.append(key)
+            return
+        shape = (self.out_features, self.in_features)
+        if w.dtype != torch.int8 or tuple(w.shape) != shape:
+            error_msgs.append(f"mismatch for {key}: the checkpoint holds {w.dtype} {tuple(w.shape)}, "
+                              f"Int8Linear needs torch.int8 {shape}")
+            return
+        if int(w.min()) < -127:
+            error_msgs.append(f"mismatch for {key}: the checkpoint holds -128, Int8Linear's symmetric int8 "
+                              f"weight lies in [-127, 127]")
+            return
+        self.weight_packed = ops.int8_pack_weight(w.detach().to(self.weight_packed.device))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

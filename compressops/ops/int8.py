@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from ..formats import int8 as f8
+from ..formats import pack_header
 from ..reference import int8 as ref
 from . import _register
 
@@ -15,7 +16,8 @@ __all__ = ["int8_pack_weight", "int8_quantize_activation", "int8_linear", "int8_
 
 def _fake_pack_weight(w_q):
     f8.check_weight(w_q, "int8_pack_weight")
-    return w_q.new_empty((f8.packed_bytes(w_q.shape[0], w_q.shape[1]),), dtype=torch.uint8)
+    n, k = w_q.shape
+    return w_q.new_empty(pack_header.pack_shape((n,), f8.packed_bytes(n, k)), dtype=torch.uint8)
 
 
 def _fake_quantize_activation(x, act_scale=None):
@@ -23,7 +25,7 @@ def _fake_quantize_activation(x, act_scale=None):
     return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[:-1], dtype=torch.float32)
 
 
-def _fake_linear(x, w_packed, w_scale, bias=None, act_scale=None, out_dtype=None):
+def _fake_linear(x, w_packed, w_scale, bias=None, out_dtype=None, *, act_scale=None):
     n, _, out_t = f8.check_linear("int8_linear", x, w_packed, w_scale, bias, out_dtype, act_scale)
     return x.new_empty((*x.shape[:-1], n), dtype=out_t)
 
@@ -46,8 +48,9 @@ def int8_pack_weight(w_q: Tensor) -> Tensor:
     Args:
         w_q: int8 [N, K], values in [-127, 127] (as from compressops.formats.int8.quantize_weight).
     Returns:
-        uint8 [compressops.formats.int8.packed_bytes(N, K)], the prepacked layout described in
-        compressops/formats/int8.py. Build it once per weight and reuse it.
+        uint8 [N, ceil(compressops.formats.int8.packed_bytes(N, K) / N)]: the shared pack header,
+        then the blocked weights and their column sums, zero padded (compressops/formats/int8.py).
+        Build it once per weight and reuse it.
     """
     return torch.ops.compressops.int8_pack_weight(w_q)
 
@@ -70,23 +73,24 @@ def int8_linear(
     w_packed: Tensor,
     w_scale: Tensor,
     bias: Tensor | None = None,
-    act_scale: Tensor | None = None,
     out_dtype: torch.dtype | None = None,
+    *,
+    act_scale: Tensor | None = None,
 ) -> Tensor:
     """W8A8 linear: y = (q(x) @ w_q.T) * (x_scale * w_scale) + bias, int32 accumulation.
 
     Args:
         x: float32/bfloat16/float16 (..., K), any leading dims (including empty), any strides.
-        w_packed: uint8, from int8_pack_weight(w_q) with w_q int8 [N, K].
+        w_packed: uint8, from int8_pack_weight(w_q) with w_q int8 [N, K]; N and K come from its header.
         w_scale: float32 [N], per output channel.
         bias: optional float [N].
-        act_scale: None quantizes each row of x dynamically (symmetric, per row); a one-element
-            float32 tensor gives a static (calibrated) scale.
         out_dtype: float32, bfloat16 or float16; default x.dtype.
+        act_scale: keyword-only. None quantizes each row of x dynamically (symmetric, per row); a
+            one-element float32 tensor gives a static (calibrated) scale.
     Returns:
         (..., N) in out_dtype. Bit-identical to compressops.reference.int8_linear on every CPU ISA.
     """
-    return torch.ops.compressops.int8_linear(x, w_packed, w_scale, bias, act_scale, out_dtype)
+    return torch.ops.compressops.int8_linear(x, w_packed, w_scale, bias, out_dtype, act_scale=act_scale)
 
 
 def int8_weight_only_linear(

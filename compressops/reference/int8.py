@@ -24,10 +24,11 @@ def int8_quantize_activation(x: torch.Tensor, act_scale: torch.Tensor | None = N
     return f8.quantize_activation(x, act_scale)
 
 
-def int8_linear(x, w_packed, w_scale, bias=None, act_scale=None, out_dtype=None):
+def int8_linear(x, w_packed, w_scale, bias=None, out_dtype=None, *, act_scale=None):
     """y = float(q(x) @ w_q.T) * (x_scale * w_scale) + bias; see compressops.ops.int8_linear."""
-    n, k, out_t = f8.check_linear("int8_linear", x, w_packed, w_scale, bias, out_dtype, act_scale)
-    w_q = f8.unpack_weight(w_packed)
+    op = "int8_linear"
+    n, k, out_t = f8.check_linear(op, x, w_packed, w_scale, bias, out_dtype, act_scale)
+    w_q = f8.unpack_weight(w_packed, op)
     q, sx = f8.quantize_activation(x, act_scale)
     acc = (q.reshape(-1, k).double() @ w_q.double().t()).to(torch.int32)
     return f8.w8a8_epilogue(acc, sx, w_scale, bias, out_t, (*x.shape[:-1], n))
@@ -35,8 +36,9 @@ def int8_linear(x, w_packed, w_scale, bias=None, act_scale=None, out_dtype=None)
 
 def int8_weight_only_linear(x, w_packed, w_scale, bias=None, out_dtype=None):
     """y = (x @ w_q.T) * w_scale + bias in float32; see compressops.ops.int8_weight_only_linear."""
-    n, k, out_t = f8.check_linear("int8_weight_only_linear", x, w_packed, w_scale, bias, out_dtype)
-    w_q = f8.unpack_weight(w_packed)
+    op = "int8_weight_only_linear"
+    n, k, out_t = f8.check_linear(op, x, w_packed, w_scale, bias, out_dtype)
+    w_q = f8.unpack_weight(w_packed, op)
     y = (x.reshape(-1, k).float() @ w_q.float().t()) * w_scale.reshape(1, -1)
     if bias is not None:
         y = y + bias.float()

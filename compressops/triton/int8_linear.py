@@ -1,12 +1,12 @@
 """Triton (CUDA) kernels of compressops::int8_linear and compressops::int8_weight_only_linear.
 
-Both read the same prepacked buffer as the CPU kernels (csrc/common/int8_layout.h): after a
-64-byte header, int8 weights [N_pad/16][K_pad/4][16][4], zero padded. The Triton kernel computes
-only the matrix product (int8 x int8 -> exact int32 for W8A8; fp32 x dequantized weight for
-weight-only); the argument checks, the activation quantization and the float epilogue are the
-functions of compressops/formats/int8.py that the reference calls too, so W8A8 results equal
-compressops.reference.int8_linear bit for bit (the int32 sums are exact in any order, and the
-epilogue is the same sequence of float32 operations).
+Both read the same pack as the CPU kernels (compressops/formats/int8.py): after the 64-byte shared
+header, int8 weights [N_pad/16][K_pad/4][16][4], zero padded, at byte offsets from the start of the
+contiguous pack. The Triton kernel computes only the matrix product (int8 x int8 -> exact int32 for
+W8A8; fp32 x dequantized weight for weight-only); the argument checks, the activation quantization
+and the float epilogue are the functions of compressops/formats/int8.py that the reference calls
+too, so W8A8 results equal compressops.reference.int8_linear bit for bit (the int32 sums are exact
+in any order, and the epilogue is the same sequence of float32 operations).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def _f32_mm_kernel(x_ptr, w_ptr, out_ptr, M, N, K, KP4, NP, stride_xm,
 
 
 def _shapes(op, x, w_packed, w_scale, bias, out_dtype, act_scale=None):
-    """The op's argument checks (one 64-byte header read), then (n, k, n_pad, k_pad, out dtype)."""
+    """The op's argument checks (one 64-byte header read and its size checks), then (n, k, n_pad, k_pad, out dtype)."""
     n, k, out_t = f8.check_linear(op, x, w_packed, w_scale, bias, out_dtype, act_scale)
     return n, k, -(-n // f8.NR) * f8.NR, -(-k // f8.KR) * f8.KR, out_t
 
@@ -74,7 +74,7 @@ def _launch(kernel, a, w_packed, out, n, k, n_pad, k_pad):
     kernel[grid](a, w_packed, out, m, n, k, k_pad // f8.KR, n_pad, a.stride(0), BM=BM, BN=BN, BK=BK)
 
 
-def int8_linear(x, w_packed, w_scale, bias=None, act_scale=None, out_dtype=None):
+def int8_linear(x, w_packed, w_scale, bias=None, out_dtype=None, *, act_scale=None):
     """compressops::int8_linear on CUDA: x float [..., K] -> [..., N] (see compressops.ops.int8_linear)."""
     n, k, n_pad, k_pad, out_t = _shapes("int8_linear", x, w_packed, w_scale, bias, out_dtype, act_scale)
     q, sx = f8.quantize_activation(x, act_scale)

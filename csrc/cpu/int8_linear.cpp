@@ -5,15 +5,19 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
+#include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <optional>
+#include <string>
 
 #include "../common/int8_layout.h"
 #include "dispatch.h"
 #include "int8_linear.h"
-#include "kernels/int8/policy.h"
 #include "kernel_record.h"
 #include "kernels/int8/kernel.h"
+#include "kernels/int8/policy.h"
+#include "pack_tensor.h"
 
 namespace compressops::cpu {
 namespace {
@@ -38,21 +42,38 @@ const KernelRecord kRecord1("int8_quantize_activation", [] { return kQuantize.le
 const KernelRecord kRecord2("int8_linear", [] { return kGemm.levels(); });
 const KernelRecord kRecord3("int8_weight_only_linear", [] { return kWeightOnly.levels(); });
 
+constexpr const char* kPackOp = "int8_pack_weight";
 
+// Python's spelling of a dtype and of a shape (torch.float32, (8,)), so each message below reads
+// the same as the one compressops/formats/int8.py raises for the same bad argument.
+std::string py_dtype(at::ScalarType t) { return "torch." + std::string(c10::getDtypeNames(t).first); }
+std::string py_shape(at::IntArrayRef s) {
+  std::string out = "(";
+  for (size_t i = 0; i < s.size(); ++i) out.append(i ? ", " : "").append(std::to_string(s[i]));
+  return out.append(s.size() == 1 ? ",)" : ")");
+}
+// %g, which Python's f"{v:g}" matches, with NaN unsigned as Python prints it.
+std::string py_g(double v) {
+  if (std::isnan(v)) return "nan";
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g", v);
+  return buf;
+}
 
-Int8PackedHeader read_header(const at::Tensor& packed, const char* op) {
-  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 1 && packed.is_contiguous(), op,
-              ": w_packed must be a contiguous 1-D uint8 tensor from compressops.ops.int8_pack_weight, got ",
-              packed.scalar_type(), " of shape ", packed.sizes());
-  TORCH_CHECK(packed.numel() >= kInt8HeaderBytes, op, ": w_packed is too small (", packed.numel(),
-              " bytes) to hold an int8 pack header");
-  Int8PackedHeader h;
-  std::memcpy(&h, packed.data_ptr<uint8_t>(), sizeof(h));
-  TORCH_CHECK(h.magic == kInt8PackMagic && h.version == kInt8PackVersion && h.nr == kInt8NR && h.kr == kInt8KR,
-              op, ": w_packed does not hold an int8 pack (version ", kInt8PackVersion,
-              "); repack it with compressops.ops.int8_pack_weight");
-  TORCH_CHECK(packed.numel() == int8_packed_bytes(h.n, h.k), op, ": w_packed has ", packed.numel(),
-              " bytes but its header (N=", h.n, ", K=", h.k, ") needs ", int8_packed_bytes(h.n, h.k));
+// The header of w_packed, every field and the size checked against what N and K imply
+// (formats/int8.py read_header has the same checks and messages), so the kernels may read the
+// whole layout after it.
+PackHeader read_header(const at::Tensor& packed, const char* op) {
+  const PackReader reader{op, "w_packed", kPackOp};
+  // pack_tensor.h's own message spells the dtype and shape the C++ way; this one reads as Python's.
+  TORCH_CHECK_VALUE(packed.scalar_type() == at::kByte && packed.dim() == 2, op,
+                    ": w_packed must be a 2-D uint8 tensor from compressops.ops.", kPackOp, ", got ",
+                    py_dtype(packed.scalar_type()), " of shape ", py_shape(packed.sizes()));
+  const PackHeader h = read_pack_tensor(packed, kInt8PackTag, kInt8PackVersion, reader, 2);
+  check_pack_tensor_layout(packed, h, int8_pack_fields(), {h.n}, int8_packed_bytes(h.n, h.k), reader);
+  // Only a hand-made header can get here with a larger K (the pack op refuses one).
+  TORCH_CHECK_VALUE(h.k <= kInt8MaxK, op, ": w_packed's header has K=", h.k, ", more than an int8 pack holds (",
+                    kInt8MaxK, ", int32 accumulation)");
   return h;
 }
 
@@ -61,10 +82,10 @@ bool native_float(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat
 FloatKind kind_of(at::ScalarType t) { return t == at::kFloat ? FloatKind::kF32 : FloatKind::kBF16; }
 
 void check_float_input(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op,
-              ": x must be float32, bfloat16 or float16, got ", x.scalar_type());
-  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension (..., K)");
+  TORCH_CHECK_VALUE(at::isFloatingType(x.scalar_type()), op, ": x must be float32, bfloat16 or float16, got ",
+                    py_dtype(x.scalar_type()));
+  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have at least one dimension (..., K)");
+  TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
 }
 
 at::Tensor rows_view(const at::Tensor& x, int64_t k) {
@@ -75,25 +96,39 @@ at::Tensor rows_view(const at::Tensor& x, int64_t k) {
 }
 
 at::Tensor checked_w_scale(const at::Tensor& w_scale, int64_t n, const char* op) {
-  TORCH_CHECK(w_scale.scalar_type() == at::kFloat && w_scale.dim() == 1 && w_scale.size(0) == n, op,
-              ": w_scale must be float32 of shape [N] = [", n, "], got ", w_scale.scalar_type(), " ",
-              w_scale.sizes());
+  TORCH_CHECK_VALUE(w_scale.scalar_type() == at::kFloat && w_scale.dim() == 1 && w_scale.size(0) == n, op,
+                    ": w_scale must be float32 of shape [N] = [", n, "], got ", py_dtype(w_scale.scalar_type()), " ",
+                    py_shape(w_scale.sizes()));
+  TORCH_CHECK_VALUE(w_scale.device().is_cpu(), op, ": w_scale must be a CPU tensor here, got ", w_scale.device());
   return w_scale.contiguous();
 }
 
 std::optional<at::Tensor> checked_bias(const std::optional<at::Tensor>& bias, int64_t n, const char* op) {
   if (!bias.has_value() || !bias->defined()) return std::nullopt;
-  TORCH_CHECK(at::isFloatingType(bias->scalar_type()) && bias->dim() == 1 && bias->size(0) == n, op,
-              ": bias must be a float tensor of shape [N] = [", n, "], got ", bias->scalar_type(), " ",
-              bias->sizes());
+  TORCH_CHECK_VALUE(at::isFloatingType(bias->scalar_type()) && bias->dim() == 1 && bias->size(0) == n, op,
+                    ": bias must be a float tensor of shape [N] = [", n, "], got ", py_dtype(bias->scalar_type()), " ",
+                    py_shape(bias->sizes()));
+  TORCH_CHECK_VALUE(bias->device().is_cpu(), op, ": bias must be a CPU tensor here, got ", bias->device());
   return bias->to(at::kFloat).contiguous();
 }
 
 at::ScalarType resolve_out_dtype(const at::Tensor& x, std::optional<at::ScalarType> out_dtype, const char* op) {
   const at::ScalarType t = out_dtype.value_or(x.scalar_type());
-  TORCH_CHECK(t == at::kFloat || t == at::kBFloat16 || t == at::kHalf, op,
-              ": out_dtype must be float32, bfloat16 or float16, got ", t);
+  TORCH_CHECK_VALUE(t == at::kFloat || t == at::kBFloat16 || t == at::kHalf, op,
+                    ": out_dtype must be float32, bfloat16 or float16, got ", py_dtype(t));
   return t;
+}
+
+// The static activation scale as float32 (formats/int8.py check_act_scale), or nullopt (dynamic).
+std::optional<float> checked_act_scale(const std::optional<at::Tensor>& act_scale, const char* op) {
+  if (!act_scale.has_value() || !act_scale->defined()) return std::nullopt;
+  TORCH_CHECK_VALUE(act_scale->numel() == 1 && at::isFloatingType(act_scale->scalar_type()), op,
+                    ": act_scale must be a one-element float tensor, got ", py_dtype(act_scale->scalar_type()), " ",
+                    py_shape(act_scale->sizes()));
+  // Converted as Python converts it (.float(): a double beyond float's range becomes inf, no error).
+  const float s = act_scale->to(at::kFloat).item<float>();
+  TORCH_CHECK_VALUE(std::isfinite(s) && s > 0.0f, op, ": act_scale must be finite and positive, got ", py_g(s));
+  return s;
 }
 
 // Splits (rows x column blocks) into tiles: whole column blocks when there are enough of them to
@@ -118,20 +153,12 @@ void parallel_tiles(const Int8Policy& policy, int64_t m, int64_t blocks, const B
   });
 }
 
-// Runs the selected quantize kernel over every row of x2 into q ([m, ldq]) and scale ([m]).
+// Runs the selected quantize kernel over every row of x2 into q ([m, ldq]) and scale ([m]);
+// static_scale is the checked static scale (checked_act_scale), nullopt for dynamic.
 void quantize_rows(const at::Tensor& x2, int64_t k, int64_t k_pad, int8_t* q, int64_t ldq, float* scale,
-                   const std::optional<at::Tensor>& act_scale, const char* op) {
-  float static_scale = 0.0f, static_inv = 0.0f;
-  const bool is_static = act_scale.has_value() && act_scale->defined();
-  if (is_static) {
-    TORCH_CHECK(act_scale->numel() == 1 && at::isFloatingType(act_scale->scalar_type()), op,
-                ": act_scale must be a one-element float tensor, got ", act_scale->scalar_type(), " ",
-                act_scale->sizes());
-    static_scale = act_scale->item<float>();
-    TORCH_CHECK(std::isfinite(static_scale) && static_scale > 0.0f, op,
-                ": act_scale must be finite and positive, got ", static_scale);
-    static_inv = 1.0f / static_scale;
-  }
+                   std::optional<float> static_scale) {
+  const float s = static_scale.value_or(0.0f);
+  const float inv = static_scale ? 1.0f / s : 0.0f;
   Int8QuantizeParams p{};
   p.x = x2.data_ptr();
   p.x_kind = kind_of(x2.scalar_type());
@@ -141,8 +168,8 @@ void quantize_rows(const at::Tensor& x2, int64_t k, int64_t k_pad, int8_t* q, in
   p.q = q;
   p.ldq = ldq;
   p.scale = scale;
-  p.static_scale = is_static ? &static_scale : nullptr;
-  p.static_inv = is_static ? &static_inv : nullptr;
+  p.static_scale = static_scale ? &s : nullptr;
+  p.static_inv = static_scale ? &inv : nullptr;
   const auto [fn, level] = kQuantize.select(active_isa(), p);
   record_kernel_isa("int8_quantize_activation", level);
   const int64_t grain_values = kernels::int8_policy(level).quantize_grain_values;
@@ -152,11 +179,13 @@ void quantize_rows(const at::Tensor& x2, int64_t k, int64_t k_pad, int8_t* q, in
                    [&](int64_t b, int64_t e) { kernel(p, b, e); });
 }
 
-// What both linear ops check and derive from their arguments before any kernel runs.
+// What both linear ops check and derive from their arguments before any kernel runs, in the order
+// of formats/int8.py check_linear (so the first bad argument gives the same message).
 struct LinearCall {
-  Int8PackedHeader h;
+  int64_t n, k, n_pad, k_pad;        // from the checked header
   at::Tensor w_scale;                // fp32 [N], contiguous
   std::optional<at::Tensor> bias;    // fp32 [N], contiguous
+  std::optional<float> act_scale;    // int8_linear's static scale, checked
   at::ScalarType out_t;              // what the caller gets
   at::ScalarType kernel_out_t;       // what the kernel writes (fp32 for dtypes it cannot write)
   std::vector<int64_t> out_shape;    // (..., N)
@@ -170,40 +199,44 @@ struct LinearCall {
 
 LinearCall prepare_linear(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_scale,
                           const std::optional<at::Tensor>& bias, std::optional<at::ScalarType> out_dtype,
-                          const char* op) {
+                          const std::optional<at::Tensor>& act_scale, const char* op) {
   check_float_input(x, op);
+  const PackHeader h = read_header(w_packed, op);
   LinearCall c;
-  c.h = read_header(w_packed, op);
-  TORCH_CHECK(x.size(-1) == c.h.k, op, ": x has K=", x.size(-1), " in its last dimension but the weight has K=",
-              c.h.k);
-  c.w_scale = checked_w_scale(w_scale, c.h.n, op);
-  c.bias = checked_bias(bias, c.h.n, op);
+  c.n = h.n;
+  c.k = h.k;
+  c.n_pad = int8_round_up(h.n, kInt8NR);
+  c.k_pad = int8_round_up(h.k, kInt8KR);
+  TORCH_CHECK_VALUE(x.size(-1) == c.k, op, ": x has K=", x.size(-1), " in its last dimension but the weight has K=",
+                    c.k);
+  c.w_scale = checked_w_scale(w_scale, c.n, op);
+  c.bias = checked_bias(bias, c.n, op);
   c.out_t = resolve_out_dtype(x, out_dtype, op);
+  c.act_scale = checked_act_scale(act_scale, op);
   c.kernel_out_t = native_float(c.out_t) ? c.out_t : at::kFloat;
   c.out_shape = x.sizes().vec();
-  c.out_shape.back() = c.h.n;
+  c.out_shape.back() = c.n;
   return c;
 }
 
 at::Tensor int8_pack_weight_cpu(const at::Tensor& w_q) {
-  constexpr const char* op = "int8_pack_weight";
-  TORCH_CHECK(w_q.scalar_type() == at::kChar, op, ": w_q must be int8, got ", w_q.scalar_type());
-  TORCH_CHECK(w_q.dim() == 2, op, ": w_q must be 2-D [N, K], got shape ", w_q.sizes());
+  constexpr const char* op = kPackOp;
+  TORCH_CHECK_VALUE(w_q.scalar_type() == at::kChar, op, ": w_q must be int8, got ", py_dtype(w_q.scalar_type()));
+  TORCH_CHECK_VALUE(w_q.dim() == 2, op, ": w_q must be 2-D [N, K], got shape ", py_shape(w_q.sizes()));
   const int64_t n = w_q.size(0), k = w_q.size(1);
   // int32 accumulation stays exact while K * 127 * 127 < 2^31.
-  TORCH_CHECK(n >= 1 && k >= 1 && n < (1LL << 30) && k <= kInt8MaxK, op, ": w_q needs 1 <= N < 2^30 and 1 <= K <= ",
-              kInt8MaxK, " (int32 accumulation), got [", n, ", ", k, "]");
+  TORCH_CHECK_VALUE(n >= 1 && n < kPackMaxDim && k >= 1 && k <= kInt8MaxK, op,
+                    ": w_q needs 1 <= N < 2^31 and 1 <= K <= ", kInt8MaxK, " (int32 accumulation), got ",
+                    py_shape(w_q.sizes()));
   // -128 has no positive counterpart; the symmetric format (and the AVX2 sign trick) needs +-127.
-  TORCH_CHECK(w_q.min().item<int8_t>() >= -127, op,
-              ": w_q must lie in [-127, 127] (symmetric int8); found -128");
+  TORCH_CHECK_VALUE(w_q.min().item<int8_t>() >= -127, op,
+                    ": w_q must lie in [-127, 127] (symmetric int8); found -128");
   const at::Tensor w = w_q.contiguous();
   const int64_t n_pad = int8_round_up(n, kInt8NR), k_pad = int8_round_up(k, kInt8KR);
-  at::Tensor packed = at::empty({int8_packed_bytes(n, k)}, w.options().dtype(at::kByte));
+  at::Tensor packed = new_pack_tensor(int8_packed_header(n, k), {n}, int8_packed_bytes(n, k), w.options());
   uint8_t* base = packed.data_ptr<uint8_t>();
-  const Int8PackedHeader h = int8_packed_header(n, k);
-  std::memcpy(base, &h, sizeof(h));
-  int8_t* dst = reinterpret_cast<int8_t*>(base + kInt8HeaderBytes);
-  int32_t* col_sums = reinterpret_cast<int32_t*>(base + kInt8HeaderBytes + n_pad * k_pad);
+  int8_t* dst = reinterpret_cast<int8_t*>(base + kPackHeaderBytes);
+  int32_t* col_sums = reinterpret_cast<int32_t*>(base + int8_col_sums_offset(n, k));
   const int8_t* src = w.data_ptr<int8_t>();
   at::parallel_for(0, n_pad / kInt8NR, 1, [&](int64_t b, int64_t e) {
     for (int64_t nb = b; nb < e; ++nb) {
@@ -238,6 +271,7 @@ std::tuple<at::Tensor, at::Tensor> int8_quantize_activation_cpu(const at::Tensor
                                                                   const std::optional<at::Tensor>& act_scale) {
   constexpr const char* op = "int8_quantize_activation";
   check_float_input(x, op);
+  const std::optional<float> static_scale = checked_act_scale(act_scale, op);
   const int64_t k = x.size(-1);
   const at::Tensor x2 = rows_view(x, k);
   at::Tensor q = at::empty(x.sizes(), x.options().dtype(at::kChar));
@@ -245,7 +279,7 @@ std::tuple<at::Tensor, at::Tensor> int8_quantize_activation_cpu(const at::Tensor
   batch.pop_back();
   at::Tensor scale = at::empty(batch, x.options().dtype(at::kFloat));
   if (x2.size(0) > 0 && k > 0) {
-    quantize_rows(x2, k, k, q.data_ptr<int8_t>(), k, scale.data_ptr<float>(), act_scale, op);
+    quantize_rows(x2, k, k, q.data_ptr<int8_t>(), k, scale.data_ptr<float>(), static_scale);
   } else if (x2.size(0) > 0) {
     scale.fill_(0.0f);
   }
@@ -269,27 +303,26 @@ void run_int8_gemm(const Int8GemmParams& p, int64_t n_pad, size_t out_elem, cons
 }
 
 at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_scale,
-                           const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& act_scale,
-                           std::optional<at::ScalarType> out_dtype) {
+                           const std::optional<at::Tensor>& bias, std::optional<at::ScalarType> out_dtype,
+                           const std::optional<at::Tensor>& act_scale) {
   constexpr const char* op = "int8_linear";
-  const LinearCall c = prepare_linear(x, w_packed, w_scale, bias, out_dtype, op);
-  const Int8PackedHeader& h = c.h;
-  const int64_t n = h.n, k = h.k, k_pad = h.k_pad;
+  const LinearCall c = prepare_linear(x, w_packed, w_scale, bias, out_dtype, act_scale, op);
+  const int64_t n = c.n, k = c.k, k_pad = c.k_pad;
   const at::Tensor x2 = rows_view(x, k);
   const int64_t m = x2.size(0);
   at::Tensor out = at::empty({m, n}, x.options().dtype(c.kernel_out_t));
   if (m > 0) {
     at::Tensor q = at::empty({m, k_pad}, x.options().dtype(at::kChar));
     at::Tensor sa = at::empty({m}, x.options().dtype(at::kFloat));
-    quantize_rows(x2, k, k_pad, q.data_ptr<int8_t>(), k_pad, sa.data_ptr<float>(), act_scale, op);
+    quantize_rows(x2, k, k_pad, q.data_ptr<int8_t>(), k_pad, sa.data_ptr<float>(), c.act_scale);
 
     const uint8_t* base = w_packed.data_ptr<uint8_t>();
     Int8GemmParams p{};
     p.a = q.data_ptr<int8_t>();
     p.lda = k_pad;
     p.a_scale = sa.data_ptr<float>();
-    p.w = reinterpret_cast<const int8_t*>(base + kInt8HeaderBytes);
-    p.col_sums = reinterpret_cast<const int32_t*>(base + kInt8HeaderBytes + int64_t{h.n_pad} * k_pad);
+    p.w = reinterpret_cast<const int8_t*>(base + kPackHeaderBytes);
+    p.col_sums = reinterpret_cast<const int32_t*>(base + int8_col_sums_offset(n, k));
     p.w_scale = c.w_scale.data_ptr<float>();
     p.bias = c.bias ? c.bias->data_ptr<float>() : nullptr;
     p.out = out.data_ptr();
@@ -298,7 +331,7 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& w_packed, cons
     p.m = m;
     p.n = n;
     p.k_pad = k_pad;
-    run_int8_gemm(p, h.n_pad, out.element_size(), op);
+    run_int8_gemm(p, c.n_pad, out.element_size(), op);
   }
   return c.finish(out);
 }
@@ -307,9 +340,8 @@ at::Tensor int8_weight_only_linear_cpu(const at::Tensor& x, const at::Tensor& w_
                                        const std::optional<at::Tensor>& bias,
                                        std::optional<at::ScalarType> out_dtype) {
   constexpr const char* op = "int8_weight_only_linear";
-  const LinearCall c = prepare_linear(x, w_packed, w_scale, bias, out_dtype, op);
-  const Int8PackedHeader& h = c.h;
-  const int64_t n = h.n, k = h.k, k_pad = h.k_pad;
+  const LinearCall c = prepare_linear(x, w_packed, w_scale, bias, out_dtype, std::nullopt, op);
+  const int64_t n = c.n, k = c.k, k_pad = c.k_pad;
   // The weight-only kernel reads fp32 rows of k_pad values (whole groups of 4).
   const at::Tensor x2 = x.reshape({-1, k});
   const int64_t m = x2.size(0);
@@ -328,7 +360,7 @@ at::Tensor int8_weight_only_linear_cpu(const at::Tensor& x, const at::Tensor& w_
     p.x = xf.data_ptr<float>();
     p.ldx = xf.stride(0);
     p.k = k;
-    p.w = reinterpret_cast<const int8_t*>(base + kInt8HeaderBytes);
+    p.w = reinterpret_cast<const int8_t*>(base + kPackHeaderBytes);
     p.w_scale = c.w_scale.data_ptr<float>();
     p.bias = c.bias ? c.bias->data_ptr<float>() : nullptr;
     p.out = out.data_ptr();
@@ -342,7 +374,7 @@ at::Tensor int8_weight_only_linear_cpu(const at::Tensor& x, const at::Tensor& w_
     const Int8Policy policy = kernels::int8_policy(level);
     const WeightOnlyFn kernel = fn;
     const size_t out_elem = out.element_size();
-    parallel_tiles(policy, m, h.n_pad / kInt8NR, [&](int64_t row0, int64_t rows, int64_t nb0, int64_t nb1) {
+    parallel_tiles(policy, m, c.n_pad / kInt8NR, [&](int64_t row0, int64_t rows, int64_t nb0, int64_t nb1) {
       Int8WeightOnlyParams t = p;
       t.x += row0 * p.ldx;
       t.out = static_cast<char*>(p.out) + row0 * p.ldo * out_elem;
@@ -356,19 +388,19 @@ at::Tensor int8_weight_only_linear_cpu(const at::Tensor& x, const at::Tensor& w_
 }  // namespace
 
 void int8_quantize_rows_host(const at::Tensor& x2, int64_t k, int64_t k_pad, int8_t* q, int64_t ldq, float* scale) {
-  quantize_rows(x2, k, k_pad, q, ldq, scale, std::nullopt, "int8_quantize_activation");
+  quantize_rows(x2, k, k_pad, q, ldq, scale, std::nullopt);
 }
 
 void int8_gemm_host(const int8_t* q, int64_t ldq, const float* a_scale, int64_t m, const uint8_t* w_packed,
                     const float* w_scale, const float* bias, float* out, int64_t ldo) {
-  Int8PackedHeader h;
+  PackHeader h;
   std::memcpy(&h, w_packed, sizeof(h));
   Int8GemmParams p{};
   p.a = q;
   p.lda = ldq;
   p.a_scale = a_scale;
-  p.w = reinterpret_cast<const int8_t*>(w_packed + kInt8HeaderBytes);
-  p.col_sums = reinterpret_cast<const int32_t*>(w_packed + kInt8HeaderBytes + int64_t{h.n_pad} * h.k_pad);
+  p.w = reinterpret_cast<const int8_t*>(w_packed + kPackHeaderBytes);
+  p.col_sums = reinterpret_cast<const int32_t*>(w_packed + int8_col_sums_offset(h.n, h.k));
   p.w_scale = w_scale;
   p.bias = bias;
   p.out = out;
@@ -376,8 +408,8 @@ void int8_gemm_host(const int8_t* q, int64_t ldq, const float* a_scale, int64_t 
   p.ldo = ldo;
   p.m = m;
   p.n = h.n;
-  p.k_pad = h.k_pad;
-  run_int8_gemm(p, h.n_pad, sizeof(float), "int8_linear");
+  p.k_pad = int8_round_up(h.k, kInt8KR);
+  run_int8_gemm(p, int8_round_up(h.n, kInt8NR), sizeof(float), "int8_linear");
 }
 
 TORCH_LIBRARY_IMPL(compressops, CPU, m) {

@@ -130,9 +130,9 @@ bool pack_rows_i8(const int8_t* values, const uint8_t* meta, int64_t meta_stride
   const int64_t n = n1 - n0, n_pad = int8_round_up(n, kInt8NR), k_pad = int8_round_up(k, kInt8KR);
   static_assert(kInt8KR == 4, "one packed chunk per 2:4 group");
   // kp (K rounded up to 4) is k_pad: both formats pad K to whole groups of 4.
-  const Int8PackedHeader h = int8_packed_header(n, k);
+  const PackHeader h = int8_packed_header(n, k);
   std::memcpy(dst, &h, sizeof(h));
-  uint8_t* w = dst + kInt8HeaderBytes;
+  uint8_t* w = dst + kPackHeaderBytes;
   int32_t* col_sums = reinterpret_cast<int32_t*>(w + n_pad * k_pad);
   const int64_t groups = kp / 4;
   // Bytes of the last group that lie inside k (all 4 unless k % 4 != 0).

@@ -20,8 +20,8 @@ int main(int argc, char** argv) {
                    .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const std::optional<at::Tensor>&)>();
   auto linear = d.findSchemaOrThrow("compressops::int8_linear", "")
                     .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                      const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                                      std::optional<at::ScalarType>)>();
+                                      const std::optional<at::Tensor>&, std::optional<at::ScalarType>,
+                                      const std::optional<at::Tensor>&)>();
   at::manual_seed(7);
   const int64_t m = 5, n = 37, k = 133;
   const at::Tensor w_q = at::randint(-127, 128, {n, k}, at::kChar);
@@ -29,7 +29,13 @@ int main(int argc, char** argv) {
   const at::Tensor bias = at::randn({n});
   const at::Tensor x = at::randn({m, k});
 
-  const at::Tensor y = linear.call(x, pack.call(w_q), w_scale, bias, std::nullopt, std::nullopt);
+  // (x, w_packed, w_scale, bias, out_dtype, act_scale): a keyword-only argument is positional here.
+  const at::Tensor packed = pack.call(w_q);
+  if (packed.dim() != 2 || packed.size(0) != n) {
+    std::fprintf(stderr, "the pack is not [N, R]\n");
+    return 1;
+  }
+  const at::Tensor y = linear.call(x, packed, w_scale, bias, std::nullopt, std::nullopt);
   auto [q, sx] = quant.call(x, std::nullopt);
   // Same arithmetic as compressops/reference.py: exact integer sums (float64), then the fp32 epilogue.
   const at::Tensor acc = at::matmul(q.to(at::kDouble), w_q.to(at::kDouble).t()).to(at::kInt);
