@@ -82,10 +82,11 @@ TORCH_LIBRARY(compressops, m) {
       "-> Tensor");
 
   // 2:4 semi-structured and CSR sparse linear (DESIGN.md section 4, compressops/formats/sparse24.py, csr.py).
-  m.def("sparse24_linear(Tensor x, Tensor values, Tensor meta, int in_features, Tensor? bias=None) -> Tensor");
+  m.def("sparse24_pack(Tensor values, Tensor meta, int in_features) -> Tensor");
+  m.def("sparse24_linear(Tensor x, Tensor packed, Tensor? bias=None, ScalarType? out_dtype=None) -> Tensor");
   m.def(
-      "sparse24_int8_linear(Tensor x, Tensor values, Tensor meta, Tensor w_scale, int in_features, "
-      "Tensor? bias=None) -> Tensor");
+      "sparse24_int8_linear(Tensor x, Tensor packed, Tensor w_scale, Tensor? bias=None, "
+      "ScalarType? out_dtype=None) -> Tensor");
   m.def("csr_pack(Tensor crow, Tensor col, int in_features) -> Tensor");
   m.def("csr_linear(Tensor x, Tensor packed, Tensor values, int out_features, Tensor? bias=None) -> Tensor");
 

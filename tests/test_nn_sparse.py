@@ -1,6 +1,7 @@
 """Sparse24Linear / CSRLinear modules, convert, save/load, compile/export, and the pruning helpers."""
 
 import copy
+import io
 
 import pytest
 import torch
@@ -62,6 +63,62 @@ def test_sparse24_pruning_pattern_and_existing_pattern_kept():
     with torch.no_grad():
         lin2.weight.copy_(w)
     assert torch.equal(Sparse24Linear.from_float(lin2).dequantize(), w)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8], ids=str)
+def test_sparse24_memory_holds_the_pack_only(dtype):
+    sp = Sparse24Linear.from_float(nn.Linear(67, 29), co.Sparse24(dtype=dtype))
+    extra = {"weight_scale"} if dtype == torch.int8 else set()
+    assert {n for n, _ in sp.named_buffers()} == {"weight_packed", "bias"} | extra
+    for t in (sp.values, sp.meta):  # views into the pack
+        assert t.untyped_storage().data_ptr() == sp.weight_packed.untyped_storage().data_ptr()
+    assert sp.values.dtype == dtype and sp.values.shape == (29, 34) and sp.meta.shape == (29, 9)
+    assert sp.weight_packed.shape == (29, -(-s24.packed_bytes(29, 67, dtype) // 29))
+    assert sp.compressed_bytes() == 29 * 34 * dtype.itemsize + 29 * 9 + 4 * 29 * (2 if dtype == torch.int8 else 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8], ids=str)
+def test_sparse24_state_dict_is_canonical_and_round_trips(dtype):
+    sp = Sparse24Linear.from_float(nn.Linear(37, 10), co.Sparse24(dtype=dtype))
+    sd = sp.state_dict()
+    assert list(sd) == ["values", "meta"] + (["weight_scale"] if dtype == torch.int8 else []) + ["bias"]
+    assert sd["values"].dtype == dtype and sd["values"].shape == (10, 20)  # Kp = 40
+    assert sd["meta"].dtype == torch.uint8 and sd["meta"].shape == (10, 5)  # 10 groups, 2 a byte
+    assert sd["values"].untyped_storage().data_ptr() == sp.weight_packed.untyped_storage().data_ptr()
+    assert torch.equal(sd["meta"], sp.meta)  # a copy: torch.save takes one dtype per storage
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    fresh = Sparse24Linear(37, 10, dtype=dtype)
+    result = fresh.load_state_dict(torch.load(buf))
+    assert not result.missing_keys and not result.unexpected_keys
+    assert torch.equal(fresh.weight_packed, sp.weight_packed)
+    x = randn_nonzero(3, 37)
+    assert torch.equal(fresh(x), sp(x))
+    # the skeleton holds the zero pack, the pack of the all-zero weight: it computes the bias
+    skeleton = Sparse24Linear(37, 10, dtype=dtype)
+    assert torch.equal(skeleton.weight_packed, s24.zero_pack(10, 37, dtype))
+    assert torch.equal(skeleton(x), skeleton.bias.expand(3, 10))
+
+
+def test_sparse24_load_state_dict_errors():
+    good = Sparse24Linear.from_float(nn.Linear(16, 8)).state_dict()
+    q = Sparse24Linear(16, 8)
+    with pytest.raises(RuntimeError, match="Missing key.*values"):
+        q.load_state_dict({k: v for k, v in good.items() if k != "values"})
+    with pytest.raises(RuntimeError, match="Missing key.*meta"):
+        q.load_state_dict({k: v for k, v in good.items() if k != "meta"})
+    with pytest.raises(RuntimeError, match=r"mismatch for values: .*torch.float64 \(8, 8\), Sparse24Linear needs "
+                                           r"torch.float32 \(8, 8\)"):
+        q.load_state_dict({**good, "values": good["values"].double()})
+    with pytest.raises(RuntimeError, match="mismatch for values"):
+        q.load_state_dict({**good, "values": good["values"].bfloat16()})
+    with pytest.raises(RuntimeError, match=r"mismatch for meta: .*Sparse24Linear needs torch.uint8 \(8, 2\)"):
+        q.load_state_dict({**good, "meta": good["meta"][:4]})
+    with pytest.raises(RuntimeError, match="Unexpected key.*weight_packed"):
+        q.load_state_dict({**good, "weight_packed": q.weight_packed})
+    result = q.load_state_dict({k: v for k, v in good.items() if k != "meta"}, strict=False)
+    assert result.missing_keys == ["meta"]
 
 
 def test_csr_sparsity_and_keep_zeros():

@@ -1,6 +1,8 @@
 """2:4 and CSR sparse ops against compressops.reference, on every CPU ISA level this machine runs."""
 
 import os
+import re
+import struct
 import subprocess
 import sys
 
@@ -98,9 +100,10 @@ def test_csr_pack_matches_python_and_roundtrips(k):
 # ----------------------------------------------------------------------------------- 2:4 float
 
 def make24(k, n, vdtype=torch.float32, bias=True):
+    """(values, meta, their pack, bias) of a random 2:4 layer."""
     w = randn_nonzero(n, k)
     values, meta = s24.compress(w.to(vdtype))
-    return values, meta, (randn_nonzero(n) if bias else None)
+    return values, meta, ops.sparse24_pack(values, meta, k), (randn_nonzero(n) if bias else None)
 
 
 @requires_native
@@ -110,38 +113,46 @@ def make24(k, n, vdtype=torch.float32, bias=True):
 @pytest.mark.parametrize("xdtype", [torch.float32, torch.bfloat16], ids=["x_f32", "x_bf16"])
 def test_sparse24_linear_close_to_reference(level, shape, vdtype, xdtype):
     batch, k, n = shape
-    values, meta, b = make24(k, n, vdtype, bias=(k % 2 == 1))
+    _, _, packed, b = make24(k, n, vdtype, bias=(k % 2 == 1))
     x = randn_nonzero(*batch, k, dtype=xdtype)
     with co.cpu_isa(level):
-        y = ops.sparse24_linear(x, values, meta, k, b)
+        y = ops.sparse24_linear(x, packed, b)
         ran = torch.ops.compressops._last_kernel_isa("sparse24_linear")
-    ref = reference.sparse24_linear(x, values, meta, k, b)
+        y32 = ops.sparse24_linear(x, packed, b, out_dtype=torch.float32)
+    ref = reference.sparse24_linear(x, packed, b)
     assert y.dtype == xdtype and y.shape == (*batch, n)
+    # the default output is x's dtype, rounded once from the float32 result
+    assert y32.dtype == torch.float32 and torch.equal(y, y32.to(xdtype))
     if x.numel():
         assert ran == expected_kernel_level("sparse24_linear", level)
         assert relerr(y, ref) < (F32_TOL if xdtype == torch.float32 else BF16_TOL)
+        assert relerr(y32, reference.sparse24_linear(x, packed, b, out_dtype=torch.float32)) < (
+            F32_TOL if xdtype == torch.float32 else BF16_TOL)
 
 
 @requires_native
 @pytest.mark.parametrize("level", isa_params())
 def test_sparse24_linear_non_contiguous_and_fp16(level):
-    values, meta, b = make24(70, 24)
+    _, _, packed, b = make24(70, 24)
     x = randn_nonzero(140, 9)[:, ::1].t()[:, ::2]  # [9, 70], non-contiguous
     assert not x.is_contiguous()
     with co.cpu_isa(level):
-        y = ops.sparse24_linear(x, values, meta, 70, b)
-        yh = ops.sparse24_linear(x.half(), values, meta, 70, b)
-    assert relerr(y, reference.sparse24_linear(x, values, meta, 70, b)) < F32_TOL
+        y = ops.sparse24_linear(x, packed, b)
+        yh = ops.sparse24_linear(x.half(), packed, b)
+        yb = ops.sparse24_linear(x, packed, b, out_dtype=torch.bfloat16)
+    assert relerr(y, reference.sparse24_linear(x, packed, b)) < F32_TOL
     assert yh.dtype == torch.float16
-    assert relerr(yh, reference.sparse24_linear(x.half(), values, meta, 70, b)) < 1e-3
+    assert relerr(yh, reference.sparse24_linear(x.half(), packed, b)) < 1e-3
+    assert yb.dtype == torch.bfloat16 and torch.equal(yb, y.bfloat16())
 
 
 # ------------------------------------------------------------------------------------ 2:4 int8
 
 def make24_int8(k, n, bias=True):
-    values, meta, b = make24(k, n, torch.float32, bias)
+    """(int8 values, meta, their pack, scale, bias) of a random 2:4 layer."""
+    values, meta, _, b = make24(k, n, torch.float32, bias)
     q, scale = s24.quantize_values(values)
-    return q, meta, scale, b
+    return q, meta, ops.sparse24_pack(q, meta, k), scale, b
 
 
 @requires_native
@@ -150,28 +161,253 @@ def make24_int8(k, n, bias=True):
 @pytest.mark.parametrize("xdtype", [torch.float32, torch.bfloat16], ids=str)
 def test_sparse24_int8_linear_bit_exact(level, shape, xdtype):
     batch, k, n = shape
-    q, meta, scale, b = make24_int8(k, n, bias=(n % 2 == 1))
+    _, _, packed, scale, b = make24_int8(k, n, bias=(n % 2 == 1))
     x = randn_nonzero(*batch, k, dtype=xdtype) * 3
     with co.cpu_isa(level):
-        y = ops.sparse24_int8_linear(x, q, meta, scale, k, b)
+        y = ops.sparse24_int8_linear(x, packed, scale, b)
         ran = torch.ops.compressops._last_kernel_isa("sparse24_int8_linear")
+        yh = ops.sparse24_int8_linear(x, packed, scale, b, out_dtype=torch.float16)
     if x.numel():
         assert ran == expected_kernel_level("sparse24_int8_linear", level)
-    assert torch.equal(y, reference.sparse24_int8_linear(x, q, meta, scale, k, b))
+    assert torch.equal(y, reference.sparse24_int8_linear(x, packed, scale, b))
+    assert yh.dtype == torch.float16
+    assert torch.equal(yh, reference.sparse24_int8_linear(x, packed, scale, b, out_dtype=torch.float16))
 
 
 @requires_native
 @pytest.mark.parametrize("level", isa_params())
 def test_sparse24_int8_special_rows(level):
-    q, meta, scale, b = make24_int8(64, 20)
+    _, _, packed, scale, b = make24_int8(64, 20)
     x = randn_nonzero(4, 64)
     x[1] = 0  # zero row -> bias only
     x[2, 5] = float("nan")  # NaN row -> NaN
     with co.cpu_isa(level):
-        y = ops.sparse24_int8_linear(x, q, meta, scale, 64, b)
-    ref = reference.sparse24_int8_linear(x, q, meta, scale, 64, b)
+        y = ops.sparse24_int8_linear(x, packed, scale, b)
+    ref = reference.sparse24_int8_linear(x, packed, scale, b)
     assert torch.equal(y.isnan(), ref.isnan()) and y[2].isnan().all()
     assert torch.equal(torch.nan_to_num(y), torch.nan_to_num(ref))
+
+
+# ------------------------------------------------------------------------------------ 2:4 pack
+
+CODES24 = {torch.float32: 1, torch.bfloat16: 2, torch.int8: 3}
+
+
+def header24(n, k, code, kp=None):
+    kp = s24.padded_k(k) if kp is None else kp
+    return struct.pack("<4sI8sIIqq3q", b"COPK", 1, b"sparse24", 1, 0, n, k, code, kp, 0)
+
+
+def canonical24(n, k, vdtype):
+    values, meta = s24.compress(randn_nonzero(n, k))
+    return (s24.quantize_values(values)[0] if vdtype == torch.int8 else values.to(vdtype)), meta
+
+
+@pytest.mark.parametrize("k", [1, 3, 4, 10, 37, 64, 130])
+@pytest.mark.parametrize("vdtype", [torch.float32, torch.bfloat16, torch.int8], ids=str)
+def test_sparse24_pack_bytes_match_the_python_packer(k, vdtype):
+    n = 9
+    values, meta = canonical24(n, k, vdtype)
+    packed = ops.sparse24_pack(values, meta, k)
+    nbytes = s24.packed_bytes(n, k, vdtype)
+    vbytes = values.numel() * values.element_size()
+    assert nbytes == 64 + vbytes + meta.numel()
+    assert packed.dtype == torch.uint8 and packed.shape == (n, -(-nbytes // n))
+    flat = packed.view(-1)
+    assert bytes(flat[:64].tolist()) == header24(n, k, CODES24[vdtype])
+    assert torch.equal(flat[64:64 + vbytes], values.view(-1).view(torch.uint8))
+    assert torch.equal(flat[64 + vbytes:nbytes], meta.view(-1))
+    assert not flat[nbytes:].any()  # the row padding is zero
+    assert torch.equal(packed, s24.pack(values, meta, k))
+    v2, m2, k2 = s24.unpack(packed)
+    assert k2 == k and v2.dtype == vdtype and torch.equal(v2, values) and torch.equal(m2, meta)
+    assert v2.untyped_storage().data_ptr() == packed.untyped_storage().data_ptr()  # views, no copy
+    # non-contiguous canonical tensors pack to the same bytes
+    assert torch.equal(ops.sparse24_pack(values.t().contiguous().t(), meta.t().contiguous().t(), k), packed)
+
+
+@pytest.mark.parametrize("vdtype", [torch.float32, torch.bfloat16, torch.int8], ids=str)
+def test_sparse24_zero_pack_is_the_pack_of_the_zero_weight(vdtype):
+    n, k = 5, 37
+    zero_values = torch.zeros(n, s24.padded_k(k) // 2, dtype=vdtype)
+    packed = ops.sparse24_pack(zero_values, torch.zeros(n, s24.meta_bytes(k), dtype=torch.uint8), k)
+    assert torch.equal(s24.zero_pack(n, k, vdtype), packed)
+    values, meta, _ = s24.unpack(packed)
+    assert not s24.decompress(values, meta, k).any()
+
+
+def first_lines(fn_native, fn_ref, *args, **kwargs):
+    """The first lines of the native kernel's and the reference's errors for the same bad call."""
+    messages = []
+    for fn in (fn_native, fn_ref):
+        with pytest.raises((ValueError, RuntimeError)) as e:
+            fn(*args, **kwargs)
+        messages.append(str(e.value).splitlines()[0])
+    return messages
+
+
+def _tampered24(packed, offset, fmt, value):
+    bad = packed.clone()
+    raw = struct.pack(fmt, value)
+    bad.view(-1)[offset:offset + len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
+    return bad
+
+
+# header field -> (offset, struct format, value, message) on the float32 pack of N=8, K=32:
+# 64 + 8 * (16 * 4 + 4) = 608 bytes, shape [8, 76]
+TAMPERED24 = {
+    "magic": (0, "<I", 0x12345678, "does not start with a compressops pack header"),
+    "header version": (4, "<I", 2, "does not start with a compressops pack header"),
+    "tag": (8, "<8s", b"half", "holds a 'half' pack, not a 'sparse24' one"),
+    "tag bytes": (8, "<8s", b"sparse\x012", r"holds a 'sparse\?2' pack"),
+    "format version": (16, "<I", 2, "is a 'sparse24' pack of version 2, this build reads version 1"),
+    "reserved": (20, "<I", 7, "header is corrupt"),
+    "N larger": (24, "<q", 9, r"has shape \[8, 76\] but its header \(N=9, K=32\) needs \[9, 76\]"),
+    "N zero": (24, "<q", 0, r"N=0, K=32; both must be in \[1, 2\^31\)"),
+    "N negative": (24, "<q", -8, r"both must be in \[1, 2\^31\)"),
+    "N huge": (24, "<q", 2**40, r"both must be in \[1, 2\^31\)"),
+    "K overflowing": (32, "<q", 2**31 - 1, r"header fields \(1, 32, 0\) do not match a 'sparse24' pack of "
+                                            r"N=8, K=2147483647 \(1, 2147483648, 0\)"),
+    # K=30 has the same Kp and bytes as 32: a valid pack of another K, which x then contradicts
+    "K in the padding": (32, "<q", 30, "x has K=32 in its last dimension but the weight has K=30"),
+    "dtype code": (40, "<q", 16, r"packed's header has values dtype code 16, not one of 1 \(float32\), "
+                                 r"2 \(bfloat16\), 3 \(int8\); repack it with compressops.ops.sparse24_pack"),
+    "dtype code zero": (40, "<q", 0, "values dtype code 0, not one of"),
+    "dtype bfloat16": (40, "<q", 2, r"has shape \[8, 76\] but its header \(N=8, K=32\) needs \[8, 44\]"),
+    "dtype int8": (40, "<q", 3, "packed holds int8 values; sparse24_linear takes float32 or bfloat16 values"),
+    "Kp field": (48, "<q", 36, r"header fields \(1, 36, 0\) do not match a 'sparse24' pack of N=8, K=32 "
+                               r"\(1, 32, 0\); repack it"),
+    "last field": (56, "<q", -1, "do not match"),
+}
+
+
+@requires_native
+@pytest.mark.parametrize("field", sorted(TAMPERED24))
+def test_sparse24_tampered_header_raises_the_same_error_everywhere(field):
+    """A header that lies raises before any weight byte is read, with one message from C++ and Python."""
+    _, _, packed, b = make24(32, 8)
+    offset, fmt, value, message = TAMPERED24[field]
+    bad = _tampered24(packed, offset, fmt, value)
+    native, ref = first_lines(ops.sparse24_linear, reference.sparse24_linear, randn_nonzero(2, 32), bad, b)
+    assert native == ref
+    assert native.startswith("sparse24_linear: ")
+    assert re.search(message, native), native
+
+
+@requires_native
+def test_sparse24_header_of_more_than_2_63_bytes_raises():
+    """N = K = 2^31 - 1 with float32 values would need N * (2 K + K / 8) bytes: past int64."""
+    _, _, packed, b = make24(32, 8)
+    bad = _tampered24(_tampered24(_tampered24(packed, 24, "<q", 2**31 - 1), 32, "<q", 2**31 - 1), 48, "<q", 2**31)
+    native, ref = first_lines(ops.sparse24_linear, reference.sparse24_linear, randn_nonzero(2, 32), bad, b)
+    assert native == ref
+    assert native.endswith(r"has shape [8, 76] but its header (N=2147483647, K=2147483647) needs more than 2^63 bytes")
+
+
+@requires_native
+def test_sparse24_truncated_padded_and_swapped_packs_raise():
+    _, _, packed, b = make24(32, 8)  # [8, 76]
+    x = randn_nonzero(2, 32)
+    # N and K swapped keep the byte count (64 + 32 * (4 * 4 + 1) = 608); the Kp field, then the shape, differ
+    swapped = _tampered24(_tampered24(packed, 24, "<q", 32), 32, "<q", 8)
+    for bad, message in ((packed[:, :-1], r"has shape \[8, 75\] but its header .N=8, K=32. needs \[8, 76\]"),
+                         (torch.cat([packed, packed[:1]]), r"has shape \[9, 76\]"),
+                         (packed.view(-1)[:63].view(1, 63), "holds 63 bytes, too few for a pack header"),
+                         (swapped, r"header fields \(1, 32, 0\) do not match a 'sparse24' pack of N=32, K=8 "
+                                   r"\(1, 8, 0\)"),
+                         (_tampered24(swapped, 48, "<q", 8),
+                          r"has shape \[8, 76\] but its header \(N=32, K=8\) needs \[32, 19\]")):
+        native, ref = first_lines(ops.sparse24_linear, reference.sparse24_linear, x, bad.clone(), b)
+        assert native == ref
+        assert re.search(message, native), native
+
+
+@requires_native
+def test_sparse24_int8_pack_errors_are_the_same_everywhere():
+    _, _, packed, b = make24(32, 8)
+    _, _, q, scale, _ = make24_int8(32, 8)
+    x = randn_nonzero(2, 32)
+    native, ref = first_lines(ops.sparse24_int8_linear, reference.sparse24_int8_linear, x, packed, scale, b)
+    assert native == ref == "sparse24_int8_linear: packed holds float32 values; sparse24_int8_linear takes int8 values"
+    native, ref = first_lines(ops.sparse24_linear, reference.sparse24_linear, x, q, b)
+    assert native == ref
+    assert native == "sparse24_linear: packed holds int8 values; sparse24_linear takes float32 or bfloat16 values"
+    # a forged int8 pack past the exact-int32 limit (the pack op refuses to build one)
+    k = s24.MAX_INT8_K + 4
+    forged = s24.zero_pack(1, k, torch.int8)
+    xk = randn_nonzero(1, k)
+    native, ref = first_lines(ops.sparse24_int8_linear, reference.sparse24_int8_linear, xk, forged, scale[:1])
+    assert native == ref == f"sparse24_int8_linear: packed has K={k}; int8 values allow K <= 262144 (exact int32 sums)"
+
+
+@requires_native
+def test_sparse24_bad_arguments_raise_the_same_error_everywhere():
+    """Every argument the kernels read besides the pack: one message from C++ and Python."""
+    _, _, packed, b = make24(32, 8)
+    _, _, q, scale, _ = make24_int8(32, 8)
+    x = randn_nonzero(2, 32)
+    lin = (ops.sparse24_linear, reference.sparse24_linear)
+    lin8 = (ops.sparse24_int8_linear, reference.sparse24_int8_linear)
+    cases = [
+        (lin, (x.int(), packed, b), {}, "x must be float32, bfloat16 or float16, got torch.int32"),
+        (lin, (x[0, 0], packed, b), {}, r"x must have at least one dimension \(\.\.\., K\)"),
+        (lin, (x[:, :31], packed, b), {}, "x has K=31 in its last dimension but the weight has K=32"),
+        (lin, (x, packed, b[:3]), {}, r"bias must be a float tensor of shape \[N\] = \[8\], got torch.float32 \(3,\)"),
+        (lin, (x, packed, b.int()), {}, r"got torch.int32 \(8,\)"),
+        (lin, (x, packed, b.view(2, 4)), {}, r"got torch.float32 \(2, 4\)"),
+        (lin, (x, packed, b), {"out_dtype": torch.int32}, "out_dtype must be float32, bfloat16 or float16, got "
+                                                          "torch.int32"),
+        (lin8, (x, q, scale.double()), {}, r"w_scale must be float32 of shape \[N\] = \[8\], got torch.float64 "
+                                           r"\(8,\)"),
+        (lin8, (x, q, scale[:3]), {}, r"w_scale must be float32 .* got torch.float32 \(3,\)"),
+        (lin8, (x, q, scale.view(1, 8)), {}, r"got torch.float32 \(1, 8\)"),
+        (lin8, (x, q, scale, b[:2]), {}, "bias must be"),
+        (lin8, (x, q, scale), {"out_dtype": torch.float64}, "out_dtype must be .* got torch.float64"),
+    ]
+    for fns, args, kwargs, message in cases:
+        native, ref = first_lines(*fns, *args, **kwargs)
+        assert native == ref
+        assert re.search(message, native), native
+
+
+@requires_native
+def test_sparse24_pack_bad_inputs_raise_the_same_error_everywhere():
+    values, meta = canonical24(8, 32, torch.float32)
+    q = s24.quantize_values(values)[0]
+    big = s24.MAX_INT8_K + 4
+    cases = [
+        ((values.double(), meta, 32), "values must be float32, bfloat16 or int8, got torch.float64"),
+        ((values.half(), meta, 32), "got torch.float16"),
+        ((values, meta, 0), r"in_features must be in \[1, 2\^31\), got 0"),
+        ((values, meta, 2**31), r"in_features must be in \[1, 2\^31\), got 2147483648"),
+        ((torch.zeros(1, big // 2, dtype=torch.int8), torch.zeros(1, s24.meta_bytes(big), dtype=torch.uint8), big),
+         f"in_features must be <= 262144 for int8 values \\(exact int32 sums\\), got {big}"),
+        ((values.view(-1), meta, 32), r"values must have shape \[N, 16\] for in_features=32, 1 <= N < 2\^31, "
+                                      r"got \(128,\)"),
+        ((values, meta, 40), r"values must have shape \[N, 20\] for in_features=40, .* got \(8, 16\)"),
+        ((values[:0], meta[:0], 32), r"got \(0, 16\)"),
+        ((q, meta.int(), 32), r"meta must be uint8 of shape \[N, 4\] = \[8, 4\], got torch.int32 \(8, 4\)"),
+        ((q, meta[:3], 32), r"got torch.uint8 \(3, 4\)"),
+        ((values, meta[:, :3], 32), r"got torch.uint8 \(8, 3\)"),
+        ((values, meta.view(-1), 32), r"got torch.uint8 \(32,\)"),
+    ]
+    for args, message in cases:
+        native, ref = first_lines(ops.sparse24_pack, reference.sparse24_pack, *args)
+        assert native == ref
+        assert native.startswith("sparse24_pack: ") and re.search(message, native), native
+
+
+def test_sparse24_pack_opcheck_and_out_dtype_samples():
+    values, meta, packed, b = make24(67, 19, torch.bfloat16)
+    q, mq, pq, scale, _ = make24_int8(67, 19)
+    x = randn_nonzero(2, 3, 67)
+    for op, args, kwargs in [
+            (torch.ops.compressops.sparse24_pack.default, (values, meta, 67), {}),
+            (torch.ops.compressops.sparse24_pack.default, (q, mq, 67), {}),
+            (torch.ops.compressops.sparse24_linear.default, (x, packed, b), {"out_dtype": torch.float16}),
+            (torch.ops.compressops.sparse24_int8_linear.default, (x.bfloat16(), pq, scale, None),
+             {"out_dtype": torch.float32})]:
+        torch.library.opcheck(op, args, kwargs, test_utils=OPCHECK_UTILS)
 
 
 # ---------------------------------------------------------------------------------------- CSR
@@ -240,18 +476,20 @@ def sparse24_auto_is_dense(m, n, k, int8):
 @pytest.mark.parametrize("vdtype", [torch.float32, torch.bfloat16], ids=["v_f32", "v_bf16"])
 def test_sparse24_dense_route(route, shape, vdtype):
     batch, k, n = shape
-    values, meta, b = make24(k, n, vdtype, bias=(k % 2 == 1))
+    _, _, packed, b = make24(k, n, vdtype, bias=(k % 2 == 1))
     x = randn_nonzero(*batch, k)
     xb = x.bfloat16()
     with co.sparse_route(route):
-        y = ops.sparse24_linear(x, values, meta, k, b)
+        y = ops.sparse24_linear(x, packed, b)
         ran = torch.ops.compressops._last_kernel_isa("sparse24_linear")
-        yb = ops.sparse24_linear(xb, values, meta, k, b)
+        yb = ops.sparse24_linear(xb, packed, b)
+        yh = ops.sparse24_linear(x, packed, b, out_dtype=torch.float16)
     m = x.numel() // k
     assert (ran == "dense") == (route == "dense" or sparse24_auto_is_dense(m, n, k, int8=False))
-    assert relerr(y, reference.sparse24_linear(x, values, meta, k, b)) < F32_TOL
+    assert relerr(y, reference.sparse24_linear(x, packed, b)) < F32_TOL
     assert yb.dtype == torch.bfloat16
-    assert relerr(yb, reference.sparse24_linear(xb, values, meta, k, b)) < BF16_TOL
+    assert relerr(yb, reference.sparse24_linear(xb, packed, b)) < BF16_TOL
+    assert yh.dtype == torch.float16 and torch.equal(yh, y.half())
 
 
 @requires_native
@@ -259,15 +497,15 @@ def test_sparse24_dense_route(route, shape, vdtype):
 @pytest.mark.parametrize("shape", ROUTE_SHAPES + [((400,), 300, 37)], ids=str)
 def test_sparse24_int8_dense_route_bit_exact(route, shape):
     batch, k, n = shape
-    q, meta, scale, b = make24_int8(k, n, bias=(n % 2 == 1))
+    _, _, packed, scale, b = make24_int8(k, n, bias=(n % 2 == 1))
     x = randn_nonzero(*batch, k) * 3
     x.view(-1, k)[0, 1] = float("nan")  # a NaN row stays NaN, as in the reference
     with co.sparse_route(route):
-        y = ops.sparse24_int8_linear(x, q, meta, scale, k, b)
+        y = ops.sparse24_int8_linear(x, packed, scale, b)
     ran = torch.ops.compressops._last_kernel_isa("sparse24_int8_linear")
     m = x.numel() // k
     assert (ran == "dense") == (route == "dense" or sparse24_auto_is_dense(m, n, k, int8=True))
-    ref = reference.sparse24_int8_linear(x, q, meta, scale, k, b)
+    ref = reference.sparse24_int8_linear(x, packed, scale, b)
     assert torch.equal(y.isnan(), ref.isnan())
     assert torch.equal(torch.nan_to_num(y), torch.nan_to_num(ref))
 
@@ -279,14 +517,15 @@ def test_sparse24_int8_dense_route_bit_exact(route, shape):
 def test_sparse24_int8_dense_route_declines_what_int8_cannot_hold(v0, v1, same, routed):
     # Both kept values of a group at one position add up (the format's rule); the int8 GEMM needs
     # symmetric int8, so a sum outside [-127, 127] or a -128 keeps the op on the 2:4 kernel.
-    q, meta, scale, b = make24_int8(66, 20)  # K % 4 == 2: the last group is cut by the padding
+    q, meta, _, scale, b = make24_int8(66, 20)  # K % 4 == 2: the last group is cut by the padding
     q[3, 0], q[3, 1] = v0, v1
     meta[3, 0] = (meta[3, 0] & 0xF0) | (0b0101 if same else 0b1001)  # group 0: positions 1, 1 or 1, 2
+    packed = ops.sparse24_pack(q, meta, 66)
     x = randn_nonzero(300, 66)
     with co.sparse_route("dense"):
-        y = ops.sparse24_int8_linear(x, q, meta, scale, 66, b)
+        y = ops.sparse24_int8_linear(x, packed, scale, b)
     assert (torch.ops.compressops._last_kernel_isa("sparse24_int8_linear") == "dense") == routed
-    assert torch.equal(y, reference.sparse24_int8_linear(x, q, meta, scale, 66, b))
+    assert torch.equal(y, reference.sparse24_int8_linear(x, packed, scale, b))
 
 
 @requires_native
@@ -419,38 +658,38 @@ def test_sparse_route_from_the_environment_is_read_once_at_start_up():
 
 @requires_native
 def test_inputs_not_modified_and_threads_agree():
-    values, meta, b = make24(130, 40)
-    q, _, scale, _ = make24_int8(130, 40)
+    _, _, p24, b = make24(130, 40)
+    _, _, q, scale, _ = make24_int8(130, 40)
     packed, vals, _ = make_csr(130, 40, 0.8)
     x = randn_nonzero(17, 130)
-    before = [t.clone() for t in (x, values, meta, b, q, scale, packed, vals)]
+    before = [t.clone() for t in (x, p24, b, q, scale, packed, vals)]
     old = torch.get_num_threads()
     outs = []
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            outs.append((ops.sparse24_linear(x, values, meta, 130, b), ops.sparse24_int8_linear(x, q, meta, scale, 130),
+            outs.append((ops.sparse24_linear(x, p24, b), ops.sparse24_int8_linear(x, q, scale),
                          ops.csr_linear(x, packed, vals, 40, b)))
     finally:
         torch.set_num_threads(old)
     for a, c in zip(*outs):
         assert torch.equal(a, c)
-    for t0, t1 in zip(before, (x, values, meta, b, q, scale, packed, vals)):
+    for t0, t1 in zip(before, (x, p24, b, q, scale, packed, vals)):
         assert torch.equal(t0, t1)
 
 
 def _opcheck_samples():
-    values, meta, b = make24(67, 19)
-    vb, mb, _ = make24(67, 19, torch.bfloat16)
-    q, mq, scale, _ = make24_int8(67, 19)
+    _, _, p24, b = make24(67, 19)
+    _, _, pb, _ = make24(67, 19, torch.bfloat16)
+    _, _, pq, scale, _ = make24_int8(67, 19)
     w = randn_nonzero(19, 67) * (torch.rand(19, 67) > 0.6)
     crow, col, vals = fcsr.compress(w)
     packed = ops.csr_pack(crow, col, 67)
     x = randn_nonzero(3, 67)
     return [
-        (torch.ops.compressops.sparse24_linear.default, (x, values, meta, 67, b), {}),
-        (torch.ops.compressops.sparse24_linear.default, (x.bfloat16(), vb, mb, 67), {}),
-        (torch.ops.compressops.sparse24_int8_linear.default, (x, q, mq, scale, 67, b), {}),
+        (torch.ops.compressops.sparse24_linear.default, (x, p24, b), {}),
+        (torch.ops.compressops.sparse24_linear.default, (x.bfloat16(), pb, None), {"out_dtype": torch.float32}),
+        (torch.ops.compressops.sparse24_int8_linear.default, (x, pq, scale, b), {}),
         (torch.ops.compressops.csr_pack.default, (crow, col, 67), {}),
         (torch.ops.compressops.csr_linear.default, (x, packed, vals, 19, b), {}),
         (torch.ops.compressops.csr_linear.default, (x.bfloat16(), packed, vals.bfloat16(), 19), {}),
@@ -467,27 +706,27 @@ def test_opcheck(idx):
 def test_bad_input_errors(use_reference):
     mod = reference if use_reference else ops
     err = (ValueError, RuntimeError)
-    values, meta, b = make24(32, 8)
-    q, _, scale, _ = make24_int8(32, 8)
+    values, meta, p24, b = make24(32, 8)
+    _, _, q, scale, _ = make24_int8(32, 8)
     x = randn_nonzero(2, 32)
     with pytest.raises(err, match="x must be float"):
-        mod.sparse24_linear(x.int(), values, meta, 32, b)
+        mod.sparse24_linear(x.int(), p24, b)
     with pytest.raises(err, match="K=31"):
-        mod.sparse24_linear(x[:, :31], values, meta, 32, b)
+        mod.sparse24_linear(x[:, :31], p24, b)
     with pytest.raises(err, match="values must"):
-        mod.sparse24_linear(x, values[:, :5], meta, 32, b)
+        mod.sparse24_pack(values[:, :5], meta, 32)
     with pytest.raises(err, match="values must"):
-        mod.sparse24_linear(x, values.double(), meta, 32, b)
+        mod.sparse24_pack(values.double(), meta, 32)
     with pytest.raises(err, match="meta must be uint8"):
-        mod.sparse24_linear(x, values, meta.int(), 32, b)
+        mod.sparse24_pack(values, meta.int(), 32)
     with pytest.raises(err, match="meta must be uint8"):
-        mod.sparse24_linear(x, values, meta[:3], 32, b)
+        mod.sparse24_pack(values, meta[:3], 32)
     with pytest.raises(err, match="bias must be"):
-        mod.sparse24_linear(x, values, meta, 32, b[:3])
-    with pytest.raises(err, match="values must be (torch.)?int8"):
-        mod.sparse24_int8_linear(x, values, meta, scale, 32)
+        mod.sparse24_linear(x, p24, b[:3])
+    with pytest.raises(err, match="packed holds float32 values; sparse24_int8_linear takes int8 values"):
+        mod.sparse24_int8_linear(x, p24, scale)
     with pytest.raises(err, match="w_scale must be float32"):
-        mod.sparse24_int8_linear(x, q, meta, scale[:2], 32)
+        mod.sparse24_int8_linear(x, q, scale[:2])
     crow = torch.tensor([0, 2, 3], dtype=torch.int64)
     col = torch.tensor([0, 5, 1], dtype=torch.int32)
     with pytest.raises(err, match="col values must lie in"):
@@ -518,24 +757,27 @@ from compressops import reference
 from compressops.formats import sparse24 as s24
 from compressops.triton.sparse24_linear import sparse24_linear
 torch.manual_seed(0)
-for (m, k, n, bias, dt) in [(3, 37, 19, True, torch.float32), (17, 64, 33, False, torch.bfloat16)]:
+for (m, k, n, bias, dt, out_t) in [(3, 37, 19, True, torch.float32, None), (17, 64, 33, False, torch.bfloat16, None),
+                                   (5, 30, 7, True, torch.float32, torch.float16)]:
     w = torch.randn(n, k)
     x = torch.randn(m, k).to(dt)
     v, mt = s24.compress(w.to(dt))
+    p = s24.pack(v, mt, k)
     b = torch.randn(n) if bias else None
-    y = sparse24_linear(x, v, mt, k, b)
-    r = reference.sparse24_linear(x, v, mt, k, b)
-    assert y.dtype == dt and y.shape == r.shape
+    y = sparse24_linear(x, p, b, out_t)
+    r = reference.sparse24_linear(x, p, b, out_t)
+    assert y.dtype == (out_t or dt) and y.shape == r.shape
     e = float((y.float() - r.float()).norm() / r.float().norm())
-    assert e < (1e-5 if dt == torch.float32 else 1e-2), e
+    assert e < (1e-5 if dt == torch.float32 and out_t is None else 1e-2), e
 from compressops.triton.sparse24_linear import sparse24_int8_linear
-for (m, k, n, bias) in [(3, 37, 19, True), (17, 64, 33, False), (0, 8, 4, True)]:
+for (m, k, n, bias, out_t) in [(3, 37, 19, True, None), (17, 64, 33, False, torch.bfloat16), (0, 8, 4, True, None)]:
     v, mt = s24.compress(torch.randn(n, k))
     vq, sc = s24.quantize_values(v)
+    p = s24.pack(vq, mt, k)
     b = torch.randn(n) if bias else None
     x = torch.randn(2, m, k)
-    y, r = sparse24_int8_linear(x, vq, mt, sc, k, b), reference.sparse24_int8_linear(x, vq, mt, sc, k, b)
-    assert y.shape == r.shape == (2, m, n) and torch.equal(y, r), (m, k, n)
+    y, r = sparse24_int8_linear(x, p, sc, b, out_t), reference.sparse24_int8_linear(x, p, sc, b, out_t)
+    assert y.shape == r.shape == (2, m, n) and y.dtype == (out_t or x.dtype) and torch.equal(y, r), (m, k, n)
 print("TRITON_OK")
 """
 
@@ -554,10 +796,12 @@ def test_triton_sparse24_interpreter():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_sparse24_linear_cuda_matches_reference():
-    values, meta, b = make24(300, 70)
+    values, meta, packed, b = make24(300, 70)
     x = randn_nonzero(9, 300)
-    y = ops.sparse24_linear(x.cuda(), values.cuda(), meta.cuda(), 300, b.cuda())
-    assert relerr(y.cpu(), reference.sparse24_linear(x, values, meta, 300, b)) < F32_TOL
+    packed_cuda = ops.sparse24_pack(values.cuda(), meta.cuda(), 300)
+    assert torch.equal(packed_cuda.cpu(), packed)
+    y = ops.sparse24_linear(x.cuda(), packed_cuda, b.cuda())
+    assert relerr(y.cpu(), reference.sparse24_linear(x, packed, b)) < F32_TOL
 
 
 _TRITON_CSR_SCRIPT = r"""
@@ -602,9 +846,10 @@ def test_triton_csr_interpreter():
 def test_sparse24_int8_linear_cuda_matches_reference():
     v, meta = s24.compress(randn_nonzero(70, 300))
     vq, sc = s24.quantize_values(v)
+    packed = ops.sparse24_pack(vq, meta, 300)
     x, b = randn_nonzero(9, 300), randn_nonzero(70)
-    y = ops.sparse24_int8_linear(x.cuda(), vq.cuda(), meta.cuda(), sc.cuda(), 300, b.cuda())
-    assert torch.equal(y.cpu(), reference.sparse24_int8_linear(x, vq, meta, sc, 300, b))
+    y = ops.sparse24_int8_linear(x.cuda(), packed.cuda(), sc.cuda(), b.cuda())
+    assert torch.equal(y.cpu(), reference.sparse24_int8_linear(x, packed, sc, b))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -1,6 +1,6 @@
 """The 2:4 semi-structured sparse linear format (DESIGN.md section 4).
 
-Canonical (what state_dict and files hold):
+Canonical, version 1 (what state_dict and files hold; the same on every device):
     values  [N, Kp/2]          float32, bfloat16 or int8; the 2 kept weights of every group of 4
                                along K, in K order (values[n, 2g] is the lower position of group g)
     meta    uint8 [N, ceil(Kp/8)]
@@ -15,16 +15,46 @@ values 0), and an unused high nibble of the last byte is 0.
 Pruning keeps the 2 largest |w| in every group of 4 (ties: the lower position), so a weight that
 already has at most 2 nonzeros in every group keeps exactly its pattern and values.
 The kernels accept any meta bits: a group whose two positions coincide adds both values at that
-position (the reference does the same with scatter_add).
+position (the reference does the same with scatter_add), and a position in the padded columns
+multiplies a zero activation.
+
+Packed, version 1 (compressops.ops.sparse24_pack; built from the canonical values and meta, never
+saved; the int8 scales and the bias stay separate tensors):
+    header  64 bytes, the shared pack header (compressops/formats/pack_header.py): tag "sparse24",
+            version 1, N, K (in_features, unpadded), family fields (values dtype code, Kp, 0) with
+            the codes of VALUE_DTYPES (1 float32, 2 bfloat16, 3 int8)
+    values  the canonical values' bytes, row-major [N, Kp/2]: N * Kp/2 * itemsize bytes
+    meta    the canonical meta's bytes, row-major uint8 [N, meta_bytes(K)]
+    shape   uint8 [N, ceil(packed_bytes(N, K, dtype) / N)] (pack_header.pack_shape), zero padded
+The kernels walk each output row's values and meta once per block of batch rows, in the canonical
+order, so the pack adds only the header; values start at byte 64 of the storage, aligned for every
+dtype. The pack's first dimension is N, which is how the fake kernels (they cannot read the header)
+know the output shape. Zero layout bytes are the pack of the all-zero weight (values 0; meta 0 puts
+both kept values of every group at position 0, both zero), so a module skeleton holds zero_pack
+instead of running the pack op.
+
+sparse24_linear computes y = x @ W.T + bias in float32 (bfloat16 values are exact in float32), then
+rounds to the output dtype; sparse24_int8_linear quantizes x per row to int8 (as
+compressops.ops.int8_quantize_activation), sums exactly in int32 and applies the W8A8 epilogue of
+compressops/formats/int8.py, so it is bit-identical to the reference.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .checks import check_bias, check_k, check_scale, check_x, resolve_out_dtype
+from . import pack_header
+from .checks import check_bias, check_k, check_scale, check_x, is_fake, resolve_out_dtype
 
 MAX_INT8_K = 262144  # int8 values: the K/2 kept products sum exactly in int32 (MAX_INT8_K / 2 * 127 * 127 < 2**31)
+TAG = "sparse24"
+VERSION = 1
+# The pack header's first family field: which dtype the values are (0 is no dtype, so a zeroed
+# field never passes for one).
+VALUE_DTYPES = {1: torch.float32, 2: torch.bfloat16, 3: torch.int8}
+_CODES = {dtype: code for code, dtype in VALUE_DTYPES.items()}
+FLOAT_VALUES = (torch.float32, torch.bfloat16)
+_PACK_OP = "sparse24_pack"
 
 
 def padded_k(k: int) -> int:
@@ -123,36 +153,169 @@ def quantize_values(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-def check_linear(op: str, x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, in_features: int,
-                 bias: torch.Tensor | None = None, w_scale: torch.Tensor | None = None):
-    """The validation of sparse24_linear (float kept values) and, when w_scale is given,
-    sparse24_int8_linear (int8 kept values and their float32 [N] scales).
+def packed_bytes(n, k: int, dtype: torch.dtype):
+    """Bytes of the pack of an [n, k] weight with `dtype` values, before row padding (works on SymInts)."""
+    return pack_header.HEADER_BYTES + n * (padded_k(k) // 2 * dtype.itemsize + meta_bytes(k))
 
-    Used by the reference, the fake and the Triton kernels; it reads no data, so it runs in full
-    on fake tensors.
 
-    Returns:
-        (N, K, output dtype = x.dtype).
+def fields(k: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    """The pack header's family fields for K = k and `dtype` values."""
+    return (_CODES[dtype], padded_k(k), 0)
+
+
+def zero_pack(n: int, k: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """The pack of the all-zero [n, k] weight (zero values and zero meta), built without the pack op."""
+    return pack_header.zeros(TAG, VERSION, (n,), n, k, fields(k, dtype), packed_bytes(n, k, dtype), device=device)
+
+
+def check_pack(op: str, values: torch.Tensor, meta: torch.Tensor, in_features: int) -> None:
+    """The validation of sparse24_pack: values float32/bfloat16/int8 [N, Kp/2] with 1 <= N < 2^31,
+    meta uint8 [N, meta_bytes(K)], 1 <= K < 2^31 (K <= MAX_INT8_K for int8 values).
+
+    Reads no data, so it runs in full on fake tensors.
+
     Raises:
         ValueError naming the argument.
     """
-    check_x(x, op)
-    int8 = w_scale is not None
     k = int(in_features)
-    torch._check_value(k >= 1 and (not int8 or k <= MAX_INT8_K),
-                       lambda: f"{op}: in_features must be >= 1 (and <= {MAX_INT8_K} for int8 values: exact int32 "
-                               f"sums), got {k}")
-    want = (torch.int8,) if int8 else (torch.float32, torch.bfloat16)
+    torch._check_value(values.dtype in _CODES,
+                       lambda: f"{op}: values must be float32, bfloat16 or int8, got {values.dtype}")
+    torch._check_value(1 <= k < pack_header.MAX_DIM, lambda: f"{op}: in_features must be in [1, 2^31), got {k}")
+    torch._check_value(values.dtype != torch.int8 or k <= MAX_INT8_K,
+                       lambda: f"{op}: in_features must be <= {MAX_INT8_K} for int8 values (exact int32 sums), "
+                               f"got {k}")
     half = padded_k(k) // 2
-    torch._check_value(values.dtype in want and values.dim() == 2 and values.shape[1] == half,
-                       lambda: f"{op}: values must be {'/'.join(str(t) for t in want)} of shape [N, {half}] "
-                               f"for in_features={k}, got {values.dtype} {tuple(values.shape)}")
+
+    def bad_values():
+        return f"{op}: values must have shape [N, {half}] for in_features={k}, 1 <= N < 2^31, got {tuple(values.shape)}"
+
+    torch._check_value(values.dim() == 2, bad_values)
+    torch._check_value(values.shape[1] == half, bad_values)
+    torch._check_value(values.shape[0] >= 1, bad_values)
+    torch._check_value(values.shape[0] < pack_header.MAX_DIM, bad_values)
     n, mb = values.shape[0], meta_bytes(k)
-    torch._check_value(meta.dtype == torch.uint8 and meta.dim() == 2 and meta.shape[0] == n and meta.shape[1] == mb,
-                       lambda: f"{op}: meta must be uint8 of shape [N, {mb}] = [{n}, {mb}], got {meta.dtype} "
-                               f"{tuple(meta.shape)}")
-    check_k(x, k, op, "in_features")
+
+    def bad_meta():
+        return f"{op}: meta must be uint8 of shape [N, {mb}] = [{n}, {mb}], got {meta.dtype} {tuple(meta.shape)}"
+
+    torch._check_value(meta.dtype == torch.uint8, bad_meta)
+    torch._check_value(meta.dim() == 2, bad_meta)
+    torch._check_value(meta.shape[0] == n, bad_meta)
+    torch._check_value(meta.shape[1] == mb, bad_meta)
+
+
+def pack(values: torch.Tensor, meta: torch.Tensor, in_features: int) -> torch.Tensor:
+    """Pure-PyTorch packer (the reference of compressops.ops.sparse24_pack).
+
+    Args:
+        values: float32/bfloat16/int8 [N, Kp/2]; meta: uint8 [N, meta_bytes(K)]; in_features: K.
+    Returns:
+        uint8 [N, ceil(packed_bytes(N, K, values.dtype) / N)]: the header, values' bytes, meta's
+        bytes, zero padding (layout in the module docstring).
+    """
+    check_pack(_PACK_OP, values, meta, in_features)
+    n, k = values.shape[0], int(in_features)
+    header = pack_header.make(TAG, VERSION, n, k, fields(k, values.dtype), device=values.device)
+    body = [header, values.contiguous().view(-1).view(torch.uint8), meta.contiguous().view(-1)]
+    return pack_header.shaped(torch.cat(body), (n,))
+
+
+def read_header(packed: torch.Tensor, op: str, takes: tuple[torch.dtype, ...] | None = None
+                ) -> tuple[int, int, torch.dtype]:
+    """(N, K, values dtype) of a 2:4 pack, after checking every header field and the size.
+
+    Args:
+        takes: the values dtypes `op` accepts (None: any).
+    Raises:
+        ValueError naming `op` and "packed".
+    """
+    r = pack_header.Reader(op, "packed", _PACK_OP)
+    h = pack_header.read(packed, TAG, VERSION, r)
+    code = h.fields[0]
+    if code not in VALUE_DTYPES:
+        raise ValueError(f"{op}: packed's header has values dtype code {code}, not one of 1 (float32), "
+                         f"2 (bfloat16), 3 (int8); repack it with compressops.ops.{_PACK_OP}")
+    dtype = VALUE_DTYPES[code]
+    if takes is not None and dtype not in takes:
+        raise ValueError(f"{op}: packed holds {_name(dtype)} values; {op} takes {' or '.join(map(_name, takes))} "
+                         f"values")
+    nbytes = packed_bytes(h.n, h.k, dtype)
+    if nbytes >= 2**63:  # N and K near 2^31: no tensor holds that many bytes (and C++ would overflow)
+        raise ValueError(f"{op}: packed has shape [{', '.join(map(str, packed.shape))}] but its header "
+                         f"(N={h.n}, K={h.k}) needs more than 2^63 bytes")
+    pack_header.check_layout(h, fields(h.k, dtype), packed, (h.n,), nbytes, r)
+    if dtype == torch.int8 and h.k > MAX_INT8_K:  # sparse24_pack refuses such a pack; a forged one ends here
+        raise ValueError(f"{op}: packed has K={h.k}; int8 values allow K <= {MAX_INT8_K} (exact int32 sums)")
+    return h.n, h.k, dtype
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def views(packed: torch.Tensor, n: int, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values [N, Kp/2] of `dtype`, meta uint8 [N, meta_bytes(K)]): views into a pack whose header
+    read_header has checked (it returned n, k and dtype), no copy."""
+    flat = packed.view(-1)
+    start, vbytes = pack_header.HEADER_BYTES, n * (padded_k(k) // 2) * dtype.itemsize
+    values = flat[start:start + vbytes].view(dtype).view(n, padded_k(k) // 2)
+    meta = flat[start + vbytes:start + vbytes + n * meta_bytes(k)].view(n, meta_bytes(k))
+    return values, meta
+
+
+def unpack(packed: torch.Tensor, op: str = "sparse24_unpack") -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(values, meta, in_features) of a pack: the canonical tensors as views into it, no copy.
+
+    Raises:
+        ValueError naming `op` and "packed" when the header or the size is not a 2:4 pack's.
+    """
+    n, k, dtype = read_header(packed, op)
+    return (*views(packed, n, k, dtype), k)
+
+
+def _check(op: str, x: torch.Tensor, packed: torch.Tensor, takes: tuple[torch.dtype, ...],
+           bias: torch.Tensor | None, w_scale: torch.Tensor | None, out_dtype: torch.dtype | None):
+    check_x(x, op)
+    if is_fake(packed):
+        (n,) = pack_header.check_rows(packed, pack_header.Reader(op, "packed", _PACK_OP), 2)
+        k, dtype = x.shape[-1], None
+    else:
+        n, k, dtype = read_header(packed, op, takes)
+        check_k(x, k, op, "the weight has K")
     check_bias(bias, n, op)
-    if int8:
+    if w_scale is not None:
         check_scale(w_scale, n, op)
-    return n, k, resolve_out_dtype(x, None, op)
+    return n, k, resolve_out_dtype(x, out_dtype, op), dtype
+
+
+def check_linear(op: str, x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None,
+                 out_dtype: torch.dtype | None = None):
+    """The validation of sparse24_linear (reference, fake and Triton kernels).
+
+    Args:
+        op: the op name the messages start with.
+        x: float (..., K). packed: uint8 from sparse24_pack with float32 or bfloat16 values.
+        bias: optional float [N]. out_dtype: float32/bfloat16/float16 or None (x.dtype).
+    Returns:
+        (N, K, output dtype, values dtype); on fake tensors K is x's and the values dtype None
+        (neither can be read from a pack without data).
+    Raises:
+        ValueError naming the argument.
+    """
+    return _check(op, x, packed, FLOAT_VALUES, bias, None, out_dtype)
+
+
+def check_int8_linear(op: str, x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor,
+                      bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None):
+    """The validation of sparse24_int8_linear (reference, fake and Triton kernels).
+
+    Args:
+        op: the op name the messages start with.
+        x: float (..., K). packed: uint8 from sparse24_pack with int8 values. w_scale: float32 [N].
+        bias: optional float [N]. out_dtype: float32/bfloat16/float16 or None (x.dtype).
+    Returns:
+        (N, K, output dtype, values dtype), as check_linear.
+    Raises:
+        ValueError naming the argument.
+    """
+    return _check(op, x, packed, (torch.int8,), bias, w_scale, out_dtype)

@@ -24,9 +24,11 @@ class Sparse24Linear(CompressedLinear):
 
     Inputs: float32/bfloat16/float16 (..., in_features); the output has the input's dtype.
 
-    Buffers (state_dict): values [out, Kp/2] (float32, bfloat16 or int8), meta uint8
-    [out, ceil(Kp/8)] (2-bit positions, layout in compressops/formats/sparse24.py), weight_scale
-    float32 [out] (int8 only), bias float32 [out] (if any). Kp = in_features rounded up to 4.
+    state_dict: values [out, Kp/2] (float32, bfloat16 or int8), meta uint8 [out, ceil(Kp/8)]
+    (2-bit positions), weight_scale float32 [out] (int8 only), bias float32 [out] (if any): the
+    canonical format of compressops/formats/sparse24.py, Kp = in_features rounded up to 4. In memory
+    the layer holds the pack (`weight_packed`, not saved) instead of values and meta, which are
+    views into it: state_dict and load_state_dict translate, so the weight is never held twice.
     With int8 values the activations are quantized to int8 per row at run time (as Int8Linear).
 
     Example:
@@ -35,7 +37,8 @@ class Sparse24Linear(CompressedLinear):
     """
 
     _version = 1
-    _fixed_dtype = ("values", "weight_scale", "bias")
+    _fixed_dtype = ("weight_scale", "bias")
+    __jit_unused_properties__ = [*CompressedLinear.__jit_unused_properties__, "values", "meta"]
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, dtype=torch.float32, device=None):
         super().__init__()
@@ -46,13 +49,20 @@ class Sparse24Linear(CompressedLinear):
             raise ValueError(f"Sparse24Linear: dtype must be float32, bfloat16 or int8, got {dtype}")
         self.in_features = in_features
         self.out_features = out_features
-        kp = s24.padded_k(in_features)
-        self.register_buffer("values", torch.zeros(out_features, kp // 2, dtype=dtype, device=device))
-        self.register_buffer("meta", torch.full((out_features, s24.meta_bytes(in_features)), 0x44, dtype=torch.uint8,
-                                                device=device))
+        self.register_buffer("weight_packed", s24.zero_pack(out_features, in_features, dtype, device), persistent=False)
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device)
                              if dtype == torch.int8 else None)
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device) if bias else None)
+
+    @property
+    def values(self) -> torch.Tensor:
+        """The kept values [out, Kp/2] (float32, bfloat16 or int8): a view into the pack."""
+        return s24.unpack(self.weight_packed, "Sparse24Linear")[0]
+
+    @property
+    def meta(self) -> torch.Tensor:
+        """The kept positions, uint8 [out, ceil(Kp/8)]: a view into the pack."""
+        return s24.unpack(self.weight_packed, "Sparse24Linear")[1]
 
     @classmethod
     def from_float(cls, mod: nn.Linear, config: Sparse24 | None = None, name: str = "") -> Sparse24Linear:
@@ -72,8 +82,7 @@ class Sparse24Linear(CompressedLinear):
         if dtype == torch.int8:
             values, scale = s24.quantize_values(values)
             m.weight_scale.copy_(scale)
-        m.values.copy_(values)
-        m.meta.copy_(meta)
+        m.weight_packed = ops.sparse24_pack(values, meta, mod.in_features)
         if mod.bias is not None:
             m.bias.copy_(mod.bias.detach().float())
         return m
@@ -94,13 +103,49 @@ class Sparse24Linear(CompressedLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight_scale is not None:
-            return ops.sparse24_int8_linear(x, self.values, self.meta, self.weight_scale, self.in_features, self.bias)
-        return ops.sparse24_linear(x, self.values, self.meta, self.in_features, self.bias)
+            return ops.sparse24_int8_linear(x, self.weight_packed, self.weight_scale, self.bias)
+        return ops.sparse24_linear(x, self.weight_packed, self.bias)
 
     def dequantize(self) -> torch.Tensor:
         """The float32 dense weight [out, in] this layer computes with."""
         w = s24.decompress(self.values, self.meta, self.in_features, torch.float32)
         return w * self.weight_scale[:, None] if self.weight_scale is not None else w
+
+    def compressed_bytes(self) -> int:
+        """Bytes of the stored format (the state_dict's values, meta, weight_scale and bias)."""
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        values, meta, _ = s24.unpack(self.weight_packed, "Sparse24Linear.state_dict")
+        destination[prefix + "values"] = values if keep_vars else values.detach()
+        # torch.save refuses two views of one storage as different dtypes, so meta (an eighth of a
+        # byte per input channel and row, 1/16 of fp32 values) is a copy; the values stay a view.
+        destination[prefix + "meta"] = meta.clone()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        dtype = self.values.dtype
+        kp = s24.padded_k(self.in_features)
+        want = {"values": (dtype, (self.out_features, kp // 2)),
+                "meta": (torch.uint8, (self.out_features, s24.meta_bytes(self.in_features)))}
+        found = {}
+        for name, (want_dtype, shape) in want.items():
+            key = prefix + name
+            if key in unexpected_keys:  # the base class knows only the registered buffers
+                unexpected_keys.remove(key)
+            t = state_dict.get(key)
+            if t is None:
+                missing_keys.append(key)
+            elif t.dtype != want_dtype or tuple(t.shape) != shape:
+                error_msgs.append(f"mismatch for {key}: the checkpoint holds {t.dtype} {tuple(t.shape)}, "
+                                  f"Sparse24Linear needs {want_dtype} {shape}")
+            else:
+                found[name] = t.detach().to(self.weight_packed.device)
+        if len(found) == 2:
+            self.weight_packed = ops.sparse24_pack(found["values"], found["meta"], self.in_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "

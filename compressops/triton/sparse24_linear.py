@@ -1,7 +1,8 @@
-"""Triton kernel for compressops::sparse24_linear (CUDA): each program computes a [BM, BN] output
-tile; per K step it loads the kept values and metadata of BN rows, expands them to a dense
-[BN, BK] tile in registers (a position matches one of its group's two kept slots or is zero) and
-runs tl.dot with fp32 accumulation. Tested on CPU tensors under TRITON_INTERPRET=1.
+"""Triton kernels for compressops::sparse24_linear and sparse24_int8_linear (CUDA): each program
+computes a [BM, BN] output tile; per K step it loads the kept values and metadata of BN rows (views
+into the pack, compressops/formats/sparse24.py), expands them to a dense [BN, BK] tile in registers
+(a position matches one of its group's two kept slots or is zero) and runs tl.dot with fp32 (int32
+for int8 values) accumulation. Tested on CPU tensors under TRITON_INTERPRET=1.
 """
 
 from __future__ import annotations
@@ -42,15 +43,14 @@ def _sparse24_kernel(x_ptr, v_ptr, m_ptr, b_ptr, out_ptr, M, N, K, stride_xm, st
     tl.store(out_ptr + rm[:, None] * N + rn[None, :], acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
-def sparse24_linear(x, values, meta, in_features, bias=None):
+def sparse24_linear(x, packed, bias=None, out_dtype=None):
     """Same contract as compressops.ops.sparse24_linear (argument checks: formats.sparse24.check_linear)."""
-    n, k, out_t = s24.check_linear("sparse24_linear", x, values, meta, in_features, bias)
+    n, k, out_t, dtype = s24.check_linear("sparse24_linear", x, packed, bias, out_dtype)
     x2 = x.reshape(-1, k).contiguous()
     m = x2.shape[0]
     out = torch.empty(m, n, dtype=torch.float32, device=x.device)
     if m > 0:
-        vals = values.contiguous()
-        meta_c = meta.contiguous()
+        vals, meta_c = s24.views(packed, n, k, dtype)  # row-major views into the pack
         b = bias.float().contiguous() if bias is not None else out
         bm, bn, bk = 16, 32, 32
         grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
@@ -87,18 +87,17 @@ def _sparse24_int8_kernel(q_ptr, v_ptr, m_ptr, out_ptr, M, N, K, stride_qm, stri
     tl.store(out_ptr + rm[:, None] * N + rn[None, :], acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
-def sparse24_int8_linear(x, values, meta, w_scale, in_features, bias=None):
+def sparse24_int8_linear(x, packed, w_scale, bias=None, out_dtype=None):
     """Same contract as compressops.ops.sparse24_int8_linear: the checks, the activation quantization
     and the float epilogue are the formats functions the reference calls, so results equal the
     reference bit for bit."""
-    n, k, out_t = s24.check_linear("sparse24_int8_linear", x, values, meta, in_features, bias, w_scale)
+    n, k, out_t, dtype = s24.check_int8_linear("sparse24_int8_linear", x, packed, w_scale, bias, out_dtype)
     q, sx = f8.quantize_activation(x)
     q2 = q.reshape(-1, k).contiguous()
     m = q2.shape[0]
     acc = torch.zeros(m, n, dtype=torch.int32, device=x.device)
     if m > 0:
-        vals = values.contiguous()
-        meta_c = meta.contiguous()
+        vals, meta_c = s24.views(packed, n, k, dtype)
         bm, bn, bk = 16, 32, 32
         grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
         _sparse24_int8_kernel[grid](q2, vals, meta_c, acc, m, n, k, q2.stride(0), vals.stride(0), meta_c.stride(0),
