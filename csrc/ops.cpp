@@ -88,7 +88,7 @@ TORCH_LIBRARY(compressops, m) {
       "sparse24_int8_linear(Tensor x, Tensor packed, Tensor w_scale, Tensor? bias=None, "
       "ScalarType? out_dtype=None) -> Tensor");
   m.def("csr_pack(Tensor crow, Tensor col, int in_features) -> Tensor");
-  m.def("csr_linear(Tensor x, Tensor packed, Tensor values, int out_features, Tensor? bias=None) -> Tensor");
+  m.def("csr_linear(Tensor x, Tensor packed, Tensor values, Tensor? bias=None, ScalarType? out_dtype=None) -> Tensor");
 
   // PQ lookup-table linear (DESIGN.md section 4, compressops/formats/pq.py).
   m.def("pq_pack(Tensor codes, Tensor codebooks, int in_features) -> Tensor");

@@ -2,6 +2,7 @@
 
 import copy
 import io
+import struct
 
 import pytest
 import torch
@@ -149,67 +150,143 @@ def test_state_dict_and_save_load_round_trip(cfg, tmp_path):
 
 
 @pytest.mark.parametrize("k, col_bytes", [(67, 2), (65536, 2), (65537, 4)])
-def test_csr_stores_columns_once_and_narrow(k, col_bytes):
+def test_csr_state_dict_is_canonical_and_memory_holds_the_pack_once(k, col_bytes):
     n = 3
     lin = nn.Linear(k, n)
     cs = CSRLinear.from_float(lin, co.CSR(sparsity=0.5))
-    sd = cs.state_dict()
-    assert set(sd) == {"index", "values", "bias"}
-    assert sd["index"].dtype == torch.uint8
-    assert csr_format.read_header(sd["index"], "t")["col_bytes"] == col_bytes
     nnz = cs.nnz
-    expected = 64 + 8 * (n + 1) + (col_bytes * nnz + 7) // 8 * 8 + 4 * nnz + 4 * n
-    assert cs.compressed_bytes() == expected
-    if k == 65536:  # fp32 values + 16-bit columns at 50%: 3 bytes a weight against 4 (the header is noise)
+    # memory: the pack (not persistent) and the values; no canonical copy of the columns
+    assert {name for name, _ in cs.named_buffers()} == {"index", "values", "bias"}
+    assert "index" in cs._non_persistent_buffers_set
+    assert csr_format.read_header(cs.index, "t").col_bytes == col_bytes
+    assert cs.index.shape == (n, -(-csr_format.packed_bytes(n, k, nnz) // n))
+    # state_dict: the canonical format (formats/csr.py), columns in 16 bits when K <= 65536
+    sd = cs.state_dict()
+    assert list(sd) == ["crow", "col", "values", "bias"]
+    assert sd["crow"].dtype == torch.int32 and sd["crow"].shape == (n + 1,)
+    assert sd["col"].dtype == (torch.uint16 if k <= 65536 else torch.int32) and sd["col"].shape == (nnz,)
+    assert cs.compressed_bytes() == 4 * (n + 1) + col_bytes * nnz + 4 * nnz + 4 * n
+    assert cs.compressed_bytes() == sum(t.numel() * t.element_size() for t in sd.values())
+    if k == 65536:  # fp32 values + 16-bit columns at 50%: 3 bytes a weight against 4
         assert cs.compressed_bytes() < 0.76 * cs.dense_bytes()
-    # crow/col decode the canonical form, and the dense weight is the pruned one
+    # crow/col decode the pack, and the dense weight is the pruned one
     w = lin.weight.detach() * csr_format.magnitude_mask(lin.weight, 0.5)
-    assert cs.col.dtype == torch.int32 and cs.crow.dtype == torch.int64
+    assert torch.equal(cs.crow, sd["crow"]) and torch.equal(cs.col, sd["col"])
     assert torch.equal(csr_format.to_dense(cs.crow, cs.col, cs.values, k), w)
     assert torch.equal(cs.dequantize(), w)
 
 
-def test_csr_loads_version_1_state_dict():
+def test_csr_canonical_state_dict_round_trips_through_torch_save_and_safetensors(tmp_path):
+    model = co.convert(TwoLayer(), co.CSR(sparsity=0.6))
+    x = randn_nonzero(4, 48)
+    sd = model.state_dict()
+    assert sd["fc1.col"].dtype == torch.uint16
+    torch.save(sd, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert loaded["fc1.col"].dtype == torch.uint16 and torch.equal(loaded["fc1.col"], sd["fc1.col"])
+    other = co.convert(TwoLayer(), co.CSR(sparsity=0.6))
+    other.load_state_dict(loaded)
+    assert torch.equal(other(x), model(x))
+    co.save(model, tmp_path / "m.safetensors")
+    back = co.load(TwoLayer(), tmp_path / "m.safetensors")
+    for key, t in back.state_dict().items():
+        assert t.dtype == sd[key].dtype and torch.equal(t, sd[key]), key
+    assert torch.equal(back.fc1.index, model.fc1.index) and torch.equal(back(x), model(x))
+
+
+def test_csr_skeleton_builds_its_placeholder_without_the_pack_op(monkeypatch):
+    from compressops.nn import sparse_linear
+
+    def refuse(*args):
+        raise AssertionError("csr_pack ran on placeholder data")
+
+    monkeypatch.setattr(sparse_linear.ops, "csr_pack", refuse)
+    empty, three = CSRLinear(40, 6), CSRLinear(40, 6, nnz=3)
+    assert torch.equal(empty.index, csr_format.placeholder_pack(6, 40))
+    assert torch.equal(empty(torch.ones(2, 40)), empty.bias.expand(2, 6))
+    assert torch.equal(three(torch.ones(2, 40)), three.bias.expand(2, 6))  # placeholder: bias only
+    skeleton = CSRLinear.skeleton(nn.Linear(40, 6), co.CSR())
+    assert skeleton.nnz == 0 and skeleton.crow.tolist() == [0] * 7
+
+
+@pytest.mark.parametrize("crow_dtype", [torch.int32, torch.int64])
+def test_csr_loads_version_1_state_dict(crow_dtype):
     lin = nn.Linear(50, 20)
     cs = CSRLinear.from_float(lin, co.CSR(sparsity=0.8))
     x = randn_nonzero(5, 50)
-    # what version 1 wrote: canonical crow/col with int32 columns
-    old = {"crow": cs.crow, "col": cs.col, "values": cs.values.clone(), "bias": cs.bias.clone()}
+    # what version 1 wrote: crow int32/int64 and int32 columns
+    old = {"crow": cs.crow.to(crow_dtype), "col": cs.col.int(), "values": cs.values.clone(), "bias": cs.bias.clone()}
     fresh = CSRLinear(50, 20)
     fresh.load_state_dict(old)
     assert torch.equal(fresh.index, cs.index) and torch.equal(fresh(x), cs(x))
-    assert set(fresh.state_dict()) == {"index", "values", "bias"}
-    with pytest.raises(ValueError, match=r"version 1\): col values must lie in"):
+    sd = fresh.state_dict()
+    assert list(sd) == ["crow", "col", "values", "bias"] and sd["col"].dtype == torch.uint16
+    with pytest.raises(ValueError, match=r"load_state_dict: col values must lie in \[0, in_features\) = \[0, 50\)"):
         CSRLinear(50, 20).load_state_dict({**old, "col": old["col"] + 50})
-    with pytest.raises(ValueError, match="col must be a 1-D int32"):
+    with pytest.raises(ValueError, match="col must be a 1-D int32 or uint16"):
         CSRLinear(50, 20).load_state_dict({**old, "col": old["col"].long()})
 
 
-def test_csr_load_rejects_corrupt_index():
+def _version_2_index(crow, col, n, k):
+    """The `index` compressops 0.1 stored (state_dict version 2), written here byte by byte."""
+    cb = 2 if k <= 65536 else 4
+    nnz = col.shape[0]
+    header = struct.pack("<8i4q", 0x52534343, 1, n, k, cb, 1, 0, 0, nnz, 0, 0, 0)
+    cols = struct.pack(f"<{nnz}{'H' if cb == 2 else 'i'}", *col.tolist())
+    raw = header + struct.pack(f"<{n + 1}q", *crow.tolist()) + cols + bytes(-len(cols) % 8)
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("k", [40, 70000])
+def test_csr_loads_version_2_state_dict(k):
+    cs = CSRLinear.from_float(nn.Linear(k, 6), co.CSR(sparsity=0.99 if k > 1000 else 0.5))
+    x = randn_nonzero(3, k)
+    old = {"index": _version_2_index(cs.crow, cs.col, 6, k), "values": cs.values.clone(), "bias": cs.bias.clone()}
+    fresh = CSRLinear(k, 6)
+    result = fresh.load_state_dict(old)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert torch.equal(fresh.index, cs.index) and torch.equal(fresh(x), cs(x))
+    assert list(fresh.state_dict()) == ["crow", "col", "values", "bias"]
+
+
+def test_csr_load_rejects_corrupt_files_naming_the_key():
     cs = CSRLinear.from_float(nn.Linear(40, 6), co.CSR(sparsity=0.5))
     good = cs.state_dict()
-    h = csr_format.read_header(good["index"], "t")
-    col_off = csr_format.HEADER_BYTES + 8 * (h["n"] + 1)
+    v2 = {"index": _version_2_index(cs.crow, cs.col, 6, 40), "values": good["values"], "bias": good["bias"]}
+    model = nn.Sequential(CSRLinear(40, 6))
 
     def load(sd):
-        CSRLinear(40, 6).load_state_dict(sd)
+        model.load_state_dict({f"0.{key}": t for key, t in sd.items()})
 
-    bad_col = {k: v.clone() for k, v in good.items()}
-    bad_col["index"][col_off:col_off + 2] = torch.tensor([200], dtype=torch.int16).view(torch.uint8)  # col 200 >= 40
-    with pytest.raises(ValueError, match="col values must lie in"):
-        load(bad_col)
-    bad_row = {k: v.clone() for k, v in good.items()}
-    bad_row["index"][csr_format.HEADER_BYTES + 8:csr_format.HEADER_BYTES + 16] = torch.tensor(
-        [10**6], dtype=torch.int64).view(torch.uint8)
-    with pytest.raises(ValueError, match="crow must"):
-        load(bad_row)
-    with pytest.raises(ValueError, match="bytes but its header needs"):
-        load({**good, "index": good["index"][:-8]})
-    with pytest.raises(ValueError, match="values has"):
+    bad_col = good["col"].clone()
+    bad_col[3] = 200
+    with pytest.raises(ValueError, match=r"0.col values must lie in \[0, in_features\) = \[0, 40\), got "
+                                         r"0.col\[3\] = 200"):
+        load({**good, "col": bad_col})
+    bad_crow = good["crow"].clone()
+    bad_crow[1] = 10**6
+    with pytest.raises(ValueError, match="0.crow must start at 0, never decrease"):
+        load({**good, "crow": bad_crow})
+    with pytest.raises(ValueError, match=r"0.crow must be a 1-D int32/int64 tensor of shape \[N\+1\] = \[7\]"):
+        load({**good, "crow": good["crow"][:-1]})
+    nnz = cs.nnz
+    with pytest.raises(ValueError, match=f"0.col has {nnz} entries but 0.values has {nnz - 1}"):
         load({**good, "values": good["values"][:-1]})
-    with pytest.raises(ValueError, match=r"\[6, 41\] weight"):
-        CSRLinear(40, 6).load_state_dict(CSRLinear.from_float(nn.Linear(41, 6), co.CSR(sparsity=0.5)).state_dict())
-    assert torch.equal(CSRLinear(40, 6, nnz=3)(torch.ones(2, 40)), torch.zeros(2, 6))  # placeholder: bias only
+    with pytest.raises(ValueError, match="0.values must be a 1-D float32 or bfloat16 tensor, got torch.float16"):
+        load({**good, "values": good["values"].half()})
+    with pytest.raises(RuntimeError, match="Missing key.*0.col"):
+        load({key: t for key, t in good.items() if key != "col"})
+    bad_index = v2["index"].clone()
+    bad_index[64 + 8 * 7 + 6:64 + 8 * 7 + 8] = torch.tensor([200], dtype=torch.int16).view(torch.uint8)
+    with pytest.raises(ValueError, match=r"0.index \(its columns\) values must lie in"):
+        load({**v2, "index": bad_index})
+    with pytest.raises(ValueError, match=f"0.index holds {v2['index'].numel() - 1} bytes"):
+        load({**v2, "index": v2["index"][:-1]})
+    with pytest.raises(ValueError, match=r"0.index is for a \[6, 41\] weight, the layer is \[6, 40\]"):
+        wide = CSRLinear.from_float(nn.Linear(41, 6), co.CSR(sparsity=0.5))
+        load({**v2, "index": _version_2_index(wide.crow, wide.col, 6, 41)})
+    with pytest.raises(RuntimeError, match="Unexpected key.*0.index"):  # version 3 keys win over an index
+        load({**good, "index": v2["index"]})
 
 
 def test_no_grad_inference_mode_empty_batch_bf16_input_and_to():

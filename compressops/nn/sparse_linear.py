@@ -155,20 +155,21 @@ class Sparse24Linear(CompressedLinear):
 class CSRLinear(CompressedLinear):
     """nn.Linear with an unstructured sparse weight stored as CSR.
 
-    Buffers (state_dict, version 2): index uint8 [compressops.formats.csr.packed_bytes(out, in, nnz)]
-    (the CSR index csr_pack builds: a 64-byte header, int64 row pointer [out+1] and the column of
-    every nonzero in 16 bits when in_features <= 65536, else 32; layout in compressops/formats/csr.py),
-    values float32/bfloat16 [nnz], bias float32 [out] (if any). The kernels read `index` as stored,
-    so the columns are held once. A version-1 state dict (crow int [out+1], col int32 [nnz]) still
-    loads. Every load re-validates the index (a corrupt file raises ValueError, never reads out of
-    bounds). `crow` and `col` give the canonical int64/int32 views.
+    state_dict (version 3): crow int32 [out+1] (int64 when nnz >= 2^31), col uint16 [nnz] (int32 when
+    in_features > 65536), values float32/bfloat16 [nnz], bias float32 [out] (if any): the canonical
+    format of compressops/formats/csr.py. In memory the layer holds only the pack csr_pack builds
+    (`index`, not saved: the shared header, an int64 row pointer and the columns in 16 or 32 bits)
+    and `values`; `crow` and `col` decode the pack, and state_dict / load_state_dict translate, so the
+    columns are never held twice. Every load validates crow and col (a corrupt file raises ValueError
+    naming the key) before packing them. Versions 1 (crow, col int32) and 2 (`index`, the index of
+    compressops 0.1) still load.
 
     Example:
         >>> sp = CSRLinear.from_float(torch.nn.Linear(64, 32), compressops.CSR(sparsity=0.9))
         >>> y = sp(torch.randn(4, 64))
     """
 
-    _version = 2
+    _version = 3
     _fixed_dtype = ("values", "bias", "index")
     __jit_unused_properties__ = CompressedLinear.__jit_unused_properties__ + ["crow", "col"]
 
@@ -184,60 +185,67 @@ class CSRLinear(CompressedLinear):
             raise ValueError(f"CSRLinear: dtype must be float32 or bfloat16, got {dtype}")
         self.in_features = in_features
         self.out_features = out_features
-        # A valid placeholder structure (every nonzero in the last row, column 0, value 0): the layer
-        # computes bias until from_float or load_state_dict fills it.
-        crow = torch.zeros(out_features + 1, dtype=torch.int64)
-        crow[-1] = nnz
-        self.register_buffer("index", ops.csr_pack(crow, torch.zeros(nnz, dtype=torch.int32),
-                                                   in_features).to(device))
+        # A placeholder built without csr_pack (every nonzero in column 0 of the last row, value 0):
+        # the layer computes bias until from_float or load_state_dict fills it.
+        self.register_buffer("index", csr_format.placeholder_pack(out_features, in_features, nnz, device),
+                             persistent=False)
         self.register_buffer("values", torch.zeros(nnz, dtype=dtype, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device) if bias else None)
-        self.register_load_state_dict_post_hook(lambda module, keys: module.repack())
 
     @property
     def crow(self) -> torch.Tensor:
-        """Row pointer, int64 [out+1] (a copy decoded from `index`)."""
-        return csr_format.unpack(self.index)[0]
+        """Row pointer, int32 [out+1] (int64 when nnz >= 2^31): a copy decoded from the pack."""
+        return csr_format.unpack(self.index, "CSRLinear.crow")[0]
 
     @property
     def col(self) -> torch.Tensor:
-        """Column of every nonzero, int32 [nnz] (a copy decoded from `index`)."""
-        return csr_format.unpack(self.index)[1]
+        """Column of every nonzero, uint16 [nnz] (int32 when in_features > 65536): a copy decoded from the pack."""
+        return csr_format.unpack(self.index, "CSRLinear.col")[1]
 
-    def repack(self) -> None:
-        """Validate `index` against this layer's shape and rebuild it with csr_pack.
-
-        Raises:
-            ValueError: the index is not a CSR index of an [out_features, in_features] matrix with
-                values.numel() nonzeros (bad header, size, row pointer or column).
-        """
-        label = "CSRLinear.load_state_dict"
-        h = csr_format.read_header(self.index, label)
-        if (h["n"], h["k"]) != (self.out_features, self.in_features):
-            raise ValueError(f"{label}: index is for a [{h['n']}, {h['k']}] weight, the layer is "
-                             f"[{self.out_features}, {self.in_features}]")
-        if h["nnz"] != self.values.numel():
-            raise ValueError(f"{label}: index holds {h['nnz']} nonzeros but values has {self.values.numel()}")
-        crow, col, _ = csr_format.unpack(self.index)
-        csr_format.check(crow, col, self.out_features, self.in_features, label)
-        self.index = ops.csr_pack(crow.cpu(), col.cpu(), self.in_features).to(self.index.device)
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        crow, col = csr_format.unpack(self.index, "CSRLinear.state_dict")
+        destination[prefix + "crow"] = crow
+        destination[prefix + "col"] = col
+        super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        # Version 1 stored crow/col (int32 columns); turn them into the index this version stores.
-        crow, col = state_dict.get(prefix + "crow"), state_dict.get(prefix + "col")
-        if prefix + "index" not in state_dict and isinstance(crow, torch.Tensor) and isinstance(col, torch.Tensor):
-            del state_dict[prefix + "crow"], state_dict[prefix + "col"]
-            crow, col = crow.cpu(), col.cpu()
-            csr_format.check(crow, col, self.out_features, self.in_features, "CSRLinear.load_state_dict (version 1)")
-            state_dict[prefix + "index"] = ops.csr_pack(crow, col, self.in_features)
-        # nnz is only known from the file: take the incoming shapes of index and values.
-        for name in ("index", "values"):
-            t = state_dict.get(prefix + name)
-            if isinstance(t, torch.Tensor) and t.dim() == 1:
-                setattr(self, name, torch.empty(t.shape, dtype=t.dtype, device=getattr(self, name).device))
+        label = "CSRLinear.load_state_dict"
+        values = state_dict.get(prefix + "values")
+        if isinstance(values, torch.Tensor):
+            if values.dtype not in csr_format.VALUE_DTYPES or values.dim() != 1:
+                raise ValueError(f"{label}: {prefix}values must be a 1-D float32 or bfloat16 tensor, got "
+                                 f"{values.dtype} {tuple(values.shape)}")
+            # nnz and the values' dtype come from the file
+            self.values = torch.empty(values.shape, dtype=values.dtype, device=self.values.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        keys = {name: prefix + name for name in ("crow", "col", "index")}
+        n, k = self.out_features, self.in_features
+        if keys["crow"] in state_dict or keys["col"] in state_dict:  # versions 1 and 3
+            names = (keys["crow"], keys["col"])
+        elif keys["index"] in state_dict:  # version 2
+            names = (keys["index"],)
+        else:
+            missing_keys.extend([keys["crow"], keys["col"]])
+            return
+        # the base class knows only the persistent buffers: these keys are handled here
+        unexpected_keys[:] = [key for key in unexpected_keys if key not in names]
+        missing = [key for key in names if key not in state_dict]
+        if missing or prefix + "values" not in state_dict:
+            missing_keys.extend(missing)  # values: the base class has reported it
+            return
+        if len(names) == 1:
+            crow, col = csr_format.decode_v2_index(state_dict[keys["index"]], n, k, label, keys["index"])
+            names = (f"{keys['index']} (its row pointer)", f"{keys['index']} (its columns)")
+        else:
+            crow, col = state_dict[keys["crow"]], state_dict[keys["col"]]
+        crow, col = crow.detach().cpu(), col.detach().cpu()
+        csr_format.check(crow, col, k, label, n=n, names=names)
+        if col.shape[0] != self.values.numel():
+            raise ValueError(f"{label}: {names[1]} has {col.shape[0]} entries but {prefix}values has "
+                             f"{self.values.numel()}")
+        self.index = ops.csr_pack(crow, col, k).to(self.index.device)
 
     @classmethod
     def from_float(cls, mod: nn.Linear, config: CSR | None = None, name: str = "",
@@ -285,12 +293,18 @@ class CSRLinear(CompressedLinear):
         return f"CSR {self.sparsity:.0%} {str(self.values.dtype).replace('torch.', '')}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.csr_linear(x, self.index, self.values, self.out_features, self.bias)
+        return ops.csr_linear(x, self.index, self.values, self.bias)
 
     def dequantize(self) -> torch.Tensor:
         """The float32 dense weight [out, in]."""
-        crow, col, _ = csr_format.unpack(self.index)
-        return csr_format.to_dense(crow, col, self.values, self.in_features, torch.float32)
+        h = csr_format.read_header(self.index, "CSRLinear.dequantize")
+        rowptr, cols = csr_format.index_views(self.index, h)
+        return csr_format.to_dense(rowptr, cols, self.values, self.in_features, torch.float32)
+
+    def compressed_bytes(self) -> int:
+        """Bytes of the stored format: the state_dict's crow, col, values and bias."""
+        sizes = csr_format.canonical_bytes(self.out_features, self.in_features, self.nnz)
+        return sizes + sum(t.numel() * t.element_size() for t in (self.values, self.bias) if t is not None)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "

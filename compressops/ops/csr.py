@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..formats import csr
+from ..formats import csr, pack_header
 from ..reference import csr as ref
 from . import _register
 
@@ -13,13 +13,14 @@ __all__ = ["csr_pack", "csr_linear"]
 
 
 def _fake_pack(crow, col, in_features):
+    csr.check(crow, col, int(in_features), "csr_pack")
     n = crow.shape[0] - 1
-    csr.check(crow, col, n, int(in_features), "csr_pack")
-    return crow.new_empty((csr.packed_bytes(n, in_features, col.shape[0]),), dtype=torch.uint8)
+    return crow.new_empty(pack_header.pack_shape((n,), csr.packed_bytes(n, int(in_features), col.shape[0])),
+                          dtype=torch.uint8)
 
 
-def _fake_linear(x, packed, values, out_features, bias=None):
-    n, _, out_t, _ = csr.check_linear("csr_linear", x, packed, values, out_features, bias)
+def _fake_linear(x, packed, values, bias=None, out_dtype=None):
+    n, _, out_t, _ = csr.check_linear("csr_linear", x, packed, values, bias, out_dtype)
     return x.new_empty((*x.shape[:-1], n), dtype=out_t)
 
 
@@ -28,25 +29,36 @@ _register("csr_linear", _fake_linear, ref.csr_linear, triton="csr_linear.csr_lin
 
 
 def csr_pack(crow: Tensor, col: Tensor, in_features: int) -> Tensor:
-    """Validate a CSR index once and pack it for csr_linear (16-bit columns when K <= 65536).
+    """Validate a CSR structure once and pack it for csr_linear (16-bit columns when K <= 65536).
 
     Args:
-        crow: int32/int64 [N+1]; col: int32 [nnz] in [0, in_features).
+        crow: int32/int64 [N+1], 1 <= N < 2^31: starts at 0, never decreases, ends at nnz.
+        col: int32/uint16 [nnz], every column in [0, in_features); any order within a row.
+        in_features: K, in [1, 2^31).
     Returns:
-        uint8 [compressops.formats.csr.packed_bytes(N, K, nnz)] (layout in compressops/formats/csr.py).
+        uint8 [N, ceil(compressops.formats.csr.packed_bytes(N, K, nnz) / N)]: the shared pack header,
+        the row pointer and the columns (layout in compressops/formats/csr.py). Build it once per
+        weight and reuse it.
+    Raises:
+        ValueError naming the argument.
     """
     return torch.ops.compressops.csr_pack(crow, col, in_features)
 
 
-def csr_linear(x: Tensor, packed: Tensor, values: Tensor, out_features: int, bias: Tensor | None = None) -> Tensor:
-    """CSR sparse linear: y = x @ W.T + bias.
+def csr_linear(x: Tensor, packed: Tensor, values: Tensor, bias: Tensor | None = None,
+               out_dtype: torch.dtype | None = None) -> Tensor:
+    """CSR sparse linear: y = x @ W.T + bias, W the [N, K] matrix of (packed, values).
 
     Args:
-        x: float32/bfloat16/float16 (..., K).
-        packed: uint8 index pack from csr_pack(crow, col, K).
-        values: float32 or bfloat16 [nnz] (the CSR values, in crow/col order).
-        out_features: N. bias: optional float [N].
+        x: float32/bfloat16/float16 (..., K), any leading dims (including empty), any strides.
+        packed: uint8, from csr_pack(crow, col, K); N and K come from its header.
+        values: float32 or bfloat16 [nnz], in crow/col order.
+        bias: optional float [N].
+        out_dtype: float32, bfloat16 or float16; default x.dtype.
     Returns:
-        (..., N) in x.dtype; float32 accumulation.
+        (..., N) in out_dtype; float32 accumulation (the sum's order differs between CPU levels).
+    Raises:
+        ValueError naming the argument; a pack whose header or row pointer is inconsistent raises
+        before any kernel runs (what is checked and what is trusted: compressops/formats/csr.py).
     """
-    return torch.ops.compressops.csr_linear(x, packed, values, out_features, bias)
+    return torch.ops.compressops.csr_linear(x, packed, values, bias, out_dtype)

@@ -14,11 +14,11 @@ def csr_pack(crow, col, in_features):
     return csr.pack(crow, col, int(in_features))
 
 
-def csr_linear(x, packed, values, out_features, bias=None):
-    """y = x @ W.T + bias, W the dense form of the CSR (packed index, values); float32 accumulation."""
-    n, k, out_t, _ = csr.check_linear("csr_linear", x, packed, values, out_features, bias)
-    crow, col, _ = csr.unpack(packed)
-    w = csr.to_dense(crow, col, values, k, torch.float32)
+def csr_linear(x, packed, values, bias=None, out_dtype=None):
+    """y = x @ W.T + bias in float32, then out_dtype; W the dense form of the CSR (packed index, values)."""
+    n, k, out_t, h = csr.check_linear("csr_linear", x, packed, values, bias, out_dtype)
+    rowptr, cols = csr.index_views(packed, h)
+    w = csr.to_dense(rowptr, cols, values, k, torch.float32)
     y = x.reshape(-1, k).float() @ w.t()
     if bias is not None:
         y = y + bias.float()

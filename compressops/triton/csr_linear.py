@@ -1,7 +1,8 @@
 """Triton (CUDA) kernel of compressops::csr_linear: one program per (output channel, block of rows).
 
-It reads the same prepacked index blob as the CPU kernels (compressops/formats/csr.py): int64
-row pointers and 16-bit (K <= 65536) or 32-bit column indices, with the values alongside. Each
+It reads the same pack as the CPU kernels (compressops/formats/csr.py): int64 row pointers and
+16-bit (K <= 65536) or 32-bit column indices after the shared header, with the values alongside;
+check_linear has checked the header and the row pointer, the columns are trusted by construction. Each
 program walks its output channel's nonzeros in chunks, gathers the matching activation columns for
 a block of input rows and accumulates value * x in float32, then adds the bias.
 """
@@ -40,20 +41,18 @@ def _csr_linear_kernel(x_ptr, rowptr_ptr, col_ptr, val_ptr, b_ptr, y_ptr, M, N, 
     tl.store(y_ptr + rm * N + n, acc, mask=rm < M)
 
 
-def csr_linear(x, packed, values, out_features, bias=None):
+def csr_linear(x, packed, values, bias=None, out_dtype=None):
     """compressops::csr_linear on CUDA: x float [..., K] -> [..., N] (see compressops.ops.csr_linear)."""
-    # one 64-byte device-to-host copy (the header)
-    n, k, out_t, h = csr_format.check_linear("csr_linear", x, packed, values, out_features, bias)
-    nnz, cb = h["nnz"], h["col_bytes"]
-    off = csr_format.HEADER_BYTES
-    rowptr = packed[off:off + 8 * (n + 1)].view(torch.int64)
-    off += 8 * (n + 1)
-    cols = packed[off:off + cb * nnz].view(torch.int16 if cb == 2 else torch.int32)
+    # two device-to-host syncs: the 64-byte header and the row pointer check
+    n, k, out_t, h = csr_format.check_linear("csr_linear", x, packed, values, bias, out_dtype)
+    rowptr, cols = csr_format.index_views(packed, h)
+    if h.col_bytes == 2:
+        cols = cols.view(torch.int16)  # the kernel masks each column back to its unsigned 16 bits
     x2 = x.reshape(-1, k).contiguous()
     m = x2.shape[0]
     y = torch.empty(m, n, dtype=torch.float32, device=x.device)
     if m and n:
         grid = (n, triton.cdiv(m, BM))
         _csr_linear_kernel[grid](x2, rowptr, cols, values, bias if bias is not None else values, y, m, n,
-                                 x2.stride(0), COL16=cb == 2, HAS_BIAS=bias is not None, BM=BM, BJ=BJ)
+                                 x2.stride(0), COL16=h.col_bytes == 2, HAS_BIAS=bias is not None, BM=BM, BJ=BJ)
     return y.to(out_t).reshape(*x.shape[:-1], n)

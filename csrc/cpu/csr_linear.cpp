@@ -1,7 +1,7 @@
 // Host side of the CSR sparse linear ops on CPU: index validation and packing (csr_pack), argument
-// checks, activation staging, ISA selection once per call, and at::parallel_for over row ranges
-// of equal work (nonzeros plus a per-row cost, found by binary search on the row pointer), not
-// equal row counts. Format: compressops/formats/csr.py.
+// and pack checks (the messages of compressops/formats/csr.py), activation staging, ISA selection
+// once per call, and at::parallel_for over row ranges of equal work (nonzeros plus a per-row cost,
+// found by binary search on the row pointer), not equal row counts. Format: compressops/formats/csr.py.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -16,6 +16,7 @@
 #include "kernels/csr/policy.h"
 #include "kernel_record.h"
 #include "kernels/csr/kernel.h"
+#include "pack_tensor.h"
 
 namespace compressops::cpu {
 namespace {
@@ -29,96 +30,122 @@ const KernelTable<SpmmFn> kSpmm = COMPRESSOPS_KERNEL_TABLE(kernels::csr_spmm);
 const KernelRecord kRecord0("csr_pack", [] { return std::vector<std::string>(); });
 const KernelRecord kRecord1("csr_linear", [] { return kSpmm.levels(); });
 
+constexpr const char* kTag = "csr";
+constexpr uint32_t kVersion = 1;
+constexpr int64_t kMaxNnz = int64_t{1} << 48;  // keeps every byte count of a pack far from overflow
 
-
-constexpr int32_t kMagic = 0x52534343;
-constexpr int32_t kVersion = 1;
-constexpr int64_t kHeader = 64;
-
-struct Header {
-  int32_t magic, version, n, k, col_bytes, r0 /* sorted */, r1, r2;
-  int64_t nnz, q0, q1, q2;
-};
-static_assert(sizeof(Header) == kHeader, "CSR pack header is 64 bytes");
+int64_t col_bytes(int64_t k) { return k <= 65536 ? 2 : 4; }
 
 int64_t packed_bytes(int64_t n, int64_t k, int64_t nnz) {
-  const int64_t cb = k <= 65536 ? 2 : 4;
-  return kHeader + 8 * (n + 1) + (cb * nnz + 7) / 8 * 8;
+  return kPackHeaderBytes + 8 * (n + 1) + (col_bytes(k) * nnz + 7) / 8 * 8;
+}
+
+// str(dtype) and str(tuple(shape)) as Python prints them, so these messages are the ones
+// compressops/formats/csr.py raises, word for word.
+std::string py_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kByte: return "torch.uint8";
+    case at::kChar: return "torch.int8";
+    case at::kShort: return "torch.int16";
+    case at::kInt: return "torch.int32";
+    case at::kLong: return "torch.int64";
+    case at::kUInt16: return "torch.uint16";
+    case at::kUInt32: return "torch.uint32";
+    case at::kUInt64: return "torch.uint64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kBool: return "torch.bool";
+    case at::kComplexFloat: return "torch.complex64";
+    case at::kComplexDouble: return "torch.complex128";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
+
+std::string py_shape(at::IntArrayRef sizes) {
+  std::string out = "(";
+  for (size_t i = 0; i < sizes.size(); ++i) out.append(i ? ", " : "").append(std::to_string(sizes[i]));
+  return out.append(sizes.size() == 1 ? ",)" : ")");
 }
 
 at::Tensor csr_pack_cpu(const at::Tensor& crow, const at::Tensor& col, int64_t in_features) {
   constexpr const char* op = "csr_pack";
-  TORCH_CHECK(crow.device().is_cpu() && col.device().is_cpu(), op, ": crow and col must be CPU tensors");
-  TORCH_CHECK((crow.scalar_type() == at::kInt || crow.scalar_type() == at::kLong) && crow.dim() == 1 &&
-                  crow.size(0) >= 2,
-              op, ": crow must be a 1-D int32/int64 tensor of shape [N+1] with N >= 1, got ", crow.scalar_type(),
-              " ", crow.sizes());
-  TORCH_CHECK(col.scalar_type() == at::kInt && col.dim() == 1, op, ": col must be a 1-D int32 tensor, got ",
-              col.scalar_type(), " ", col.sizes());
-  TORCH_CHECK(in_features >= 1 && in_features < (1LL << 31), op, ": in_features must be >= 1, got ", in_features);
+  TORCH_CHECK_VALUE(crow.device().is_cpu() && col.device().is_cpu(), op, ": crow and col must be CPU tensors here");
+  TORCH_CHECK_VALUE((crow.scalar_type() == at::kInt || crow.scalar_type() == at::kLong) && crow.dim() == 1 &&
+                        crow.size(0) >= 2 && crow.size(0) <= kPackMaxDim,
+                    op, ": crow must be a 1-D int32/int64 tensor of shape [N+1] with 1 <= N < 2^31, got ",
+                    py_dtype(crow.scalar_type()), " ", py_shape(crow.sizes()));
+  TORCH_CHECK_VALUE((col.scalar_type() == at::kInt || col.scalar_type() == at::kUInt16) && col.dim() == 1, op,
+                    ": col must be a 1-D int32 or uint16 tensor, got ", py_dtype(col.scalar_type()), " ",
+                    py_shape(col.sizes()));
+  TORCH_CHECK_VALUE(in_features >= 1 && in_features < kPackMaxDim, op,
+                    ": in_features must be in [1, 2^31), got ", in_features);
   const int64_t n = crow.size(0) - 1, nnz = col.size(0), k = in_features;
-  TORCH_CHECK(n < (1LL << 31), op, ": N must be < 2^31");
   const at::Tensor cr = crow.to(at::kLong).contiguous();
-  const at::Tensor cc = col.contiguous();
   const int64_t* r = cr.data_ptr<int64_t>();
-  TORCH_CHECK(r[0] == 0 && r[n] == nnz, op, ": crow must start at 0 and end at nnz = ", nnz, ", got ", r[0], " and ",
-              r[n]);
-  for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK(r[i + 1] >= r[i], op, ": crow must be non-decreasing (crow[", i + 1, "] < crow[", i, "])");
-  }
-  const int32_t* c = cc.data_ptr<int32_t>();
+  bool monotone = r[0] == 0 && r[n] == nnz;
+  for (int64_t i = 0; monotone && i < n; ++i) monotone = r[i + 1] >= r[i];
+  TORCH_CHECK_VALUE(monotone, op, ": crow must start at 0, never decrease and end at nnz = ", nnz,
+                    " (the length of col)");
+  const at::Tensor cc = col.to(at::kLong).contiguous();
+  const int64_t* c = cc.data_ptr<int64_t>();
+  int64_t col_end = 0;
   for (int64_t j = 0; j < nnz; ++j) {
-    TORCH_CHECK(c[j] >= 0 && c[j] < k, op, ": col values must lie in [0, in_features) = [0, ", k, "), col[", j,
-                "] = ", c[j]);
+    TORCH_CHECK_VALUE(c[j] >= 0 && c[j] < k, op, ": col values must lie in [0, in_features) = [0, ", k,
+                      "), got col[", j, "] = ", c[j]);
+    col_end = std::max(col_end, c[j] + 1);
   }
-  int32_t sorted = 1;
-  for (int64_t i = 0; i < n && sorted; ++i) {
-    for (int64_t j = r[i] + 1; j < r[i + 1]; ++j) {
-      if (c[j] < c[j - 1]) {
-        sorted = 0;
-        break;
-      }
-    }
-  }
-  const int64_t cb = k <= 65536 ? 2 : 4;
-  at::Tensor out = at::zeros({packed_bytes(n, k, nnz)}, crow.options().dtype(at::kByte));
-  uint8_t* base = out.data_ptr<uint8_t>();
-  Header h{};
-  h.magic = kMagic;
-  h.version = kVersion;
-  h.n = static_cast<int32_t>(n);
-  h.k = static_cast<int32_t>(k);
-  h.col_bytes = static_cast<int32_t>(cb);
-  h.r0 = sorted;
-  h.nnz = nnz;
-  std::memcpy(base, &h, sizeof(h));
-  std::memcpy(base + kHeader, r, 8 * (n + 1));
-  uint8_t* cols = base + kHeader + 8 * (n + 1);
-  if (cb == 4) {
-    std::memcpy(cols, c, 4 * nnz);
-  } else {
-    for (int64_t j = 0; j < nnz; ++j) {
+  const int64_t cb = col_bytes(k), bytes = packed_bytes(n, k, nnz);
+  at::Tensor out = new_pack_tensor(make_pack_header(kTag, kVersion, n, k, {nnz, cb, col_end}), {n}, bytes,
+                                   crow.options());
+  uint8_t* rowptr = out.data_ptr<uint8_t>() + kPackHeaderBytes;
+  std::memcpy(rowptr, r, 8 * (n + 1));
+  uint8_t* cols = rowptr + 8 * (n + 1);
+  for (int64_t j = 0; j < nnz; ++j) {
+    if (cb == 2) {
       const uint16_t v = static_cast<uint16_t>(c[j]);
       std::memcpy(cols + 2 * j, &v, 2);
+    } else {
+      const int32_t v = static_cast<int32_t>(c[j]);
+      std::memcpy(cols + 4 * j, &v, 4);
     }
   }
+  uint8_t* const end = out.data_ptr<uint8_t>() + bytes;  // the columns' padding to 8 bytes
+  std::memset(cols + cb * nnz, 0, static_cast<size_t>(end - (cols + cb * nnz)));
   return out;
 }
 
-Header read_header(const at::Tensor& packed, const char* op) {
-  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 1 && packed.is_contiguous() &&
-                  packed.device().is_cpu(),
-              op, ": packed must be a contiguous 1-D uint8 CPU tensor from compressops.ops.csr_pack, got ",
-              packed.scalar_type(), " ", packed.sizes());
-  TORCH_CHECK(packed.numel() >= kHeader, op, ": packed is too small to hold a CSR pack header");
-  Header h;
-  std::memcpy(&h, packed.data_ptr<uint8_t>(), sizeof(h));
-  TORCH_CHECK(h.magic == kMagic && h.version == kVersion, op, ": packed does not hold a CSR pack (version ",
-              kVersion, "); rebuild it with compressops.ops.csr_pack");
-  TORCH_CHECK(h.n >= 1 && h.k >= 1 && h.nnz >= 0 && h.col_bytes == (h.k <= 65536 ? 2 : 4) &&
-                  packed.numel() == packed_bytes(h.n, h.k, h.nnz),
-              op, ": packed has ", packed.numel(), " bytes, which does not match its header");
-  return h;
+// A CSR pack as the kernels read it, after read_pack checked it.
+struct CsrPack {
+  int64_t n, k, nnz;
+  int col_bytes;
+  const int64_t* rowptr;  // [n+1]
+  const uint8_t* cols;    // [nnz] of col_bytes each
+};
+
+// The header of `packed`, every field and the shape checked against what N, K and nnz imply
+// (pack_tensor.h), then the row pointer (O(N)): so every nonzero index a kernel walks lies in
+// [0, nnz), inside the columns and the values. The columns themselves are trusted by
+// construction (compressops/formats/csr.py says why). Same checks and messages as
+// formats/csr.py read_header.
+CsrPack read_pack(const at::Tensor& packed, const char* op) {
+  const PackReader reader{op, "packed", "csr_pack"};
+  const PackHeader h = read_pack_tensor(packed, kTag, kVersion, reader, 2);
+  const std::string who = std::string(op) + ": packed";
+  const int64_t nnz = h.fields[0], col_end = h.fields[2];
+  TORCH_CHECK_VALUE(nnz >= 0 && nnz < kMaxNnz, who, "'s header has nnz=", nnz, "; it must be in [0, 2^48)");
+  TORCH_CHECK_VALUE(nnz == 0 ? col_end == 0 : (col_end >= 1 && col_end <= h.k), who, "'s header has column end ",
+                    col_end, " for K=", h.k, " and nnz=", nnz, "; it must be in [1, K] (0 when nnz = 0)");
+  const int64_t cb = col_bytes(h.k);
+  check_pack_tensor_layout(packed, h, {nnz, cb, col_end}, {h.n}, packed_bytes(h.n, h.k, nnz), reader);
+  const uint8_t* base = packed.data_ptr<uint8_t>() + kPackHeaderBytes;
+  const int64_t* rowptr = reinterpret_cast<const int64_t*>(base);
+  bool ok = rowptr[0] == 0 && rowptr[h.n] == nnz;
+  for (int64_t i = 0; ok && i < h.n; ++i) ok = rowptr[i + 1] >= rowptr[i];
+  TORCH_CHECK_VALUE(ok, who, "'s row pointer is corrupt (it must start at 0, never decrease and end at nnz = ", nnz,
+                    "); repack it with compressops.ops.csr_pack");
+  return {h.n, h.k, nnz, static_cast<int>(cb), rowptr, base + 8 * (h.n + 1)};
 }
 
 // Every level's batch chunks fit the transposed kernels' staging tile.
@@ -161,41 +188,42 @@ void decode_rows(const int64_t* rowptr, const uint8_t* cols, int col_bytes, cons
 }
 
 at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& values,
-                          int64_t out_features, const std::optional<at::Tensor>& bias) {
+                          const std::optional<at::Tensor>& bias, std::optional<at::ScalarType> out_dtype) {
   constexpr const char* op = "csr_linear";
-  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be float32, bfloat16 or float16, got ",
-              x.scalar_type());
-  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension (..., K)");
-  const Header h = read_header(packed, op);
-  const int64_t n = h.n, k = h.k, nnz = h.nnz;
-  TORCH_CHECK(out_features == n, op, ": out_features=", out_features, " but the pack has N=", n);
-  TORCH_CHECK((values.scalar_type() == at::kFloat || values.scalar_type() == at::kBFloat16) && values.dim() == 1 &&
-                  values.size(0) == nnz && values.device().is_cpu(),
-              op, ": values must be a float32/bfloat16 CPU tensor of shape [nnz] = [", nnz, "], got ",
-              values.scalar_type(), " ", values.sizes());
-  TORCH_CHECK(x.size(-1) == k, op, ": x has K=", x.size(-1), " in its last dimension but the pack has K=", k);
+  TORCH_CHECK_VALUE(at::isFloatingType(x.scalar_type()), op, ": x must be float32, bfloat16 or float16, got ",
+                    py_dtype(x.scalar_type()));
+  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have at least one dimension (..., K)");
+  TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
+  const CsrPack pack = read_pack(packed, op);
+  const int64_t n = pack.n, k = pack.k, nnz = pack.nnz;
+  TORCH_CHECK_VALUE(x.size(-1) == k, op, ": x has K=", x.size(-1), " in its last dimension but the pack has K=", k);
+  TORCH_CHECK_VALUE((values.scalar_type() == at::kFloat || values.scalar_type() == at::kBFloat16) &&
+                        values.dim() == 1 && values.size(0) == nnz,
+                    op, ": values must be float32 or bfloat16 of shape [nnz] = [", nnz, "], got ",
+                    py_dtype(values.scalar_type()), " ", py_shape(values.sizes()));
+  TORCH_CHECK_VALUE(values.device().is_cpu(), op, ": values must be a CPU tensor here, got ", values.device());
   std::optional<at::Tensor> b;
   if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(at::isFloatingType(bias->scalar_type()) && bias->dim() == 1 && bias->size(0) == n, op,
-                ": bias must be a float tensor of shape [N] = [", n, "], got ", bias->scalar_type(), " ",
-                bias->sizes());
+    TORCH_CHECK_VALUE(at::isFloatingType(bias->scalar_type()) && bias->dim() == 1 && bias->size(0) == n, op,
+                      ": bias must be a float tensor of shape [N] = [", n, "], got ", py_dtype(bias->scalar_type()),
+                      " ", py_shape(bias->sizes()));
     b = bias->to(at::kFloat).contiguous();
   }
+  const at::ScalarType out_t = out_dtype.value_or(x.scalar_type());
+  TORCH_CHECK_VALUE(out_t == at::kFloat || out_t == at::kBFloat16 || out_t == at::kHalf, op,
+                    ": out_dtype must be float32, bfloat16 or float16, got ", py_dtype(out_t));
   const at::Tensor vals = values.contiguous();
   at::Tensor x2 = x.reshape({-1, k});
   if (x2.scalar_type() != at::kFloat || (x2.size(0) > 0 && !x2.is_contiguous())) x2 = x2.to(at::kFloat).contiguous();
   const int64_t m = x2.size(0);
   at::Tensor out = at::empty({m, n}, x.options().dtype(at::kFloat));
-  const uint8_t* base = packed.data_ptr<uint8_t>();
-  const int64_t* rowptr = reinterpret_cast<const int64_t*>(base + kHeader);
-  const uint8_t* cols = base + kHeader + 8 * (n + 1);
+  const int64_t* rowptr = pack.rowptr;
+  const uint8_t* cols = pack.cols;
   if (m > 0) {
     CsrParams p{};
     p.rowptr = rowptr;
     p.cols = cols;
-    p.col_bytes = h.col_bytes;
-    p.sorted = h.r0 == 1;
+    p.col_bytes = pack.col_bytes;
     p.values = vals.data_ptr();
     p.values_bf16 = vals.scalar_type() == at::kBFloat16;
     p.x = x2.data_ptr<float>();
@@ -209,7 +237,7 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
     const auto [fn, level] = kSpmm.select(active_isa(), p);
     const CsrPolicy policy = kernels::csr_policy(level);
     if (csr_prefer_dense(policy, m, n, k, nnz)) {
-      const int cb = h.col_bytes;
+      const int cb = pack.col_bytes;
       const int64_t grain = policy.decode_grain_rows;
       if (p.values_bf16) {
         const c10::BFloat16* v = vals.data_ptr<c10::BFloat16>();
@@ -268,10 +296,9 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
       }
     }
   }
-  if (x.scalar_type() != at::kFloat) out = out.to(x.scalar_type());
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = n;
-  return out.view(shape);
+  return (out_t == at::kFloat ? out : out.to(out_t)).view(shape);
 }
 
 }  // namespace

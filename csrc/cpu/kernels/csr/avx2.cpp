@@ -6,8 +6,8 @@
 // are read 4 at a time and split in general registers).
 // Larger batches: the host transposes the activations to [k, ldt]; each nonzero is broadcast and
 // FMA'd across 32 batch lanes at a time (an L2-sized slice of the transposed block), so a row's
-// nonzeros are read once per 32 lanes and stay in L1/L2. For denser matrices with sorted columns,
-// the K-tiled variant keeps a 128-position tile of the activations in L1 instead.
+// nonzeros are read once per 32 lanes and stay in L1/L2. For denser matrices the K-tiled variant
+// keeps a 128-position tile of the activations in L1 instead.
 #include <algorithm>
 
 #include "../kernel_macros.h"
@@ -144,10 +144,13 @@ void transposed_avx2(const CsrParams& p, int64_t n_begin, int64_t n_end) {
   }
 }
 
-// Sorted columns: tiles of 32 rows x 128 K-positions x 64 lanes; each row keeps a cursor into its
-// nonzeros, so the transposed activations of one K tile (32 KB) stay in L1 while the rows sweep it.
+// Tiles of 32 rows x 128 K-positions x 64 lanes; each row keeps a cursor into its nonzeros, so the
+// transposed activations of one K tile (32 KB) stay in L1 while the rows sweep it. A row's cursor
+// stops at its first column at or past the tile's end, so with columns out of order some nonzeros
+// wait for a later tile, and the last tile (which ends at or past K) takes every one left: the
+// result is right for any column order, and fast for sorted columns.
 template <int V>
-void sorted_tile(const CsrParams& p, int64_t n0, int64_t nb, int64_t mc, float (*acc)[64], int64_t* cur) {
+void k_tile(const CsrParams& p, int64_t n0, int64_t nb, int64_t mc, float (*acc)[64], int64_t* cur) {
   constexpr int64_t kKc = 128;
   for (int64_t r = 0; r < nb; ++r) {
     std::fill(acc[r], acc[r] + 8 * V, 0.0f);
@@ -175,7 +178,7 @@ void sorted_tile(const CsrParams& p, int64_t n0, int64_t nb, int64_t mc, float (
   }
 }
 
-void sorted_transposed_avx2(const CsrParams& p, int64_t n_begin, int64_t n_end) {
+void tiled_transposed_avx2(const CsrParams& p, int64_t n_begin, int64_t n_end) {
   constexpr int64_t kNB = 32;
   alignas(32) float acc[kNB][64];
   int64_t cur[kNB];
@@ -184,14 +187,14 @@ void sorted_transposed_avx2(const CsrParams& p, int64_t n_begin, int64_t n_end) 
     for (int64_t mc = 0; mc < p.m; mc += 64) {
       const int64_t lanes = std::min<int64_t>(64, p.m - mc);
       switch ((lanes + 7) / 8) {
-        case 1: sorted_tile<1>(p, n0, nb, mc, acc, cur); break;
-        case 2: sorted_tile<2>(p, n0, nb, mc, acc, cur); break;
-        case 3: sorted_tile<3>(p, n0, nb, mc, acc, cur); break;
-        case 4: sorted_tile<4>(p, n0, nb, mc, acc, cur); break;
-        case 5: sorted_tile<5>(p, n0, nb, mc, acc, cur); break;
-        case 6: sorted_tile<6>(p, n0, nb, mc, acc, cur); break;
-        case 7: sorted_tile<7>(p, n0, nb, mc, acc, cur); break;
-        default: sorted_tile<8>(p, n0, nb, mc, acc, cur); break;
+        case 1: k_tile<1>(p, n0, nb, mc, acc, cur); break;
+        case 2: k_tile<2>(p, n0, nb, mc, acc, cur); break;
+        case 3: k_tile<3>(p, n0, nb, mc, acc, cur); break;
+        case 4: k_tile<4>(p, n0, nb, mc, acc, cur); break;
+        case 5: k_tile<5>(p, n0, nb, mc, acc, cur); break;
+        case 6: k_tile<6>(p, n0, nb, mc, acc, cur); break;
+        case 7: k_tile<7>(p, n0, nb, mc, acc, cur); break;
+        default: k_tile<8>(p, n0, nb, mc, acc, cur); break;
       }
       store_lane_tile(acc, nb, lanes, mc, n0, p.bias, p.out, p.ldo);
     }
@@ -205,8 +208,8 @@ bool COMPRESSOPS_KERNEL(csr_spmm)(const CsrParams& p, int64_t n_begin, int64_t n
     // Denser matrices (>= 40% nonzeros) have enough work per (row, K tile) to pay for the tiles
     // from kCsrTileMinMDense rows on.
     const bool dense = 10 * p.rowptr[p.n] >= 4 * p.n * p.k;
-    if (p.sorted && dense && p.m >= kCsrTileMinMDense) {
-      sorted_transposed_avx2(p, n_begin, n_end);
+    if (dense && p.m >= kCsrTileMinMDense) {
+      tiled_transposed_avx2(p, n_begin, n_end);
     } else {
       transposed_avx2(p, n_begin, n_end);
     }

@@ -14,7 +14,6 @@ struct CsrParams {
   const int64_t* rowptr;  // [n+1]
   const void* cols;       // uint16 or int32 [nnz]
   int col_bytes;          // 2 or 4
-  int sorted;             // 1: columns non-decreasing within every row (enables K tiling)
   const void* values;     // [nnz]
   int values_bf16;
   const float* x;
@@ -30,10 +29,12 @@ struct CsrParams {
 // The host hands the kernels at most this many batch rows at a time (the transposed kernels
 // stage a row block's results in a [rows][kCsrMaxLanes] tile).
 constexpr int64_t kCsrMaxLanes = 64;
-// With sorted columns and at least 40% nonzeros, 64-row chunks run the K-tiled kernel: enough work
-// per (row, K tile) to pay for the tiles' per-row cursors (same-process A/B, K=4096, 2 threads,
+// With at least 40% nonzeros, 64-row chunks run the K-tiled kernel: enough work per (row, K tile)
+// to pay for the tiles' per-row cursors (same-process A/B, sorted columns, K=4096, 2 threads,
 // 2026-11-23: 1.6x faster than untiled at 50% sparsity and M=64). Sparser matrices never gain from
-// the tiles at 64 rows (untiled 1.2-1.6x faster at 80-90%).
+// the tiles at 64 rows (untiled 1.2-1.6x faster at 80-90%). The tiled kernel is correct for any
+// column order (a row's cursor takes every nonzero by the last tile); sorted columns, which
+// compressops.formats.csr.compress produces, are what make it fast.
 constexpr int64_t kCsrTileMinMDense = 64;
 
 // Output rows [n_begin, n_end) (the host splits them by nonzero count).
