@@ -54,7 +54,8 @@ class Int4Linear(CompressedLinear):
                                                                     device), persistent=False)
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device) if bias else None)
 
-    def _canonical(self):
+    def _canonical(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(qweight, scales, zeros or None): the canonical tensors, unpacked bit for bit."""
         return int4_format.unpack_weight(self.weight_packed, "Int4Linear")[:3]
 
     @property
