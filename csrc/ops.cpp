@@ -77,9 +77,7 @@ TORCH_LIBRARY(compressops, m) {
 
   // int4 linear (DESIGN.md section 4): group-wise 4-bit weights, W4A8 CPU kernels.
   m.def("int4_pack_weight(Tensor qweight, Tensor scales, Tensor? zeros, int in_features, int group_size) -> Tensor");
-  m.def(
-      "int4_linear(Tensor x, Tensor w_packed, int out_features, Tensor? bias=None, ScalarType? out_dtype=None) "
-      "-> Tensor");
+  m.def("int4_linear(Tensor x, Tensor w_packed, Tensor? bias=None, ScalarType? out_dtype=None) -> Tensor");
 
   // 2:4 semi-structured and CSR sparse linear (DESIGN.md section 4, compressops/formats/sparse24.py, csr.py).
   m.def("sparse24_pack(Tensor values, Tensor meta, int in_features) -> Tensor");

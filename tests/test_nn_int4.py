@@ -1,12 +1,15 @@
 """Int4Linear: accuracy, state_dict, save/load, compile/export, convert/report, GPTQ, GPTQ import."""
 
+import copy
 import io
+import pickle
 
 import pytest
 import torch
 from torch import nn
 
 import compressops as co
+from compressops import ops
 from compressops.algorithms.gptq import HessianObserver, gptq_quantize
 from compressops.formats import int4 as f4
 from compressops.nn import Int4Linear
@@ -47,19 +50,89 @@ def test_bf16_input_and_module_to_bf16_keep_fp32_scales():
     assert rel_err(yb, y32) < 0.02
 
 
-def test_state_dict_round_trip_and_repack():
+def test_state_dict_round_trip():
     q = Int4Linear.from_float(nn.Linear(100, 40), co.Int4(group_size=32))
     sd = q.state_dict()
-    assert set(sd) == {"qweight", "scales", "zeros", "bias"}
+    assert list(sd) == ["qweight", "scales", "zeros", "bias"]
+    assert (sd["qweight"].dtype, sd["qweight"].shape) == (torch.uint8, (40, 64))
+    assert (sd["scales"].dtype, sd["scales"].shape) == (torch.float32, (40, 4))
+    assert (sd["zeros"].dtype, sd["zeros"].shape) == (torch.uint8, (40, 4))
     buf = io.BytesIO()
     torch.save(sd, buf)
     fresh = Int4Linear(100, 40, group_size=32)
     buf.seek(0)
-    fresh.load_state_dict(torch.load(buf))
+    result = fresh.load_state_dict(torch.load(buf))
+    assert not result.missing_keys and not result.unexpected_keys
     x = randn_nonzero(6, 100)
     assert torch.equal(fresh(x), q(x))
+    assert torch.equal(fresh.weight_packed, q.weight_packed)
     sym = Int4Linear.from_float(nn.Linear(100, 40, bias=False), co.Int4(group_size=64, symmetric=True))
-    assert set(sym.state_dict()) == {"qweight", "scales"}
+    assert list(sym.state_dict()) == ["qweight", "scales"]
+    fresh_sym = Int4Linear(100, 40, bias=False, group_size=64, symmetric=True)
+    fresh_sym.load_state_dict(sym.state_dict())
+    assert torch.equal(fresh_sym.weight_packed, sym.weight_packed)
+
+
+@pytest.mark.parametrize("symmetric", [False, True], ids=["asym", "sym"])
+def test_memory_holds_the_pack_only_and_the_canonical_tensors_come_back_exactly(symmetric):
+    lin = nn.Linear(203, 77)
+    qw, s, z = f4.quantize_weight(lin.weight, 64, symmetric)
+    q = Int4Linear.from_float(lin, co.Int4(group_size=64, symmetric=symmetric))
+    assert {n for n, _ in q.named_buffers()} == {"weight_packed", "bias"}
+    assert torch.equal(q.weight_packed, ops.int4_pack_weight(qw, s, z, 203, 64))
+    assert torch.equal(q.qweight, qw) and torch.equal(q.scales.view(torch.int32), s.view(torch.int32))
+    assert q.zeros is None if symmetric else torch.equal(q.zeros, z)
+    sd = q.state_dict()
+    assert torch.equal(sd["qweight"], qw) and torch.equal(sd["scales"], s)
+    # the canonical tensors are new ones: writing to them leaves the layer alone
+    packed = q.weight_packed.clone()
+    q.qweight.zero_()
+    q.scales.zero_()
+    assert torch.equal(q.weight_packed, packed)
+
+
+@pytest.mark.parametrize("symmetric", [False, True], ids=["asym", "sym"])
+def test_skeleton_holds_the_zero_pack(symmetric):
+    q = Int4Linear(70, 13, group_size=32, symmetric=symmetric)
+    assert torch.equal(q.weight_packed, f4.zero_pack(13, 70, 32, symmetric))
+    assert torch.equal(q.dequantize(), torch.zeros(13, 70))
+    assert torch.equal(q(randn_nonzero(2, 70)), q.bias.expand(2, 13))
+
+
+def test_load_state_dict_errors():
+    q = Int4Linear(64, 8, group_size=32)
+    good = Int4Linear.from_float(nn.Linear(64, 8), co.Int4(group_size=32)).state_dict()
+    with pytest.raises(RuntimeError, match="Missing key.*qweight"):
+        q.load_state_dict({k: v for k, v in good.items() if k != "qweight"})
+    with pytest.raises(RuntimeError, match="Missing key.*zeros"):
+        q.load_state_dict({k: v for k, v in good.items() if k != "zeros"})
+    with pytest.raises(RuntimeError, match=r"mismatch for qweight: .* needs torch.uint8 \(8, 32\)"):
+        q.load_state_dict({**good, "qweight": good["qweight"].to(torch.int8)})
+    with pytest.raises(RuntimeError, match=r"mismatch for scales: .* needs torch.float32 \(8, 2\)"):
+        q.load_state_dict({**good, "scales": good["scales"][:, :1]})
+    with pytest.raises(RuntimeError, match=r"mismatch for scales: .*float16"):
+        q.load_state_dict({**good, "scales": good["scales"].half()})
+    with pytest.raises(RuntimeError, match=r"mismatch for zeros: zero points must lie in \[0, 15\]"):
+        q.load_state_dict({**good, "zeros": torch.full_like(good["zeros"], 16)})
+    with pytest.raises(RuntimeError, match="Unexpected key.*weight_packed"):
+        q.load_state_dict({**good, "weight_packed": q.weight_packed})
+    sym = Int4Linear(64, 8, group_size=32, symmetric=True)
+    with pytest.raises(RuntimeError, match="Unexpected key.*zeros"):
+        sym.load_state_dict(good)
+    before = q.weight_packed.clone()
+    result = q.load_state_dict({"bias": good["bias"]}, strict=False)
+    assert sorted(result.missing_keys) == ["qweight", "scales", "zeros"]
+    assert torch.equal(q.weight_packed, before)  # nothing half loaded
+    q.load_state_dict(good)
+    assert torch.equal(q.qweight, good["qweight"])
+
+
+def test_copies_move_the_pack_only():
+    q = Int4Linear.from_float(nn.Linear(64, 24), co.Int4(group_size=32))
+    x = randn_nonzero(3, 64)
+    for other in (copy.deepcopy(q), pickle.loads(pickle.dumps(q)), q.to("cpu")):
+        assert {n for n, _ in other.named_buffers()} == {"weight_packed", "bias"}
+        assert torch.equal(other(x), q(x))
 
 
 def test_to_float_dequantize_bytes_and_repr():

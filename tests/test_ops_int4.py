@@ -1,5 +1,7 @@
 """int4 ops against compressops.reference, on every CPU ISA level this machine runs."""
 
+import re
+import struct
 import threading
 
 import pytest
@@ -9,7 +11,7 @@ import compressops as co
 from compressops import ops, reference
 from compressops.formats import int4 as f4
 
-from .helpers import expected_kernel_level, OPCHECK_UTILS, isa_params, randn_nonzero, requires_native
+from .helpers import OPCHECK_UTILS, expected_kernel_level, isa_params, randn_nonzero, requires_native
 
 SHAPES = [  # (batch shape, K, N, group_size, symmetric): odd K (not a multiple of the group), odd N
     ((1,), 1, 1, 32, False),
@@ -61,10 +63,57 @@ def test_quantize_pack_roundtrip_and_matches_python_packer(shape):
     assert rel_err(wd, w) < 0.13
     packed = ops.int4_pack_weight(qw, s, z, k, gs)
     assert torch.equal(packed, f4.pack_weight(qw, s, z, k, gs))
-    assert packed.numel() == f4.packed_bytes(n, k, gs)
-    c2, s2, zs2, h = f4.unpack_weight(packed)
-    assert torch.equal(c2, codes) and torch.equal(s2, s)
-    assert h["n"] == n and h["k"] == k and h["group_size"] == gs and h["symmetric"] == sym
+    nbytes = f4.packed_bytes(n, k, gs, sym)
+    assert packed.dtype == torch.uint8 and packed.shape == (n, -(-nbytes // n))
+    flat = packed.view(-1)
+    assert bytes(flat[:64].tolist()) == header_bytes(n, k, (gs, kp // gs, int(sym)))
+    assert not flat[nbytes:].any()  # the row padding is zero
+    groups = kp // gs
+    assert nbytes == 64 + -(-n // 8) * groups * (gs * 4 + 64) + (0 if sym else n * groups)
+    qw2, s2, z2, lay = f4.unpack_weight(packed)
+    assert torch.equal(qw2, qw) and torch.equal(s2.view(torch.int32), s.view(torch.int32))
+    assert (z2 is None) == sym and (sym or torch.equal(z2, z))
+    assert lay == f4.Layout(n, k, gs, sym) and lay.groups == kp // gs and lay.k_pad == kp
+    # a non-contiguous canonical set packs to the same bytes
+    assert torch.equal(ops.int4_pack_weight(qw.t().contiguous().t(), s.t().contiguous().t(),
+                                            None if sym else z.t().contiguous().t(), k, gs), packed)
+
+
+def header_bytes(n, k, fields, tag=b"int4", version=2):
+    return struct.pack("<4sI8sIIqq3q", b"COPK", 1, tag, version, 0, n, k, *fields)
+
+
+@pytest.mark.parametrize("symmetric", [False, True], ids=["asym", "sym"])
+def test_unpack_is_exact_where_z_times_s_loses_z(symmetric):
+    """The pack keeps the canonical bytes: scales that are 0, -0, subnormal, huge, inf or NaN (any
+    payload), with any zero point, come back bit for bit, though z * s cannot give z back."""
+    n, k, gs = 11, 100, 32
+    qw, s, z = f4.quantize_weight(randn_nonzero(n, k), gs, symmetric)
+    bits = s.view(torch.int32)
+    specials = [0, 0x80000000, 1, 0x007FFFFF, 0x7F7FFFFF, 0x7F800000, 0xFF800000, 0x7FC00001, 0x7F800001,
+                0xFFC12345]
+    for i, v in enumerate(specials):
+        bits.view(-1)[3 * i] = v - 2**32 if v >= 2**31 else v
+    if z is not None:
+        z.view(-1)[::3] = torch.arange(len(z.view(-1)[::3])) % 16
+    for pack in (ops.int4_pack_weight, f4.pack_weight):
+        packed = pack(qw, s, z, k, gs)
+        qw2, s2, z2, _ = f4.unpack_weight(packed)
+        assert torch.equal(qw2, qw) and torch.equal(s2.view(torch.int32), s.view(torch.int32))
+        assert (z2 is None and z is None) or torch.equal(z2, z)
+    assert torch.equal(ops.int4_pack_weight(qw, s, z, k, gs), f4.pack_weight(qw, s, z, k, gs))
+
+
+@pytest.mark.parametrize("symmetric", [False, True], ids=["asym", "sym"])
+def test_zero_pack_is_the_pack_of_the_zero_weight(symmetric):
+    n, k, gs = 13, 70, 32
+    g = f4.padded_k(k, gs) // gs
+    zeros = None if symmetric else torch.zeros(n, g, dtype=torch.uint8)
+    qw, s = torch.zeros(n, f4.padded_k(k, gs) // 2, dtype=torch.uint8), torch.zeros(n, g)
+    zero = f4.zero_pack(n, k, gs, symmetric)
+    assert torch.equal(ops.int4_pack_weight(qw, s, zeros, k, gs), zero)
+    assert torch.equal(f4.dequantize(*f4.unpack_weight(zero)[:3], k, gs), torch.zeros(n, k))
+    assert torch.equal(ops.int4_linear(randn_nonzero(2, k), zero), torch.zeros(2, n))
 
 
 @pytest.mark.parametrize("level", isa_params())
@@ -76,10 +125,10 @@ def test_int4_linear_matches_reference(level, shape, bias, dtype):
     w, canon, packed, b = make_layer(k, n, gs, sym, bias)
     x = randn_nonzero(*batch, k, dtype=dtype)
     with co.cpu_isa(level):
-        y = ops.int4_linear(x, packed, n, b)
+        y = ops.int4_linear(x, packed, b)
         ran = torch.ops.compressops._last_kernel_isa("int4_linear")
     assert ran == expected_kernel_level("int4_linear", level)
-    y_ref = reference.int4_linear(x, packed, n, b)
+    y_ref = reference.int4_linear(x, packed, b)
     assert y.dtype == dtype and y.shape == (*batch, n)
     assert close_to_reference(y, y_ref)
     # W4A8 vs the fp32 product with the dequantized weight: per-group int8 activations cost ~0.5-1%
@@ -100,7 +149,7 @@ def test_activation_quantization_exact_in_integers(level):
     x = torch.randint(-127, 128, (5, k)).float()
     x.view(5, -1, gs)[:, :, 0] = 127.0  # every group's amax is 127: activation scale 1, q = x
     with co.cpu_isa(level):
-        y = ops.int4_linear(x, packed, n)
+        y = ops.int4_linear(x, packed)
     codes = f4.unpack_nibbles(qw).double().view(n, -1, gs) - z.double().unsqueeze(-1)
     exact = x.double() @ codes.reshape(n, -1).t()
     assert torch.equal(y.double(), exact)
@@ -115,8 +164,8 @@ def test_special_rows(level):
     x[1, 5] = float("nan")
     x[2, 69] = float("inf")
     with co.cpu_isa(level):
-        y = ops.int4_linear(x, packed, 20, b)
-    y_ref = reference.int4_linear(x, packed, 20, b)
+        y = ops.int4_linear(x, packed, b)
+    y_ref = reference.int4_linear(x, packed, b)
     assert torch.equal(y[0], b)
     assert torch.isnan(y[1]).all() and torch.isnan(y[2]).all()
     assert torch.isnan(y_ref[1]).all() and torch.isnan(y_ref[2]).all()
@@ -127,14 +176,14 @@ def test_non_contiguous_empty_and_out_dtype():
     _, _, packed, b = make_layer(96, 24, 32)
     x = randn_nonzero(96, 10).t()
     assert not x.is_contiguous()
-    assert close_to_reference(ops.int4_linear(x, packed, 24, b), reference.int4_linear(x.contiguous(), packed, 24, b))
-    assert ops.int4_linear(torch.empty(0, 3, 96), packed, 24, b).shape == (0, 3, 24)
-    y16 = ops.int4_linear(x, packed, 24, b, out_dtype=torch.float16)
+    assert close_to_reference(ops.int4_linear(x, packed, b), reference.int4_linear(x.contiguous(), packed, b))
+    assert ops.int4_linear(torch.empty(0, 3, 96), packed, b).shape == (0, 3, 24)
+    y16 = ops.int4_linear(x, packed, b, out_dtype=torch.float16)
     assert y16.dtype == torch.float16
     xh = x.half()
-    yh = ops.int4_linear(xh, packed, 24, b)
+    yh = ops.int4_linear(xh, packed, b)
     assert yh.dtype == torch.float16
-    assert rel_err(yh, reference.int4_linear(xh, packed, 24, b)) < 1e-3
+    assert rel_err(yh, reference.int4_linear(xh, packed, b)) < 1e-3
 
 
 def test_inputs_not_modified():
@@ -142,7 +191,7 @@ def test_inputs_not_modified():
     x = randn_nonzero(5, 64)
     tensors = (x, packed, b, qw, s, z)
     copies = [t.clone() for t in tensors]
-    ops.int4_linear(x, packed, 32, b)
+    ops.int4_linear(x, packed, b)
     ops.int4_pack_weight(qw, s, z, 64, 32)
     for before, after in zip(copies, tensors):
         assert torch.equal(before, after)
@@ -152,19 +201,19 @@ def test_inputs_not_modified():
 def test_thread_count_and_concurrent_calls_agree():
     _, _, packed, b = make_layer(512, 300, 128)
     x = randn_nonzero(37, 512)
-    expected = ops.int4_linear(x, packed, 300, b)
+    expected = ops.int4_linear(x, packed, b)
     old = torch.get_num_threads()
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            assert torch.equal(ops.int4_linear(x, packed, 300, b), expected)
+            assert torch.equal(ops.int4_linear(x, packed, b), expected)
     finally:
         torch.set_num_threads(old)
     results, errors = [None] * 4, []
 
     def work(i):
         try:
-            results[i] = ops.int4_linear(x, packed, 300, b)
+            results[i] = ops.int4_linear(x, packed, b)
         except Exception as e:  # pragma: no cover
             errors.append(e)
 
@@ -183,8 +232,8 @@ def _opcheck_samples():
     return [
         (torch.ops.compressops.int4_pack_weight.default, (qw, s, z, 67, 32), {}),
         (torch.ops.compressops.int4_pack_weight.default, (qs, ss, None, 67, 64), {}),
-        (torch.ops.compressops.int4_linear.default, (x, packed, 19, b), {}),
-        (torch.ops.compressops.int4_linear.default, (x.bfloat16(), packed, 19, None), {"out_dtype": torch.float32}),
+        (torch.ops.compressops.int4_linear.default, (x, packed, b), {}),
+        (torch.ops.compressops.int4_linear.default, (x.bfloat16(), packed, None), {"out_dtype": torch.float32}),
     ]
 
 
@@ -192,6 +241,16 @@ def _opcheck_samples():
 def test_opcheck(idx):
     op, args, kwargs = _opcheck_samples()[idx]
     torch.library.opcheck(op, args, kwargs, test_utils=OPCHECK_UTILS)
+
+
+def call_both(fn_native, fn_ref, *args):
+    """The first lines of the error messages of the native kernel and of the reference for one bad call."""
+    messages = []
+    for fn in (fn_native, fn_ref):
+        with pytest.raises((ValueError, RuntimeError)) as e:
+            fn(*args)
+        messages.append(str(e.value).splitlines()[0])
+    return messages
 
 
 @pytest.mark.parametrize("use_reference", [False, True], ids=["native", "reference"])
@@ -202,15 +261,19 @@ def test_bad_input_errors(use_reference):
     _, (qw, s, z), packed, b = make_layer(64, 8, 32)
     x = randn_nonzero(2, 64)
     with pytest.raises(err, match="x must be float"):
-        lin(x.to(torch.int32), packed, 8, b)
+        lin(x.to(torch.int32), packed, b)
     with pytest.raises(err, match="K=63"):
-        lin(x[:, :63], packed, 8, b)
-    with pytest.raises(err, match="out_features=7"):
-        lin(x, packed, 7, b)
+        lin(x[:, :63], packed, b)
     with pytest.raises(err, match="bias must be"):
-        lin(x, packed, 8, b[:3])
-    with pytest.raises(err, match="w_packed"):
-        lin(x, qw.flatten(), 8, b)
+        lin(x, packed, b[:3])
+    with pytest.raises(err, match="out_dtype must be"):
+        lin(x, packed, b, torch.int32)
+    with pytest.raises(err, match="w_packed must be a 2-D uint8"):
+        lin(x, packed.view(-1), b)
+    with pytest.raises(err, match="w_packed must be contiguous"):
+        lin(x, packed.t(), b)
+    with pytest.raises(err, match="w_packed does not start with a compressops pack header"):
+        lin(x, qw, b)
     with pytest.raises(err, match="group_size must be"):
         pack(qw, s, z, 64, 48)
     with pytest.raises(err, match="qweight must be uint8"):
@@ -223,6 +286,114 @@ def test_bad_input_errors(use_reference):
         pack(qw, s, z[:, :1], 64, 32)
     with pytest.raises(err, match=r"zeros must lie in \[0, 15\]"):
         pack(qw, s, torch.full_like(z, 16), 64, 32)
+
+
+@requires_native
+def test_bad_pack_arguments_raise_the_same_error_everywhere():
+    """int4_pack_weight's checks: one message, letter for letter, from C++ and Python."""
+    _, (qw, s, z), _, _ = make_layer(64, 8, 32)
+    bad = {
+        "group_size": ((qw, s, z, 64, 48), "group_size must be 32, 64, 128 or 256, got 48"),
+        "qweight dtype": ((qw.to(torch.int8), s, z, 64, 32), r"qweight must be uint8 \[N, K_pad/2\], got torch.int8 "
+                                                            r"\(8, 32\)"),
+        "qweight 1-D": ((qw.flatten(), s, z, 64, 32), r"got torch.uint8 \(256,\)"),
+        "no rows": ((qw[:0], s[:0], z[:0], 64, 32), r"need 1 <= N, in_features < 2\^31, got N=0"),
+        "in_features": ((qw, s, z, 0, 32), "in_features=0"),
+        "K_pad": ((qw, s, z, 100, 32), r"qweight must have K_pad/2 = 64 columns \(in_features=100"),
+        "scales dtype": ((qw, s.double(), z, 64, 32), r"scales must be float32 \[N, G\] = \[8, 2\], got torch.float64"),
+        "scales shape": ((qw, s[:, :1], z, 64, 32), r"got torch.float32 \(8, 1\)"),
+        "zeros shape": ((qw, s, z[:, :1], 64, 32), r"zeros must be uint8 \[N, G\] = \[8, 2\] or None"),
+        "zeros dtype": ((qw, s, z.int(), 64, 32), "got torch.int32"),
+        "zeros range": ((qw, s, torch.full_like(z, 16), 64, 32), r"zeros must lie in \[0, 15\]"),
+    }
+    for name, (args, message) in bad.items():
+        native, ref = call_both(ops.int4_pack_weight, reference.int4_pack_weight, *args)
+        assert native == ref, name
+        assert native.startswith("int4_pack_weight: "), native
+        assert re.search(message, native), (name, native)
+    with pytest.raises(ValueError, match=r"scales must be on qweight's device \(cpu\), got meta"):
+        reference.int4_pack_weight(qw, s.to("meta"), z, 64, 32)
+
+
+def _tampered(packed, offset, fmt, value):
+    bad = packed.clone()
+    bad.view(-1)[offset:offset + struct.calcsize(fmt)] = torch.tensor(list(struct.pack(fmt, value)),
+                                                                      dtype=torch.uint8)
+    return bad
+
+
+# An asymmetric pack of N=8, K=64, group 32: 64 + 1 * 2 * 192 + 8 * 2 = 464 bytes, [8, 58].
+TAMPERED = {  # header field -> (offset, struct format, value, message)
+    "magic": (0, "<I", 0x34493443, "does not start with a compressops pack header"),
+    "header version": (4, "<I", 2, "does not start with a compressops pack header"),
+    "tag": (8, "<8s", b"half", "holds a 'half' pack, not a 'int4' one"),
+    "format version": (16, "<I", 1, "is a 'int4' pack of version 1, this build reads version 2"),
+    "reserved": (20, "<I", 1, "header is corrupt"),
+    "N larger": (24, "<q", 9, r"has shape \[8, 58\] but its header \(N=9, K=64\) needs \[9, 95\]"),
+    "N zero": (24, "<q", 0, r"N=0, K=64; both must be in \[1, 2\^31\)"),
+    "N huge": (24, "<q", 2**40, r"both must be in \[1, 2\^31\)"),
+    "K larger": (32, "<q", 65, r"header fields \(32, 2, 0\) do not match a 'int4' pack of N=8, K=65 \(32, 3, 0\)"),
+    "K overflowing": (32, "<q", 2**31 - 1, "do not match"),
+    "group_size": (40, "<q", 48, r"w_packed's header has group_size=48, not 32, 64, 128 or 256; repack it with "
+                                 r"compressops.ops.int4_pack_weight"),
+    "group_size zero": (40, "<q", 0, "has group_size=0"),
+    "group_size other valid": (40, "<q", 64, r"header fields \(64, 2, 0\) do not match .* \(64, 1, 0\)"),
+    "groups": (48, "<q", 3, r"header fields \(32, 3, 0\) do not match"),
+    "symmetric": (56, "<q", 1, r"has shape \[8, 58\] but its header \(N=8, K=64\) needs \[8, 56\]"),
+    "symmetric not a flag": (56, "<q", 5, r"header fields \(32, 2, 5\) do not match"),
+}
+
+
+@requires_native
+@pytest.mark.parametrize("field", sorted(TAMPERED))
+def test_tampered_header_raises_the_same_error_everywhere(field):
+    """A header that lies raises before any byte after it is read, with one message from C++ and Python."""
+    _, _, packed, b = make_layer(64, 8, 32)
+    assert packed.shape == (8, 58)
+    offset, fmt, value, message = TAMPERED[field]
+    bad = _tampered(packed, offset, fmt, value)
+    native, ref = call_both(ops.int4_linear, reference.int4_linear, randn_nonzero(2, 64), bad, b)
+    assert native == ref
+    assert native.startswith("int4_linear: w_packed")
+    assert re.search(message, native), native
+    # the unpacker (what a module's qweight/scales/zeros read) checks the same way
+    with pytest.raises(ValueError, match="^int4_unpack_weight: w_packed"):
+        f4.unpack_weight(bad)
+
+
+@requires_native
+def test_truncated_or_padded_pack_raises():
+    _, _, packed, b = make_layer(256, 8, 32)  # 64 + 8 * 192 + 8 * 8 bytes: [8, 208], the header in row 0
+    x = randn_nonzero(2, 256)
+    for bad, message in ((packed[:, :-1], r"has shape \[8, 207\] but its header \(N=8, K=256\) needs \[8, 208\]"),
+                         (packed[:-1], r"has shape \[7, 208\]"),
+                         (torch.cat([packed, packed[:1]]), r"has shape \[9, 208\]"),
+                         (torch.cat([packed, packed[:, :1]], dim=1), r"has shape \[8, 209\]"),
+                         (packed.view(-1)[:63].view(1, 63), "holds 63 bytes, too few for a pack header")):
+        native, ref = call_both(ops.int4_linear, reference.int4_linear, x, bad.clone(), b)
+        assert native == ref
+        assert re.search(message, native), native
+
+
+@requires_native
+def test_k_within_the_same_groups_is_caught_by_x():
+    """A K changed within the same group count changes no field and no size: the pack stays
+    self-consistent (the kernels read inside it), and x's K check refuses the call."""
+    _, _, packed, b = make_layer(64, 8, 32)
+    bad = _tampered(packed, 32, "<q", 40)
+    assert f4.read_header(bad, "check") == f4.Layout(8, 40, 32, False)
+    native, ref = call_both(ops.int4_linear, reference.int4_linear, randn_nonzero(2, 64), bad, b)
+    assert native == ref == "int4_linear: x has K=64 in its last dimension but the weight has K=40"
+
+
+@requires_native
+def test_swapped_n_and_k_fail_on_the_fields_or_the_shape():
+    """N and K swapped: the group count or the pack's first dimension no longer fits."""
+    _, _, packed, b = make_layer(64, 32, 64)
+    bad = _tampered(_tampered(packed, 24, "<q", 64), 32, "<q", 32)
+    native, ref = call_both(ops.int4_linear, reference.int4_linear, randn_nonzero(2, 64), bad, b)
+    assert native == ref
+    assert re.search(r"has shape \[32, \d+\] but its header \(N=64, K=32\) needs \[64, \d+\]", native), native
 
 
 def test_quantize_weight_errors():
@@ -253,7 +424,7 @@ import torch
 from compressops.formats import int4 as f4
 from compressops.triton.int4_linear import int4_linear
 torch.manual_seed(int(os.environ["SEED"]))
-# (67, 19, 32) and (67, 19, 128) have the same pack size: the header decides
+# (67, 19, 32) and (67, 19, 128): the same shapes, the group size comes from the header
 for (m, k, n, gs, sym, bias) in [(3, 67, 19, 32, False, True), (2, 67, 19, 128, False, False),
                                  (5, 130, 40, 64, True, True)]:
     w = torch.randn(n, k)
@@ -261,7 +432,7 @@ for (m, k, n, gs, sym, bias) in [(3, 67, 19, 32, False, True), (2, 67, 19, 128, 
     p = f4.pack_weight(qw, s, z, k, gs)
     b = torch.randn(n) if bias else None
     x = torch.randn(2, m, k)
-    y = int4_linear(x, p, n, b)
+    y = int4_linear(x, p, b)
     yd = x.double() @ f4.dequantize(qw, s, z, k, gs).double().t() + (b.double() if bias else 0)
     assert y.shape == (2, m, n) and y.dtype == torch.float32
     err = ((y.double() - yd).norm() / yd.norm()).item()
@@ -289,6 +460,6 @@ def test_triton_kernel_under_interpreter(tmp_path):
 def test_int4_linear_cuda_matches_cpu():
     _, _, packed, b = make_layer(300, 70, 64)
     x = randn_nonzero(9, 300)
-    y_cpu = ops.int4_linear(x, packed, 70, b)
-    y = ops.int4_linear(x.cuda(), packed.cuda(), 70, b.cuda())
+    y_cpu = ops.int4_linear(x, packed, b)
+    y = ops.int4_linear(x.cuda(), packed.cuda(), b.cuda())
     assert y.is_cuda and rel_err(y.cpu(), y_cpu) < 0.02

@@ -1,22 +1,30 @@
 """The int4 linear format: group-wise 4-bit weights (DESIGN.md section 4).
 
-Canonical (what state_dict and files hold):
+Canonical, version 1 (what state_dict and files hold; the same on every device):
     qweight  uint8   [N, K_pad/2]  two 4-bit codes a byte, low nibble = even k
                                    (byte [n, i] = q[n, 2i] | q[n, 2i + 1] << 4)
     scales   float32 [N, G]        one scale per output channel and group of `group_size` k
     zeros    uint8   [N, G]        zero points in [0, 15] (asymmetric); absent when symmetric (z = 8)
-with K_pad = K rounded up to group_size and G = K_pad / group_size. The weight is
+with K_pad = K rounded up to group_size (32, 64, 128 or 256) and G = K_pad / group_size. The weight is
 
     w[n, k] = (q[n, k] - z[n, k // group_size]) * s[n, k // group_size]
 
 Columns k >= K (padding) hold q = z, so they dequantize to exactly 0.
 
-Prepacked (CPU kernels; rebuilt from the canonical tensors, never serialized), a 1-D uint8 tensor
-laid out as csrc/common/int4_layout.h describes: a 64-byte header (int32 magic, version, N, K,
-K_pad, group_size, G, N_pad, NR=8, symmetric, 6 reserved), then for each block of 8 output
-channels and each group: group_size*4 bytes of codes (chunk j of 32 bytes: byte 4c+i holds
-column c's k=8j+i in its low nibble and k=8j+4+i in its high nibble), 8 fp32 scales and 8 fp32
-z*s. pack_weight below is the pure-PyTorch packer; tests check it matches the native one.
+Packed, version 2 (compressops.ops.int4_pack_weight; built from the canonical tensors, never saved),
+the layout of csrc/common/int4_layout.h:
+    header  64 bytes, the shared pack header (compressops/formats/pack_header.py): tag "int4",
+            version 2, N, K, family fields (group_size, G, symmetric 0/1)
+    body    for each block of NR = 8 output channels (N_pad = N rounded up to 8) and each group:
+            group_size*4 bytes of codes (chunk j of 32 bytes: byte 4c+i holds column c's k=8j+i in
+            its low nibble and k=8j+4+i in its high nibble), the 8 scales s (the canonical bytes)
+            and the 8 products z*s in float32; padded channels are zero
+    zeros   asymmetric only: the canonical zero points, uint8 [N, G] row-major (the kernels use z*s;
+            these keep z itself, which z*s cannot always give back, e.g. when s = 0)
+    shape   uint8 [N, ceil(packed_bytes / N)] (pack_header.pack_shape), zero padded at the end
+The pack holds every canonical byte, so unpack_weight gives the canonical tensors back bit for bit
+and a module needs to hold only the pack. All-zero layout bytes are the pack of qweight = 0,
+scales = 0 (and zeros = 0): a weight of zeros, w = (0 - z) * 0, symmetric or not (zero_pack).
 
 Linear computation (compressops.ops.int4_linear, "W4A8"): each row of x is quantized to int8
 per group of group_size k (symmetric, scale = amax/127, round half to even), and
@@ -29,13 +37,17 @@ from __future__ import annotations
 
 import torch
 
-from .checks import check_bias, check_k, check_packed, check_x, is_fake, resolve_out_dtype
+from typing import NamedTuple
 
-MAGIC = 0x34493443
-VERSION = 1
+from . import pack_header
+from .checks import check_bias, check_k, check_x, is_fake, resolve_out_dtype
+
+TAG = "int4"
+VERSION = 2
 NR = 8
-HEADER_BYTES = 64
 GROUP_SIZES = (32, 64, 128, 256)
+_GROUP_SIZES_TEXT = "32, 64, 128 or 256"
+_PACK_OP = "int4_pack_weight"
 
 
 def _round_up(v, m):
@@ -43,23 +55,43 @@ def _round_up(v, m):
 
 
 def check_group_size(group_size: int, where: str = "int4") -> None:
+    """Raise ValueError (starting with `where`) unless group_size is one the kernels take."""
     if group_size not in GROUP_SIZES:
-        raise ValueError(f"{where}: group_size must be one of {GROUP_SIZES}, got {group_size}")
+        raise ValueError(f"{where}: group_size must be {_GROUP_SIZES_TEXT}, got {group_size}")
 
 
 def padded_k(k: int, group_size: int) -> int:
+    """K_pad: k rounded up to the group size."""
     return _round_up(k, group_size)
 
 
 def group_stride(group_size: int) -> int:
+    """Bytes of one (block of 8 channels, group) run of the body: codes, 8 scales, 8 z*s."""
     return group_size * 4 + 2 * NR * 4
 
 
-def packed_bytes(n, k, group_size):
-    """Bytes of the prepacked buffer for an [n, k] weight (works on SymInts)."""
-    n_pad = _round_up(n, NR)
-    groups = _round_up(k, group_size) // group_size
-    return HEADER_BYTES + (n_pad // NR) * groups * group_stride(group_size)
+def body_bytes(n, k, group_size):
+    """Bytes of the kernels' part of the pack of an [n, k] weight (works on SymInts)."""
+    return _round_up(n, NR) // NR * (_round_up(k, group_size) // group_size) * group_stride(group_size)
+
+
+def packed_bytes(n, k, group_size, symmetric):
+    """Bytes of the pack of an [n, k] weight before row padding: header, body, zero points when
+    asymmetric (works on SymInts)."""
+    zeros = 0 if symmetric else n * (_round_up(k, group_size) // group_size)
+    return pack_header.HEADER_BYTES + body_bytes(n, k, group_size) + zeros
+
+
+def pack_fields(k: int, group_size: int, symmetric: bool) -> tuple[int, int, int]:
+    """The header's family fields: (group_size, G, 1 if symmetric else 0)."""
+    return group_size, _round_up(k, group_size) // group_size, 1 if symmetric else 0
+
+
+def zero_pack(n: int, k: int, group_size: int, symmetric: bool, device=None) -> torch.Tensor:
+    """The pack of qweight = 0, scales = 0 (zeros = 0): an all-zero [n, k] weight, built without a pack op
+    (zero layout bytes are exactly that pack; see the module docstring)."""
+    return pack_header.zeros(TAG, VERSION, (n,), n, k, pack_fields(k, group_size, symmetric),
+                             packed_bytes(n, k, group_size, symmetric), device=device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,14 +218,24 @@ def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor 
     return w.reshape(n, kp)[:, :in_features].contiguous()
 
 
-def check_canonical(qweight, scales, zeros, in_features, group_size, op):
-    """Raise ValueError unless the canonical tensors are consistent; returns (N, K_pad, G)."""
+def check_canonical(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, in_features: int,
+                    group_size: int, op: str) -> tuple[int, int, int]:
+    """The validation of int4_pack_weight (reference, fake and C++ give these messages).
+
+    Args:
+        qweight: uint8 [N, K_pad/2]. scales: float32 [N, G]. zeros: uint8 [N, G] in [0, 15] or None.
+        in_features: K. group_size: 32, 64, 128 or 256. op: the name the messages start with.
+    Returns:
+        (N, K_pad, G).
+    Raises:
+        ValueError naming the argument.
+    """
     check_group_size(group_size, op)
     if qweight.dtype != torch.uint8 or qweight.dim() != 2:
         raise ValueError(f"{op}: qweight must be uint8 [N, K_pad/2], got {qweight.dtype} {tuple(qweight.shape)}")
     n = qweight.shape[0]
-    if n < 1 or in_features < 1:
-        raise ValueError(f"{op}: need N >= 1 and in_features >= 1, got N={n}, in_features={in_features}")
+    if not (1 <= n < pack_header.MAX_DIM and 1 <= in_features < pack_header.MAX_DIM):
+        raise ValueError(f"{op}: need 1 <= N, in_features < 2^31, got N={n}, in_features={in_features}")
     kp = padded_k(in_features, group_size)
     if qweight.shape[1] * 2 != kp:
         raise ValueError(f"{op}: qweight must have K_pad/2 = {kp // 2} columns (in_features={in_features} padded "
@@ -201,21 +243,53 @@ def check_canonical(qweight, scales, zeros, in_features, group_size, op):
     g = kp // group_size
     if scales.dtype != torch.float32 or tuple(scales.shape) != (n, g):
         raise ValueError(f"{op}: scales must be float32 [N, G] = [{n}, {g}], got {scales.dtype} {tuple(scales.shape)}")
+    if scales.device != qweight.device:
+        raise ValueError(f"{op}: scales must be on qweight's device ({qweight.device}), got {scales.device}")
     if zeros is not None:
         if zeros.dtype != torch.uint8 or tuple(zeros.shape) != (n, g):
             raise ValueError(f"{op}: zeros must be uint8 [N, G] = [{n}, {g}] or None (symmetric), got "
                              f"{zeros.dtype} {tuple(zeros.shape)}")
-        if not is_fake(zeros) and zeros.numel() and int(zeros.max()) > 15:  # data: skipped by the fake kernel
+        if zeros.device != qweight.device:
+            raise ValueError(f"{op}: zeros must be on qweight's device ({qweight.device}), got {zeros.device}")
+        if not is_fake(zeros) and int(zeros.max()) > 15:  # data: skipped by the fake kernel
             raise ValueError(f"{op}: zeros must lie in [0, 15]")
     return n, kp, g
 
 
 # ---------------------------------------------------------------------------------------------
-# prepacked kernel layout
+# the pack
+
+class Layout(NamedTuple):
+    """What an int4 pack's header says (read_header checked it against the pack's size)."""
+
+    n: int
+    k: int
+    group_size: int
+    symmetric: bool
+
+    @property
+    def groups(self) -> int:
+        return padded_k(self.k, self.group_size) // self.group_size
+
+    @property
+    def k_pad(self) -> int:
+        return padded_k(self.k, self.group_size)
+
+    @property
+    def n_pad(self) -> int:
+        return _round_up(self.n, NR)
+
 
 def pack_weight(qweight, scales, zeros, in_features, group_size):
-    """Pure-PyTorch packer (the reference for compressops.ops.int4_pack_weight)."""
-    n, kp, g = check_canonical(qweight, scales, zeros, in_features, group_size, "int4_pack_weight")
+    """Pure-PyTorch packer (the reference of compressops.ops.int4_pack_weight; the same bytes).
+
+    Args:
+        qweight: uint8 [N, K_pad/2]. scales: float32 [N, G]. zeros: uint8 [N, G] or None (symmetric).
+        in_features: K. group_size: 32, 64, 128 or 256.
+    Returns:
+        uint8 [N, ceil(packed_bytes / N)]: the layout of the module docstring.
+    """
+    n, kp, g = check_canonical(qweight, scales, zeros, in_features, group_size, _PACK_OP)
     n_pad = _round_up(n, NR)
     dev = qweight.device
     q = torch.zeros(n_pad, kp, dtype=torch.uint8, device=dev)
@@ -232,70 +306,107 @@ def pack_weight(qweight, scales, zeros, in_features, group_size):
     sv = s.view(n_pad // NR, NR, g).permute(0, 2, 1)
     zsv = zs.view(n_pad // NR, NR, g).permute(0, 2, 1)
     tail = torch.cat([sv, zsv], dim=-1).contiguous().view(torch.uint8)
-    body = torch.cat([codes, tail], dim=-1).reshape(-1)
-    header = torch.zeros(16, dtype=torch.int32, device=dev)
-    header[:10] = torch.tensor([MAGIC, VERSION, n, in_features, kp, group_size, g, n_pad, NR,
-                                1 if zeros is None else 0], dtype=torch.int32)
-    return torch.cat([header.view(torch.uint8), body])
+    parts = [pack_header.make(TAG, VERSION, n, in_features, pack_fields(in_features, group_size, zeros is None),
+                              device=dev),
+             torch.cat([codes, tail], dim=-1).reshape(-1)]
+    if zeros is not None:
+        parts.append(zeros.contiguous().view(-1))
+    return pack_header.shaped(torch.cat(parts), (n,))
 
 
-def read_header(w_packed: torch.Tensor, op: str = "int4") -> dict:
-    """Parse and validate the header of a prepacked buffer; returns its fields as ints."""
-    if w_packed.dtype != torch.uint8 or w_packed.dim() != 1 or w_packed.numel() < HEADER_BYTES:
-        raise ValueError(f"{op}: w_packed must be a 1-D uint8 tensor from compressops.ops.int4_pack_weight, "
-                         f"got {w_packed.dtype} of shape {tuple(w_packed.shape)}")
-    h = w_packed[:HEADER_BYTES].clone().view(torch.int32).tolist()
-    magic, version, n, k, kp, gs, g, n_pad, nr, sym = h[:10]
-    if magic != MAGIC or version != VERSION or nr != NR or gs not in GROUP_SIZES:
-        raise ValueError(f"{op}: w_packed does not hold an int4 pack (version {VERSION}); repack it with "
-                         f"compressops.ops.int4_pack_weight")
-    if w_packed.numel() != packed_bytes(n, k, gs):
-        raise ValueError(f"{op}: w_packed has {w_packed.numel()} bytes but its header (N={n}, K={k}, "
-                         f"group_size={gs}) needs {packed_bytes(n, k, gs)}")
-    return {"n": n, "k": k, "k_pad": kp, "group_size": gs, "groups": g, "n_pad": n_pad, "symmetric": bool(sym)}
+def read_header(w_packed: torch.Tensor, op: str) -> Layout:
+    """The layout of an int4 pack, after checking every header field and the pack's size against
+    N and K (so the body and zero points lie inside it).
+
+    Raises:
+        ValueError naming `op` and "w_packed" (the C++ host raises the same messages).
+    """
+    r = pack_header.Reader(op, "w_packed", _PACK_OP)
+    h = pack_header.read(w_packed, TAG, VERSION, r)
+    gs, _, sym = h.fields
+    if gs not in GROUP_SIZES:
+        raise ValueError(f"{op}: w_packed's header has group_size={gs}, not {_GROUP_SIZES_TEXT}; repack it with "
+                         f"compressops.ops.{_PACK_OP}")
+    symmetric = sym != 0
+    pack_header.check_layout(h, pack_fields(h.k, gs, symmetric), w_packed, (h.n,),
+                             packed_bytes(h.n, h.k, gs, symmetric), r)
+    return Layout(h.n, h.k, gs, symmetric)
 
 
-def unpack_weight(w_packed: torch.Tensor):
-    """Inverse of pack_weight: -> (codes uint8 [N, K_pad], scales float32 [N, G], zero*scale float32 [N, G], header)."""
-    h = read_header(w_packed)
-    n, kp, gs, g, n_pad = h["n"], h["k_pad"], h["group_size"], h["groups"], h["n_pad"]
-    body = w_packed[HEADER_BYTES:].view(n_pad // NR, g, group_stride(gs))
-    codes = body[:, :, :gs * 4].reshape(n_pad // NR, g, gs // 8, NR, 4)
-    lo, hi = codes & 15, codes >> 4
-    q = torch.stack([lo, hi], dim=4)  # [nb, g, j, c, half, i]
-    q = q.permute(0, 3, 1, 2, 4, 5).reshape(n_pad, kp)[:n]
-    tail = body[:, :, gs * 4:].contiguous().view(torch.float32).view(n_pad // NR, g, 2, NR)
-    s = tail[:, :, 0, :].permute(0, 2, 1).reshape(n_pad, g)[:n]
-    zs = tail[:, :, 1, :].permute(0, 2, 1).reshape(n_pad, g)[:n]
-    return q.contiguous(), s.contiguous(), zs.contiguous(), h
+def _body(w_packed: torch.Tensor, lay: Layout) -> torch.Tensor:
+    """The body of a checked pack as uint8 [N_pad / 8, G, group_stride] (a view)."""
+    start = pack_header.HEADER_BYTES
+    nbytes = body_bytes(lay.n, lay.k, lay.group_size)
+    return w_packed.view(-1)[start:start + nbytes].view(lay.n_pad // NR, lay.groups, group_stride(lay.group_size))
 
 
-def check_linear(op: str, x: torch.Tensor, w_packed: torch.Tensor, out_features: int,
-                 bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None):
+def _body_floats(body: torch.Tensor, lay: Layout, which: int) -> torch.Tensor:
+    """float32 [N, G] of the body: which = 0 the scales, 1 the products z*s (their exact bytes)."""
+    start = lay.group_size * 4 + which * NR * 4
+    f = body[:, :, start:start + NR * 4].contiguous().view(torch.float32)  # [nb, g, c]
+    return f.permute(0, 2, 1).reshape(lay.n_pad, lay.groups)[:lay.n].contiguous()
+
+
+def _body_codes(body: torch.Tensor, lay: Layout) -> torch.Tensor:
+    """uint8 codes [N, K_pad] of the body."""
+    gs = lay.group_size
+    codes = body[:, :, :gs * 4].reshape(lay.n_pad // NR, lay.groups, gs // 8, NR, 4)
+    q = torch.stack([codes & 15, codes >> 4], dim=4)  # [nb, g, j, c, half, i]
+    return q.permute(0, 3, 1, 2, 4, 5).reshape(lay.n_pad, lay.k_pad)[:lay.n].contiguous()
+
+
+def kernel_operands(w_packed: torch.Tensor, op: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Layout]:
+    """What the kernels compute with: (codes uint8 [N, K_pad], scales float32 [N, G],
+    z*s float32 [N, G] as the pack rounded it, layout)."""
+    lay = read_header(w_packed, op)
+    body = _body(w_packed, lay)
+    return _body_codes(body, lay), _body_floats(body, lay, 0), _body_floats(body, lay, 1), lay
+
+
+def unpack_weight(w_packed: torch.Tensor, op: str = "int4_unpack_weight"):
+    """The canonical tensors of a pack, bit for bit (the inverse of pack_weight).
+
+    Returns:
+        (qweight uint8 [N, K_pad/2], scales float32 [N, G], zeros uint8 [N, G] or None when
+        symmetric, layout); new tensors, not views (a write to them would not reach the kernels'
+        z*s).
+    Raises:
+        ValueError naming `op` for a pack that is not a valid int4 one.
+    """
+    lay = read_header(w_packed, op)
+    body = _body(w_packed, lay)
+    zeros = None
+    if not lay.symmetric:
+        start = pack_header.HEADER_BYTES + body_bytes(lay.n, lay.k, lay.group_size)
+        zeros = w_packed.view(-1)[start:start + lay.n * lay.groups].view(lay.n, lay.groups).clone()
+    return pack_nibbles(_body_codes(body, lay)), _body_floats(body, lay, 0), zeros, lay
+
+
+def check_linear(op: str, x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor | None = None,
+                 out_dtype: torch.dtype | None = None) -> tuple[int, int, torch.dtype, Layout | None]:
     """The validation of int4_linear (reference, fake and Triton kernels).
 
     Args:
         op: the op name the messages start with.
-        x: float (..., K). w_packed: uint8 from int4_pack_weight. out_features: N.
+        x: float (..., K). w_packed: uint8 [N, R] from int4_pack_weight.
         bias: optional float [N]. out_dtype: float32/bfloat16/float16 or None (x.dtype).
     Returns:
-        (N, K, output dtype, header): header is read_header's dict, or None on fake tensors,
-        whose data (the header) cannot be read: N is then out_features and K is x's, and the
-        kernel checks the header when it runs on real tensors.
+        (N, K, output dtype, layout): the layout is None on fake tensors, whose data (the header)
+        cannot be read: N is then the pack's first dimension and K is x's, and the kernel checks
+        the header when it runs on real tensors.
     Raises:
         ValueError naming the argument.
     """
     check_x(x, op)
     if is_fake(w_packed):
-        check_packed(w_packed, op, "w_packed", "int4_pack_weight", HEADER_BYTES)
-        h, n, k = None, out_features, x.shape[-1]
+        (n,) = pack_header.check_rows(w_packed, pack_header.Reader(op, "w_packed", _PACK_OP), 2)
+        lay, k = None, x.shape[-1]
     else:
-        h = read_header(w_packed, op)
-        n, k = h["n"], h["k"]
-    torch._check_value(out_features == n, lambda: f"{op}: out_features={out_features} but w_packed holds N={n}")
-    check_k(x, k, op, "the weight has K")
+        lay = read_header(w_packed, op)
+        n, k = lay.n, lay.k
+        check_k(x, k, op, "the weight has K")
     check_bias(bias, n, op)
-    return n, k, resolve_out_dtype(x, out_dtype, op), h
+    return n, k, resolve_out_dtype(x, out_dtype, op), lay
 
 
 # ---------------------------------------------------------------------------------------------

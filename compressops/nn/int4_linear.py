@@ -22,16 +22,18 @@ class Int4Linear(CompressedLinear):
     input's dtype. The CPU kernels quantize each input row to int8 per group at run time (W4A8,
     about 0.5-1% relative error on top of the weight rounding).
 
-    Buffers (state_dict): qweight uint8 [out, K_pad/2], scales float32 [out, G], zeros uint8
-    [out, G] (asymmetric only), bias float32 [out] (if any). The prepacked kernel layout is a
-    non-persistent buffer rebuilt on load_state_dict and .to(), never saved.
+    state_dict: qweight uint8 [out, K_pad/2], scales float32 [out, G], zeros uint8 [out, G]
+    (asymmetric only), bias float32 [out] (if any): the canonical format. In memory the layer
+    holds only the pack (`weight_packed`, not saved), which keeps every canonical byte; qweight,
+    scales and zeros are properties that unpack them exactly (new tensors: to change the layer,
+    load a state_dict). state_dict and load_state_dict translate, so the weight is never held twice.
 
     Example:
         >>> q = Int4Linear.from_float(torch.nn.Linear(256, 64), compressops.Int4(group_size=64))
         >>> y = q(torch.randn(4, 256))
     """
 
-    _fixed_dtype = ("scales", "bias")
+    __jit_unused_properties__ = [*CompressedLinear.__jit_unused_properties__, "qweight", "scales", "zeros"]
 
     _version = 1
 
@@ -47,24 +49,29 @@ class Int4Linear(CompressedLinear):
         self.group_size = group_size
         self.symmetric = symmetric
         self.method = method
-        kp = int4_format.padded_k(in_features, group_size)
-        g = kp // group_size
-        # an all-zero-weight layer: codes at the zero point, scale 0
-        z0 = 8 if symmetric else 0
-        self.register_buffer("qweight", torch.full((out_features, kp // 2), z0 | (z0 << 4), dtype=torch.uint8,
-                                                   device=device))
-        self.register_buffer("scales", torch.zeros(out_features, g, dtype=torch.float32, device=device))
-        self.register_buffer("zeros", None if symmetric else torch.zeros(out_features, g, dtype=torch.uint8,
-                                                                          device=device))
+        # an all-zero-weight layer (codes 0, scales 0), built without running the pack op
+        self.register_buffer("weight_packed", int4_format.zero_pack(out_features, in_features, group_size, symmetric,
+                                                                    device), persistent=False)
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device) if bias else None)
-        self.register_buffer("weight_packed", None, persistent=False)
-        self.repack()
-        self.register_load_state_dict_post_hook(lambda module, keys: module.repack())
 
-    def repack(self) -> None:
-        """Rebuild the prepacked kernel layout from the canonical buffers (after changing them)."""
-        self.weight_packed = ops.int4_pack_weight(self.qweight, self.scales, self.zeros, self.in_features,
-                                                  self.group_size)
+    def _canonical(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(qweight, scales, zeros or None): the canonical tensors, unpacked bit for bit."""
+        return int4_format.unpack_weight(self.weight_packed, "Int4Linear")[:3]
+
+    @property
+    def qweight(self) -> torch.Tensor:
+        """uint8 [out, K_pad/2]: the canonical codes, unpacked from the pack (a new tensor)."""
+        return self._canonical()[0]
+
+    @property
+    def scales(self) -> torch.Tensor:
+        """float32 [out, G]: the canonical scales, unpacked from the pack (a new tensor)."""
+        return self._canonical()[1]
+
+    @property
+    def zeros(self) -> torch.Tensor | None:
+        """uint8 [out, G]: the canonical zero points (a new tensor), or None when symmetric (z = 8)."""
+        return self._canonical()[2]
 
     @classmethod
     def from_float(cls, mod: nn.Linear, config: Int4 | None = None, hessian: torch.Tensor | None = None,
@@ -93,14 +100,9 @@ class Int4Linear(CompressedLinear):
             qw, s, z = int4_format.quantize_weight(mod.weight, config.group_size, config.symmetric, name=label)
         q = cls(mod.in_features, mod.out_features, bias=mod.bias is not None, group_size=config.group_size,
                 symmetric=config.symmetric, method=config.method, device=mod.weight.device)
-        with torch.no_grad():
-            q.qweight.copy_(qw)
-            q.scales.copy_(s)
-            if z is not None:
-                q.zeros.copy_(z)
-            if mod.bias is not None:
-                q.bias.copy_(mod.bias.detach().float())
-        q.repack()
+        q.weight_packed = ops.int4_pack_weight(qw, s, z, mod.in_features, config.group_size)
+        if mod.bias is not None:
+            q.bias.copy_(mod.bias.detach().float())
         return q
 
     @classmethod
@@ -129,13 +131,9 @@ class Int4Linear(CompressedLinear):
                                                      name="Int4Linear.from_gptq")
         mod = cls(k, qw.shape[0], bias=bias is not None, group_size=group_size, symmetric=False,
                   device=qweight.device)
-        with torch.no_grad():
-            mod.qweight.copy_(qw)
-            mod.scales.copy_(s)
-            mod.zeros.copy_(z)
-            if bias is not None:
-                mod.bias.copy_(bias.detach().float())
-        mod.repack()
+        mod.weight_packed = ops.int4_pack_weight(qw, s, z, k, group_size)
+        if bias is not None:
+            mod.bias.copy_(bias.detach().float())
         return mod
 
     @classmethod
@@ -154,15 +152,55 @@ class Int4Linear(CompressedLinear):
         return f"int4 g{self.group_size} {'sym' if self.symmetric else 'asym'} ({self.method})"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.int4_linear(x, self.weight_packed, self.out_features, self.bias)
+        return ops.int4_linear(x, self.weight_packed, self.bias)
 
     def dequantize(self) -> torch.Tensor:
         """The float32 weight [out, in] the layer holds: (q - z) * s."""
-        return int4_format.dequantize(self.qweight, self.scales, self.zeros, self.in_features, self.group_size)
+        return int4_format.dequantize(*self._canonical(), self.in_features, self.group_size)
 
-    def _after_move(self) -> None:
-        if self.weight_packed is not None and self.weight_packed.device != self.qweight.device:
-            self.repack()
+    def compressed_bytes(self) -> int:
+        """Bytes of the stored format (the state_dict's canonical tensors and bias)."""
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        qweight, scales, zeros = self._canonical()
+        destination[prefix + "qweight"] = qweight
+        destination[prefix + "scales"] = scales
+        if zeros is not None:
+            destination[prefix + "zeros"] = zeros
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        kp = int4_format.padded_k(self.in_features, self.group_size)
+        want = {"qweight": (torch.uint8, (self.out_features, kp // 2)),
+                "scales": (torch.float32, (self.out_features, kp // self.group_size))}
+        if not self.symmetric:  # a symmetric layer has no zeros: the base class reports one as unexpected
+            want["zeros"] = (torch.uint8, (self.out_features, kp // self.group_size))
+        found, ok = {}, True
+        for name, (dtype, shape) in want.items():
+            key = prefix + name
+            if key in unexpected_keys:  # the base class knows only the registered buffers
+                unexpected_keys.remove(key)
+            t = state_dict.get(key)
+            if t is None:
+                missing_keys.append(key)
+                ok = False
+            elif t.dtype != dtype or tuple(t.shape) != shape:
+                error_msgs.append(f"mismatch for {key}: the checkpoint holds {t.dtype} {tuple(t.shape)}, "
+                                  f"Int4Linear needs {dtype} {shape}")
+                ok = False
+            else:
+                found[name] = t.detach().to(self.weight_packed.device)
+        if "zeros" in found and int(found["zeros"].max()) > 15:
+            error_msgs.append(f"mismatch for {prefix}zeros: zero points must lie in [0, 15], the checkpoint holds "
+                              f"{int(found['zeros'].max())}")
+            ok = False
+        if ok:
+            self.weight_packed = ops.int4_pack_weight(found["qweight"], found["scales"], found.get("zeros"),
+                                                      self.in_features, self.group_size)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -41,20 +41,21 @@ def int4_quantize_activation(x: torch.Tensor, group_size: int, k_pad: int | None
     return q.to(torch.int8).view(m, kp), scale, corr
 
 
-def int4_linear(x, w_packed, out_features, bias=None, out_dtype=None):
+def int4_linear(x, w_packed, bias=None, out_dtype=None):
     """W4A8 int4 linear; see compressops.ops.int4_linear and compressops/formats/int4.py.
 
     y[m, n] = bias[n] + sum_g (acc[m, n, g] * s[n, g] * a_s[m, g] - z[n, g] * s[n, g] * corr[m, g]),
-    acc the exact integer dot product of the group, evaluated here in float64 and rounded once.
+    acc the exact integer dot product of the group, evaluated here in float64 and rounded once;
+    z * s is the float32 product the pack holds, as the kernels use it.
     """
-    n, _, out_t, _ = f4.check_linear("int4_linear", x, w_packed, out_features, bias, out_dtype)
-    codes, s, zs, h = f4.unpack_weight(w_packed)
-    gs = h["group_size"]
-    q, sa, corr = int4_quantize_activation(x, gs, h["k_pad"])
+    n, _, out_t, _ = f4.check_linear("int4_linear", x, w_packed, bias, out_dtype)
+    codes, s, zs, lay = f4.kernel_operands(w_packed, "int4_linear")
+    gs = lay.group_size
+    q, sa, corr = int4_quantize_activation(x, gs, lay.k_pad)
     m = q.shape[0]
     y = torch.zeros(m, n, dtype=torch.float64, device=x.device)
     qd, wd = q.double(), codes.double()
-    for g in range(h["groups"]):
+    for g in range(lay.groups):
         sl = slice(g * gs, (g + 1) * gs)
         acc = qd[:, sl] @ wd[:, sl].t()
         y += acc * (s[:, g].double()[None, :] * sa[:, g].double()[:, None])

@@ -1,16 +1,19 @@
-// Host side of the int4 linear family on CPU: argument checks, packing, ISA selection (once per
-// call) and at::parallel_for over column blocks. The arithmetic lives in kernels/int4/.
+// Host side of the int4 linear family on CPU (format: compressops/formats/int4.py, layout:
+// csrc/common/int4_layout.h): argument checks, packing, ISA selection (once per call) and
+// at::parallel_for over column blocks. The arithmetic lives in kernels/int4/.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cstring>
+#include <string>
 
 #include "../common/int4_layout.h"
 #include "dispatch.h"
-#include "kernels/int4/policy.h"
 #include "kernel_record.h"
 #include "kernels/int4/kernel.h"
+#include "kernels/int4/policy.h"
+#include "pack_tensor.h"
 
 namespace compressops::cpu {
 namespace {
@@ -31,71 +34,90 @@ const KernelRecord kRecord0("int4_pack_weight", [] { return std::vector<std::str
 const KernelRecord kRecord1("int4_quantize_rows", [] { return kQuantize.levels(); });
 const KernelRecord kRecord2("int4_linear", [] { return kGemm.levels(); });
 
+constexpr const char* kPackOp = "int4_pack_weight";
 
+// Python's spelling of a dtype and a shape (str(torch.uint8), str(tuple(t.shape))), so the pack
+// op's messages are those of compressops/formats/int4.py check_canonical letter for letter.
+std::string py_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kByte: return "torch.uint8";
+    case at::kChar: return "torch.int8";
+    case at::kShort: return "torch.int16";
+    case at::kInt: return "torch.int32";
+    case at::kLong: return "torch.int64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kBool: return "torch.bool";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
+std::string py_shape(at::IntArrayRef s) {
+  std::string out = "(";
+  for (size_t i = 0; i < s.size(); ++i) out.append(i ? ", " : "").append(std::to_string(s[i]));
+  return out.append(s.size() == 1 ? ",)" : ")");
+}
 
-bool valid_group_size(int64_t g) { return g == 32 || g == 64 || g == 128 || g == 256; }
+// What the header of an int4 pack says, every field and the pack's size checked against N and K.
+struct Int4Layout {
+  int64_t n, k, group_size, groups, k_pad, n_pad;
+};
 
-Int4PackedHeader read_header(const at::Tensor& packed, const char* op) {
-  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 1 && packed.is_contiguous(), op,
-              ": w_packed must be a contiguous 1-D uint8 tensor from compressops.ops.int4_pack_weight, got ",
-              packed.scalar_type(), " of shape ", packed.sizes());
-  TORCH_CHECK(packed.numel() >= kInt4HeaderBytes, op, ": w_packed is too small (", packed.numel(),
-              " bytes) to hold an int4 pack header");
-  Int4PackedHeader h;
-  std::memcpy(&h, packed.data_ptr<uint8_t>(), sizeof(h));
-  TORCH_CHECK(h.magic == kInt4PackMagic && h.version == kInt4PackVersion && h.nr == kInt4NR &&
-                  valid_group_size(h.group_size),
-              op, ": w_packed does not hold an int4 pack (version ", kInt4PackVersion,
-              "); repack it with compressops.ops.int4_pack_weight");
-  TORCH_CHECK(packed.numel() == int4_packed_bytes(h.n, h.k, h.group_size), op, ": w_packed has ", packed.numel(),
-              " bytes but its header (N=", h.n, ", K=", h.k, ", group_size=", h.group_size, ") needs ",
-              int4_packed_bytes(h.n, h.k, h.group_size));
-  return h;
+// The layout of `packed`; raises (with compressops/formats/int4.py read_header's messages) unless
+// the header is an int4 one whose fields and size fit N and K, so the kernels may read the body.
+Int4Layout read_layout(const at::Tensor& packed, const char* op) {
+  const PackReader reader{op, "w_packed", kPackOp};
+  const PackHeader h = read_pack_tensor(packed, kInt4PackTag, kInt4PackVersion, reader, 2);
+  const int64_t gs = h.fields[0];
+  TORCH_CHECK_VALUE(int4_valid_group_size(gs), op, ": w_packed's header has group_size=", gs,
+                    ", not 32, 64, 128 or 256; repack it with compressops.ops.", kPackOp);
+  const bool symmetric = h.fields[2] != 0;
+  check_pack_tensor_layout(packed, h, int4_pack_fields(h.k, gs, symmetric), {h.n},
+                           int4_packed_bytes(h.n, h.k, gs, symmetric), reader);
+  const int64_t groups = int4_groups(h.k, gs);
+  return {h.n, h.k, gs, groups, groups * gs, int4_round_up(h.n, kInt4NR)};
 }
 
 at::Tensor int4_pack_weight_cpu(const at::Tensor& qweight, const at::Tensor& scales,
                                 const std::optional<at::Tensor>& zeros, int64_t in_features, int64_t group_size) {
-  constexpr const char* op = "int4_pack_weight";
-  TORCH_CHECK(valid_group_size(group_size), op, ": group_size must be 32, 64, 128 or 256, got ", group_size);
-  TORCH_CHECK(qweight.scalar_type() == at::kByte && qweight.dim() == 2, op,
-              ": qweight must be uint8 [N, K_pad/2], got ", qweight.scalar_type(), " ", qweight.sizes());
+  constexpr const char* op = kPackOp;
+  TORCH_CHECK_VALUE(int4_valid_group_size(group_size), op, ": group_size must be 32, 64, 128 or 256, got ",
+                    group_size);
+  TORCH_CHECK_VALUE(qweight.scalar_type() == at::kByte && qweight.dim() == 2, op,
+                    ": qweight must be uint8 [N, K_pad/2], got ", py_dtype(qweight.scalar_type()), " ",
+                    py_shape(qweight.sizes()));
   const int64_t n = qweight.size(0), k = in_features;
-  TORCH_CHECK(n >= 1 && n < (1LL << 30) && k >= 1 && k < (1LL << 30), op,
-              ": need N >= 1 and in_features >= 1, got N=", n, ", in_features=", k);
-  const int64_t k_pad = int4_round_up(k, group_size), groups = k_pad / group_size;
-  TORCH_CHECK(qweight.size(1) * 2 == k_pad, op, ": qweight must have K_pad/2 = ", k_pad / 2,
-              " columns (in_features=", k, " padded to group_size=", group_size, "), got ", qweight.size(1));
-  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.dim() == 2 && scales.size(0) == n &&
-                  scales.size(1) == groups,
-              op, ": scales must be float32 [N, G] = [", n, ", ", groups, "], got ", scales.scalar_type(), " ",
-              scales.sizes());
+  TORCH_CHECK_VALUE(n >= 1 && n < kPackMaxDim && k >= 1 && k < kPackMaxDim, op,
+                    ": need 1 <= N, in_features < 2^31, got N=", n, ", in_features=", k);
+  const int64_t groups = int4_groups(k, group_size), k_pad = groups * group_size;
+  TORCH_CHECK_VALUE(qweight.size(1) * 2 == k_pad, op, ": qweight must have K_pad/2 = ", k_pad / 2,
+                    " columns (in_features=", k, " padded to group_size=", group_size, "), got ", qweight.size(1));
+  TORCH_CHECK_VALUE(scales.scalar_type() == at::kFloat && scales.dim() == 2 && scales.size(0) == n &&
+                        scales.size(1) == groups,
+                    op, ": scales must be float32 [N, G] = [", n, ", ", groups, "], got ",
+                    py_dtype(scales.scalar_type()), " ", py_shape(scales.sizes()));
+  TORCH_CHECK_VALUE(scales.device() == qweight.device(), op, ": scales must be on qweight's device (",
+                    qweight.device(), "), got ", scales.device());
   const bool symmetric = !zeros.has_value() || !zeros->defined();
   if (!symmetric) {
-    TORCH_CHECK(zeros->scalar_type() == at::kByte && zeros->dim() == 2 && zeros->size(0) == n &&
-                    zeros->size(1) == groups,
-                op, ": zeros must be uint8 [N, G] = [", n, ", ", groups, "] or None (symmetric), got ",
-                zeros->scalar_type(), " ", zeros->sizes());
-    TORCH_CHECK(zeros->max().item<uint8_t>() <= 15, op, ": zeros must lie in [0, 15]");
+    TORCH_CHECK_VALUE(zeros->scalar_type() == at::kByte && zeros->dim() == 2 && zeros->size(0) == n &&
+                          zeros->size(1) == groups,
+                      op, ": zeros must be uint8 [N, G] = [", n, ", ", groups, "] or None (symmetric), got ",
+                      py_dtype(zeros->scalar_type()), " ", py_shape(zeros->sizes()));
+    TORCH_CHECK_VALUE(zeros->device() == qweight.device(), op, ": zeros must be on qweight's device (",
+                      qweight.device(), "), got ", zeros->device());
+    TORCH_CHECK_VALUE(zeros->max().item<uint8_t>() <= 15, op, ": zeros must lie in [0, 15]");
   }
   const at::Tensor qw = qweight.contiguous();
   const at::Tensor sc = scales.contiguous();
   const at::Tensor zp = symmetric ? at::Tensor() : zeros->contiguous();
   const int64_t n_pad = int4_round_up(n, kInt4NR);
-  at::Tensor packed = at::zeros({int4_packed_bytes(n, k, group_size)}, qweight.options());
-  uint8_t* base = packed.data_ptr<uint8_t>();
-  Int4PackedHeader h{};
-  h.magic = kInt4PackMagic;
-  h.version = kInt4PackVersion;
-  h.n = static_cast<int32_t>(n);
-  h.k = static_cast<int32_t>(k);
-  h.k_pad = static_cast<int32_t>(k_pad);
-  h.group_size = static_cast<int32_t>(group_size);
-  h.groups = static_cast<int32_t>(groups);
-  h.n_pad = static_cast<int32_t>(n_pad);
-  h.nr = static_cast<int32_t>(kInt4NR);
-  h.symmetric = symmetric ? 1 : 0;
-  std::memcpy(base, &h, sizeof(h));
-  uint8_t* body = base + kInt4HeaderBytes;
+  const int64_t body_bytes = int4_body_bytes(n, k, group_size);
+  const PackHeader header =
+      make_pack_header(kInt4PackTag, kInt4PackVersion, n, k, int4_pack_fields(k, group_size, symmetric));
+  at::Tensor packed = new_pack_tensor(header, {n}, int4_packed_bytes(n, k, group_size, symmetric), qweight.options());
+  uint8_t* body = packed.data_ptr<uint8_t>() + kPackHeaderBytes;
   const uint8_t* src = qw.data_ptr<uint8_t>();
   const float* s_src = sc.data_ptr<float>();
   const uint8_t* z_src = symmetric ? nullptr : zp.data_ptr<uint8_t>();
@@ -105,10 +127,11 @@ at::Tensor int4_pack_weight_cpu(const at::Tensor& qweight, const at::Tensor& sca
     for (int64_t nb = b0; nb < b1; ++nb) {
       for (int64_t g = 0; g < groups; ++g) {
         uint8_t* dst = body + (nb * groups + g) * gstride;
-        float* s_dst = reinterpret_cast<float*>(dst + group_size * 4);
+        std::memset(dst, 0, static_cast<size_t>(gstride));  // padded columns: q = 0, s = 0, zscale = 0
+        uint8_t* s_dst = dst + group_size * 4;
         for (int64_t c = 0; c < kInt4NR; ++c) {
           const int64_t row = nb * kInt4NR + c;
-          if (row >= n) continue;  // zeros already
+          if (row >= n) continue;
           const uint8_t* r = src + row * row_bytes;
           auto nib = [&](int64_t kk) -> uint8_t {
             const uint8_t b = r[kk / 2];
@@ -120,38 +143,42 @@ at::Tensor int4_pack_weight_cpu(const at::Tensor& qweight, const at::Tensor& sca
               dst[j * 32 + c * 4 + i] = static_cast<uint8_t>(nib(kk) | (nib(kk + 4) << 4));
             }
           }
-          const float s = s_src[row * groups + g];
+          // The scale's bytes are copied, not its value: the pack keeps the canonical scale bit for bit.
+          const float* s = s_src + row * groups + g;
           const float z = symmetric ? 8.0f : static_cast<float>(z_src[row * groups + g]);
-          s_dst[c] = s;
-          s_dst[kInt4NR + c] = z * s;
+          const float zs = z * *s;
+          std::memcpy(s_dst + 4 * c, s, sizeof(float));
+          std::memcpy(s_dst + 4 * (kInt4NR + c), &zs, sizeof(float));
         }
       }
     }
   });
+  if (!symmetric) std::memcpy(body + body_bytes, z_src, static_cast<size_t>(n * groups));
   return packed;
 }
 
-at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& w_packed, int64_t out_features,
-                           const std::optional<at::Tensor>& bias, std::optional<at::ScalarType> out_dtype) {
+at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& w_packed, const std::optional<at::Tensor>& bias,
+                           std::optional<at::ScalarType> out_dtype) {
   constexpr const char* op = "int4_linear";
-  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be float32, bfloat16 or float16, got ",
-              x.scalar_type());
-  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension (..., K)");
-  const Int4PackedHeader h = read_header(w_packed, op);
-  TORCH_CHECK(out_features == h.n, op, ": out_features=", out_features, " but w_packed holds N=", h.n);
+  TORCH_CHECK_VALUE(at::isFloatingType(x.scalar_type()), op, ": x must be float32, bfloat16 or float16, got ",
+                    py_dtype(x.scalar_type()));
+  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have at least one dimension (..., K)");
+  TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
+  const Int4Layout h = read_layout(w_packed, op);
   const int64_t n = h.n, k = h.k, k_pad = h.k_pad, groups = h.groups;
-  TORCH_CHECK(x.size(-1) == k, op, ": x has K=", x.size(-1), " in its last dimension but the weight has K=", k);
+  TORCH_CHECK_VALUE(x.size(-1) == k, op, ": x has K=", x.size(-1), " in its last dimension but the weight has K=",
+                    k);
   std::optional<at::Tensor> b;
   if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(at::isFloatingType(bias->scalar_type()) && bias->dim() == 1 && bias->size(0) == n, op,
-                ": bias must be a float tensor of shape [N] = [", n, "], got ", bias->scalar_type(), " ",
-                bias->sizes());
+    TORCH_CHECK_VALUE(at::isFloatingType(bias->scalar_type()) && bias->dim() == 1 && bias->size(0) == n, op,
+                      ": bias must be a float tensor of shape [N] = [", n, "], got ", py_dtype(bias->scalar_type()),
+                      " ", py_shape(bias->sizes()));
+    TORCH_CHECK_VALUE(bias->device().is_cpu(), op, ": bias must be a CPU tensor here, got ", bias->device());
     b = bias->to(at::kFloat).contiguous();
   }
   const at::ScalarType out_t = out_dtype.value_or(x.scalar_type());
-  TORCH_CHECK(out_t == at::kFloat || out_t == at::kBFloat16 || out_t == at::kHalf, op,
-              ": out_dtype must be float32, bfloat16 or float16, got ", out_t);
+  TORCH_CHECK_VALUE(out_t == at::kFloat || out_t == at::kBFloat16 || out_t == at::kHalf, op,
+                    ": out_dtype must be float32, bfloat16 or float16, got ", py_dtype(out_t));
   const at::ScalarType kernel_out_t = out_t == at::kHalf ? at::kFloat : out_t;
   auto out_shape = x.sizes().vec();
   out_shape.back() = n;
@@ -190,7 +217,7 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& w_packed, int6
     p.a_scale = sa.data_ptr<float>();
     p.a_corr = ca.data_ptr<float>();
     p.ldas = groups;
-    p.w = w_packed.data_ptr<uint8_t>() + kInt4HeaderBytes;
+    p.w = w_packed.data_ptr<uint8_t>() + kPackHeaderBytes;
     p.bias = b ? b->data_ptr<float>() : nullptr;
     p.out = out.data_ptr();
     p.out_kind = kernel_out_t == at::kFloat ? Int4FloatKind::kF32 : Int4FloatKind::kBF16;
