@@ -51,7 +51,6 @@ from .checks import check_bias, check_k, check_x, is_fake, resolve_out_dtype
 
 TAG = "pq"
 VERSION = 1  # the packed layout's
-CANONICAL_VERSION = 1
 NUM_CENTROIDS = (16, 256)
 SUBVECTOR_DIMS = (1, 2, 4, 8, 16)
 CHUNK = 16  # k=256: subspaces per code chunk
