@@ -90,9 +90,7 @@ TORCH_LIBRARY(compressops, m) {
 
   // PQ lookup-table linear (DESIGN.md section 4, compressops/formats/pq.py).
   m.def("pq_pack(Tensor codes, Tensor codebooks, int in_features) -> Tensor");
-  m.def(
-      "pq_linear(Tensor x, Tensor packed, int in_features, int out_features, Tensor? bias=None, "
-      "ScalarType? out_dtype=None) -> Tensor");
+  m.def("pq_linear(Tensor x, Tensor packed, Tensor? bias=None, ScalarType? out_dtype=None) -> Tensor");
 
   // binary (DESIGN.md section 4): sign bits packed along channels into int64 words, fp32 alpha [OC].
   m.def("binary_pack_activation(Tensor x) -> Tensor");

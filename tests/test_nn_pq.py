@@ -1,6 +1,9 @@
 """PQLinear: accuracy against the dequantized dense layer, k-means, refinement, state_dict,
 save/load, compile/export, dtypes, errors."""
 
+import copy
+import pickle
+
 import pytest
 import torch
 from torch import nn
@@ -116,6 +119,83 @@ def test_state_dict_round_trip_save_load(tmp_path):
     loaded = co.load(TwoLayer(), str(path))
     assert isinstance(loaded.fc1, PQLinear)
     assert torch.equal(loaded(x), model(x))
+
+
+@pytest.mark.parametrize("k", [16, 256])
+def test_memory_holds_only_the_pack(k):
+    """The layer holds the pack and the bias; codes and codebooks are read back from the pack."""
+    q = PQLinear.from_float(nn.Linear(67, 45), co.PQ(num_centroids=k, subvector_dim=4, max_iter=3))
+    s = 17
+    assert {n for n, _ in q.named_buffers()} == {"packed", "bias"}
+    assert q.packed.shape == (45, -(-fpq.packed_bytes(45, 67, 4, k) // 45))
+    cb = q.codebooks
+    assert cb.dtype == torch.float32 and cb.shape == (s, k, 4)
+    assert cb.untyped_storage().data_ptr() == q.packed.untyped_storage().data_ptr()
+    codes = q.codes
+    assert codes.dtype == torch.uint8 and codes.shape == fpq.codes_shape(45, s, k)
+    assert torch.equal(co.ops.pq_pack(codes, cb, 67), q.packed)
+    assert q.compressed_bytes() == codes.numel() + 4 * cb.numel() + 4 * 45
+    assert q.compressed_bytes() == sum(t.numel() * t.element_size() for t in q.state_dict().values())
+    # writes to the codebooks view change the layer
+    x = randn_nonzero(3, 67)
+    before = q(x)
+    with torch.no_grad():
+        q.codebooks.mul_(2)
+    torch.testing.assert_close(q(x), 2 * (before - q.bias) + q.bias, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("k", [16, 256])
+def test_state_dict_holds_the_canonical_tensors(k):
+    lin = nn.Linear(67, 45)
+    codes, codebooks = pq_quantize_weight(lin.weight, k, 4, max_iter=3)
+    q = PQLinear.from_float(lin, co.PQ(num_centroids=k, subvector_dim=4, max_iter=3))
+    sd = q.state_dict()
+    assert list(sd) == ["codes", "codebooks", "bias"]
+    assert torch.equal(sd["codes"], codes) and sd["codes"].is_contiguous()
+    assert torch.equal(sd["codebooks"], codebooks) and sd["codebooks"].is_contiguous()
+    # the skeleton holds the zero pack, which is the pack of zero codes and codebooks
+    fresh = PQLinear(67, 45, num_centroids=k, subvector_dim=4)
+    assert torch.equal(fresh.packed, fpq.zero_pack(45, 67, 4, k))
+    assert not fresh.codes.any() and not fresh.codebooks.any()
+    result = fresh.load_state_dict(sd)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert torch.equal(fresh.packed, q.packed)
+    x = randn_nonzero(4, 67)
+    assert torch.equal(fresh(x), q(x))
+    for other in (copy.deepcopy(q), pickle.loads(pickle.dumps(q))):
+        assert torch.equal(other.packed, q.packed) and torch.equal(other(x), q(x))
+
+
+@pytest.mark.parametrize("k, d, k_in, n", [(16, 1, 2, 20), (256, 1, 3, 8), (16, 4, 67, 45), (256, 2, 67, 45)])
+def test_state_dict_tensors_are_compact_and_share_nothing_with_the_pack(k, d, k_in, n):
+    """Also where a reshaped view of the pack happens to be contiguous (one block of rows, one code
+    byte per row, d=1): a saved tensor holding the pack's storage would save the whole pack."""
+    q = PQLinear.from_float(nn.Linear(k_in, n), co.PQ(num_centroids=k, subvector_dim=d, max_iter=2))
+    pack_storage = q.packed.untyped_storage().data_ptr()
+    for name, t in q.state_dict().items():
+        assert t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size(), name
+        assert t.untyped_storage().data_ptr() != pack_storage, name
+    codes = q.codes
+    codes.fill_(0)  # a copy: the layer keeps its codes
+    assert q.codes.any()
+
+
+def test_load_state_dict_errors():
+    q = PQLinear(16, 8, num_centroids=16, subvector_dim=4)
+    good = PQLinear.from_float(nn.Linear(16, 8), co.PQ(num_centroids=16, subvector_dim=4, max_iter=2)).state_dict()
+    with pytest.raises(RuntimeError, match="Missing key.*codes"):
+        q.load_state_dict({"codebooks": good["codebooks"], "bias": good["bias"]})
+    with pytest.raises(RuntimeError, match=r"codebooks: the checkpoint holds torch.float64 \(4, 16, 4\), "
+                                           r"PQLinear needs torch.float32 \(4, 16, 4\)"):
+        q.load_state_dict({**good, "codebooks": good["codebooks"].double()})
+    with pytest.raises(RuntimeError, match=r"codes: the checkpoint holds torch.uint8 \(8, 4\), "
+                                           r"PQLinear needs torch.uint8 \(8, 2\)"):
+        q.load_state_dict({**good, "codes": torch.zeros(8, 4, dtype=torch.uint8)})
+    assert torch.equal(q.packed, fpq.zero_pack(8, 16, 4, 16))  # a rejected tensor leaves the pack alone
+    with pytest.raises(RuntimeError, match="Unexpected key.*packed"):
+        q.load_state_dict({**good, "packed": q.packed})
+    missing = q.load_state_dict({"bias": good["bias"]}, strict=False)
+    assert sorted(missing.missing_keys) == ["codebooks", "codes"]
 
 
 def test_repr_bytes_bf16_and_module_to_bf16():

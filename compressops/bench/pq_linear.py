@@ -40,18 +40,17 @@ def random_pq(lin: nn.Linear, k: int, d: int, seed: int = 0) -> PQLinear:
     g = torch.Generator().manual_seed(seed)
     q = PQLinear(lin.in_features, lin.out_features, num_centroids=k, subvector_dim=d)
     s = q.num_subspaces
-    q.codebooks.copy_(torch.randn(s, k, d, generator=g) * lin.in_features ** -0.5)
+    codebooks = torch.randn(s, k, d, generator=g) * lin.in_features ** -0.5
     codes = torch.randint(0, k, (lin.out_features, s), generator=g, dtype=torch.uint8)
-    q.codes.copy_(fpq.pack_nibbles(codes) if k == 16 else codes)
-    q.bias.copy_(lin.bias.detach())
-    q.repack()
+    q.load_state_dict({"codes": fpq.pack_nibbles(codes) if k == 16 else codes, "codebooks": codebooks,
+                       "bias": lin.bias.detach()})
     return q
 
 
 def plain_torch_pq(q: PQLinear):
     s, k, d = q.codebooks.shape
     idx = fpq.unpacked_codes(q.codes, s, k).long().t().contiguous()  # [S, N]
-    cb = q.codebooks
+    cb = q.codebooks.contiguous()
 
     def fn(x):
         xp = torch.nn.functional.pad(x, (0, s * d - x.shape[-1])).view(x.shape[0], s, d)

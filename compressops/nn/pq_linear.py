@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -24,16 +26,18 @@ class PQLinear(CompressedLinear):
     computation): no dense weight is ever formed. Inputs: float32/bfloat16/float16
     (..., in_features); the output has the input's dtype.
 
-    Buffers (state_dict): codes uint8 [out, S] (k=256) or [out, ceil(S/2)] (k=16, two 4-bit codes
-    a byte, low nibble = even s), codebooks float32 [S, k, d], bias float32 [out] (if any). The
-    prepacked layout used by the kernels is a non-persistent buffer rebuilt after load_state_dict.
+    state_dict: codes uint8 [out, S] (k=256) or [out, ceil(S/2)] (k=16, two 4-bit codes a byte,
+    low nibble = even s), codebooks float32 [S, k, d], bias float32 [out] (if any): the canonical
+    format of compressops/formats/pq.py. In memory the layer holds only the pack (`packed`, not
+    saved) and the bias; the pack is lossless, so `codes` (an exact unpack) and `codebooks` (a view
+    into the pack) give back the canonical tensors, and state_dict and load_state_dict translate.
 
     Example:
         >>> q = PQLinear.from_float(torch.nn.Linear(64, 32), PQ(num_centroids=16, subvector_dim=4))
         >>> y = q(torch.randn(4, 64))
     """
 
-    _fixed_dtype = ("codebooks", "bias")
+    __jit_unused_properties__ = [*CompressedLinear.__jit_unused_properties__, "codes", "codebooks"]
 
     _version = 1
 
@@ -47,23 +51,30 @@ class PQLinear(CompressedLinear):
         self.out_features = out_features
         self.num_centroids = num_centroids
         self.subvector_dim = subvector_dim
-        s = pq_format.num_subspaces(in_features, subvector_dim)
-        self.register_buffer("codes", torch.zeros(pq_format.codes_shape(out_features, s, num_centroids),
-                                                  dtype=torch.uint8, device=device))
-        self.register_buffer("codebooks", torch.zeros(s, num_centroids, subvector_dim, dtype=torch.float32,
-                                                      device=device))
+        self.register_buffer("packed", pq_format.zero_pack(out_features, in_features, subvector_dim, num_centroids,
+                                                           device), persistent=False)
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device) if bias else None)
-        self.register_buffer("packed", None, persistent=False)
-        self.repack()
-        self.register_load_state_dict_post_hook(lambda module, keys: module.repack())
 
     @property
     def num_subspaces(self) -> int:
-        return self.codebooks.shape[0]
+        return pq_format.num_subspaces(self.in_features, self.subvector_dim)
 
-    def repack(self) -> None:
-        """Rebuild the prepacked buffer from `codes` and `codebooks` (after changing them in place)."""
-        self.packed = ops.pq_pack(self.codes, self.codebooks, self.in_features)
+    @property
+    def codes(self) -> torch.Tensor:
+        """The canonical codes (uint8 [out, S], or [out, ceil(S/2)] for k=16), unpacked exactly from
+        the pack: a copy, so writes to it do not change the layer (load_state_dict does)."""
+        return pq_format.unpack_codes(self.packed)
+
+    @property
+    def codebooks(self) -> torch.Tensor:
+        """The canonical codebooks float32 [S, k, d]: a view into the pack (transposed, so not
+        contiguous); writes to it change the layer."""
+        return pq_format.unpack_codebooks(self.packed)
+
+    def _canonical_shapes(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        s, k, d = self.num_subspaces, self.num_centroids, self.subvector_dim
+        return {"codes": (torch.uint8, pq_format.codes_shape(self.out_features, s, k)),
+                "codebooks": (torch.float32, (s, k, d))}
 
     @classmethod
     def from_float(cls, mod: nn.Linear, config: PQ | None = None, calibration: torch.Tensor | None = None,
@@ -95,11 +106,9 @@ class PQLinear(CompressedLinear):
             codebooks = refine_codebooks(mod.weight, pq_format.unpacked_codes(codes, s, k), codebooks, calibration)
         q = cls(mod.in_features, mod.out_features, bias=mod.bias is not None, num_centroids=k, subvector_dim=d,
                 device=mod.weight.device)
-        q.codes.copy_(codes)
-        q.codebooks.copy_(codebooks)
+        q.packed = ops.pq_pack(codes, codebooks, mod.in_features)
         if mod.bias is not None:
             q.bias.copy_(mod.bias.detach().float())
-        q.repack()
         return q
 
     @classmethod
@@ -117,11 +126,42 @@ class PQLinear(CompressedLinear):
         return f"pq (k={self.num_centroids}, d={self.subvector_dim})"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.pq_linear(x, self.packed, self.in_features, self.out_features, self.bias)
+        return ops.pq_linear(x, self.packed, self.bias)
 
     def dequantize(self) -> torch.Tensor:
         """The float32 weight [out, in] this layer represents."""
         return pq_format.dequantize(self.codes, self.codebooks, self.in_features)
+
+    def compressed_bytes(self) -> int:
+        """Bytes of the stored format (the state_dict's codes, codebooks and bias)."""
+        stored = [math.prod(shape) * dtype.itemsize for dtype, shape in self._canonical_shapes().values()]
+        return sum(stored) + (4 * self.out_features if self.bias is not None else 0)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        # copies: a view into the pack would save the whole pack (torch.save) or be refused (safetensors)
+        destination[prefix + "codes"] = self.codes
+        destination[prefix + "codebooks"] = self.codebooks.clone(memory_format=torch.contiguous_format)
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        loaded = {}
+        for name, (dtype, shape) in self._canonical_shapes().items():
+            key = prefix + name
+            if key in unexpected_keys:  # the base class knows only the registered buffers
+                unexpected_keys.remove(key)
+            t = state_dict.get(key)
+            if t is None:
+                missing_keys.append(key)
+            elif t.dtype != dtype or tuple(t.shape) != shape:
+                error_msgs.append(f"mismatch for {key}: the checkpoint holds {t.dtype} {tuple(t.shape)}, "
+                                  f"PQLinear needs {dtype} {shape}")
+            else:
+                loaded[name] = t.detach().to(self.packed.device)
+        if len(loaded) == 2:
+            self.packed = ops.pq_pack(loaded["codes"], loaded["codebooks"], self.in_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "

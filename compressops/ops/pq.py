@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..formats import pack_header
 from ..formats import pq as fpq
 from ..reference import pq as ref
 from . import _register
@@ -14,11 +15,11 @@ __all__ = ["pq_pack", "pq_linear"]
 
 def _fake_pack(codes, codebooks, in_features):
     n, _, k, d = fpq.check_pack(codes, codebooks, in_features)
-    return codes.new_empty((fpq.packed_bytes(n, in_features, d, k),), dtype=torch.uint8)
+    return codes.new_empty(pack_header.pack_shape((n,), fpq.packed_bytes(n, in_features, d, k)), dtype=torch.uint8)
 
 
-def _fake_linear(x, packed, in_features, out_features, bias=None, out_dtype=None):
-    n, _, out_t, _ = fpq.check_linear("pq_linear", x, packed, in_features, out_features, bias, out_dtype)
+def _fake_linear(x, packed, bias=None, out_dtype=None):
+    n, _, out_t, _ = fpq.check_linear("pq_linear", x, packed, bias, out_dtype)
     return x.new_empty((*x.shape[:-1], n), dtype=out_t)
 
 
@@ -27,34 +28,29 @@ _register("pq_linear", _fake_linear, ref.pq_linear, triton="pq_linear.pq_linear"
 
 
 def pq_pack(codes: Tensor, codebooks: Tensor, in_features: int) -> Tensor:
-    """Prepack canonical PQ buffers for the pq_linear kernels.
+    """Pack canonical PQ tensors for pq_linear.
 
     Args:
         codes: uint8 [N, S] (k=256) or [N, ceil(S/2)] (k=16, two 4-bit codes a byte, low nibble =
-            even subspace), S = ceil(in_features / d).
+            even subspace), S = ceil(in_features / d). Any byte is valid: a code is below k by
+            construction.
         codebooks: float32 [S, k, d], k in (16, 256), d in (1, 2, 4, 8, 16).
-        in_features: K (the layer's input width; K <= S * d, the rest is zero padding).
+        in_features: K in [1, 2^31) (the layer's input width; K <= S * d, the rest is zero padding).
     Returns:
-        uint8 [compressops.formats.pq.packed_bytes(N, K, d, k)], the layout described in
-        compressops/formats/pq.py. Build it once per layer and reuse it.
+        uint8 [N, ceil(P / N)] with P = compressops.formats.pq.packed_bytes(N, K, d, k): the shared
+        pack header (tag "pq", fields (d, k, S)), then the layout of compressops/formats/pq.py, zero
+        padded. Lossless (formats.pq.unpack gives the inputs back). Build it once per layer and
+        reuse it.
     """
     return torch.ops.compressops.pq_pack(codes, codebooks, in_features)
 
 
-def pq_linear(
-    x: Tensor,
-    packed: Tensor,
-    in_features: int,
-    out_features: int,
-    bias: Tensor | None = None,
-    out_dtype: torch.dtype | None = None,
-) -> Tensor:
+def pq_linear(x: Tensor, packed: Tensor, bias: Tensor | None = None, out_dtype: torch.dtype | None = None) -> Tensor:
     """Product-quantized linear by table lookup: y[n] = sum_s x_s . C_s[code(n, s)] + bias[n].
 
     Args:
-        x: float32/bfloat16/float16 (..., in_features), any leading dims (including empty), any strides.
-        packed: uint8 from pq_pack(codes, codebooks, in_features).
-        in_features, out_features: K and N (checked against the pack).
+        x: float32/bfloat16/float16 (..., K), any leading dims (including empty), any strides.
+        packed: uint8 [N, R] from pq_pack(codes, codebooks, K); N, K, d and k come from its header.
         bias: optional float [N].
         out_dtype: float32, bfloat16 or float16; default x.dtype.
     Returns:
@@ -66,4 +62,4 @@ def pq_linear(
         subspace) and sums exactly in integers, so |y - reference| <= S * scale / 2 (plus fp32
         rounding), scale = max_s (max_c L[s, c] - min_c L[s, c]) / 255 for that input row.
     """
-    return torch.ops.compressops.pq_linear(x, packed, in_features, out_features, bias, out_dtype)
+    return torch.ops.compressops.pq_linear(x, packed, bias, out_dtype)

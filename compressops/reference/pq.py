@@ -23,15 +23,14 @@ def pq_tables(x: torch.Tensor, codebooks: torch.Tensor, in_features: int) -> tor
     return torch.einsum("msd,scd->msc", xp.view(-1, s, d), codebooks.double())
 
 
-def pq_linear(x, packed, in_features, out_features, bias=None, out_dtype=None):
+def pq_linear(x, packed, bias=None, out_dtype=None):
     """y[n] = sum_s L[s, code(n, s)] + bias[n] with the exact table; see compressops.ops.pq_linear."""
     op = "pq_linear"
-    n, _, out_t, _ = fpq.check_linear(op, x, packed, in_features, out_features, bias, out_dtype)
-    codes, codebooks, _ = fpq.unpack(packed, op)
-    tab = pq_tables(x, codebooks, in_features)  # [M, S, k]
-    s = codebooks.shape[0]
+    n, k_in, out_t, h = fpq.check_linear(op, x, packed, bias, out_dtype)
+    codes = fpq.unpacked_codes(fpq.unpack_codes(packed, op), h.s, h.k)  # [N, S]
+    tab = pq_tables(x, fpq.unpack_codebooks(packed, op), k_in)  # [M, S, k]
     idx = codes.long().t()  # [S, N]
-    y = torch.gather(tab, 2, idx[None].expand(tab.shape[0], s, n)).sum(1)  # [M, N]
+    y = torch.gather(tab, 2, idx[None].expand(tab.shape[0], h.s, n)).sum(1)  # [M, N]
     if bias is not None:
         y = y + bias.double()
     return y.float().to(out_t).reshape(*x.shape[:-1], n)

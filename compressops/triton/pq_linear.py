@@ -1,7 +1,7 @@
 """Triton pq_linear (CUDA): y[m, n] = sum_s x[m, s] . C[s, code(n, s)] + bias[n].
 
-Reads the same prepacked buffer as the CPU kernels (compressops/formats/pq.py): the transposed
-codebooks [S_pad][d][k] and the blocked codes. Each program handles one input row and BLOCK_N
+Reads the same pack as the CPU kernels (compressops/formats/pq.py): after the shared header, the
+transposed codebooks [S_pad][d][k] and the blocked codes. Each program handles one input row and BLOCK_N
 output rows and decodes the weight on the fly (d loads and d FMAs per code, fp32 accumulation),
 so it is exact up to fp32 rounding (no table quantization). A first, simple GPU kernel: no shared
 memory tables, no tensor cores.
@@ -42,23 +42,20 @@ def _pq_linear_kernel(x_ptr, cb_ptr, codes_ptr, bias_ptr, y_ptr, N, S, N_PAD, st
     tl.store(y_ptr + m * stride_ym + n, acc, mask=nmask)
 
 
-def pq_linear(x: torch.Tensor, packed: torch.Tensor, in_features: int, out_features: int,
-              bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+def pq_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None,
+              out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """compressops.ops.pq_linear on a Triton device (or CPU tensors under TRITON_INTERPRET=1)."""
-    n, _, out_t, h = fpq.check_linear("pq_linear", x, packed, in_features, out_features, bias, out_dtype)
-    s, d, k, n_pad, s_pad = h["s"], h["d"], h["k"], h["n_pad"], h["s_pad"]
-    x2 = x.reshape(-1, in_features)
+    n, k_in, out_t, h = fpq.check_linear("pq_linear", x, packed, bias, out_dtype)
+    x2 = x.reshape(-1, k_in)
     m = x2.shape[0]
-    xp = torch.zeros(m, s_pad * d, dtype=torch.float32, device=x.device)
-    xp[:, :in_features] = x2
-    cb_bytes = 4 * s_pad * d * k
-    cb = packed[fpq.HEADER_BYTES:fpq.HEADER_BYTES + cb_bytes].view(torch.float32)
-    codes = packed[fpq.HEADER_BYTES + cb_bytes:]
+    xp = torch.zeros(m, h.s_pad * h.d, dtype=torch.float32, device=x.device)
+    xp[:, :k_in] = x2
+    cb, codes = fpq.layout_views(packed, h)
     y = torch.empty(m, n, dtype=torch.float32, device=x.device)
     b = bias.float().contiguous() if bias is not None else y
     if m > 0:
         block_n = 32
         grid = (m, triton.cdiv(n, block_n))
-        _pq_linear_kernel[grid](xp, cb, codes, b, y, n, s, n_pad, xp.stride(0), y.stride(0), D=d, NCENT=k,
+        _pq_linear_kernel[grid](xp, cb, codes, b, y, n, h.s, h.n_pad, xp.stride(0), y.stride(0), D=h.d, NCENT=h.k,
                                 HAS_BIAS=bias is not None, BLOCK_N=block_n)
     return y.to(out_t).reshape(*x.shape[:-1], n)

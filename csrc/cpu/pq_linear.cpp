@@ -1,19 +1,21 @@
-// Host side of the PQ lookup-table linear on CPU: argument checks, packing, table build, ISA
-// selection (once per call) and at::parallel_for over blocks of output rows. Arithmetic lives in
-// kernels/pq/; the layout in common/pq_layout.h.
+// Host side of the PQ lookup-table linear on CPU (format: compressops/formats/pq.py): argument
+// checks, packing, table build, ISA selection (once per call) and at::parallel_for over blocks of
+// output rows. Arithmetic lives in kernels/pq/; the layout in common/pq_layout.h.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 
 #include "../common/pq_layout.h"
 #include "dense_route.h"
 #include "dispatch.h"
-#include "kernels/pq/policy.h"
 #include "kernel_record.h"
 #include "kernels/pq/kernel.h"
+#include "kernels/pq/policy.h"
+#include "pack_tensor.h"
 
 namespace compressops::cpu {
 namespace {
@@ -35,83 +37,81 @@ const KernelTable<QuantFn> kQuant = COMPRESSOPS_KERNEL_TABLE(kernels::pq16_quant
 const KernelTable<Scan16Fn> kScan16 = COMPRESSOPS_KERNEL_TABLE(kernels::pq16_scan);
 const KernelTable<Batch256Fn> kBatch256 = COMPRESSOPS_KERNEL_TABLE(kernels::pq256_batch);
 // What each op's last call ran on, and the levels its kernels exist at (kernel_record.h).
-const KernelRecord kRecord0("pq_pack", [] { return std::vector<std::string>(); });
-const KernelRecord kRecord1("pq_linear", [] { return kScan16.levels(); });
+const KernelRecord kPackRecord("pq_pack", [] { return std::vector<std::string>(); });
+const KernelRecord kLinearRecord("pq_linear", [] { return kScan16.levels(); });
 
+// A dtype and a shape as Python prints them ("torch.float32", "(3, 4)"), so that every message
+// here is the text compressops/formats/pq.py raises for the same input.
+std::string py_dtype(at::ScalarType t) { return "torch." + std::string(c10::getDtypeNames(t).first); }
+std::string py_shape(at::IntArrayRef sizes) {
+  std::string out = "(";
+  for (size_t i = 0; i < sizes.size(); ++i) out.append(i ? ", " : "").append(std::to_string(sizes[i]));
+  return out.append(sizes.size() == 1 ? ",)" : ")");
+}
 
-
-bool valid_d(int64_t d) { return d == 1 || d == 2 || d == 4 || d == 8 || d == 16; }
-
-PqPackedHeader read_header(const at::Tensor& packed, const char* op) {
-  TORCH_CHECK(packed.device().is_cpu(), op, ": packed must be a CPU tensor here, got ", packed.device());
-  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 1 && packed.is_contiguous(), op,
-              ": packed must be a contiguous 1-D uint8 tensor from compressops.ops.pq_pack, got ",
-              packed.scalar_type(), " of shape ", packed.sizes());
-  TORCH_CHECK(packed.numel() >= kPqHeaderBytes, op, ": packed is too small (", packed.numel(),
-              " bytes) to hold a PQ pack header");
-  PqPackedHeader h;
-  std::memcpy(&h, packed.data_ptr<uint8_t>(), sizeof(h));
-  TORCH_CHECK(h.magic == kPqPackMagic && h.version == kPqPackVersion, op,
-              ": packed does not hold a PQ pack (version ", kPqPackVersion,
-              "); repack it with compressops.ops.pq_pack");
-  TORCH_CHECK((h.ncent == 16 || h.ncent == 256) && valid_d(h.d) && h.n >= 1 && h.k_in >= 1 &&
-                  h.s == (h.k_in + h.d - 1) / h.d && h.s_pad == pq_s_pad(h.s, h.ncent) &&
-                  h.n_pad == pq_round_up(h.n, pq_block_rows(h.ncent)),
-              op, ": packed has an inconsistent PQ header");
-  TORCH_CHECK(packed.numel() == pq_packed_bytes(h.n, h.k_in, h.d, h.ncent), op, ": packed has ", packed.numel(),
-              " bytes but its header needs ", pq_packed_bytes(h.n, h.k_in, h.d, h.ncent));
-  return h;
+// The layout of `packed`: the shared header checks, then the family fields (d, k, S) and the shape
+// re-derived from N, K, d and k (pack_tensor.h), so the kernels may read layout.bytes() bytes.
+PqLayout read_layout(const at::Tensor& packed, const char* op) {
+  const PackReader reader{op, "packed", "pq_pack"};
+  const PackHeader h = read_pack_tensor(packed, kPqTag, kPqLayoutVersion, reader, 2);
+  const int64_t d = h.fields[0], kc = h.fields[1];
+  TORCH_CHECK_VALUE(pq_valid_d(d) && pq_valid_ncent(kc), op, ": packed's header has subvector_dim=", d,
+                    ", num_centroids=", kc, "; a 'pq' pack needs subvector_dim in (1, 2, 4, 8, 16) and "
+                    "num_centroids in (16, 256); repack it with compressops.ops.pq_pack");
+  const PqLayout l = pq_layout(h.n, h.k, d, kc);
+  check_pack_tensor_layout(packed, h, l.fields(), {h.n}, l.bytes(), reader);
+  return l;
 }
 
 at::Tensor pq_pack_cpu(const at::Tensor& codes, const at::Tensor& codebooks, int64_t in_features) {
   constexpr const char* op = "pq_pack";
-  TORCH_CHECK(codebooks.device().is_cpu() && codes.device().is_cpu(), op, ": codes and codebooks must be CPU tensors");
-  TORCH_CHECK(codebooks.scalar_type() == at::kFloat && codebooks.dim() == 3, op,
-              ": codebooks must be float32 [S, k, d], got ", codebooks.scalar_type(), " ", codebooks.sizes());
+  TORCH_CHECK_VALUE(codebooks.device().is_cpu() && codes.device().is_cpu(), op,
+                    ": codes and codebooks must be CPU tensors here, got ", codes.device(), " and ",
+                    codebooks.device());
+  TORCH_CHECK_VALUE(codebooks.scalar_type() == at::kFloat && codebooks.dim() == 3, op,
+                    ": codebooks must be float32 [S, k, d], got ", py_dtype(codebooks.scalar_type()), " ",
+                    py_shape(codebooks.sizes()));
   const int64_t s = codebooks.size(0), kc = codebooks.size(1), d = codebooks.size(2);
-  TORCH_CHECK(kc == 16 || kc == 256, op, ": codebooks must have k in (16, 256) centroids (dim 1), got ", kc);
-  TORCH_CHECK(valid_d(d) && s >= 1, op, ": codebooks need S >= 1 and d in (1, 2, 4, 8, 16), got S=", s, ", d=", d);
-  TORCH_CHECK(in_features >= 1 && (in_features + d - 1) / d == s, op, ": in_features=", in_features,
-              " needs S=ceil(K/d)=", (in_features + d - 1) / d, " subspaces but codebooks have S=", s);
-  TORCH_CHECK(codes.scalar_type() == at::kByte && codes.dim() == 2, op, ": codes must be uint8 [N, ",
-              kc == 16 ? "ceil(S/2)" : "S", "], got ", codes.scalar_type(), " ", codes.sizes());
+  TORCH_CHECK_VALUE(pq_valid_ncent(kc), op, ": codebooks must have k in (16, 256) centroids (dim 1), got ", kc);
+  TORCH_CHECK_VALUE(pq_valid_d(d) && s >= 1, op, ": codebooks need S >= 1 and d in (1, 2, 4, 8, 16), got S=", s,
+                    ", d=", d);
+  TORCH_CHECK_VALUE(codes.scalar_type() == at::kByte && codes.dim() == 2, op, ": codes must be uint8 [N, ",
+                    kc == 16 ? "ceil(S/2)" : "S", "], got ", py_dtype(codes.scalar_type()), " ",
+                    py_shape(codes.sizes()));
   const int64_t n = codes.size(0);
   const int64_t cols = kc == 16 ? (s + 1) / 2 : s;
-  TORCH_CHECK(n >= 1 && codes.size(1) == cols, op, ": codes must have shape [N >= 1, ", cols, "] for S=", s, ", k=",
-              kc, ", got ", codes.sizes());
-  TORCH_CHECK(n < (1LL << 30) && s < (1LL << 24), op, ": shape too large");
-  const int64_t s_pad = pq_s_pad(s, kc), n_pad = pq_round_up(n, pq_block_rows(kc));
-  at::Tensor packed = at::zeros({pq_packed_bytes(n, in_features, d, kc)}, codes.options());
-  uint8_t* base = packed.data_ptr<uint8_t>();
-  PqPackedHeader h{};
-  h.magic = kPqPackMagic;
-  h.version = kPqPackVersion;
-  h.n = static_cast<int32_t>(n);
-  h.k_in = static_cast<int32_t>(in_features);
-  h.s = static_cast<int32_t>(s);
-  h.d = static_cast<int32_t>(d);
-  h.ncent = static_cast<int32_t>(kc);
-  h.n_pad = static_cast<int32_t>(n_pad);
-  h.s_pad = static_cast<int32_t>(s_pad);
-  std::memcpy(base, &h, sizeof(h));
-  float* cb_t = reinterpret_cast<float*>(base + kPqHeaderBytes);
+  TORCH_CHECK_VALUE(codes.size(1) == cols, op, ": codes must have shape (", n, ", ", cols, ") for S=", s,
+                    ", k=", kc, ", got ", py_shape(codes.sizes()));
+  TORCH_CHECK_VALUE(n >= 1 && n < kPackMaxDim, op, ": codes need 1 <= N < 2^31 rows, got N=", n);
+  TORCH_CHECK_VALUE(in_features >= 1 && in_features < kPackMaxDim, op, ": in_features must be in [1, 2^31), got ",
+                    in_features);
+  TORCH_CHECK_VALUE((in_features + d - 1) / d == s, op, ": in_features=", in_features, " needs S=ceil(K/d)=",
+                    (in_features + d - 1) / d, " subspaces but codebooks have S=", s);
+  const PqLayout l = pq_layout(n, in_features, d, kc);
+  at::Tensor packed = new_pack_tensor(make_pack_header(kPqTag, kPqLayoutVersion, n, in_features, l.fields()), {n},
+                                      l.bytes(), codes.options());
+  uint8_t* layout = packed.data_ptr<uint8_t>() + kPackHeaderBytes;
+  // The padding subspaces' centroids and the padding rows' codes are zero.
+  std::memset(layout, 0, static_cast<size_t>(l.codebook_bytes() + l.code_bytes()));
+  float* cb_t = reinterpret_cast<float*>(layout);
   const at::Tensor cb = codebooks.contiguous();
   const float* src = cb.data_ptr<float>();
   for (int64_t ss = 0; ss < s; ++ss)
     for (int64_t c = 0; c < kc; ++c)
       for (int64_t j = 0; j < d; ++j) cb_t[(ss * d + j) * kc + c] = src[(ss * kc + c) * d + j];
-  uint8_t* body = base + kPqHeaderBytes + pq_codebook_bytes(s_pad, d, kc);
+  uint8_t* body = layout + l.codebook_bytes();
   const at::Tensor cd = codes.contiguous();
   const uint8_t* cs = cd.data_ptr<uint8_t>();
   if (kc == 16) {
-    // canonical bytes already hold (even s) | (odd s) << 4, and S_pad/2 = ceil(S/2) = cols
-    const int64_t pairs = s_pad / 2;
+    // canonical bytes already hold (even s) | (odd s) << 4, and S_pad/2 = ceil(S/2) = cols: the
+    // bytes move unchanged, so the canonical codes come back exactly (formats/pq.py unpack)
+    const int64_t pairs = l.s_pad / 2;
     for (int64_t r = 0; r < n; ++r)
       for (int64_t pr = 0; pr < pairs; ++pr) body[((r / 32) * pairs + pr) * 32 + r % 32] = cs[r * cols + pr];
   } else {
     for (int64_t s0 = 0; s0 < s; s0 += kPq256ChunkSubspaces) {
       const int64_t sc = std::min(kPq256ChunkSubspaces, s - s0);
-      uint8_t* chunk = body + s0 * n_pad;
+      uint8_t* chunk = body + s0 * l.n_pad;
       for (int64_t r = 0; r < n; ++r)
         for (int64_t j = 0; j < sc; ++j) chunk[((r / 8) * sc + j) * 8 + r % 8] = cs[r * s + s0 + j];
     }
@@ -122,7 +122,7 @@ at::Tensor pq_pack_cpu(const at::Tensor& codes, const at::Tensor& codebooks, int
 // Rows [n0, n1) of the dense fp32 weight [n, k_in] into dst (row stride k_in), for the dense
 // route: W[r][s*d + j] = C_s[code(r, s)][j]. Groups of 32 rows; per subspace, the group's codes
 // are read once and the subspace's codebook slice (d * k floats) stays in L1 while they are written.
-void pq_decode_rows(const uint8_t* codes, const float* cb_t, const PqPackedHeader& h, int64_t n0, int64_t n1,
+void pq_decode_rows(const uint8_t* codes, const float* cb_t, const PqLayout& h, int64_t n0, int64_t n1,
                     float* dst) {
   const int64_t k_in = h.k_in, d = h.d, kc = h.ncent, s = h.s, s_pad = h.s_pad, n_pad = h.n_pad;
   constexpr int64_t kRows = 32;
@@ -154,28 +154,27 @@ void pq_decode_rows(const uint8_t* codes, const float* cb_t, const PqPackedHeade
   });
 }
 
-at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t in_features, int64_t out_features,
-                         const std::optional<at::Tensor>& bias, std::optional<at::ScalarType> out_dtype) {
+at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const std::optional<at::Tensor>& bias,
+                         std::optional<at::ScalarType> out_dtype) {
   constexpr const char* op = "pq_linear";
-  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be float32, bfloat16 or float16, got ",
-              x.scalar_type());
-  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension (..., K)");
-  const PqPackedHeader h = read_header(packed, op);
-  TORCH_CHECK(h.k_in == in_features && h.n == out_features, op, ": packed holds a [", h.n, ", ", h.k_in,
-              "] layer but in_features=", in_features, ", out_features=", out_features);
-  TORCH_CHECK(x.size(-1) == in_features, op, ": x has K=", x.size(-1), " in its last dimension but the layer has K=",
-              in_features);
+  TORCH_CHECK_VALUE(at::isFloatingType(x.scalar_type()), op, ": x must be float32, bfloat16 or float16, got ",
+                    py_dtype(x.scalar_type()));
+  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have at least one dimension (..., K)");
+  TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
+  const PqLayout h = read_layout(packed, op);
+  const int64_t in_features = h.k_in;
+  TORCH_CHECK_VALUE(x.size(-1) == in_features, op, ": x has K=", x.size(-1),
+                    " in its last dimension but the weight has K=", in_features);
   std::optional<at::Tensor> b;
   if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(at::isFloatingType(bias->scalar_type()) && bias->dim() == 1 && bias->size(0) == h.n, op,
-                ": bias must be a float tensor of shape [N] = [", h.n, "], got ", bias->scalar_type(), " ",
-                bias->sizes());
+    TORCH_CHECK_VALUE(at::isFloatingType(bias->scalar_type()) && bias->dim() == 1 && bias->size(0) == h.n, op,
+                      ": bias must be a float tensor of shape [N] = [", h.n, "], got ", py_dtype(bias->scalar_type()),
+                      " ", py_shape(bias->sizes()));
     b = bias->to(at::kFloat).contiguous();
   }
   const at::ScalarType out_t = out_dtype.value_or(x.scalar_type());
-  TORCH_CHECK(out_t == at::kFloat || out_t == at::kBFloat16 || out_t == at::kHalf, op,
-              ": out_dtype must be float32, bfloat16 or float16, got ", out_t);
+  TORCH_CHECK_VALUE(out_t == at::kFloat || out_t == at::kBFloat16 || out_t == at::kHalf, op,
+                    ": out_dtype must be float32, bfloat16 or float16, got ", py_dtype(out_t));
   std::vector<int64_t> out_shape = x.sizes().vec();
   out_shape.back() = h.n;
 
@@ -187,8 +186,8 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t 
   if (m == 0) return out.narrow(1, 0, n).to(out_t).view(out_shape);
 
   const uint8_t* base = packed.data_ptr<uint8_t>();
-  const float* cb_t = reinterpret_cast<const float*>(base + kPqHeaderBytes);
-  const uint8_t* codes = base + kPqHeaderBytes + pq_codebook_bytes(s_pad, d, kc);
+  const float* cb_t = reinterpret_cast<const float*>(base + kPackHeaderBytes);
+  const uint8_t* codes = base + kPackHeaderBytes + h.codebook_bytes();
   // Large batches where building lookup tables costs more than a dense GEMM on the decoded weight
   // (dense_route.h); the policy's estimate (kernels/pq/policy.h) is looked up for the level of the
   // kernel that would build the tables.
