@@ -92,17 +92,19 @@ TORCH_LIBRARY(compressops, m) {
   m.def("pq_pack(Tensor codes, Tensor codebooks, int in_features) -> Tensor");
   m.def("pq_linear(Tensor x, Tensor packed, Tensor? bias=None, ScalarType? out_dtype=None) -> Tensor");
 
-  // binary (DESIGN.md section 4): sign bits packed along channels into int64 words, fp32 alpha [OC].
+  // binary (DESIGN.md section 4, compressops/formats/binary.py): sign bits packed along channels into int64
+  // words, fp32 alpha [OC]; the weight pack holds OC, C and the kernel size.
   m.def("binary_pack_activation(Tensor x) -> Tensor");
+  m.def("binary_pack_weight(Tensor weight_bits, int in_channels) -> Tensor");
   m.def(
-      "binary_conv2d(Tensor x_packed, Tensor w_packed, Tensor alpha, Tensor? bias, int in_channels, "
-      "int[2] kernel_size, int[2] stride, int[2] padding, float? clamp_min=None, float? clamp_max=None) -> Tensor");
+      "binary_conv2d(Tensor x_packed, Tensor w_packed, Tensor alpha, Tensor? bias, int[2] stride, int[2] padding, "
+      "*, float? clamp_min=None, float? clamp_max=None) -> Tensor");
   m.def(
-      "binary_conv2d_packed(Tensor x_packed, Tensor w_packed, Tensor alpha, Tensor? bias, int in_channels, "
-      "int[2] kernel_size, int[2] stride, int[2] padding) -> Tensor");
+      "binary_conv2d_packed(Tensor x_packed, Tensor w_packed, Tensor alpha, Tensor? bias, int[2] stride, "
+      "int[2] padding) -> Tensor");
   m.def(
-      "binary_linear(Tensor x_packed, Tensor w_packed, Tensor alpha, Tensor? bias, int in_features, "
-      "float? clamp_min=None, float? clamp_max=None) -> Tensor");
+      "binary_linear(Tensor x_packed, Tensor w_packed, Tensor alpha, Tensor? bias=None, ScalarType? out_dtype=None, "
+      "*, float? clamp_min=None, float? clamp_max=None) -> Tensor");
   m.def("half_pack_weight(Tensor w) -> Tensor");  // half: float16 weights (compressops/formats/half.py)
   m.def("half_linear(Tensor x, Tensor packed, Tensor? bias=None, ScalarType? out_dtype=None) -> Tensor");
 

@@ -1,6 +1,7 @@
 """BinaryConv2d / BinaryLinear: exactness against the binarized float layer, state_dict, save/load,
 compile/export, convert, training with the straight-through estimator, errors."""
 
+import copy
 import io
 
 import pytest
@@ -66,8 +67,6 @@ def test_state_dict_round_trip_save_load(tmp_path):
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.Flatten(),
                           nn.Linear(16 * 4 * 4, 20), nn.Linear(20, 5))
     float_copy = nn.Sequential(*[m for m in model])  # same architecture, loaded into below
-    import copy
-
     skeleton = copy.deepcopy(float_copy)
     binarize(model, co.Binary())
     assert isinstance(model[2], BinaryConv2d) and isinstance(model[4], BinaryLinear)
@@ -88,6 +87,126 @@ def test_state_dict_round_trip_save_load(tmp_path):
     assert isinstance(loaded[2], BinaryConv2d)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+def _layer(kind, act, in_ch=70, out_ch=12):
+    """(float module, its binary conversion) of a conv (3x3, padding 1) or linear layer."""
+    cfg = co.Binary(binarize_activations=act)
+    if kind == "conv":
+        f = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        return f, BinaryConv2d.from_float(f, cfg)
+    f = nn.Linear(in_ch, out_ch)
+    return f, BinaryLinear.from_float(f, cfg)
+
+
+def _input(kind, in_ch=70):
+    return randn_nonzero(2, in_ch, 5, 6) if kind == "conv" else randn_nonzero(3, 4, in_ch)
+
+
+@pytest.mark.parametrize("act", [True, False], ids=["W1A1", "W1A32"])
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_memory_holds_what_forward_reads_and_state_dict_the_canonical_bits(kind, act):
+    """W1A1 holds the pack (weight_bits a view into it), W1A32 the float signs; never both. state_dict
+    holds weight_bits, alpha and bias, the canonical format, whatever the mode."""
+    f, q = _layer(kind, act)
+    bits, alpha = bf.binarize_weight(f.weight)
+    assert {n for n, _ in q.named_buffers()} == {"weight_packed", "weight_signs", "alpha", "bias"}
+    if act:
+        assert q.weight_signs.numel() == 0
+        assert torch.equal(q.weight_packed, co.ops.binary_pack_weight(bits, 70))
+        assert q.weight_bits.untyped_storage().data_ptr() == q.weight_packed.untyped_storage().data_ptr()
+    else:
+        assert q.weight_packed.numel() == 0
+        assert q.weight_signs.dtype == torch.float32 and q.weight_signs.shape == f.weight.shape
+        assert torch.equal(q.weight_signs, bf.sign(f.weight.detach()))
+    sd = q.state_dict()
+    assert list(sd) == ["weight_bits", "alpha", "bias"]
+    assert sd["weight_bits"].dtype == torch.int64 and sd["weight_bits"].shape == bits.shape
+    assert torch.equal(sd["weight_bits"], bits) and torch.equal(sd["alpha"], alpha)
+    assert q.compressed_bytes() == 8 * bits.numel() + 4 * 12 * 2
+    # a fresh layer (what compressops.load fills) loads it and computes the same
+    fresh = type(q)(70, 12, *((3, 1, 1) if kind == "conv" else ()), binarize_activations=act)
+    result = fresh.load_state_dict(sd)
+    assert not result.missing_keys and not result.unexpected_keys
+    x = _input(kind)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), q(x))
+    assert torch.equal(fresh.weight_packed, q.weight_packed) and torch.equal(fresh.weight_signs, q.weight_signs)
+
+
+@pytest.mark.parametrize("act", [True, False], ids=["W1A1", "W1A32"])
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_skeleton_holds_the_zero_pack_without_running_the_pack_op(kind, act, monkeypatch):
+    def refuse(*args):
+        raise AssertionError("the skeleton ran the pack op")
+
+    monkeypatch.setattr(co.ops, "binary_pack_weight", refuse)
+    skel = (BinaryConv2d(70, 12, 3, binarize_activations=act) if kind == "conv"
+            else BinaryLinear(70, 12, binarize_activations=act))
+    monkeypatch.undo()
+    shape = (12, 3, 3, 2) if kind == "conv" else (12, 2)
+    assert torch.equal(skel.weight_bits, torch.zeros(shape, dtype=torch.int64))  # every weight -1
+    if act:
+        zero = bf.zero_pack(12, 70, (3, 3) if kind == "conv" else None)
+        assert torch.equal(skel.weight_packed, zero)
+        assert torch.equal(zero, co.ops.binary_pack_weight(torch.zeros(shape, dtype=torch.int64), 70))
+    else:
+        assert torch.equal(skel.weight_signs, -torch.ones_like(skel.weight_signs))
+
+
+@pytest.mark.parametrize("act", [True, False], ids=["W1A1", "W1A32"])
+def test_load_state_dict_errors(act):
+    q = BinaryConv2d(70, 12, 3, binarize_activations=act)
+    good = BinaryConv2d.from_float(nn.Conv2d(70, 12, 3)).state_dict()
+    with pytest.raises(RuntimeError, match="Missing key.*weight_bits"):
+        q.load_state_dict({"alpha": good["alpha"], "bias": good["bias"]})
+    with pytest.raises(RuntimeError, match=r"weight_bits: the checkpoint holds torch.int32 \(12, 3, 3, 2\), "
+                                           r"BinaryConv2d needs torch.int64 \(12, 3, 3, 2\)"):
+        q.load_state_dict({**good, "weight_bits": good["weight_bits"].int()})
+    with pytest.raises(RuntimeError, match=r"needs torch.int64 \(12, 3, 3, 2\)"):
+        q.load_state_dict({**good, "weight_bits": good["weight_bits"][:4]})
+    dirty = good["weight_bits"].clone()
+    dirty[0, 0, 0, 1] |= 1 << 10  # channel 74 of a 70-channel layer
+    with pytest.raises(RuntimeError, match="weight_bits: .*bits set past in_channels=70"):
+        q.load_state_dict({**good, "weight_bits": dirty})
+    with pytest.raises(RuntimeError, match="Unexpected key.*weight_packed"):
+        q.load_state_dict({**good, "weight_packed": q.weight_packed})
+    missing = q.load_state_dict({"alpha": good["alpha"], "bias": good["bias"]}, strict=False)
+    assert missing.missing_keys == ["weight_bits"]
+
+
+@pytest.mark.parametrize("act", [True, False], ids=["W1A1", "W1A32"])
+def test_copies_pickles_casts_and_moves_keep_one_format(act):
+    import pickle
+
+    _, q = _layer("conv", act)
+    x = _input("conv")
+    with torch.no_grad():
+        y = q(x)
+        for other in (copy.deepcopy(q), pickle.loads(pickle.dumps(q))):
+            assert torch.equal(other(x), y)
+            assert torch.equal(other.weight_bits, q.weight_bits)
+    q.to(torch.bfloat16)
+    q.double()
+    q.to("cpu")
+    assert q.weight_signs.dtype == torch.float32 and q.weight_packed.dtype == torch.uint8
+    assert q.alpha.dtype == torch.float32 and q.bias.dtype == torch.float32
+    with torch.no_grad():
+        assert torch.equal(q(x), y)
+
+
+def test_float_activation_layer_trains_and_repacks_its_signs():
+    """W1A32 training: eval() rebuilds the float signs (its only copy of the weight) from the latent weight."""
+    q = BinaryLinear.from_float(nn.Linear(70, 12), co.Binary(binarize_activations=False), trainable=True)
+    with torch.no_grad():
+        q.weight.mul_(-1.0)
+    q.eval()
+    assert torch.equal(q.weight_signs, bf.sign(q.weight.detach())) and q.weight_packed.numel() == 0
+    assert torch.equal(q.weight_bits, bf.binarize_weight(q.weight)[0])
+    sd = q.state_dict()
+    assert sorted(sd) == ["alpha", "bias", "weight", "weight_bits"]
+    q.freeze()
+    assert q.weight is None and sorted(q.state_dict()) == ["alpha", "bias", "weight_bits"]
 
 
 def test_repr_report_and_sizes():

@@ -237,7 +237,10 @@ def test_packed_op_is_what_the_chain_calls():
     chain = BinaryChain([c1, c2])
     x = randn_nonzero(1, 64, 5, 5)
     xp = ops.binary_pack_activation(x)
-    mid = ops.binary_conv2d_packed(xp, c1.weight_bits, c1.alpha, c1.bias, 64, c1.kernel_size, c1.stride,
-                                   c1.padding)
-    y = ops.binary_conv2d(mid, c2.weight_bits, c2.alpha, c2.bias, 64, c2.kernel_size, c2.stride, c2.padding)
+    mid = ops.binary_conv2d_packed(xp, c1.weight_packed, c1.alpha, c1.bias, c1.stride, c1.padding)
+    y = ops.binary_conv2d(mid, c2.weight_packed, c2.alpha, c2.bias, c2.stride, c2.padding)
     assert torch.equal(chain(x), y)
+    # the chain's layers hold their packs only (no float signs, no second copy of the bits)
+    for layer in chain.layers:
+        assert layer.weight_signs.numel() == 0
+        assert layer.weight_bits.untyped_storage().data_ptr() == layer.weight_packed.untyped_storage().data_ptr()

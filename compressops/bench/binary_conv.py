@@ -126,7 +126,7 @@ class BinaryConvBench(Family):
         ours, lib = {"isa": co.isa()}, {"isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default")}
         return [Impl("BinaryConv2d (pack + conv)", lambda: bconv(x), "ours", fields=ours),
                 Impl("binary_conv2d kernel (packed in)", lambda: co.ops.binary_conv2d(
-                    xp, bconv.weight_bits, bconv.alpha, bconv.bias, c, (3, 3), (1, 1), (1, 1)), "ours", fields=ours),
+                    xp, bconv.weight_packed, bconv.alpha, bconv.bias, (1, 1), (1, 1)), "ours", fields=ours),
                 Impl("fp32 nn.Conv2d", lambda: conv(x), "dense", fields=lib),
                 Impl("bf16 nn.Conv2d", lambda: conv_bf16(xb), "dense", fields=lib),
                 Impl("torch.ao int8 Conv2d (kernel only)", lambda: qconv(xq), "peer", fields=lib)]

@@ -1,6 +1,6 @@
 """The binary (sign-bit) format: XNOR-popcount convolution and linear layers.
 
-Canonical (what state_dict and files hold; the same on every device):
+Canonical, version 1 (what state_dict and files hold; the same on every device):
     weight_bits  int64   conv: [OC, KH, KW, CW], linear: [OUT, CW], CW = ceil(C / 64)
                  sign(w) bit-packed along input channels: channel c of a tap is bit (c % 64) of
                  word c // 64, least significant bit first; bit 1 = +1 (w >= 0, so sign(0) = +1),
@@ -8,10 +8,29 @@ Canonical (what state_dict and files hold; the same on every device):
     alpha        float32 [OC]  per output channel, alpha = mean |w| over (C, KH, KW)
     bias         float32 [OC]  optional
 
+Packed, version 1 (compressops.ops.binary_pack_weight(weight_bits, in_channels); built from the
+canonical weight_bits, never saved):
+    header  64 bytes, the shared pack header (compressops/formats/pack_header.py): tag "binary",
+            version 1, N = OC (output channels), K = C (input channels: the valid bits of a tap),
+            family fields (KH, KW, CW); a linear pack has KH = KW = 1
+    words   weight_bits' words in their canonical order [OC, KH, KW, CW], int64 little endian:
+            8 * OC * KH * KW * CW bytes
+    shape   uint8 (OC, KH, KW, R) for a conv pack, (OC, R) for a linear pack, with
+            R = ceil((64 + 8 * OC * KH * KW * CW) / (OC * KH * KW)) = 8 * CW + ceil(64 / (OC * KH * KW))
+            (pack_header.pack_shape), zero padded at the end
+The conv kernels walk each output channel's [KH, KW, CW] block tap row by tap row, so the canonical
+order is the kernels' order and the pack adds only the header. Its leading dims are what the fake
+kernels (which cannot read the header) need: OC for the output channels, KH and KW for the output
+size. The reader re-derives the fields from K and the pack's dims and the byte count from those,
+and checks the channel word count of x_packed against K, so no kernel reads past either buffer.
+All-zero layout bytes are the pack of all-zero weight_bits (every weight -1), so a module skeleton
+holds zero_pack() until it loads a state dict.
+
 Activations are binarized at run time with the same rule (x >= 0 -> bit 1, so sign(0) = +1 and
 NaN -> -1) and packed channels-last: [N, H, W, CW] int64 (conv) or [..., CW] (linear), channel
 padding bits 0. The kernels rely on those pad bits being 0 in both operands (their XOR is then 0,
-so they never count); binary_pack_activation always writes them as 0.
+so they never count); binary_pack_activation always writes them as 0 and binary_pack_weight refuses
+weight_bits whose pad bits are not.
 
 The layer computes, for every output position,
     y = alpha * (matches - mismatches) + bias = alpha * (valid_bits - 2 * popcount(x XOR w)) + bias
@@ -22,11 +41,20 @@ The weight is 32x smaller than fp32 (plus one fp32 scale per output channel).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from .checks import check_bias, check_x
+from . import pack_header
+from .checks import check_bias, check_x, is_fake, resolve_out_dtype
 
 WORD_BITS = 64
+TAG = "binary"
+VERSION = 1
+# A header may describe at most this many bytes; past it the C++ reader's int64 size arithmetic
+# could overflow (N, K < 2^31 bound the words per tap, not the product with KH * KW).
+MAX_PACK_BYTES = 2**62
+_PACK_OP = "binary_pack_weight"
 
 
 def words(c: int) -> int:
@@ -87,6 +115,12 @@ def weight_signs(weight_bits: torch.Tensor, in_channels: int) -> torch.Tensor:
     return s.permute(0, 3, 1, 2).contiguous() if s.dim() == 4 else s
 
 
+def bits_of_signs(signs: torch.Tensor) -> torch.Tensor:
+    """Inverse of weight_signs: weight_bits int64 [OC, KH, KW, CW] or [OUT, CW] of a +-1 weight in
+    torch's layout ([OC, C, KH, KW] or [OUT, C])."""
+    return pack_bits(signs.permute(0, 2, 3, 1) if signs.dim() == 4 else signs).contiguous()
+
+
 def dequantize(weight_bits: torch.Tensor, alpha: torch.Tensor, in_channels: int) -> torch.Tensor:
     """The float32 weight alpha * sign(w) this format computes with."""
     s = weight_signs(weight_bits, in_channels)
@@ -94,8 +128,126 @@ def dequantize(weight_bits: torch.Tensor, alpha: torch.Tensor, in_channels: int)
 
 
 # ---------------------------------------------------------------------------------------------
-# validation of the binary ops (reference, fake and kernels alike; no check reads data, so
-# every one runs in full on fake tensors)
+# the pack
+
+def packed_bytes(n, kh, kw, cw):
+    """Bytes of the pack of an [n, kh, kw, cw]-word weight before row padding (works on SymInts)."""
+    return pack_header.HEADER_BYTES + 8 * n * kh * kw * cw
+
+
+def pack_rows(n, kh, kw, conv: bool) -> tuple:
+    """The pack's leading dims: (OC, KH, KW) for a conv pack, (OUT,) for a linear one."""
+    return (n, kh, kw) if conv else (n,)
+
+
+def zero_pack(out_channels: int, in_channels: int, kernel_size=None, device=None) -> torch.Tensor:
+    """The pack of all-zero weight_bits (every weight -1), built without the pack op: a conv pack
+    with kernel_size (KH, KW), a linear pack without."""
+    conv = kernel_size is not None
+    kh, kw = kernel_size if conv else (1, 1)
+    cw = words(in_channels)
+    return pack_header.zeros(TAG, VERSION, pack_rows(out_channels, kh, kw, conv), out_channels, in_channels,
+                             (kh, kw, cw), packed_bytes(out_channels, kh, kw, cw), device=device)
+
+
+def _dims(shape) -> tuple:
+    # Shapes in messages are tuples of plain ints, as the C++ host prints them.
+    return tuple(int(d) for d in shape)
+
+
+def check_pack_weight(weight_bits: torch.Tensor, in_channels: int, op: str = _PACK_OP) -> None:
+    """The validation of binary_pack_weight: in_channels in [1, 2^31); weight_bits int64 [OC, KH,
+    KW, CW] (conv) or [OUT, CW] (linear), CW = ceil(in_channels/64), every dim >= 1, OC < 2^31; its
+    channel padding bits 0 (not checked on fake tensors, which hold no data).
+
+    Raises:
+        ValueError naming the argument.
+    """
+    c = in_channels
+    torch._check_value(1 <= c < pack_header.MAX_DIM, lambda: f"{op}: in_channels must be in [1, 2^31), got {c}")
+    cw = words(c)
+
+    def layout():
+        return (f"{op}: weight_bits must be int64 [OC, KH, KW, {cw}] (conv) or [OUT, {cw}] (linear) for "
+                f"in_channels={c}, got {weight_bits.dtype} {_dims(weight_bits.shape)}")
+
+    torch._check_value(weight_bits.dtype == torch.int64 and weight_bits.dim() in (2, 4), layout)
+    torch._check_value(weight_bits.shape[-1] == cw, layout)
+    for size in weight_bits.shape[:-1]:
+        torch._check_value(size >= 1, lambda: f"{op}: weight_bits needs OC, KH, KW >= 1, got "
+                                              f"{_dims(weight_bits.shape)}")
+    torch._check_value(weight_bits.shape[0] < pack_header.MAX_DIM,
+                       lambda: f"{op}: weight_bits needs OC < 2^31, got {_dims(weight_bits.shape)}")
+    if c % WORD_BITS and not is_fake(weight_bits):
+        # Arithmetic shift: a set top bit leaves a negative word, still nonzero.
+        if bool(((weight_bits[..., -1] >> (c % WORD_BITS)) != 0).any()):
+            raise ValueError(f"{op}: weight_bits has bits set past in_channels={c} in its last word; the channel "
+                             f"padding bits must be 0")
+
+
+def pack_weight(weight_bits: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Pure-PyTorch packer (the reference of compressops.ops.binary_pack_weight).
+
+    Args:
+        weight_bits: int64 [OC, KH, KW, CW] (conv) or [OUT, CW] (linear), CW = ceil(in_channels/64).
+        in_channels: C, the valid bits of a tap.
+    Returns:
+        uint8 (OC, KH, KW, R) or (OUT, R): the header, then weight_bits' words (module docstring).
+    """
+    check_pack_weight(weight_bits, in_channels)
+    conv = weight_bits.dim() == 4
+    n, cw = weight_bits.shape[0], weight_bits.shape[-1]
+    kh, kw = (weight_bits.shape[1], weight_bits.shape[2]) if conv else (1, 1)
+    header = pack_header.make(TAG, VERSION, n, in_channels, (kh, kw, cw), device=weight_bits.device)
+    body = weight_bits.contiguous().view(-1).view(torch.uint8)
+    return pack_header.shaped(torch.cat([header, body]), pack_rows(n, kh, kw, conv))
+
+
+@dataclass(frozen=True)
+class PackInfo:
+    """What a binary pack's header says, checked: OC, C, kernel (KH, KW), CW words per tap."""
+
+    n: int
+    c: int
+    kh: int
+    kw: int
+    cw: int
+
+
+def read_header(packed: torch.Tensor, op: str, conv: bool) -> PackInfo:
+    """The fields of a binary pack (a conv pack when conv, else a linear one), after checking the
+    shared header, the family fields (KH, KW from the pack's dims, CW from K) and the size.
+
+    Raises:
+        ValueError naming `op` and "w_packed".
+    """
+    r = pack_header.Reader(op, "w_packed", _PACK_OP)
+    h = pack_header.read(packed, TAG, VERSION, r, 4 if conv else 2)
+    kh, kw = (int(packed.shape[1]), int(packed.shape[2])) if conv else (1, 1)
+    cw = words(h.k)
+    fields = (kh, kw, cw)
+    if h.fields == fields and h.n * kh * kw * cw > (MAX_PACK_BYTES - pack_header.HEADER_BYTES) // 8:
+        raise ValueError(f"{op}: w_packed's header (N={h.n}, K={h.k}, kernel {kh}x{kw}) describes a pack of more "
+                         f"than 2^62 bytes; repack it with compressops.ops.{_PACK_OP}")
+    pack_header.check_layout(h, fields, packed, pack_rows(h.n, kh, kw, conv), packed_bytes(h.n, kh, kw, cw), r)
+    return PackInfo(h.n, h.k, kh, kw, cw)
+
+
+def unpack_weight(packed: torch.Tensor, op: str = "binary_unpack_weight", conv: bool = True) -> torch.Tensor:
+    """The canonical weight_bits of a pack, int64 [OC, KH, KW, CW] (conv) or [OUT, CW] (linear): a
+    view into the pack (a copy only when the pack's storage is not 8-byte aligned)."""
+    p = read_header(packed, op, conv)
+    start = pack_header.HEADER_BYTES
+    body = packed.view(-1)[start:start + 8 * p.n * p.kh * p.kw * p.cw]
+    if body.storage_offset() % 8:
+        body = body.clone()
+    shape = (p.n, p.kh, p.kw, p.cw) if conv else (p.n, p.cw)
+    return body.view(torch.int64).view(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# validation of the binary ops (reference, fake and kernels alike). On fake tensors the pack's
+# header cannot be read: its leading dims give OC, KH and KW, and C stays unknown.
 
 def check_pack_activation(x: torch.Tensor, op: str = "binary_pack_activation") -> None:
     """x: float, 4-D NCHW with at least one channel, or any other rank with a non-empty last dim."""
@@ -108,48 +260,85 @@ def check_pack_activation(x: torch.Tensor, op: str = "binary_pack_activation") -
                                                      f"{tuple(x.shape)}")
 
 
-def check_operands(op: str, x_packed: torch.Tensor, w_packed: torch.Tensor, alpha: torch.Tensor,
-                   bias: torch.Tensor | None, c: int, w_dims: int) -> None:
-    """Checks shared by the binary conv and linear ops: c valid channel bits per tap, packed
-    operands with ceil(c/64) words last, w_packed w_dims-D, alpha float32 [OC], bias [OC]."""
-    torch._check_value(c >= 1, lambda: f"{op}: in_channels/in_features must be >= 1, got {c}")
-    cw = words(c)
-    torch._check_value(x_packed.dtype == torch.int64 and x_packed.dim() >= 1 and x_packed.shape[-1] == cw,
-                       lambda: f"{op}: x_packed must be int64 with last dimension ceil(C/64) = {cw}, got "
-                               f"{x_packed.dtype} {tuple(x_packed.shape)}")
-    torch._check_value(w_packed.dtype == torch.int64 and w_packed.dim() == w_dims and w_packed.shape[-1] == cw,
-                       lambda: f"{op}: w_packed must be int64 {w_dims}-D with last dimension {cw}, got "
-                               f"{w_packed.dtype} {tuple(w_packed.shape)}")
-    oc = w_packed.shape[0]
-    torch._check_value(alpha.dtype == torch.float32 and alpha.dim() == 1 and alpha.shape[0] == oc,
-                       lambda: f"{op}: alpha must be float32 of shape [{oc}], got {alpha.dtype} {tuple(alpha.shape)}")
-    check_bias(bias, oc, op, shape="[{n}]")
+def _read_operands(op: str, x_packed: torch.Tensor, w_packed: torch.Tensor, alpha: torch.Tensor,
+                   bias: torch.Tensor | None, conv: bool) -> PackInfo:
+    """The checks binary_conv2d, binary_conv2d_packed and binary_linear share: the pack, then
+    x_packed (int64, [N, H, W, CW] or [..., CW] with CW from the pack's K), alpha float32 [OC] and
+    bias [OC]. On fake tensors C is 0 (unknown) and CW is x_packed's."""
+    r = pack_header.Reader(op, "w_packed", _PACK_OP)
+    if is_fake(w_packed):
+        rows = pack_header.check_rows(w_packed, r, 4 if conv else 2)
+        kh, kw = (rows[1], rows[2]) if conv else (1, 1)
+        p = PackInfo(rows[0], 0, kh, kw, x_packed.shape[-1] if x_packed.dim() else 0)
+    else:
+        p = read_header(w_packed, op, conv)
+    layout = "[N, H, W, " if conv else "[..., "
+    ok = x_packed.dtype == torch.int64 and (x_packed.dim() == 4 if conv else x_packed.dim() >= 1)
+    ok = ok and x_packed.shape[-1] == p.cw
+    torch._check_value(ok, lambda: f"{op}: x_packed must be int64 {layout}{p.cw}] (ceil(C/64) words for w_packed's "
+                                   f"C={p.c}) from compressops.ops.binary_pack_activation, got {x_packed.dtype} "
+                                   f"{_dims(x_packed.shape)}")
+    ok = alpha.dtype == torch.float32 and alpha.dim() == 1 and alpha.shape[0] == p.n
+    torch._check_value(ok, lambda: f"{op}: alpha must be float32 of shape [{p.n}], got {alpha.dtype} "
+                                   f"{_dims(alpha.shape)}")
+    check_bias(bias, p.n, op, shape="[{n}]")
+    return p
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """A checked binary conv: the pack's fields and the output size [N, OC, OH, OW]."""
+
+    pack: PackInfo
+    n: int
+    oh: int
+    ow: int
 
 
 def check_conv2d(op: str, x_packed: torch.Tensor, w_packed: torch.Tensor, alpha: torch.Tensor,
-                 bias: torch.Tensor | None, in_channels: int, kernel_size, stride, padding) -> tuple:
-    """The validation of binary_conv2d and binary_conv2d_packed.
+                 bias: torch.Tensor | None, stride, padding) -> ConvShape:
+    """The validation of binary_conv2d and binary_conv2d_packed (reference and fake kernels).
 
+    Args:
+        x_packed: int64 [N, H, W, CW] from binary_pack_activation. w_packed: uint8 (OC, KH, KW, R)
+        from binary_pack_weight. alpha: float32 [OC]. bias: optional float [OC].
+        stride, padding: two ints each.
     Returns:
-        (N, OC, OH, OW) of the output.
+        the pack's fields and the output size.
     Raises:
         ValueError naming the argument.
     """
-    check_operands(op, x_packed, w_packed, alpha, bias, in_channels, 4)
-    torch._check_value(x_packed.dim() == 4, lambda: f"{op}: x_packed must be 4-D [N, H, W, CW], got "
-                                                    f"{tuple(x_packed.shape)}")
-    kh, kw = kernel_size
-    torch._check_value(w_packed.shape[1] == kh and w_packed.shape[2] == kw,
-                       lambda: f"{op}: w_packed has taps {tuple(w_packed.shape[1:3])} but kernel_size is {(kh, kw)}")
+    p = _read_operands(op, x_packed, w_packed, alpha, bias, conv=True)
+    stride, padding = [int(s) for s in stride], [int(s) for s in padding]
+    torch._check_value(len(stride) == 2 and len(padding) == 2,
+                       lambda: f"{op}: stride and padding must have two values each, got {stride}, {padding}")
     torch._check_value(min(stride) >= 1 and min(padding) >= 0,
-                       lambda: f"{op}: stride must be >= 1 and padding >= 0, got {stride}, {padding}")
-    oh = (x_packed.shape[1] + 2 * padding[0] - kh) // stride[0] + 1
-    ow = (x_packed.shape[2] + 2 * padding[1] - kw) // stride[1] + 1
-    return x_packed.shape[0], w_packed.shape[0], oh, ow
+                       lambda: f"{op}: stride must be >= 1 and padding >= 0, got stride {stride}, padding {padding}")
+    h, w = x_packed.shape[1], x_packed.shape[2]
+
+    def small():
+        return f"{op}: the padded input ({h}x{w} + padding {padding}) is smaller than the kernel {p.kh}x{p.kw}"
+
+    # Separate checks: one SymBool each, so symbolic sizes are never forced to a value.
+    torch._check_value(h + 2 * padding[0] >= p.kh, small)
+    torch._check_value(w + 2 * padding[1] >= p.kw, small)
+    oh = (h + 2 * padding[0] - p.kh) // stride[0] + 1
+    ow = (w + 2 * padding[1] - p.kw) // stride[1] + 1
+    return ConvShape(p, x_packed.shape[0], oh, ow)
 
 
 def check_linear(op: str, x_packed: torch.Tensor, w_packed: torch.Tensor, alpha: torch.Tensor,
-                 bias: torch.Tensor | None, in_features: int) -> int:
-    """The validation of binary_linear. Returns OUT (the number of output features)."""
-    check_operands(op, x_packed, w_packed, alpha, bias, in_features, 2)
-    return w_packed.shape[0]
+                 bias: torch.Tensor | None, out_dtype: torch.dtype | None) -> tuple[PackInfo, torch.dtype]:
+    """The validation of binary_linear (reference and fake kernels).
+
+    Args:
+        x_packed: int64 [..., CW] from binary_pack_activation. w_packed: uint8 (OUT, R) from
+        binary_pack_weight. alpha: float32 [OUT]. bias: optional float [OUT].
+        out_dtype: float32/bfloat16/float16 or None (float32: x_packed carries no float dtype).
+    Returns:
+        (the pack's fields, the output dtype).
+    Raises:
+        ValueError naming the argument.
+    """
+    p = _read_operands(op, x_packed, w_packed, alpha, bias, conv=False)
+    return p, resolve_out_dtype(x_packed, out_dtype or torch.float32, op)

@@ -37,37 +37,61 @@ def _check_input(x: torch.Tensor, layer: str, channels: int, conv: bool):
 
 
 class _BinaryBase(nn.Module):
-    """What BinaryConv2d and BinaryLinear share: buffers, latent training weight, bookkeeping."""
+    """What BinaryConv2d and BinaryLinear share: what they hold, the latent training weight,
+    state_dict translation, bookkeeping.
+
+    In memory a layer holds what its forward path reads and nothing else: with 1-bit activations
+    (W1A1) the pack of ops.binary_pack_weight (`weight_packed`), with float activations (W1A32) the
+    float32 +-1 weight in torch's layout (`weight_signs`, what F.conv2d / F.linear take); the other
+    is an empty tensor, so torch.jit.script types both. Neither is saved: state_dict holds the
+    canonical weight_bits (a view into the pack, or computed from the signs), alpha and bias.
+    """
 
     _version = 1
     # Report/bookkeeping properties that torch.jit.script need not (and cannot) compile.
-    __jit_unused_properties__ = ["config", "format_label", "shape_label"]
+    __jit_unused_properties__ = ["config", "format_label", "shape_label", "weight_bits"]
 
-    def _init_buffers(self, bits_shape, out_ch, bias, device):
-        self.register_buffer("weight_bits", torch.zeros(bits_shape, dtype=torch.int64, device=device))
+    def _init_buffers(self, out_ch, bias, device):
+        if self.binarize_activations:
+            # Zero layout bytes are the pack of all-zero weight_bits: no pack op on placeholder data.
+            packed = binary_format.zero_pack(out_ch, self._in, self._kernel(), device=device)
+            signs = torch.empty(0, device=device)
+        else:
+            packed = torch.empty(0, dtype=torch.uint8, device=device)
+            signs = -torch.ones(self._signs_shape(), device=device)  # the signs of all-zero weight_bits
+        self.register_buffer("weight_packed", packed, persistent=False)
+        self.register_buffer("weight_signs", signs, persistent=False)
         self.register_buffer("alpha", torch.ones(out_ch, dtype=torch.float32, device=device))
         self.register_buffer("bias", torch.zeros(out_ch, dtype=torch.float32, device=device) if bias else None)
-        # +-1 float weight for binarize_activations=False (rebuilt from weight_bits, never saved).
-        self.register_buffer("weight_signs", torch.empty(0, device=device), persistent=False)
         # The latent real-valued weight, only while the layer is trainable (see enable_training).
         self.weight = None
-        self.register_load_state_dict_post_hook(lambda module, keys: module._refresh())
 
     # -- format ----------------------------------------------------------------------------------
+    @property
+    def weight_bits(self) -> torch.Tensor:
+        """The canonical sign bits, int64 [OC, KH, KW, ceil(C/64)] (conv) or [OUT, ceil(C/64)]
+        (linear): a view into the pack with 1-bit activations (writes to it change the layer),
+        computed from the float signs otherwise."""
+        if self.binarize_activations:
+            return binary_format.unpack_weight(self.weight_packed, type(self).__name__, conv=self._kernel() is not None)
+        return binary_format.bits_of_signs(self.weight_signs)
+
+    def _set_bits(self, bits: torch.Tensor, name: str) -> None:
+        """Hold canonical weight_bits the way this layer's mode computes with them."""
+        bits = bits.detach().to(self.alpha.device)
+        if self.binarize_activations:
+            self.weight_packed = ops.binary_pack_weight(bits, self._in)
+        else:
+            binary_format.check_pack_weight(bits, self._in, name)
+            self.weight_signs = binary_format.weight_signs(bits, self._in)
+
     def _set_from_weight(self, w: torch.Tensor, name: str) -> None:
         bits, alpha = binary_format.binarize_weight(w, name=name)
         if self.scale == "none":
             alpha = torch.ones_like(alpha)
+        self._set_bits(bits, name)
         with torch.no_grad():
-            self.weight_bits.copy_(bits)
             self.alpha.copy_(alpha)
-        self._refresh()
-
-    def _refresh(self) -> None:
-        # An empty tensor rather than None when unused, so torch.jit.script types it as a Tensor.
-        self.weight_signs = torch.empty(0, device=self.weight_bits.device)
-        if not self.binarize_activations:
-            self.weight_signs = binary_format.weight_signs(self.weight_bits, self._in)
 
     @property
     def config(self) -> Binary:
@@ -82,8 +106,11 @@ class _BinaryBase(nn.Module):
         return 4 * (self._weight_numel() + (self.alpha.numel() if self.bias is not None else 0))
 
     def compressed_bytes(self) -> int:
-        """Bytes of the canonical format (sign bits + alpha + bias)."""
-        return sum(b.numel() * b.element_size() for b in (self.weight_bits, self.alpha, self.bias) if b is not None)
+        """Bytes of the canonical format (the state_dict's sign bits, alpha and bias)."""
+        words = 1
+        for d in self._bits_shape():
+            words *= d
+        return 8 * words + sum(b.numel() * b.element_size() for b in (self.alpha, self.bias) if b is not None)
 
     def dequantize(self) -> torch.Tensor:
         """The float32 weight alpha * sign(w) this layer computes with (torch layout)."""
@@ -96,10 +123,10 @@ class _BinaryBase(nn.Module):
         In train mode the layer then runs a differentiable path (straight-through sign); eval()
         repacks the bits from the latent weight; freeze() drops it."""
         w = self.dequantize() if weight is None else weight.detach().float().clone()
-        self.weight = nn.Parameter(w.to(self.weight_bits.device))
+        self.weight = nn.Parameter(w.to(self.alpha.device))
 
     def pack(self) -> None:
-        """Repack weight_bits and alpha from the latent weight (after optimizer steps)."""
+        """Repack the sign bits and alpha from the latent weight (after optimizer steps)."""
         if self.weight is not None:
             self._set_from_weight(self.weight, type(self).__name__)
 
@@ -125,6 +152,10 @@ class _BinaryBase(nn.Module):
         alpha = w.abs().flatten(1).mean(1).reshape(-1, *([1] * (w.dim() - 1)))
         return s * alpha
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        destination[prefix + "weight_bits"] = self.weight_bits.detach()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         # A trainable layer saves its latent weight; a skeleton gains the Parameter to receive it.
@@ -132,17 +163,31 @@ class _BinaryBase(nn.Module):
             self.weight = nn.Parameter(torch.empty_like(state_dict[prefix + "weight"], dtype=torch.float32))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        key = prefix + "weight_bits"
+        if key in unexpected_keys:  # the base class knows only the registered buffers
+            unexpected_keys.remove(key)
+        bits = state_dict.get(key)
+        if bits is None:
+            missing_keys.append(key)
+            return
+        shape = self._bits_shape()
+        if bits.dtype != torch.int64 or tuple(bits.shape) != shape:
+            error_msgs.append(f"mismatch for {key}: the checkpoint holds {bits.dtype} {tuple(bits.shape)}, "
+                              f"{type(self).__name__} needs torch.int64 {shape}")
+            return
+        try:
+            self._set_bits(bits, key)
+        except ValueError as e:
+            error_msgs.append(f"{key}: {e}")
 
     def _apply(self, fn, recurse=True):
-        # Module.to(dtype) would cast alpha and bias; the format fixes them at float32.
-        keep = {n: getattr(self, n) for n in ("alpha", "bias") if getattr(self, n) is not None}
+        # Module.to(dtype) would cast alpha, bias and the signs; the format fixes them at float32.
+        keep = {n: getattr(self, n) for n in ("alpha", "bias", "weight_signs") if getattr(self, n) is not None}
         super()._apply(fn, recurse)
         for n, old in keep.items():
             new = getattr(self, n)
             if new.dtype != torch.float32:
                 setattr(self, n, old.to(new.device))
-        if self.weight_signs is not None and self.weight_signs.dtype != torch.float32:
-            self.weight_signs = self.weight_signs.float()
         return self
 
 
@@ -154,8 +199,10 @@ class BinaryConv2d(_BinaryBase):
     Inputs: float32/bfloat16/float16 NCHW (channels_last is the fast layout); the output has the
     input's dtype and channels_last memory format. Dilation 1, groups 1, zero padding.
 
-    Buffers (state_dict): weight_bits int64 [OC, KH, KW, ceil(C/64)], alpha float32 [OC],
-    bias float32 [OC] (if any); plus the latent float `weight` Parameter while trainable.
+    state_dict: weight_bits int64 [OC, KH, KW, ceil(C/64)], alpha float32 [OC], bias float32 [OC]
+    (if any), the canonical format of compressops/formats/binary.py; plus the latent float `weight`
+    Parameter while trainable. In memory: the pack `weight_packed` (W1A1) or the float32 +-1
+    `weight_signs` [OC, C, KH, KW] (W1A32), never saved; `weight_bits` is derived from it.
 
     Example:
         >>> conv = torch.nn.Conv2d(64, 64, 3, padding=1)
@@ -180,9 +227,17 @@ class BinaryConv2d(_BinaryBase):
         self.scale = scale
         self.binarize_activations = binarize_activations
         self._in = in_channels
+        self._init_buffers(out_channels, bias, device)
+
+    def _kernel(self):
+        return self.kernel_size
+
+    def _bits_shape(self) -> tuple[int, ...]:
         kh, kw = self.kernel_size
-        self._init_buffers((out_channels, kh, kw, binary_format.words(in_channels)), out_channels, bias, device)
-        self._refresh()
+        return (self.out_channels, kh, kw, binary_format.words(self.in_channels))
+
+    def _signs_shape(self) -> tuple[int, ...]:
+        return (self.out_channels, self.in_channels, *self.kernel_size)
 
     def _weight_numel(self):
         return self.out_channels * self.in_channels * self.kernel_size[0] * self.kernel_size[1]
@@ -275,15 +330,14 @@ class BinaryConv2d(_BinaryBase):
                 y = y + self.bias.reshape(1, -1, 1, 1)
             return y.to(x.dtype)
         xp = ops.binary_pack_activation(x)
-        y = ops.binary_conv2d(xp, self.weight_bits, self.alpha, self.bias, self.in_channels, self.kernel_size,
-                              self.stride, self.padding)
+        y = ops.binary_conv2d(xp, self.weight_packed, self.alpha, self.bias, self.stride, self.padding)
         return y.to(x.dtype)
 
     def to_float(self) -> nn.Conv2d:
         """An nn.Conv2d with weight alpha * sign(w). With binarize_activations=True this layer equals
         to_float() applied to sign(x) (sign(0) = +1)."""
         conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                         bias=self.bias is not None, device=self.weight_bits.device)
+                         bias=self.bias is not None, device=self.alpha.device)
         with torch.no_grad():
             conv.weight.copy_(self.dequantize())
             if self.bias is not None:
@@ -302,7 +356,9 @@ class BinaryLinear(_BinaryBase):
     binarize_activations=True: y = alpha * (sign(x) @ sign(w).T) + bias via XNOR-popcount.
 
     Inputs: float (..., in_features); the output has the input's dtype.
-    Buffers (state_dict): weight_bits int64 [out, ceil(in/64)], alpha float32 [out], bias [out].
+    state_dict: weight_bits int64 [out, ceil(in/64)], alpha float32 [out], bias float32 [out] (if
+    any). In memory: the pack `weight_packed` (W1A1) or the float32 +-1 `weight_signs` [out, in]
+    (W1A32), as BinaryConv2d.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, scale: str = "channel",
@@ -316,8 +372,16 @@ class BinaryLinear(_BinaryBase):
         self.scale = scale
         self.binarize_activations = binarize_activations
         self._in = in_features
-        self._init_buffers((out_features, binary_format.words(in_features)), out_features, bias, device)
-        self._refresh()
+        self._init_buffers(out_features, bias, device)
+
+    def _kernel(self):
+        return None
+
+    def _bits_shape(self) -> tuple[int, ...]:
+        return (self.out_features, binary_format.words(self.in_features))
+
+    def _signs_shape(self) -> tuple[int, ...]:
+        return (self.out_features, self.in_features)
 
     def _weight_numel(self):
         return self.out_features * self.in_features
@@ -366,14 +430,13 @@ class BinaryLinear(_BinaryBase):
             if self.bias is not None:
                 y = y + self.bias
             return y.to(x.dtype)
-        y = ops.binary_linear(ops.binary_pack_activation(x), self.weight_bits, self.alpha, self.bias,
-                              self.in_features)
+        y = ops.binary_linear(ops.binary_pack_activation(x), self.weight_packed, self.alpha, self.bias)
         return y.to(x.dtype)
 
     def to_float(self) -> nn.Linear:
         """An nn.Linear with weight alpha * sign(w) (see BinaryConv2d.to_float)."""
         lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                        device=self.weight_bits.device)
+                        device=self.alpha.device)
         with torch.no_grad():
             lin.weight.copy_(self.dequantize())
             if self.bias is not None:

@@ -199,10 +199,9 @@ class BinaryChain(nn.Module):
                              + ", H, W], got " + str(x.dtype) + " " + str(list(x.shape)))
         xp = ops.binary_pack_activation(x)
         for layer in self.body:
-            xp = ops.binary_conv2d_packed(xp, layer.weight_bits, layer.alpha, layer.bias, layer.in_channels,
-                                          layer.kernel_size, layer.stride, layer.padding)
+            xp = ops.binary_conv2d_packed(xp, layer.weight_packed, layer.alpha, layer.bias, layer.stride, layer.padding)
         h = self.head
-        y = ops.binary_conv2d(xp, h.weight_bits, h.alpha, h.bias, h.in_channels, h.kernel_size, h.stride, h.padding)
+        y = ops.binary_conv2d(xp, h.weight_packed, h.alpha, h.bias, h.stride, h.padding)
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:

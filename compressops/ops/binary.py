@@ -1,4 +1,4 @@
-"""The binary (sign-bit) ops: activation pack, XNOR-popcount conv2d and linear
+"""The binary (sign-bit) ops: activation and weight packs, XNOR-popcount conv2d and linear
 (format: compressops/formats/binary.py)."""
 
 from __future__ import annotations
@@ -7,10 +7,11 @@ import torch
 from torch import Tensor
 
 from ..formats import binary as fb
+from ..formats import pack_header
 from ..reference import binary as ref
 from . import _register
 
-__all__ = ["binary_pack_activation", "binary_conv2d", "binary_conv2d_packed", "binary_linear"]
+__all__ = ["binary_pack_activation", "binary_pack_weight", "binary_conv2d", "binary_conv2d_packed", "binary_linear"]
 
 
 def _fake_pack_activation(x):
@@ -20,32 +21,39 @@ def _fake_pack_activation(x):
     return x.new_empty((*x.shape[:-1], fb.words(x.shape[-1])), dtype=torch.int64)
 
 
-def _fake_conv2d(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding, clamp_min=None,
-                 clamp_max=None):
-    n, oc, oh, ow = fb.check_conv2d("binary_conv2d", x_packed, w_packed, alpha, bias, in_channels, kernel_size,
-                                    stride, padding)
-    return x_packed.new_empty((n, oc, oh, ow), dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+def _fake_pack_weight(weight_bits, in_channels):
+    fb.check_pack_weight(weight_bits, in_channels)
+    conv = weight_bits.dim() == 4
+    n, cw = weight_bits.shape[0], weight_bits.shape[-1]
+    kh, kw = (weight_bits.shape[1], weight_bits.shape[2]) if conv else (1, 1)
+    shape = pack_header.pack_shape(fb.pack_rows(n, kh, kw, conv), fb.packed_bytes(n, kh, kw, cw))
+    return weight_bits.new_empty(shape, dtype=torch.uint8)
 
 
-def _conv2d_default(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding, clamp_min=None,
-                    clamp_max=None):
+def _fake_conv2d(x_packed, w_packed, alpha, bias, stride, padding, *, clamp_min=None, clamp_max=None):
+    s = fb.check_conv2d("binary_conv2d", x_packed, w_packed, alpha, bias, stride, padding)
+    return x_packed.new_empty((s.n, s.pack.n, s.oh, s.ow), dtype=torch.float32).contiguous(
+        memory_format=torch.channels_last)
+
+
+def _conv2d_default(x_packed, w_packed, alpha, bias, stride, padding, *, clamp_min=None, clamp_max=None):
     # The native kernels write channels_last; the default kernel matches them (and the fake).
-    return ref.binary_conv2d(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding,
-                             clamp_min, clamp_max).contiguous(memory_format=torch.channels_last)
+    return ref.binary_conv2d(x_packed, w_packed, alpha, bias, stride, padding, clamp_min=clamp_min,
+                             clamp_max=clamp_max).contiguous(memory_format=torch.channels_last)
 
 
-def _fake_conv2d_packed(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding):
-    n, oc, oh, ow = fb.check_conv2d("binary_conv2d_packed", x_packed, w_packed, alpha, bias, in_channels,
-                                    kernel_size, stride, padding)
-    return x_packed.new_empty((n, oh, ow, fb.words(oc)), dtype=torch.int64)
+def _fake_conv2d_packed(x_packed, w_packed, alpha, bias, stride, padding):
+    s = fb.check_conv2d("binary_conv2d_packed", x_packed, w_packed, alpha, bias, stride, padding)
+    return x_packed.new_empty((s.n, s.oh, s.ow, fb.words(s.pack.n)), dtype=torch.int64)
 
 
-def _fake_linear(x_packed, w_packed, alpha, bias, in_features, clamp_min=None, clamp_max=None):
-    out = fb.check_linear("binary_linear", x_packed, w_packed, alpha, bias, in_features)
-    return x_packed.new_empty((*x_packed.shape[:-1], out), dtype=torch.float32)
+def _fake_linear(x_packed, w_packed, alpha, bias=None, out_dtype=None, *, clamp_min=None, clamp_max=None):
+    p, out_t = fb.check_linear("binary_linear", x_packed, w_packed, alpha, bias, out_dtype)
+    return x_packed.new_empty((*x_packed.shape[:-1], p.n), dtype=out_t)
 
 
 _register("binary_pack_activation", _fake_pack_activation, ref.binary_pack_activation)
+_register("binary_pack_weight", _fake_pack_weight, ref.binary_pack_weight)
 _register("binary_conv2d", _fake_conv2d, _conv2d_default)
 _register("binary_conv2d_packed", _fake_conv2d_packed, ref.binary_conv2d_packed)
 _register("binary_linear", _fake_linear, ref.binary_linear)
@@ -64,13 +72,26 @@ def binary_pack_activation(x: Tensor) -> Tensor:
     return torch.ops.compressops.binary_pack_activation(x)
 
 
+def binary_pack_weight(weight_bits: Tensor, in_channels: int) -> Tensor:
+    """Pack canonical sign bits for binary_conv2d / binary_conv2d_packed (4-D) or binary_linear (2-D).
+
+    Args:
+        weight_bits: int64 [OC, KH, KW, ceil(in_channels/64)] (a conv weight) or [OUT, ceil(in_channels/64)]
+            (a linear weight), channel padding bits 0 (compressops.formats.binary.binarize_weight).
+        in_channels: C, the number of valid bits per tap.
+    Returns:
+        uint8 (OC, KH, KW, R) or (OUT, R): the shared pack header (tag "binary"; N = OC, K = C,
+        fields (KH, KW, CW)), then weight_bits' words, zero padded (compressops/formats/binary.py).
+        Build it once per weight and reuse it.
+    """
+    return torch.ops.compressops.binary_pack_weight(weight_bits, in_channels)
+
+
 def binary_conv2d(
     x_packed: Tensor,
     w_packed: Tensor,
     alpha: Tensor,
     bias: Tensor | None,
-    in_channels: int,
-    kernel_size: tuple[int, int],
     stride: tuple[int, int] = (1, 1),
     padding: tuple[int, int] = (0, 0),
     clamp_min: float | None = None,
@@ -82,17 +103,18 @@ def binary_conv2d(
     contribute 0). Dilation 1, groups 1.
 
     Args:
-        x_packed: int64 [N, H, W, ceil(in_channels/64)] from binary_pack_activation.
-        w_packed: int64 [OC, KH, KW, ceil(in_channels/64)] (compressops.formats.binary.binarize_weight).
+        x_packed: int64 [N, H, W, ceil(C/64)] from binary_pack_activation.
+        w_packed: uint8 (OC, KH, KW, R) from binary_pack_weight; OC, C and the kernel come from its header.
         alpha: float32 [OC]. bias: optional float [OC].
-        in_channels: C (the number of valid bits per tap).
-        kernel_size, stride, padding: (h, w) pairs.
-        clamp_min, clamp_max: optional bounds applied last (e.g. hard-tanh before the next binary layer).
+        stride, padding: (h, w) pairs.
+        clamp_min, clamp_max: optional bounds applied last (e.g. hard-tanh before the next binary layer);
+            keyword-only in the op's schema, positional here too because torch.jit.script cannot
+            compile a Python function with keyword-only defaults.
     Returns:
         float32 [N, OC, OH, OW] in channels_last memory format.
     """
-    return torch.ops.compressops.binary_conv2d(x_packed, w_packed, alpha, bias, in_channels, list(kernel_size),
-                                               list(stride), list(padding), clamp_min, clamp_max)
+    return torch.ops.compressops.binary_conv2d(x_packed, w_packed, alpha, bias, list(stride), list(padding),
+                                               clamp_min=clamp_min, clamp_max=clamp_max)
 
 
 def binary_conv2d_packed(
@@ -100,8 +122,6 @@ def binary_conv2d_packed(
     w_packed: Tensor,
     alpha: Tensor,
     bias: Tensor | None,
-    in_channels: int,
-    kernel_size: tuple[int, int],
     stride: tuple[int, int] = (1, 1),
     padding: tuple[int, int] = (0, 0),
 ) -> Tensor:
@@ -113,24 +133,30 @@ def binary_conv2d_packed(
     first (compressops.nn.BinaryChain does that).
 
     Args:
-        x_packed: int64 [N, H, W, ceil(in_channels/64)] from binary_pack_activation (or this op).
-        w_packed: int64 [OC, KH, KW, ceil(in_channels/64)]. alpha: float32 [OC]. bias: optional [OC].
-        in_channels, kernel_size, stride, padding: as binary_conv2d.
+        x_packed: int64 [N, H, W, ceil(C/64)] from binary_pack_activation (or this op).
+        w_packed: uint8 (OC, KH, KW, R) from binary_pack_weight. alpha: float32 [OC]. bias: optional [OC].
+        stride, padding: as binary_conv2d.
     Returns:
         int64 [N, OH, OW, ceil(OC/64)], channel padding bits 0.
     """
-    return torch.ops.compressops.binary_conv2d_packed(x_packed, w_packed, alpha, bias, in_channels,
-                                                      list(kernel_size), list(stride), list(padding))
+    return torch.ops.compressops.binary_conv2d_packed(x_packed, w_packed, alpha, bias, list(stride), list(padding))
 
 
-def binary_linear(x_packed: Tensor, w_packed: Tensor, alpha: Tensor, bias: Tensor | None, in_features: int,
-                  clamp_min: float | None = None, clamp_max: float | None = None) -> Tensor:
+def binary_linear(x_packed: Tensor, w_packed: Tensor, alpha: Tensor, bias: Tensor | None = None,
+                  out_dtype: torch.dtype | None = None, clamp_min: float | None = None,
+                  clamp_max: float | None = None) -> Tensor:
     """XNOR-popcount linear: (sign(x) @ sign(w).T) * alpha + bias, then clamped; bit-exact.
 
     Args:
-        x_packed: int64 [..., ceil(in_features/64)] from binary_pack_activation.
-        w_packed: int64 [OUT, ceil(in_features/64)]. alpha: float32 [OUT]. bias: optional [OUT].
+        x_packed: int64 [..., ceil(C/64)] from binary_pack_activation.
+        w_packed: uint8 (OUT, R) from binary_pack_weight of [OUT, ceil(C/64)] bits; OUT and C come
+            from its header.
+        alpha: float32 [OUT]. bias: optional float [OUT].
+        out_dtype: float32, bfloat16 or float16; default float32 (x_packed has no float dtype).
+        clamp_min, clamp_max: optional bounds, applied in float32 before the rounding to out_dtype
+            (keyword-only in the op's schema; see binary_conv2d).
     Returns:
-        float32 [..., OUT].
+        (..., OUT) in out_dtype: the float32 result rounded once.
     """
-    return torch.ops.compressops.binary_linear(x_packed, w_packed, alpha, bias, in_features, clamp_min, clamp_max)
+    return torch.ops.compressops.binary_linear(x_packed, w_packed, alpha, bias, out_dtype, clamp_min=clamp_min,
+                                               clamp_max=clamp_max)

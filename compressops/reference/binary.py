@@ -6,7 +6,7 @@ import torch
 
 from ..formats import binary as fb
 
-__all__ = ["binary_pack_activation", "binary_conv2d", "binary_conv2d_packed", "binary_linear"]
+__all__ = ["binary_pack_activation", "binary_pack_weight", "binary_conv2d", "binary_conv2d_packed", "binary_linear"]
 
 
 def _epilogue(acc, alpha, bias, clamp_min, clamp_max, channel_dim):
@@ -29,38 +29,47 @@ def binary_pack_activation(x: torch.Tensor) -> torch.Tensor:
     return fb.pack_bits(x.permute(0, 2, 3, 1) if x.dim() == 4 else x).contiguous()
 
 
-def binary_conv2d(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding,
-                  clamp_min=None, clamp_max=None):
+def binary_pack_weight(weight_bits: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """See compressops.ops.binary_pack_weight."""
+    return fb.pack_weight(weight_bits, in_channels)
+
+
+def _conv_acc(op, x_packed, w_packed, alpha, bias, stride, padding):
+    """The exact integer part of the conv, in float64 [N, OC, OH, OW] (padded taps contribute 0)."""
+    s = fb.check_conv2d(op, x_packed, w_packed, alpha, bias, stride, padding)
+    c = s.pack.c
+    xs = fb.unpack_bits(x_packed, c, torch.float64).permute(0, 3, 1, 2)
+    ws = fb.unpack_bits(fb.unpack_weight(w_packed, op), c, torch.float64).permute(0, 3, 1, 2)
+    return torch.nn.functional.conv2d(xs, ws, stride=tuple(stride), padding=tuple(padding))
+
+
+def binary_conv2d(x_packed, w_packed, alpha, bias, stride, padding, *, clamp_min=None, clamp_max=None):
     """conv2d(sign(x), sign(w), zero padding) * alpha + bias, optionally clamped; float32 NCHW.
 
-    x_packed int64 [N, H, W, CW] (from binary_pack_activation), w_packed int64 [OC, KH, KW, CW].
-    The integer part is computed exactly in float64 (padded taps contribute 0).
+    x_packed int64 [N, H, W, CW] (from binary_pack_activation), w_packed a conv pack (from
+    binary_pack_weight). The integer part is computed exactly in float64.
     """
-    fb.check_conv2d("binary_conv2d", x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding)
-    xs = fb.unpack_bits(x_packed, in_channels, torch.float64).permute(0, 3, 1, 2)
-    ws = fb.unpack_bits(w_packed, in_channels, torch.float64).permute(0, 3, 1, 2)
-    acc = torch.nn.functional.conv2d(xs, ws, stride=tuple(stride), padding=tuple(padding))
+    acc = _conv_acc("binary_conv2d", x_packed, w_packed, alpha, bias, stride, padding)
     return _epilogue(acc, alpha, bias, clamp_min, clamp_max, 1)
 
 
-def binary_conv2d_packed(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding):
+def binary_conv2d_packed(x_packed, w_packed, alpha, bias, stride, padding):
     """binary_conv2d's output (no clamp) binarized and packed for the next binary layer:
     int64 [N, OH, OW, ceil(OC/64)], bit 1 where alpha * acc + bias >= 0 (so NaN -> 0).
 
     Defined as binary_pack_activation(binary_conv2d(...)); the kernels skip the float tensor.
     """
-    fb.check_conv2d("binary_conv2d_packed", x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride,
-                    padding)
-    y = binary_conv2d(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding)
-    return binary_pack_activation(y)
+    acc = _conv_acc("binary_conv2d_packed", x_packed, w_packed, alpha, bias, stride, padding)
+    return binary_pack_activation(_epilogue(acc, alpha, bias, None, None, 1))
 
 
-def binary_linear(x_packed, w_packed, alpha, bias, in_features, clamp_min=None, clamp_max=None):
-    """(sign(x) @ sign(w).T) * alpha + bias, optionally clamped; float32 (..., OUT).
+def binary_linear(x_packed, w_packed, alpha, bias=None, out_dtype=None, *, clamp_min=None, clamp_max=None):
+    """(sign(x) @ sign(w).T) * alpha + bias, optionally clamped, in float32, then out_dtype (default
+    float32); (..., OUT).
 
-    x_packed int64 [..., CW], w_packed int64 [OUT, CW]; integer part exact (float64).
+    x_packed int64 [..., CW], w_packed a linear pack (from binary_pack_weight); integer part exact (float64).
     """
-    fb.check_linear("binary_linear", x_packed, w_packed, alpha, bias, in_features)
-    xs = fb.unpack_bits(x_packed, in_features, torch.float64)
-    ws = fb.unpack_bits(w_packed, in_features, torch.float64)
-    return _epilogue(xs @ ws.T, alpha, bias, clamp_min, clamp_max, -1)
+    p, out_t = fb.check_linear("binary_linear", x_packed, w_packed, alpha, bias, out_dtype)
+    xs = fb.unpack_bits(x_packed, p.c, torch.float64)
+    ws = fb.unpack_bits(fb.unpack_weight(w_packed, "binary_linear", conv=False), p.c, torch.float64)
+    return _epilogue(xs @ ws.T, alpha, bias, clamp_min, clamp_max, -1).to(out_t)

@@ -14,6 +14,7 @@
 #include "kernels/binary/policy.h"
 #include "kernel_record.h"
 #include "kernels/binary/kernel.h"
+#include "binary_pack.h"
 
 namespace compressops::cpu {
 namespace {
@@ -40,8 +41,9 @@ const KernelRecord kRecord1("binary_conv2d", [] { return kConv.levels(); });
 const KernelRecord kRecord2("binary_conv2d_packed", [] { return kConv.levels(); });
 const KernelRecord kRecord3("binary_linear", [] { return kConv.levels(); });
 const KernelRecord kRecord4("_binary_xor_popcount_peak", [] { return kPeak.levels(); });
+const KernelRecord kRecord5("binary_pack_weight", [] { return std::vector<std::string>(); });
 
-int64_t words_for(int64_t c) { return (c + 63) / 64; }
+using binary_host::words_for;
 
 // Packs rows of x2 (fp32 [rows, c], unit stride in c) into out ([rows, cw] int64).
 void pack_rows(const at::Tensor& x2, int64_t c, at::Tensor& out, const char* op) {
@@ -63,13 +65,15 @@ void pack_rows(const at::Tensor& x2, int64_t c, at::Tensor& out, const char* op)
 
 at::Tensor binary_pack_activation_cpu(const at::Tensor& x) {
   constexpr const char* op = "binary_pack_activation";
-  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be a float tensor, got ", x.scalar_type());
-  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension");
+  // The messages of formats/binary.py check_pack_activation.
+  TORCH_CHECK_VALUE(at::isFloatingType(x.scalar_type()), op, ": x must be float32, bfloat16 or float16, got ",
+                    binary_host::py_dtype(x.scalar_type()));
+  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have at least one dimension (..., K)");
+  TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
   if (x.dim() == 4) {
     // NCHW (any memory format) -> [N, H, W, CW]: channels-last fp32 makes every pixel a row.
     const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
-    TORCH_CHECK(c >= 1, op, ": x must have at least one channel, got shape ", x.sizes());
+    TORCH_CHECK_VALUE(c >= 1, op, ": x must have at least one channel, got shape ", binary_host::py_tuple(x.sizes()));
     at::Tensor out = at::empty({n, h, w, words_for(c)}, x.options().dtype(at::kLong));
     if (out.numel() == 0) return out;
     const at::Tensor xf = x.to(at::kFloat);
@@ -104,7 +108,8 @@ at::Tensor binary_pack_activation_cpu(const at::Tensor& x) {
     return out;
   }
   const int64_t c = x.size(-1);
-  TORCH_CHECK(c >= 1, op, ": x must have a non-empty last dimension, got shape ", x.sizes());
+  TORCH_CHECK_VALUE(c >= 1, op, ": x must have a non-empty last dimension, got shape ",
+                    binary_host::py_tuple(x.sizes()));
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = words_for(c);
   at::Tensor out = at::empty(shape, x.options().dtype(at::kLong));
@@ -112,22 +117,6 @@ at::Tensor binary_pack_activation_cpu(const at::Tensor& x) {
   const at::Tensor x2 = x.to(at::kFloat).reshape({-1, c}).contiguous();
   pack_rows(x2, c, out, op);
   return out;
-}
-
-at::Tensor checked_alpha(const at::Tensor& alpha, int64_t oc, const char* op) {
-  TORCH_CHECK(alpha.device().is_cpu() && alpha.scalar_type() == at::kFloat && alpha.dim() == 1 && alpha.size(0) == oc,
-              op, ": alpha must be a float32 CPU tensor of shape [", oc, "], got ", alpha.scalar_type(), " ",
-              alpha.sizes());
-  return alpha.contiguous();
-}
-
-std::optional<at::Tensor> checked_bias(const std::optional<at::Tensor>& bias, int64_t oc, const char* op) {
-  if (!bias.has_value() || !bias->defined()) return std::nullopt;
-  TORCH_CHECK(bias->device().is_cpu() && at::isFloatingType(bias->scalar_type()) && bias->dim() == 1 &&
-                  bias->size(0) == oc,
-              op, ": bias must be a float CPU tensor of shape [", oc, "], got ", bias->scalar_type(), " ",
-              bias->sizes());
-  return bias->to(at::kFloat).contiguous();
 }
 
 // Runs the conv kernel over every output row (n, oh) and, when there are few rows, over chunks
@@ -164,72 +153,58 @@ void set_clamp(BinaryConvParams& p, std::optional<double> cmin, std::optional<do
   p.cmax = static_cast<float>(cmax.value_or(0.0));
 }
 
-// Checks binary_conv2d's arguments and fills everything in the params but the output pointers.
-// The returned tensors keep the contiguous copies the params point into alive.
+at::Tensor binary_pack_weight_cpu(const at::Tensor& weight_bits, int64_t in_channels) {
+  return binary_host::pack_weight(weight_bits, in_channels);
+}
+
+// Checks binary_conv2d's arguments (binary_pack.h, the order of formats/binary.py check_conv2d)
+// and fills everything in the params but the output pointers. The returned tensors keep what the
+// params point into alive.
 struct CheckedConv {
   BinaryConvParams p{};
-  at::Tensor x, w, alpha;
-  std::optional<at::Tensor> bias;
+  binary_host::BinaryPack pack;
+  binary_host::Operands operands;
+  at::Tensor x;
 };
 
 CheckedConv checked_conv(const at::Tensor& x_packed, const at::Tensor& w_packed, const at::Tensor& alpha,
-                         const std::optional<at::Tensor>& bias, int64_t in_channels, at::IntArrayRef kernel_size,
-                         at::IntArrayRef stride, at::IntArrayRef padding, const char* op) {
-  TORCH_CHECK(in_channels >= 1, op, ": in_channels must be >= 1, got ", in_channels);
-  const int64_t cw = words_for(in_channels);
-  TORCH_CHECK(x_packed.device().is_cpu() && x_packed.scalar_type() == at::kLong && x_packed.dim() == 4 &&
-                  x_packed.size(3) == cw,
-              op, ": x_packed must be an int64 CPU tensor [N, H, W, ceil(in_channels/64)] = [N, H, W, ", cw,
-              "] from binary_pack_activation, got ", x_packed.scalar_type(), " ", x_packed.sizes());
-  TORCH_CHECK(kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2, op,
-              ": kernel_size, stride and padding must have two values each");
-  TORCH_CHECK(kernel_size[0] >= 1 && kernel_size[1] >= 1 && kernel_size[0] <= 64, op,
-              ": kernel_size must be in [1, 64], got ", kernel_size);
-  TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1, op, ": stride must be >= 1, got ", stride);
-  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, op, ": padding must be >= 0, got ", padding);
-  TORCH_CHECK(w_packed.device().is_cpu() && w_packed.scalar_type() == at::kLong && w_packed.dim() == 4 &&
-                  w_packed.size(1) == kernel_size[0] && w_packed.size(2) == kernel_size[1] && w_packed.size(3) == cw,
-              op, ": w_packed must be an int64 CPU tensor [OC, ", kernel_size[0], ", ", kernel_size[1], ", ", cw,
-              "] from compressops.formats.binary.binarize_weight, got ", w_packed.scalar_type(), " ",
-              w_packed.sizes());
+                         const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                         const char* op) {
   CheckedConv r;
-  const int64_t oc = w_packed.size(0);
-  r.alpha = checked_alpha(alpha, oc, op);
-  r.bias = checked_bias(bias, oc, op);
-  const int64_t n = x_packed.size(0), h = x_packed.size(1), w = x_packed.size(2);
-  TORCH_CHECK(h + 2 * padding[0] >= kernel_size[0] && w + 2 * padding[1] >= kernel_size[1], op,
-              ": the padded input (", h, "x", w, " + padding ", padding, ") is smaller than the kernel ",
-              kernel_size);
+  r.pack = binary_host::read_pack(w_packed, op, true);
+  r.operands = binary_host::check_operands(x_packed, r.pack, alpha, bias, true, op);
+  binary_host::check_conv_geometry(x_packed, r.pack, stride, padding, op);
+  const binary_host::BinaryPack& w = r.pack;
+  // The kernels keep one output pixel's valid tap rows in a fixed table (kernels/binary/common.h).
+  TORCH_CHECK_VALUE(w.kh <= 64, op, ": the CPU kernels take kernel heights up to 64, w_packed's is ", w.kh);
   r.x = x_packed.contiguous();
-  r.w = w_packed.contiguous();
   BinaryConvParams& p = r.p;
   p.x = reinterpret_cast<const uint64_t*>(r.x.data_ptr<int64_t>());
-  p.w = reinterpret_cast<const uint64_t*>(r.w.data_ptr<int64_t>());
-  p.alpha = r.alpha.data_ptr<float>();
-  p.bias = r.bias ? r.bias->data_ptr<float>() : nullptr;
-  p.n = n;
-  p.h = h;
-  p.w_in = w;
-  p.c = in_channels;
-  p.cw = cw;
-  p.oc = oc;
-  p.kh = kernel_size[0];
-  p.kw = kernel_size[1];
+  p.w = w.words;
+  p.alpha = r.operands.alpha.data_ptr<float>();
+  p.bias = r.operands.bias.defined() ? r.operands.bias.data_ptr<float>() : nullptr;
+  p.n = x_packed.size(0);
+  p.h = x_packed.size(1);
+  p.w_in = x_packed.size(2);
+  p.c = w.c;
+  p.cw = w.cw;
+  p.oc = w.n;
+  p.kh = w.kh;
+  p.kw = w.kw;
   p.sh = stride[0];
   p.sw = stride[1];
   p.ph = padding[0];
   p.pw = padding[1];
-  p.oh = (h + 2 * padding[0] - kernel_size[0]) / stride[0] + 1;
-  p.ow = (w + 2 * padding[1] - kernel_size[1]) / stride[1] + 1;
+  p.oh = (p.h + 2 * p.ph - p.kh) / p.sh + 1;
+  p.ow = (p.w_in + 2 * p.pw - p.kw) / p.sw + 1;
   return r;
 }
 
 at::Tensor binary_conv2d_cpu(const at::Tensor& x_packed, const at::Tensor& w_packed, const at::Tensor& alpha,
-                             const std::optional<at::Tensor>& bias, int64_t in_channels, at::IntArrayRef kernel_size,
-                             at::IntArrayRef stride, at::IntArrayRef padding, std::optional<double> clamp_min,
-                             std::optional<double> clamp_max) {
+                             const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                             std::optional<double> clamp_min, std::optional<double> clamp_max) {
   constexpr const char* op = "binary_conv2d";
-  CheckedConv c = checked_conv(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding, op);
+  CheckedConv c = checked_conv(x_packed, w_packed, alpha, bias, stride, padding, op);
   at::Tensor out = at::empty({c.p.n, c.p.oc, c.p.oh, c.p.ow},
                              x_packed.options().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
   c.p.out = out.data_ptr<float>();
@@ -241,10 +216,10 @@ at::Tensor binary_conv2d_cpu(const at::Tensor& x_packed, const at::Tensor& w_pac
 // The same values as binary_conv2d without a clamp, written as sign bits (v >= 0 -> 1) packed along
 // output channels: exactly binary_pack_activation(binary_conv2d(...)), without the float tensor.
 at::Tensor binary_conv2d_packed_cpu(const at::Tensor& x_packed, const at::Tensor& w_packed, const at::Tensor& alpha,
-                                    const std::optional<at::Tensor>& bias, int64_t in_channels,
-                                    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding) {
+                                    const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                    at::IntArrayRef padding) {
   constexpr const char* op = "binary_conv2d_packed";
-  CheckedConv c = checked_conv(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding, op);
+  CheckedConv c = checked_conv(x_packed, w_packed, alpha, bias, stride, padding, op);
   c.p.ocw = words_for(c.p.oc);
   at::Tensor out = at::empty({c.p.n, c.p.oh, c.p.ow, c.p.ocw}, x_packed.options());
   c.p.out_bits = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
@@ -253,42 +228,31 @@ at::Tensor binary_conv2d_packed_cpu(const at::Tensor& x_packed, const at::Tensor
 }
 
 at::Tensor binary_linear_cpu(const at::Tensor& x_packed, const at::Tensor& w_packed, const at::Tensor& alpha,
-                             const std::optional<at::Tensor>& bias, int64_t in_features,
+                             const std::optional<at::Tensor>& bias, std::optional<at::ScalarType> out_dtype,
                              std::optional<double> clamp_min, std::optional<double> clamp_max) {
   constexpr const char* op = "binary_linear";
-  TORCH_CHECK(in_features >= 1, op, ": in_features must be >= 1, got ", in_features);
-  const int64_t cw = words_for(in_features);
-  TORCH_CHECK(x_packed.device().is_cpu() && x_packed.scalar_type() == at::kLong && x_packed.dim() >= 1 &&
-                  x_packed.size(-1) == cw,
-              op, ": x_packed must be an int64 CPU tensor [..., ceil(in_features/64)] = [..., ", cw,
-              "] from binary_pack_activation, got ", x_packed.scalar_type(), " ", x_packed.sizes());
-  TORCH_CHECK(w_packed.device().is_cpu() && w_packed.scalar_type() == at::kLong && w_packed.dim() == 2 &&
-                  w_packed.size(1) == cw,
-              op, ": w_packed must be an int64 CPU tensor [OUT, ", cw, "], got ", w_packed.scalar_type(), " ",
-              w_packed.sizes());
-  const int64_t oc = w_packed.size(0);
-  const at::Tensor a = checked_alpha(alpha, oc, op);
-  const auto b = checked_bias(bias, oc, op);
+  const binary_host::BinaryPack w = binary_host::read_pack(w_packed, op, false);
+  const binary_host::Operands operands = binary_host::check_operands(x_packed, w, alpha, bias, false, op);
+  const at::ScalarType out_t = binary_host::out_dtype_of(out_dtype, op);
   std::vector<int64_t> shape = x_packed.sizes().vec();
-  shape.back() = oc;
+  shape.back() = w.n;
   at::Tensor out = at::empty(shape, x_packed.options().dtype(at::kFloat));
-  const at::Tensor x2 = x_packed.reshape({-1, cw}).contiguous();
-  const at::Tensor wc = w_packed.contiguous();
+  const at::Tensor x2 = x_packed.reshape({-1, w.cw}).contiguous();
   BinaryConvParams p{};
   p.x = reinterpret_cast<const uint64_t*>(x2.data_ptr<int64_t>());
-  p.w = reinterpret_cast<const uint64_t*>(wc.data_ptr<int64_t>());
-  p.alpha = a.data_ptr<float>();
-  p.bias = b ? b->data_ptr<float>() : nullptr;
+  p.w = w.words;
+  p.alpha = operands.alpha.data_ptr<float>();
+  p.bias = operands.bias.defined() ? operands.bias.data_ptr<float>() : nullptr;
   p.out = out.data_ptr<float>();
   p.n = x2.size(0);
   p.h = p.w_in = p.kh = p.kw = p.sh = p.sw = p.oh = p.ow = 1;
   p.ph = p.pw = 0;
-  p.c = in_features;
-  p.cw = cw;
-  p.oc = oc;
+  p.c = w.c;
+  p.cw = w.cw;
+  p.oc = w.n;
   set_clamp(p, clamp_min, clamp_max);
   run_conv(p, op);
-  return out;
+  return out_t == at::kFloat ? out : out.to(out_t);
 }
 
 }  // namespace
@@ -317,6 +281,7 @@ double binary_xor_popcount_peak_op(int64_t iters) {
 
 TORCH_LIBRARY_IMPL(compressops, CPU, m) {
   m.impl("binary_pack_activation", &binary_pack_activation_cpu);
+  m.impl("binary_pack_weight", &binary_pack_weight_cpu);
   m.impl("binary_conv2d", &binary_conv2d_cpu);
   m.impl("binary_conv2d_packed", &binary_conv2d_packed_cpu);
   m.impl("binary_linear", &binary_linear_cpu);

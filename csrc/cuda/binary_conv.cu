@@ -5,7 +5,8 @@
 // (pack) and one thread per output value (conv/linear, output channel fastest), __popcll over the
 // XOR of the valid taps; binary_conv2d_packed ballots each warp's signs into packed words. The
 // float epilogue uses __fmul_rn/__fadd_rn (never contracted to an FMA), so results equal
-// compressops.reference bit for bit.
+// compressops.reference bit for bit. The argument checks and the weight pack are the CPU host's
+// (../cpu/binary_pack.h); reading a pack's header copies its 64 bytes to the host, once per call.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -15,10 +16,12 @@
 #include <optional>
 #include <vector>
 
+#include "../cpu/binary_pack.h"
+
 namespace compressops::cuda {
 namespace {
 
-int64_t words_for(int64_t c) { return (c + 63) / 64; }
+using binary_host::words_for;
 
 __global__ void pack_rows_kernel(const float* __restrict__ x, int64_t rows, int64_t c, int64_t cw,
                                  unsigned long long* __restrict__ out) {
@@ -129,100 +132,86 @@ at::Tensor pack_rows(const at::Tensor& x2, int64_t c, std::vector<int64_t> shape
 
 at::Tensor binary_pack_activation_cuda(const at::Tensor& x) {
   constexpr const char* op = "binary_pack_activation";
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be a float tensor, got ", x.scalar_type());
-  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension");
+  TORCH_CHECK_VALUE(at::isFloatingType(x.scalar_type()), op, ": x must be float32, bfloat16 or float16, got ",
+                    binary_host::py_dtype(x.scalar_type()));
+  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have at least one dimension (..., K)");
   const c10::cuda::CUDAGuard guard(x.device());
   if (x.dim() == 4) {
     const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
-    TORCH_CHECK(c >= 1, op, ": x must have at least one channel, got shape ", x.sizes());
+    TORCH_CHECK_VALUE(c >= 1, op, ": x must have at least one channel, got shape ", binary_host::py_tuple(x.sizes()));
     const at::Tensor x2 = x.to(at::kFloat).permute({0, 2, 3, 1}).reshape({n * h * w, c}).contiguous();
     return pack_rows(x2, c, {n, h, w, words_for(c)});
   }
   const int64_t c = x.size(-1);
-  TORCH_CHECK(c >= 1, op, ": x must have a non-empty last dimension, got shape ", x.sizes());
+  TORCH_CHECK_VALUE(c >= 1, op, ": x must have a non-empty last dimension, got shape ",
+                    binary_host::py_tuple(x.sizes()));
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = words_for(c);
   return pack_rows(x.to(at::kFloat).reshape({-1, c}).contiguous(), c, shape);
 }
 
-void check_common(const at::Tensor& xp, const at::Tensor& wp, const at::Tensor& alpha,
-                  const std::optional<at::Tensor>& bias, int64_t cw, const char* op) {
-  TORCH_CHECK(xp.is_cuda() && xp.scalar_type() == at::kLong && xp.size(-1) == cw, op,
-              ": x_packed must be an int64 CUDA tensor with last dimension ", cw, ", got ", xp.scalar_type(), " ",
-              xp.sizes());
-  TORCH_CHECK(wp.device() == xp.device() && wp.scalar_type() == at::kLong && wp.size(-1) == cw, op,
-              ": w_packed must be an int64 tensor on ", xp.device(), " with last dimension ", cw);
-  TORCH_CHECK(alpha.device() == xp.device() && alpha.scalar_type() == at::kFloat && alpha.dim() == 1 &&
-                  alpha.size(0) == wp.size(0),
-              op, ": alpha must be a float32 tensor of shape [", wp.size(0), "] on ", xp.device());
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->device() == xp.device() && at::isFloatingType(bias->scalar_type()) && bias->dim() == 1 &&
-                    bias->size(0) == wp.size(0),
-                op, ": bias must be a float tensor of shape [", wp.size(0), "] on ", xp.device());
-  }
+at::Tensor binary_pack_weight_cuda(const at::Tensor& weight_bits, int64_t in_channels) {
+  const c10::cuda::CUDAGuard guard(weight_bits.device());
+  return binary_host::pack_weight(weight_bits, in_channels);
 }
 
-// Checks binary_conv2d's arguments and fills every ConvArgs field but out and the clamp. The
-// returned tensors keep the contiguous copies the args point into alive.
+// The argument checks of binary_pack.h (the messages of formats/binary.py), then every ConvArgs
+// field but out and the clamp. Reading the pack's header copies its 64 bytes to the host. The
+// returned tensors keep what the args point into alive.
 struct CheckedConv {
   ConvArgs a{};
-  at::Tensor xc, wc, ac, bc;
+  binary_host::BinaryPack pack;
+  binary_host::Operands operands;
+  at::Tensor xc;
 };
 
 CheckedConv checked_conv(const at::Tensor& x_packed, const at::Tensor& w_packed, const at::Tensor& alpha,
-                         const std::optional<at::Tensor>& bias, int64_t in_channels, at::IntArrayRef kernel_size,
-                         at::IntArrayRef stride, at::IntArrayRef padding, const char* op) {
-  TORCH_CHECK(in_channels >= 1, op, ": in_channels must be >= 1, got ", in_channels);
-  const int64_t cw = words_for(in_channels);
-  check_common(x_packed, w_packed, alpha, bias, cw, op);
-  TORCH_CHECK(x_packed.dim() == 4 && w_packed.dim() == 4 && kernel_size.size() == 2 && stride.size() == 2 &&
-                  padding.size() == 2 && w_packed.size(1) == kernel_size[0] && w_packed.size(2) == kernel_size[1],
-              op, ": x_packed must be [N, H, W, CW] and w_packed [OC, KH, KW, CW] matching kernel_size");
-  TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1 && padding[0] >= 0 && padding[1] >= 0, op,
-              ": stride must be >= 1 and padding >= 0");
-  const int64_t n = x_packed.size(0), h = x_packed.size(1), w = x_packed.size(2), oc = w_packed.size(0);
-  TORCH_CHECK(h + 2 * padding[0] >= kernel_size[0] && w + 2 * padding[1] >= kernel_size[1], op,
-              ": the padded input is smaller than the kernel");
+                         const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                         const char* op) {
+  TORCH_CHECK_VALUE(x_packed.is_cuda(), op, ": x_packed must be a CUDA tensor here, got ", x_packed.device());
+  const c10::cuda::CUDAGuard guard(x_packed.device());
   CheckedConv r;
+  r.pack = binary_host::read_pack(w_packed, op, true);
+  r.operands = binary_host::check_operands(x_packed, r.pack, alpha, bias, true, op);
+  binary_host::check_conv_geometry(x_packed, r.pack, stride, padding, op);
+  const binary_host::BinaryPack& w = r.pack;
   r.xc = x_packed.contiguous();
-  r.wc = w_packed.contiguous();
-  r.ac = alpha.contiguous();
-  if (bias.has_value() && bias->defined()) r.bc = bias->to(at::kFloat).contiguous();
   ConvArgs& a = r.a;
   a.x = reinterpret_cast<const unsigned long long*>(r.xc.data_ptr<int64_t>());
-  a.w = reinterpret_cast<const unsigned long long*>(r.wc.data_ptr<int64_t>());
-  a.alpha = r.ac.data_ptr<float>();
-  a.bias = r.bc.defined() ? r.bc.data_ptr<float>() : nullptr;
-  a.n = n; a.h = h; a.w_in = w; a.c = in_channels; a.cw = cw; a.oc = oc;
-  a.kh = kernel_size[0]; a.kw = kernel_size[1]; a.sh = stride[0]; a.sw = stride[1];
+  a.w = reinterpret_cast<const unsigned long long*>(w.words);
+  a.alpha = r.operands.alpha.data_ptr<float>();
+  a.bias = r.operands.bias.defined() ? r.operands.bias.data_ptr<float>() : nullptr;
+  a.n = x_packed.size(0); a.h = x_packed.size(1); a.w_in = x_packed.size(2); a.c = w.c; a.cw = w.cw; a.oc = w.n;
+  a.kh = w.kh; a.kw = w.kw; a.sh = stride[0]; a.sw = stride[1];
   a.ph = padding[0]; a.pw = padding[1];
-  a.oh = (h + 2 * padding[0] - kernel_size[0]) / stride[0] + 1;
-  a.ow = (w + 2 * padding[1] - kernel_size[1]) / stride[1] + 1;
+  a.oh = (a.h + 2 * a.ph - a.kh) / a.sh + 1;
+  a.ow = (a.w_in + 2 * a.pw - a.kw) / a.sw + 1;
   return r;
 }
 
+void set_clamp(ConvArgs& a, std::optional<double> clamp_min, std::optional<double> clamp_max) {
+  a.has_min = clamp_min.has_value(); a.has_max = clamp_max.has_value();
+  a.cmin = static_cast<float>(clamp_min.value_or(0.0)); a.cmax = static_cast<float>(clamp_max.value_or(0.0));
+}
+
 at::Tensor binary_conv2d_cuda(const at::Tensor& x_packed, const at::Tensor& w_packed, const at::Tensor& alpha,
-                              const std::optional<at::Tensor>& bias, int64_t in_channels,
-                              at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                              const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                               std::optional<double> clamp_min, std::optional<double> clamp_max) {
-  CheckedConv c =
-      checked_conv(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding, "binary_conv2d");
+  CheckedConv c = checked_conv(x_packed, w_packed, alpha, bias, stride, padding, "binary_conv2d");
   const c10::cuda::CUDAGuard guard(x_packed.device());  // after the checks: x_packed is a CUDA tensor
   ConvArgs& a = c.a;
   at::Tensor out = at::empty({a.n, a.oc, a.oh, a.ow},
                              x_packed.options().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
   a.out = out.data_ptr<float>();
-  a.has_min = clamp_min.has_value(); a.has_max = clamp_max.has_value();
-  a.cmin = static_cast<float>(clamp_min.value_or(0.0)); a.cmax = static_cast<float>(clamp_max.value_or(0.0));
+  set_clamp(a, clamp_min, clamp_max);
   launch_conv(a);
   return out;
 }
 
 at::Tensor binary_conv2d_packed_cuda(const at::Tensor& x_packed, const at::Tensor& w_packed, const at::Tensor& alpha,
-                                     const std::optional<at::Tensor>& bias, int64_t in_channels,
-                                     at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding) {
-  CheckedConv c = checked_conv(x_packed, w_packed, alpha, bias, in_channels, kernel_size, stride, padding,
-                               "binary_conv2d_packed");
+                                     const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                     at::IntArrayRef padding) {
+  CheckedConv c = checked_conv(x_packed, w_packed, alpha, bias, stride, padding, "binary_conv2d_packed");
   const c10::cuda::CUDAGuard guard(x_packed.device());  // after the checks: x_packed is a CUDA tensor
   const ConvArgs& a = c.a;
   const int64_t ocw = words_for(a.oc);
@@ -238,34 +227,29 @@ at::Tensor binary_conv2d_packed_cuda(const at::Tensor& x_packed, const at::Tenso
 }
 
 at::Tensor binary_linear_cuda(const at::Tensor& x_packed, const at::Tensor& w_packed, const at::Tensor& alpha,
-                              const std::optional<at::Tensor>& bias, int64_t in_features,
+                              const std::optional<at::Tensor>& bias, std::optional<at::ScalarType> out_dtype,
                               std::optional<double> clamp_min, std::optional<double> clamp_max) {
   constexpr const char* op = "binary_linear";
-  TORCH_CHECK(in_features >= 1, op, ": in_features must be >= 1, got ", in_features);
-  const int64_t cw = words_for(in_features);
-  check_common(x_packed, w_packed, alpha, bias, cw, op);
-  TORCH_CHECK(w_packed.dim() == 2, op, ": w_packed must be [OUT, CW]");
+  TORCH_CHECK_VALUE(x_packed.is_cuda(), op, ": x_packed must be a CUDA tensor here, got ", x_packed.device());
   const c10::cuda::CUDAGuard guard(x_packed.device());
-  const int64_t oc = w_packed.size(0);
+  const binary_host::BinaryPack w = binary_host::read_pack(w_packed, op, false);
+  const binary_host::Operands operands = binary_host::check_operands(x_packed, w, alpha, bias, false, op);
+  const at::ScalarType out_t = binary_host::out_dtype_of(out_dtype, op);
   std::vector<int64_t> shape = x_packed.sizes().vec();
-  shape.back() = oc;
+  shape.back() = w.n;
   at::Tensor out = at::empty(shape, x_packed.options().dtype(at::kFloat));
-  const at::Tensor xc = x_packed.reshape({-1, cw}).contiguous(), wc = w_packed.contiguous(),
-                   ac = alpha.contiguous();
-  at::Tensor bc;
-  if (bias.has_value() && bias->defined()) bc = bias->to(at::kFloat).contiguous();
+  const at::Tensor xc = x_packed.reshape({-1, w.cw}).contiguous();
   ConvArgs a{};
   a.x = reinterpret_cast<const unsigned long long*>(xc.data_ptr<int64_t>());
-  a.w = reinterpret_cast<const unsigned long long*>(wc.data_ptr<int64_t>());
-  a.alpha = ac.data_ptr<float>();
-  a.bias = bc.defined() ? bc.data_ptr<float>() : nullptr;
+  a.w = reinterpret_cast<const unsigned long long*>(w.words);
+  a.alpha = operands.alpha.data_ptr<float>();
+  a.bias = operands.bias.defined() ? operands.bias.data_ptr<float>() : nullptr;
   a.out = out.data_ptr<float>();
   a.n = xc.size(0); a.h = a.w_in = a.kh = a.kw = a.sh = a.sw = a.oh = a.ow = 1; a.ph = a.pw = 0;
-  a.c = in_features; a.cw = cw; a.oc = oc;
-  a.has_min = clamp_min.has_value(); a.has_max = clamp_max.has_value();
-  a.cmin = static_cast<float>(clamp_min.value_or(0.0)); a.cmax = static_cast<float>(clamp_max.value_or(0.0));
+  a.c = w.c; a.cw = w.cw; a.oc = w.n;
+  set_clamp(a, clamp_min, clamp_max);
   launch_conv(a);
-  return out;
+  return out_t == at::kFloat ? out : out.to(out_t);
 }
 
 }  // namespace
@@ -273,6 +257,7 @@ at::Tensor binary_linear_cuda(const at::Tensor& x_packed, const at::Tensor& w_pa
 
 TORCH_LIBRARY_IMPL(compressops, CUDA, m) {
   m.impl("binary_pack_activation", &compressops::cuda::binary_pack_activation_cuda);
+  m.impl("binary_pack_weight", &compressops::cuda::binary_pack_weight_cuda);
   m.impl("binary_conv2d", &compressops::cuda::binary_conv2d_cuda);
   m.impl("binary_conv2d_packed", &compressops::cuda::binary_conv2d_packed_cuda);
   m.impl("binary_linear", &compressops::cuda::binary_linear_cuda);
