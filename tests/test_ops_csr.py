@@ -205,7 +205,7 @@ def test_bad_tensors_and_arguments_raise_the_same_error():
         ((x, packed, vals, b.long()), {}, "got torch.int64 (8,)"),
         ((x, packed, vals, b), {"out_dtype": torch.int32},
          "csr_linear: out_dtype must be float32, bfloat16 or float16, got torch.int32"),
-        ((x.double(), packed, vals, b), {}, "out_dtype must be float32, bfloat16 or float16, got torch.float64"),
+        ((x.double(), packed, vals, b), {}, "x must be float32, bfloat16 or float16, got torch.float64"),
     ]
     for args, kwargs, message in cases:
         native, ref = call_both(ops.csr_linear, reference.csr_linear, *args, **kwargs)

@@ -63,7 +63,7 @@ class Config:
 
     def __post_init__(self):
         """Check every field against its annotation (int, float, bool, str, or X | None), so a
-        wrong type fails here with the field named, not later in a kernel (Int4(group_size=128.0)).
+        wrong type fails here with the field named, not later in a kernel (a group size of 128.0).
         An int field takes no bool or float; a float field takes an int; `object` takes anything."""
         hints = typing.get_type_hints(type(self))
         for f in fields(self):

@@ -32,8 +32,8 @@ def _check_input(x: torch.Tensor, layer: str, channels: int, conv: bool):
     if (conv and x.dim() != 4) or x.dim() < 1 or x.size(1 if conv else -1) != channels:
         expected = "[N, " + str(channels) + ", H, W]" if conv else "[..., " + str(channels) + "]"
         raise ValueError(layer + ": x must have shape " + expected + ", got " + str(list(x.shape)))
-    if not x.is_floating_point():
-        raise ValueError(layer + ": x must be a float tensor, got " + str(x.dtype))
+    if x.dtype != torch.float32 and x.dtype != torch.bfloat16 and x.dtype != torch.float16:
+        raise ValueError(layer + ": x must be float32, bfloat16 or float16, got " + str(x.dtype))
 
 
 class _BinaryBase(nn.Module):

@@ -99,29 +99,30 @@ inline std::string fields_text(const std::array<int64_t, 3>& f) {
 inline std::string read_pack_header(const void* data, int64_t bytes, std::string_view tag, uint32_t version,
                                     const PackReader& r, PackHeader* out) {
   using namespace pack_header_detail;
-  const std::string who = std::string(r.op) + ": " + r.name;
-  const std::string repack = "; repack it with compressops.ops." + std::string(r.pack_op);
+  // Built only on failure: a valid pack costs no string work (this runs on every op call).
+  const auto who = [&r] { return std::string(r.op) + ": " + r.name; };
+  const auto repack = [&r] { return "; repack it with compressops.ops." + std::string(r.pack_op); };
   if (bytes < kPackHeaderBytes) {
-    return who + " holds " + std::to_string(bytes) + " bytes, too few for a pack header (" +
-           std::to_string(kPackHeaderBytes) + ")" + repack;
+    return who() + " holds " + std::to_string(bytes) + " bytes, too few for a pack header (" +
+           std::to_string(kPackHeaderBytes) + ")" + repack();
   }
   PackHeader h;
   std::memcpy(&h, data, sizeof(h));
   if (h.magic != kPackMagic || h.header_version != kPackHeaderVersion) {
-    return who + " does not start with a compressops pack header (version " + std::to_string(kPackHeaderVersion) +
-           ")" + repack;
+    return who() + " does not start with a compressops pack header (version " + std::to_string(kPackHeaderVersion) +
+           ")" + repack();
   }
   const PackHeader want = make_pack_header(tag, version, 0, 0);
   if (std::memcmp(h.tag, want.tag, kPackTagBytes) != 0) {
-    return who + " holds a '" + printable_tag(h.tag) + "' pack, not a '" + printable_tag(want.tag) + "' one";
+    return who() + " holds a '" + printable_tag(h.tag) + "' pack, not a '" + printable_tag(want.tag) + "' one";
   }
   if (h.format_version != version) {
-    return who + " is a '" + printable_tag(want.tag) + "' pack of version " + std::to_string(h.format_version) +
-           ", this build reads version " + std::to_string(version) + repack;
+    return who() + " is a '" + printable_tag(want.tag) + "' pack of version " + std::to_string(h.format_version) +
+           ", this build reads version " + std::to_string(version) + repack();
   }
-  if (h.reserved != 0) return who + "'s header is corrupt (reserved field " + std::to_string(h.reserved) + ")";
+  if (h.reserved != 0) return who() + "'s header is corrupt (reserved field " + std::to_string(h.reserved) + ")";
   if (h.n < 1 || h.n >= kPackMaxDim || h.k < 1 || h.k >= kPackMaxDim) {
-    return who + "'s header has N=" + std::to_string(h.n) + ", K=" + std::to_string(h.k) +
+    return who() + "'s header has N=" + std::to_string(h.n) + ", K=" + std::to_string(h.k) +
            "; both must be in [1, 2^31)";
   }
   *out = h;
@@ -144,15 +145,15 @@ inline std::string check_pack_layout(const PackHeader& h, const std::array<int64
                                      const std::vector<int64_t>& shape, const std::vector<int64_t>& rows,
                                      int64_t bytes, const PackReader& r) {
   using namespace pack_header_detail;
-  const std::string who = std::string(r.op) + ": " + r.name;
+  const auto who = [&r] { return std::string(r.op) + ": " + r.name; };
   if (h.fields != fields) {
-    return who + "'s header fields " + fields_text(h.fields) + " do not match a '" + printable_tag(h.tag) +
+    return who() + "'s header fields " + fields_text(h.fields) + " do not match a '" + printable_tag(h.tag) +
            "' pack of N=" + std::to_string(h.n) + ", K=" + std::to_string(h.k) + " " + fields_text(fields) +
            "; repack it with compressops.ops." + r.pack_op;
   }
   const std::vector<int64_t> want = pack_shape(rows, bytes);
   if (shape != want) {
-    return who + " has shape " + dims_text(shape) + " but its header (N=" + std::to_string(h.n) +
+    return who() + " has shape " + dims_text(shape) + " but its header (N=" + std::to_string(h.n) +
            ", K=" + std::to_string(h.k) + ") needs " + dims_text(want);
   }
   return "";

@@ -66,14 +66,11 @@ void pack_rows(const at::Tensor& x2, int64_t c, at::Tensor& out, const char* op)
 at::Tensor binary_pack_activation_cpu(const at::Tensor& x) {
   constexpr const char* op = "binary_pack_activation";
   // The messages of formats/binary.py check_pack_activation.
-  TORCH_CHECK_VALUE(at::isFloatingType(x.scalar_type()), op, ": x must be float32, bfloat16 or float16, got ",
-                    binary_host::py_dtype(x.scalar_type()));
-  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have at least one dimension (..., K)");
-  TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
+  cpu::check_float_input(x, op);
   if (x.dim() == 4) {
     // NCHW (any memory format) -> [N, H, W, CW]: channels-last fp32 makes every pixel a row.
     const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
-    TORCH_CHECK_VALUE(c >= 1, op, ": x must have at least one channel, got shape ", binary_host::py_tuple(x.sizes()));
+    TORCH_CHECK_VALUE(c >= 1, op, ": x must have at least one channel, got shape ", cpu::py_shape(x.sizes()));
     at::Tensor out = at::empty({n, h, w, words_for(c)}, x.options().dtype(at::kLong));
     if (out.numel() == 0) return out;
     const at::Tensor xf = x.to(at::kFloat);
@@ -109,7 +106,7 @@ at::Tensor binary_pack_activation_cpu(const at::Tensor& x) {
   }
   const int64_t c = x.size(-1);
   TORCH_CHECK_VALUE(c >= 1, op, ": x must have a non-empty last dimension, got shape ",
-                    binary_host::py_tuple(x.sizes()));
+                    cpu::py_shape(x.sizes()));
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = words_for(c);
   at::Tensor out = at::empty(shape, x.options().dtype(at::kLong));

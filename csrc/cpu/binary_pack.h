@@ -29,30 +29,6 @@ constexpr int64_t kMaxPackBytes = int64_t{1} << 62;
 
 inline int64_t words_for(int64_t c) { return (c + 63) / 64; }
 
-// A dtype as Python names it ("torch.int64").
-inline std::string py_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return "torch.float32";
-    case at::kDouble: return "torch.float64";
-    case at::kHalf: return "torch.float16";
-    case at::kBFloat16: return "torch.bfloat16";
-    case at::kLong: return "torch.int64";
-    case at::kInt: return "torch.int32";
-    case at::kShort: return "torch.int16";
-    case at::kChar: return "torch.int8";
-    case at::kByte: return "torch.uint8";
-    case at::kBool: return "torch.bool";
-    default: return std::string("torch.") + c10::toString(t);
-  }
-}
-
-// A shape as a Python tuple prints it ("(3,)", "(2, 5)").
-inline std::string py_tuple(at::IntArrayRef s) {
-  std::string out = "(";
-  for (size_t i = 0; i < s.size(); ++i) out.append(i ? ", " : "").append(std::to_string(s[i]));
-  return out.append(s.size() == 1 ? ",)" : ")");
-}
-
 inline std::vector<int64_t> pack_rows(int64_t n, int64_t kh, int64_t kw, bool conv) {
   return conv ? std::vector<int64_t>{n, kh, kw} : std::vector<int64_t>{n};
 }
@@ -69,13 +45,11 @@ struct BinaryPack {
 };
 
 // The header of `packed` (its first bytes copied to the host when it lives on a device), with the
-// checks of read_pack_tensor (pack_tensor.h). The dtype and rank are checked here first because
-// read_pack_tensor prints them the C++ way ("Byte", "[6, 27]") where checks.py check_packed prints
-// "torch.uint8", "(6, 27)".
+// checks and messages of read_pack_tensor (pack_tensor.h), which reads CPU packs only.
 inline PackHeader read_header(const at::Tensor& packed, const PackReader& r, int64_t dims) {
   TORCH_CHECK_VALUE(packed.scalar_type() == at::kByte && packed.dim() == dims, r.op, ": ", r.name, " must be a ", dims,
-                    "-D uint8 tensor from compressops.ops.", r.pack_op, ", got ", py_dtype(packed.scalar_type()),
-                    " of shape ", py_tuple(packed.sizes()));
+                    "-D uint8 tensor from compressops.ops.", r.pack_op, ", got ", cpu::py_dtype(packed.scalar_type()),
+                    " of shape ", cpu::py_shape(packed.sizes()));
   if (packed.device().is_cpu()) return cpu::read_pack_tensor(packed, kTag, kVersion, r, dims);
   TORCH_CHECK_VALUE(packed.is_contiguous(), r.op, ": ", r.name, " must be contiguous");
   const at::Tensor head = packed.view(-1).narrow(0, 0, std::min(packed.numel(), kPackHeaderBytes)).cpu();
@@ -118,11 +92,12 @@ inline void check_pack_weight(const at::Tensor& wb, int64_t c, const char* op) {
   const int64_t cw = words_for(c);
   const bool layout = wb.scalar_type() == at::kLong && (wb.dim() == 2 || wb.dim() == 4) && wb.size(-1) == cw;
   TORCH_CHECK_VALUE(layout, op, ": weight_bits must be int64 [OC, KH, KW, ", cw, "] (conv) or [OUT, ", cw,
-                    "] (linear) for in_channels=", c, ", got ", py_dtype(wb.scalar_type()), " ", py_tuple(wb.sizes()));
+                    "] (linear) for in_channels=", c, ", got ", cpu::py_dtype(wb.scalar_type()), " ",
+                    cpu::py_shape(wb.sizes()));
   for (int64_t d = 0; d + 1 < wb.dim(); ++d) {
-    TORCH_CHECK_VALUE(wb.size(d) >= 1, op, ": weight_bits needs OC, KH, KW >= 1, got ", py_tuple(wb.sizes()));
+    TORCH_CHECK_VALUE(wb.size(d) >= 1, op, ": weight_bits needs OC, KH, KW >= 1, got ", cpu::py_shape(wb.sizes()));
   }
-  TORCH_CHECK_VALUE(wb.size(0) < kPackMaxDim, op, ": weight_bits needs OC < 2^31, got ", py_tuple(wb.sizes()));
+  TORCH_CHECK_VALUE(wb.size(0) < kPackMaxDim, op, ": weight_bits needs OC < 2^31, got ", cpu::py_shape(wb.sizes()));
   if (c % 64 != 0) {
     const bool dirty = at::bitwise_right_shift(wb.select(-1, cw - 1), c % 64).ne(0).any().item<bool>();
     TORCH_CHECK_VALUE(!dirty, op, ": weight_bits has bits set past in_channels=", c,
@@ -160,15 +135,15 @@ inline Operands check_operands(const at::Tensor& x, const BinaryPack& p, const a
   const bool x_ok = x.scalar_type() == at::kLong && (conv ? x.dim() == 4 : x.dim() >= 1) && x.size(-1) == p.cw;
   TORCH_CHECK_VALUE(x_ok, op, ": x_packed must be int64 ", conv ? "[N, H, W, " : "[..., ", p.cw,
                     "] (ceil(C/64) words for w_packed's C=", p.c, ") from compressops.ops.binary_pack_activation, got ",
-                    py_dtype(x.scalar_type()), " ", py_tuple(x.sizes()));
+                    cpu::py_dtype(x.scalar_type()), " ", cpu::py_shape(x.sizes()));
   TORCH_CHECK_VALUE(alpha.scalar_type() == at::kFloat && alpha.dim() == 1 && alpha.size(0) == p.n, op,
-                    ": alpha must be float32 of shape [", p.n, "], got ", py_dtype(alpha.scalar_type()), " ",
-                    py_tuple(alpha.sizes()));
+                    ": alpha must be float32 of shape [", p.n, "], got ", cpu::py_dtype(alpha.scalar_type()), " ",
+                    cpu::py_shape(alpha.sizes()));
   Operands out{alpha.contiguous(), at::Tensor()};
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK_VALUE(at::isFloatingType(bias->scalar_type()) && bias->dim() == 1 && bias->size(0) == p.n, op,
-                      ": bias must be a float tensor of shape [", p.n, "], got ", py_dtype(bias->scalar_type()), " ",
-                      py_tuple(bias->sizes()));
+                      ": bias must be a float tensor of shape [", p.n, "], got ",
+                      cpu::py_dtype(bias->scalar_type()), " ", cpu::py_shape(bias->sizes()));
     out.bias = bias->to(at::kFloat).contiguous();
   }
   const at::Device device = x.device();
@@ -192,10 +167,7 @@ inline void check_conv_geometry(const at::Tensor& x, const BinaryPack& p, at::In
 
 // binary_linear's output dtype (checks.py resolve_out_dtype, with float32 the default).
 inline at::ScalarType out_dtype_of(std::optional<at::ScalarType> out_dtype, const char* op) {
-  const at::ScalarType t = out_dtype.value_or(at::kFloat);
-  TORCH_CHECK_VALUE(t == at::kFloat || t == at::kBFloat16 || t == at::kHalf, op,
-                    ": out_dtype must be float32, bfloat16 or float16, got ", py_dtype(t));
-  return t;
+  return cpu::resolve_out_dtype(out_dtype, at::kFloat, op);
 }
 
 }  // namespace compressops::binary_host

@@ -40,34 +40,6 @@ int64_t packed_bytes(int64_t n, int64_t k, int64_t nnz) {
   return kPackHeaderBytes + 8 * (n + 1) + (col_bytes(k) * nnz + 7) / 8 * 8;
 }
 
-// str(dtype) and str(tuple(shape)) as Python prints them, so these messages are the ones
-// compressops/formats/csr.py raises, word for word.
-std::string py_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kByte: return "torch.uint8";
-    case at::kChar: return "torch.int8";
-    case at::kShort: return "torch.int16";
-    case at::kInt: return "torch.int32";
-    case at::kLong: return "torch.int64";
-    case at::kUInt16: return "torch.uint16";
-    case at::kUInt32: return "torch.uint32";
-    case at::kUInt64: return "torch.uint64";
-    case at::kHalf: return "torch.float16";
-    case at::kBFloat16: return "torch.bfloat16";
-    case at::kFloat: return "torch.float32";
-    case at::kDouble: return "torch.float64";
-    case at::kBool: return "torch.bool";
-    case at::kComplexFloat: return "torch.complex64";
-    case at::kComplexDouble: return "torch.complex128";
-    default: return std::string("torch.") + c10::toString(t);
-  }
-}
-
-std::string py_shape(at::IntArrayRef sizes) {
-  std::string out = "(";
-  for (size_t i = 0; i < sizes.size(); ++i) out.append(i ? ", " : "").append(std::to_string(sizes[i]));
-  return out.append(sizes.size() == 1 ? ",)" : ")");
-}
 
 at::Tensor csr_pack_cpu(const at::Tensor& crow, const at::Tensor& col, int64_t in_features) {
   constexpr const char* op = "csr_pack";
@@ -190,10 +162,7 @@ void decode_rows(const int64_t* rowptr, const uint8_t* cols, int col_bytes, cons
 at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& values,
                           const std::optional<at::Tensor>& bias, std::optional<at::ScalarType> out_dtype) {
   constexpr const char* op = "csr_linear";
-  TORCH_CHECK_VALUE(at::isFloatingType(x.scalar_type()), op, ": x must be float32, bfloat16 or float16, got ",
-                    py_dtype(x.scalar_type()));
-  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have at least one dimension (..., K)");
-  TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
+  check_float_input(x, op);
   const CsrPack pack = read_pack(packed, op);
   const int64_t n = pack.n, k = pack.k, nnz = pack.nnz;
   TORCH_CHECK_VALUE(x.size(-1) == k, op, ": x has K=", x.size(-1), " in its last dimension but the pack has K=", k);
@@ -202,16 +171,8 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
                     op, ": values must be float32 or bfloat16 of shape [nnz] = [", nnz, "], got ",
                     py_dtype(values.scalar_type()), " ", py_shape(values.sizes()));
   TORCH_CHECK_VALUE(values.device().is_cpu(), op, ": values must be a CPU tensor here, got ", values.device());
-  std::optional<at::Tensor> b;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK_VALUE(at::isFloatingType(bias->scalar_type()) && bias->dim() == 1 && bias->size(0) == n, op,
-                      ": bias must be a float tensor of shape [N] = [", n, "], got ", py_dtype(bias->scalar_type()),
-                      " ", py_shape(bias->sizes()));
-    b = bias->to(at::kFloat).contiguous();
-  }
-  const at::ScalarType out_t = out_dtype.value_or(x.scalar_type());
-  TORCH_CHECK_VALUE(out_t == at::kFloat || out_t == at::kBFloat16 || out_t == at::kHalf, op,
-                    ": out_dtype must be float32, bfloat16 or float16, got ", py_dtype(out_t));
+  const std::optional<at::Tensor> b = checked_bias(bias, n, op);
+  const at::ScalarType out_t = resolve_out_dtype(out_dtype, x.scalar_type(), op);
   const at::Tensor vals = values.contiguous();
   at::Tensor x2 = x.reshape({-1, k});
   if (x2.scalar_type() != at::kFloat || (x2.size(0) > 0 && !x2.is_contiguous())) x2 = x2.to(at::kFloat).contiguous();

@@ -54,23 +54,12 @@ at::Tensor half_pack_weight_cpu(const at::Tensor& w) {
 at::Tensor half_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const std::optional<at::Tensor>& bias,
                            std::optional<at::ScalarType> out_dtype) {
   constexpr const char* op = "half_linear";
-  TORCH_CHECK_VALUE(at::isFloatingType(x.scalar_type()), op, ": x must be float32, bfloat16 or float16, got ",
-              x.scalar_type());
-  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have at least one dimension (..., K)");
-  TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
+  check_float_input(x, op);
   const PackHeader h = read_header(packed, op);
   const int64_t n = h.n, k = h.k;
   TORCH_CHECK_VALUE(x.size(-1) == k, op, ": x has K=", x.size(-1), " in its last dimension but the weight has K=", k);
-  at::Tensor b;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK_VALUE(at::isFloatingType(bias->scalar_type()) && bias->dim() == 1 && bias->size(0) == n, op,
-                ": bias must be a float tensor of shape [N] = [", n, "], got ", bias->scalar_type(), " ",
-                bias->sizes());
-    b = bias->to(at::kFloat).contiguous();
-  }
-  const at::ScalarType out_t = out_dtype.value_or(x.scalar_type());
-  TORCH_CHECK_VALUE(out_t == at::kFloat || out_t == at::kBFloat16 || out_t == at::kHalf, op,
-              ": out_dtype must be float32, bfloat16 or float16, got ", out_t);
+  const std::optional<at::Tensor> b = checked_bias(bias, n, op);
+  const at::ScalarType out_t = resolve_out_dtype(out_dtype, x.scalar_type(), op);
 
   // The kernels read float32 rows with unit stride; anything else is converted once.
   at::Tensor x2 = x.reshape({-1, k});
@@ -82,7 +71,7 @@ at::Tensor half_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const 
     p.x = x2.data_ptr<float>();
     p.ldx = x2.stride(0);
     p.w = reinterpret_cast<const uint16_t*>(packed.data_ptr<uint8_t>() + kPackHeaderBytes);
-    p.bias = b.defined() ? b.data_ptr<float>() : nullptr;
+    p.bias = b ? b->data_ptr<float>() : nullptr;
     p.out = out.data_ptr<float>();
     p.ldo = n;
     p.m = m;

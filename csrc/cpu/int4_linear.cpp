@@ -36,29 +36,6 @@ const KernelRecord kRecord2("int4_linear", [] { return kGemm.levels(); });
 
 constexpr const char* kPackOp = "int4_pack_weight";
 
-// Python's spelling of a dtype and a shape (str(torch.uint8), str(tuple(t.shape))), so the pack
-// op's messages are those of compressops/formats/int4.py check_canonical letter for letter.
-std::string py_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kByte: return "torch.uint8";
-    case at::kChar: return "torch.int8";
-    case at::kShort: return "torch.int16";
-    case at::kInt: return "torch.int32";
-    case at::kLong: return "torch.int64";
-    case at::kHalf: return "torch.float16";
-    case at::kBFloat16: return "torch.bfloat16";
-    case at::kFloat: return "torch.float32";
-    case at::kDouble: return "torch.float64";
-    case at::kBool: return "torch.bool";
-    default: return std::string("torch.") + c10::toString(t);
-  }
-}
-std::string py_shape(at::IntArrayRef s) {
-  std::string out = "(";
-  for (size_t i = 0; i < s.size(); ++i) out.append(i ? ", " : "").append(std::to_string(s[i]));
-  return out.append(s.size() == 1 ? ",)" : ")");
-}
-
 // What the header of an int4 pack says, every field and the pack's size checked against N and K.
 struct Int4Layout {
   int64_t n, k, group_size, groups, k_pad, n_pad;
@@ -160,25 +137,13 @@ at::Tensor int4_pack_weight_cpu(const at::Tensor& qweight, const at::Tensor& sca
 at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& w_packed, const std::optional<at::Tensor>& bias,
                            std::optional<at::ScalarType> out_dtype) {
   constexpr const char* op = "int4_linear";
-  TORCH_CHECK_VALUE(at::isFloatingType(x.scalar_type()), op, ": x must be float32, bfloat16 or float16, got ",
-                    py_dtype(x.scalar_type()));
-  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have at least one dimension (..., K)");
-  TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
+  check_float_input(x, op);
   const Int4Layout h = read_layout(w_packed, op);
   const int64_t n = h.n, k = h.k, k_pad = h.k_pad, groups = h.groups;
   TORCH_CHECK_VALUE(x.size(-1) == k, op, ": x has K=", x.size(-1), " in its last dimension but the weight has K=",
                     k);
-  std::optional<at::Tensor> b;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK_VALUE(at::isFloatingType(bias->scalar_type()) && bias->dim() == 1 && bias->size(0) == n, op,
-                      ": bias must be a float tensor of shape [N] = [", n, "], got ", py_dtype(bias->scalar_type()),
-                      " ", py_shape(bias->sizes()));
-    TORCH_CHECK_VALUE(bias->device().is_cpu(), op, ": bias must be a CPU tensor here, got ", bias->device());
-    b = bias->to(at::kFloat).contiguous();
-  }
-  const at::ScalarType out_t = out_dtype.value_or(x.scalar_type());
-  TORCH_CHECK_VALUE(out_t == at::kFloat || out_t == at::kBFloat16 || out_t == at::kHalf, op,
-                    ": out_dtype must be float32, bfloat16 or float16, got ", py_dtype(out_t));
+  const std::optional<at::Tensor> b = checked_bias(bias, n, op);
+  const at::ScalarType out_t = resolve_out_dtype(out_dtype, x.scalar_type(), op);
   const at::ScalarType kernel_out_t = out_t == at::kHalf ? at::kFloat : out_t;
   auto out_shape = x.sizes().vec();
   out_shape.back() = n;

@@ -44,14 +44,6 @@ const KernelRecord kRecord3("int8_weight_only_linear", [] { return kWeightOnly.l
 
 constexpr const char* kPackOp = "int8_pack_weight";
 
-// Python's spelling of a dtype and of a shape (torch.float32, (8,)), so each message below reads
-// the same as the one compressops/formats/int8.py raises for the same bad argument.
-std::string py_dtype(at::ScalarType t) { return "torch." + std::string(c10::getDtypeNames(t).first); }
-std::string py_shape(at::IntArrayRef s) {
-  std::string out = "(";
-  for (size_t i = 0; i < s.size(); ++i) out.append(i ? ", " : "").append(std::to_string(s[i]));
-  return out.append(s.size() == 1 ? ",)" : ")");
-}
 // %g, which Python's f"{v:g}" matches, with NaN unsigned as Python prints it.
 std::string py_g(double v) {
   if (std::isnan(v)) return "nan";
@@ -65,10 +57,6 @@ std::string py_g(double v) {
 // whole layout after it.
 PackHeader read_header(const at::Tensor& packed, const char* op) {
   const PackReader reader{op, "w_packed", kPackOp};
-  // pack_tensor.h's own message spells the dtype and shape the C++ way; this one reads as Python's.
-  TORCH_CHECK_VALUE(packed.scalar_type() == at::kByte && packed.dim() == 2, op,
-                    ": w_packed must be a 2-D uint8 tensor from compressops.ops.", kPackOp, ", got ",
-                    py_dtype(packed.scalar_type()), " of shape ", py_shape(packed.sizes()));
   const PackHeader h = read_pack_tensor(packed, kInt8PackTag, kInt8PackVersion, reader, 2);
   check_pack_tensor_layout(packed, h, int8_pack_fields(), {h.n}, int8_packed_bytes(h.n, h.k), reader);
   // Only a hand-made header can get here with a larger K (the pack op refuses one).
@@ -80,13 +68,6 @@ PackHeader read_header(const at::Tensor& packed, const char* op) {
 // Float dtypes the kernels read and write directly; others go through fp32.
 bool native_float(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16; }
 FloatKind kind_of(at::ScalarType t) { return t == at::kFloat ? FloatKind::kF32 : FloatKind::kBF16; }
-
-void check_float_input(const at::Tensor& x, const char* op) {
-  TORCH_CHECK_VALUE(at::isFloatingType(x.scalar_type()), op, ": x must be float32, bfloat16 or float16, got ",
-                    py_dtype(x.scalar_type()));
-  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have at least one dimension (..., K)");
-  TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
-}
 
 at::Tensor rows_view(const at::Tensor& x, int64_t k) {
   at::Tensor xc = native_float(x.scalar_type()) ? x : x.to(at::kFloat);
@@ -103,21 +84,6 @@ at::Tensor checked_w_scale(const at::Tensor& w_scale, int64_t n, const char* op)
   return w_scale.contiguous();
 }
 
-std::optional<at::Tensor> checked_bias(const std::optional<at::Tensor>& bias, int64_t n, const char* op) {
-  if (!bias.has_value() || !bias->defined()) return std::nullopt;
-  TORCH_CHECK_VALUE(at::isFloatingType(bias->scalar_type()) && bias->dim() == 1 && bias->size(0) == n, op,
-                    ": bias must be a float tensor of shape [N] = [", n, "], got ", py_dtype(bias->scalar_type()), " ",
-                    py_shape(bias->sizes()));
-  TORCH_CHECK_VALUE(bias->device().is_cpu(), op, ": bias must be a CPU tensor here, got ", bias->device());
-  return bias->to(at::kFloat).contiguous();
-}
-
-at::ScalarType resolve_out_dtype(const at::Tensor& x, std::optional<at::ScalarType> out_dtype, const char* op) {
-  const at::ScalarType t = out_dtype.value_or(x.scalar_type());
-  TORCH_CHECK_VALUE(t == at::kFloat || t == at::kBFloat16 || t == at::kHalf, op,
-                    ": out_dtype must be float32, bfloat16 or float16, got ", py_dtype(t));
-  return t;
-}
 
 // The static activation scale as float32 (formats/int8.py check_act_scale), or nullopt (dynamic).
 std::optional<float> checked_act_scale(const std::optional<at::Tensor>& act_scale, const char* op) {
@@ -211,7 +177,7 @@ LinearCall prepare_linear(const at::Tensor& x, const at::Tensor& w_packed, const
                     c.k);
   c.w_scale = checked_w_scale(w_scale, c.n, op);
   c.bias = checked_bias(bias, c.n, op);
-  c.out_t = resolve_out_dtype(x, out_dtype, op);
+  c.out_t = resolve_out_dtype(out_dtype, x.scalar_type(), op);
   c.act_scale = checked_act_scale(act_scale, op);
   c.kernel_out_t = native_float(c.out_t) ? c.out_t : at::kFloat;
   c.out_shape = x.sizes().vec();

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../common/pack_header.h"
+#include "arg_checks.h"
 
 namespace compressops::cpu {
 
@@ -18,8 +19,8 @@ namespace compressops::cpu {
 inline PackHeader read_pack_tensor(const at::Tensor& packed, std::string_view tag, uint32_t version,
                                    const PackReader& r, int64_t dims) {
   TORCH_CHECK_VALUE(packed.scalar_type() == at::kByte && packed.dim() == dims, r.op, ": ", r.name, " must be a ",
-                    dims, "-D uint8 tensor from compressops.ops.", r.pack_op, ", got ", packed.scalar_type(),
-                    " of shape ", packed.sizes());
+                    dims, "-D uint8 tensor from compressops.ops.", r.pack_op, ", got ", py_dtype(packed.scalar_type()),
+                    " of shape ", py_shape(packed.sizes()));
   TORCH_CHECK_VALUE(packed.is_contiguous(), r.op, ": ", r.name, " must be contiguous");
   TORCH_CHECK_VALUE(packed.device().is_cpu(), r.op, ": ", r.name, " must be a CPU tensor here, got ",
                     packed.device());

@@ -40,15 +40,6 @@ const KernelTable<Batch256Fn> kBatch256 = COMPRESSOPS_KERNEL_TABLE(kernels::pq25
 const KernelRecord kPackRecord("pq_pack", [] { return std::vector<std::string>(); });
 const KernelRecord kLinearRecord("pq_linear", [] { return kScan16.levels(); });
 
-// A dtype and a shape as Python prints them ("torch.float32", "(3, 4)"), so that every message
-// here is the text compressops/formats/pq.py raises for the same input.
-std::string py_dtype(at::ScalarType t) { return "torch." + std::string(c10::getDtypeNames(t).first); }
-std::string py_shape(at::IntArrayRef sizes) {
-  std::string out = "(";
-  for (size_t i = 0; i < sizes.size(); ++i) out.append(i ? ", " : "").append(std::to_string(sizes[i]));
-  return out.append(sizes.size() == 1 ? ",)" : ")");
-}
-
 // The layout of `packed`: the shared header checks, then the family fields (d, k, S) and the shape
 // re-derived from N, K, d and k (pack_tensor.h), so the kernels may read layout.bytes() bytes.
 PqLayout read_layout(const at::Tensor& packed, const char* op) {
@@ -157,24 +148,13 @@ void pq_decode_rows(const uint8_t* codes, const float* cb_t, const PqLayout& h, 
 at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const std::optional<at::Tensor>& bias,
                          std::optional<at::ScalarType> out_dtype) {
   constexpr const char* op = "pq_linear";
-  TORCH_CHECK_VALUE(at::isFloatingType(x.scalar_type()), op, ": x must be float32, bfloat16 or float16, got ",
-                    py_dtype(x.scalar_type()));
-  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have at least one dimension (..., K)");
-  TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
+  check_float_input(x, op);
   const PqLayout h = read_layout(packed, op);
   const int64_t in_features = h.k_in;
   TORCH_CHECK_VALUE(x.size(-1) == in_features, op, ": x has K=", x.size(-1),
                     " in its last dimension but the weight has K=", in_features);
-  std::optional<at::Tensor> b;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK_VALUE(at::isFloatingType(bias->scalar_type()) && bias->dim() == 1 && bias->size(0) == h.n, op,
-                      ": bias must be a float tensor of shape [N] = [", h.n, "], got ", py_dtype(bias->scalar_type()),
-                      " ", py_shape(bias->sizes()));
-    b = bias->to(at::kFloat).contiguous();
-  }
-  const at::ScalarType out_t = out_dtype.value_or(x.scalar_type());
-  TORCH_CHECK_VALUE(out_t == at::kFloat || out_t == at::kBFloat16 || out_t == at::kHalf, op,
-                    ": out_dtype must be float32, bfloat16 or float16, got ", py_dtype(out_t));
+  const std::optional<at::Tensor> b = checked_bias(bias, h.n, op);
+  const at::ScalarType out_t = resolve_out_dtype(out_dtype, x.scalar_type(), op);
   std::vector<int64_t> out_shape = x.sizes().vec();
   out_shape.back() = h.n;
 

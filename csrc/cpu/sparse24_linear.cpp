@@ -61,35 +61,6 @@ const char* value_name(int64_t code) { return code == kCodeF32 ? "float32" : cod
 int64_t row_bytes(int64_t k, int64_t code) { return padded_k(k) / 2 * value_bytes(code) + meta_bytes(k); }
 std::array<int64_t, 3> pack_fields(int64_t k, int64_t code) { return {code, padded_k(k), 0}; }
 
-// A dtype and a shape as Python prints them (torch.float32, (3, 4)), so that these messages are
-// word for word those of compressops/formats/sparse24.py and checks.py.
-std::string py_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return "torch.float32";
-    case at::kDouble: return "torch.float64";
-    case at::kHalf: return "torch.float16";
-    case at::kBFloat16: return "torch.bfloat16";
-    case at::kChar: return "torch.int8";
-    case at::kByte: return "torch.uint8";
-    case at::kShort: return "torch.int16";
-    case at::kInt: return "torch.int32";
-    case at::kLong: return "torch.int64";
-    case at::kBool: return "torch.bool";
-    case at::kComplexFloat: return "torch.complex64";
-    case at::kComplexDouble: return "torch.complex128";
-    default: {
-      std::string name = c10::toString(t);
-      for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-      return "torch." + name;
-    }
-  }
-}
-std::string py_shape(at::IntArrayRef shape) {
-  std::string out = "(";
-  for (size_t i = 0; i < shape.size(); ++i) out.append(i ? ", " : "").append(std::to_string(shape[i]));
-  return out.append(shape.size() == 1 ? ",)" : ")");
-}
-
 // A pack whose header, fields and size were checked: the kernels may read n rows of values
 // (kp / 2 each) from `values` and n rows of meta (meta_stride each) from `meta`.
 struct Pack {
@@ -159,29 +130,19 @@ struct Call {
 // and with its messages.
 Call check(const at::Tensor& x, const at::Tensor& packed, const at::Tensor* w_scale,
            const std::optional<at::Tensor>& bias, std::optional<at::ScalarType> out_dtype, const char* op) {
-  TORCH_CHECK_VALUE(at::isFloatingType(x.scalar_type()), op, ": x must be float32, bfloat16 or float16, got ",
-                    py_dtype(x.scalar_type()));
-  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have at least one dimension (..., K)");
-  TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": x must be a CPU tensor here, got ", x.device());
+  check_float_input(x, op);
   Call c;
   c.w = read_pack(packed, op, w_scale != nullptr);
   const int64_t n = c.w.n;
   TORCH_CHECK_VALUE(x.size(-1) == c.w.k, op, ": x has K=", x.size(-1), " in its last dimension but the weight has K=",
                     c.w.k);
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK_VALUE(at::isFloatingType(bias->scalar_type()) && bias->dim() == 1 && bias->size(0) == n, op,
-                      ": bias must be a float tensor of shape [N] = [", n, "], got ", py_dtype(bias->scalar_type()),
-                      " ", py_shape(bias->sizes()));
-    c.bias = bias->to(at::kFloat).contiguous();
-  }
+  c.bias = checked_bias(bias, n, op);
   if (w_scale != nullptr) {
     TORCH_CHECK_VALUE(w_scale->scalar_type() == at::kFloat && w_scale->dim() == 1 && w_scale->size(0) == n, op,
                       ": w_scale must be float32 of shape [N] = [", n, "], got ", py_dtype(w_scale->scalar_type()),
                       " ", py_shape(w_scale->sizes()));
   }
-  c.out_t = out_dtype.value_or(x.scalar_type());
-  TORCH_CHECK_VALUE(c.out_t == at::kFloat || c.out_t == at::kBFloat16 || c.out_t == at::kHalf, op,
-                    ": out_dtype must be float32, bfloat16 or float16, got ", py_dtype(c.out_t));
+  c.out_t = resolve_out_dtype(out_dtype, x.scalar_type(), op);
   c.out_shape = x.sizes().vec();
   c.out_shape.back() = n;
   return c;

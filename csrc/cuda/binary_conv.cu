@@ -132,19 +132,17 @@ at::Tensor pack_rows(const at::Tensor& x2, int64_t c, std::vector<int64_t> shape
 
 at::Tensor binary_pack_activation_cuda(const at::Tensor& x) {
   constexpr const char* op = "binary_pack_activation";
-  TORCH_CHECK_VALUE(at::isFloatingType(x.scalar_type()), op, ": x must be float32, bfloat16 or float16, got ",
-                    binary_host::py_dtype(x.scalar_type()));
-  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have at least one dimension (..., K)");
+  cpu::check_float_input(x, op, /*any_device=*/true);
   const c10::cuda::CUDAGuard guard(x.device());
   if (x.dim() == 4) {
     const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
-    TORCH_CHECK_VALUE(c >= 1, op, ": x must have at least one channel, got shape ", binary_host::py_tuple(x.sizes()));
+    TORCH_CHECK_VALUE(c >= 1, op, ": x must have at least one channel, got shape ", cpu::py_shape(x.sizes()));
     const at::Tensor x2 = x.to(at::kFloat).permute({0, 2, 3, 1}).reshape({n * h * w, c}).contiguous();
     return pack_rows(x2, c, {n, h, w, words_for(c)});
   }
   const int64_t c = x.size(-1);
   TORCH_CHECK_VALUE(c >= 1, op, ": x must have a non-empty last dimension, got shape ",
-                    binary_host::py_tuple(x.sizes()));
+                    cpu::py_shape(x.sizes()));
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = words_for(c);
   return pack_rows(x.to(at::kFloat).reshape({-1, c}).contiguous(), c, shape);
