@@ -19,6 +19,8 @@ class CompressedLinear(nn.Module):
     """
 
     _fixed_dtype: tuple[str, ...] = ("bias",)
+    # The non-persistent buffer holding the pack, for layers whose canonical tensors live inside it.
+    _pack_name = "weight_packed"
     # Report/bookkeeping properties that torch.jit.script need not (and cannot) compile.
     __jit_unused_properties__ = ["config", "format_label", "shape_label", "sparsity", "nnz", "num_subspaces"]
 
@@ -61,3 +63,58 @@ class CompressedLinear(nn.Module):
 
     def _after_move(self) -> None:
         """Called after .to()/.cuda()/...: a subclass rebuilds what depends on the device."""
+
+    # -- canonical tensors kept inside the pack --------------------------------------------------
+    # A layer that holds only its pack (never the canonical copy of its weight as well) declares the
+    # canonical tensors here; state_dict writes them, load_state_dict checks and packs them once.
+    def _canonical_spec(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        """{state_dict name: (dtype, shape)} of the canonical tensors kept inside the pack (not
+        registered buffers). Empty: every stored tensor is a registered buffer."""
+        return {}
+
+    def _canonical_state(self) -> dict[str, torch.Tensor]:
+        """The tensors of _canonical_spec, unpacked from the pack, fit to be saved (no view that
+        would drag the whole pack into a file)."""
+        return {}
+
+    def _check_canonical(self, tensors: dict[str, torch.Tensor]) -> str | None:
+        """A problem with loaded canonical tensors beyond dtype and shape, as "<name>: <why>", or None."""
+        return None
+
+    def _pack_canonical(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Build the pack from checked canonical tensors {name: tensor} (on the pack's device)."""
+        raise NotImplementedError
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        for name, t in self._canonical_state().items():
+            destination[prefix + name] = t if keep_vars else t.detach()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        spec = self._canonical_spec()
+        if not spec:
+            return
+        device = getattr(self, self._pack_name).device
+        found, ok = {}, True
+        for name, (dtype, shape) in spec.items():
+            key = prefix + name
+            if key in unexpected_keys:  # the base class knows only the registered buffers
+                unexpected_keys.remove(key)
+            t = state_dict.get(key)
+            if t is None:
+                missing_keys.append(key)
+                ok = False
+            elif t.dtype != dtype or tuple(t.shape) != tuple(shape):
+                error_msgs.append(f"mismatch for {key}: the checkpoint holds {t.dtype} {tuple(t.shape)}, "
+                                  f"{type(self).__name__} needs {dtype} {tuple(shape)}")
+                ok = False
+            else:
+                found[name] = t.detach().to(device)
+        problem = self._check_canonical(found) if ok else None
+        if problem:
+            error_msgs.append(f"mismatch for {prefix}{problem}")
+        elif ok:
+            self._pack_canonical(found)

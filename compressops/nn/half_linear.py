@@ -98,27 +98,14 @@ class HalfLinear(CompressedLinear):
         """Bytes of the stored format (the state_dict's float16 weight and float32 bias)."""
         return sum(t.numel() * t.element_size() for t in self.state_dict().values())
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        destination[prefix + "weight"] = self.weight if keep_vars else self.weight.detach()
-        super()._save_to_state_dict(destination, prefix, keep_vars)
+    def _canonical_spec(self):
+        return {"weight": (torch.float16, (self.out_features, self.in_features))}
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-        key = prefix + "weight"
-        if key in unexpected_keys:  # the base class knows only the registered buffers
-            unexpected_keys.remove(key)
-        w = state_dict.get(key)
-        if w is None:
-            missing_keys.append(key)
-            return
-        shape = (self.out_features, self.in_features)
-        if w.dtype != torch.float16 or tuple(w.shape) != shape:
-            error_msgs.append(f"mismatch for {key}: the checkpoint holds {w.dtype} {tuple(w.shape)}, "
-                              f"HalfLinear needs torch.float16 {shape}")
-            return
-        self.weight_packed = ops.half_pack_weight(w.detach().to(self.weight_packed.device))
+    def _canonical_state(self):
+        return {"weight": self.weight}
+
+    def _pack_canonical(self, tensors):
+        self.weight_packed = ops.half_pack_weight(tensors["weight"])
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -162,45 +162,26 @@ class Int4Linear(CompressedLinear):
         """Bytes of the stored format (the state_dict's canonical tensors and bias)."""
         return sum(t.numel() * t.element_size() for t in self.state_dict().values())
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        qweight, scales, zeros = self._canonical()
-        destination[prefix + "qweight"] = qweight
-        destination[prefix + "scales"] = scales
-        if zeros is not None:
-            destination[prefix + "zeros"] = zeros
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+    def _canonical_spec(self):
         kp = int4_format.padded_k(self.in_features, self.group_size)
-        want = {"qweight": (torch.uint8, (self.out_features, kp // 2)),
-                "scales": (torch.float32, (self.out_features, kp // self.group_size))}
+        groups = (self.out_features, kp // self.group_size)
+        spec = {"qweight": (torch.uint8, (self.out_features, kp // 2)), "scales": (torch.float32, groups)}
         if not self.symmetric:  # a symmetric layer has no zeros: the base class reports one as unexpected
-            want["zeros"] = (torch.uint8, (self.out_features, kp // self.group_size))
-        found, ok = {}, True
-        for name, (dtype, shape) in want.items():
-            key = prefix + name
-            if key in unexpected_keys:  # the base class knows only the registered buffers
-                unexpected_keys.remove(key)
-            t = state_dict.get(key)
-            if t is None:
-                missing_keys.append(key)
-                ok = False
-            elif t.dtype != dtype or tuple(t.shape) != shape:
-                error_msgs.append(f"mismatch for {key}: the checkpoint holds {t.dtype} {tuple(t.shape)}, "
-                                  f"Int4Linear needs {dtype} {shape}")
-                ok = False
-            else:
-                found[name] = t.detach().to(self.weight_packed.device)
-        if "zeros" in found and int(found["zeros"].max()) > 15:
-            error_msgs.append(f"mismatch for {prefix}zeros: zero points must lie in [0, 15], the checkpoint holds "
-                              f"{int(found['zeros'].max())}")
-            ok = False
-        if ok:
-            self.weight_packed = ops.int4_pack_weight(found["qweight"], found["scales"], found.get("zeros"),
-                                                      self.in_features, self.group_size)
+            spec["zeros"] = (torch.uint8, groups)
+        return spec
+
+    def _canonical_state(self):
+        qweight, scales, zeros = self._canonical()
+        return {"qweight": qweight, "scales": scales, **({"zeros": zeros} if zeros is not None else {})}
+
+    def _check_canonical(self, tensors):
+        if "zeros" in tensors and int(tensors["zeros"].max()) > 15:
+            return f"zeros: zero points must lie in [0, 15], the checkpoint holds {int(tensors['zeros'].max())}"
+        return None
+
+    def _pack_canonical(self, tensors):
+        self.weight_packed = ops.int4_pack_weight(tensors["qweight"], tensors["scales"], tensors.get("zeros"),
+                                                  self.in_features, self.group_size)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

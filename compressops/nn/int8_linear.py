@@ -121,31 +121,19 @@ class Int8Linear(CompressedLinear):
         """Bytes of the stored format (the state_dict's int8 weight and float32 scales and bias)."""
         return sum(t.numel() * t.element_size() for t in self.state_dict().values())
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        destination[prefix + "weight"] = self.weight
-        super()._save_to_state_dict(destination, prefix, keep_vars)
+    def _canonical_spec(self):
+        return {"weight": (torch.int8, (self.out_features, self.in_features))}
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-        key = prefix + "weight"
-        if key in unexpected_keys:  # the base class knows only the registered buffers
-            unexpected_keys.remove(key)
-        w = state_dict.get(key)
-        if w is None:
-            missing_keys.append(key)
-            return
-        shape = (self.out_features, self.in_features)
-        if w.dtype != torch.int8 or tuple(w.shape) != shape:
-            error_msgs.append(f"mismatch for {key}: the checkpoint holds {w.dtype} {tuple(w.shape)}, "
-                              f"Int8Linear needs torch.int8 {shape}")
-            return
-        if int(w.min()) < -127:
-            error_msgs.append(f"mismatch for {key}: the checkpoint holds -128, Int8Linear's symmetric int8 "
-                              f"weight lies in [-127, 127]")
-            return
-        self.weight_packed = ops.int8_pack_weight(w.detach().to(self.weight_packed.device))
+    def _canonical_state(self):
+        return {"weight": self.weight}
+
+    def _check_canonical(self, tensors):
+        if int(tensors["weight"].min()) < -127:
+            return "weight: the checkpoint holds -128, Int8Linear's symmetric int8 weight lies in [-127, 127]"
+        return None
+
+    def _pack_canonical(self, tensors):
+        self.weight_packed = ops.int8_pack_weight(tensors["weight"])
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -40,6 +40,7 @@ class PQLinear(CompressedLinear):
     __jit_unused_properties__ = [*CompressedLinear.__jit_unused_properties__, "codes", "codebooks"]
 
     _version = 1
+    _pack_name = "packed"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, num_centroids: int = 256,
                  subvector_dim: int = 4, device=None):
@@ -71,7 +72,7 @@ class PQLinear(CompressedLinear):
         contiguous); writes to it change the layer."""
         return pq_format.unpack_codebooks(self.packed)
 
-    def _canonical_shapes(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    def _canonical_spec(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         s, k, d = self.num_subspaces, self.num_centroids, self.subvector_dim
         return {"codes": (torch.uint8, pq_format.codes_shape(self.out_features, s, k)),
                 "codebooks": (torch.float32, (s, k, d))}
@@ -134,34 +135,15 @@ class PQLinear(CompressedLinear):
 
     def compressed_bytes(self) -> int:
         """Bytes of the stored format (the state_dict's codes, codebooks and bias)."""
-        stored = [math.prod(shape) * dtype.itemsize for dtype, shape in self._canonical_shapes().values()]
+        stored = [math.prod(shape) * dtype.itemsize for dtype, shape in self._canonical_spec().values()]
         return sum(stored) + (4 * self.out_features if self.bias is not None else 0)
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
+    def _canonical_state(self):
         # copies: a view into the pack would save the whole pack (torch.save) or be refused (safetensors)
-        destination[prefix + "codes"] = self.codes
-        destination[prefix + "codebooks"] = self.codebooks.clone(memory_format=torch.contiguous_format)
-        super()._save_to_state_dict(destination, prefix, keep_vars)
+        return {"codes": self.codes, "codebooks": self.codebooks.clone(memory_format=torch.contiguous_format)}
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-        loaded = {}
-        for name, (dtype, shape) in self._canonical_shapes().items():
-            key = prefix + name
-            if key in unexpected_keys:  # the base class knows only the registered buffers
-                unexpected_keys.remove(key)
-            t = state_dict.get(key)
-            if t is None:
-                missing_keys.append(key)
-            elif t.dtype != dtype or tuple(t.shape) != shape:
-                error_msgs.append(f"mismatch for {key}: the checkpoint holds {t.dtype} {tuple(t.shape)}, "
-                                  f"PQLinear needs {dtype} {shape}")
-            else:
-                loaded[name] = t.detach().to(self.packed.device)
-        if len(loaded) == 2:
-            self.packed = ops.pq_pack(loaded["codes"], loaded["codebooks"], self.in_features)
+    def _pack_canonical(self, tensors):
+        self.packed = ops.pq_pack(tensors["codes"], tensors["codebooks"], self.in_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "

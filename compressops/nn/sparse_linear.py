@@ -115,37 +115,19 @@ class Sparse24Linear(CompressedLinear):
         """Bytes of the stored format (the state_dict's values, meta, weight_scale and bias)."""
         return sum(t.numel() * t.element_size() for t in self.state_dict().values())
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
+    def _canonical_spec(self):
+        kp = s24.padded_k(self.in_features)
+        return {"values": (self.values.dtype, (self.out_features, kp // 2)),
+                "meta": (torch.uint8, (self.out_features, s24.meta_bytes(self.in_features)))}
+
+    def _canonical_state(self):
         values, meta, _ = s24.unpack(self.weight_packed, "Sparse24Linear.state_dict")
-        destination[prefix + "values"] = values if keep_vars else values.detach()
         # torch.save refuses two views of one storage as different dtypes, so meta (an eighth of a
         # byte per input channel and row, 1/16 of fp32 values) is a copy; the values stay a view.
-        destination[prefix + "meta"] = meta.clone()
-        super()._save_to_state_dict(destination, prefix, keep_vars)
+        return {"values": values, "meta": meta.clone()}
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-        dtype = self.values.dtype
-        kp = s24.padded_k(self.in_features)
-        want = {"values": (dtype, (self.out_features, kp // 2)),
-                "meta": (torch.uint8, (self.out_features, s24.meta_bytes(self.in_features)))}
-        found = {}
-        for name, (want_dtype, shape) in want.items():
-            key = prefix + name
-            if key in unexpected_keys:  # the base class knows only the registered buffers
-                unexpected_keys.remove(key)
-            t = state_dict.get(key)
-            if t is None:
-                missing_keys.append(key)
-            elif t.dtype != want_dtype or tuple(t.shape) != shape:
-                error_msgs.append(f"mismatch for {key}: the checkpoint holds {t.dtype} {tuple(t.shape)}, "
-                                  f"Sparse24Linear needs {want_dtype} {shape}")
-            else:
-                found[name] = t.detach().to(self.weight_packed.device)
-        if len(found) == 2:
-            self.weight_packed = ops.sparse24_pack(found["values"], found["meta"], self.in_features)
+    def _pack_canonical(self, tensors):
+        self.weight_packed = ops.sparse24_pack(tensors["values"], tensors["meta"], self.in_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
