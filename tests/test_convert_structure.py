@@ -13,7 +13,8 @@ from .families import EXAMPLES, FIRST
 from .helpers import randn_nonzero
 
 # one example a family (the structure, not the format, is under test)
-LINEAR_EXAMPLES = sorted(n for n in FIRST.values() if EXAMPLES[n][1] == "linear" and not EXAMPLES[n][0].needs_calibration)
+LINEAR_EXAMPLES = sorted(n for n in FIRST.values()
+                         if EXAMPLES[n][1] == "linear" and not EXAMPLES[n][0].needs_calibration)
 
 
 class AffineLinear(nn.Linear):
@@ -71,7 +72,8 @@ def test_transformer_encoder_converts_and_runs_in_every_mode(name):
     co.convert(enc, config)
     skipped = _skipped(enc)
     for i in range(2):
-        assert "its parent MultiheadAttention reads out_proj.weight directly" in skipped[f"layers.{i}.self_attn.out_proj"]
+        reason = skipped[f"layers.{i}.self_attn.out_proj"]
+        assert "its parent MultiheadAttention reads out_proj.weight directly" in reason
         assert f"layers.{i}.linear1" not in skipped and f"layers.{i}.linear2" not in skipped
     assert not isinstance(enc.layers[0].linear1, nn.Linear)
     for ctx in (torch.enable_grad, torch.no_grad, torch.inference_mode):

@@ -10,27 +10,29 @@ import compressops as co
 from .families import EXAMPLES, convert_example, tiny_input
 
 
-@pytest.mark.parametrize("name", sorted(EXAMPLES))
-def test_float64_input_raises_naming_x(name):
+def _first_layer_and_its_input(name):
+    """The example's first compressed layer and the float32 input it sees in the model."""
     _, kind = EXAMPLES[name]
     model = convert_example(name)
     layer = next(m for m in model.modules() if isinstance(m, co.configs.compressed_types()))
-    x = tiny_input(kind).double()
-    # the compressed layer alone (the float layers before it would accept float64)
-    first_in = x if layer is next(iter(model.children())) else None
-    if first_in is None:
-        pytest.skip("the first layer stays dense in this example")
-    with pytest.raises(ValueError, match=r"x must be (a )?float32, bfloat16 or float16.*float64"):
-        layer(first_in)
+    seen = []
+    handle = layer.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+    with torch.no_grad():
+        model(tiny_input(kind))
+    handle.remove()
+    return layer, seen[0]
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_float64_input_raises_naming_x(name):
+    layer, x = _first_layer_and_its_input(name)
+    with pytest.raises(ValueError, match=r"x must be float32, bfloat16 or float16, got torch.float64"):
+        layer(x.double())
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_float32_bfloat16_float16_inputs_run(name):
-    _, kind = EXAMPLES[name]
-    model = convert_example(name)
+    layer, x = _first_layer_and_its_input(name)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        layer = next(iter(model.children()))
-        if not isinstance(layer, co.configs.compressed_types()):
-            pytest.skip("the first layer stays dense in this example")
-        y = layer(tiny_input(kind).to(dtype))
+        y = layer(x.to(dtype))
         assert torch.isfinite(y.float()).all()

@@ -443,7 +443,7 @@ def test_csr_linear_close_to_reference(level, shape, sparsity, dtypes):
 @requires_native
 @pytest.mark.parametrize("level", isa_params())
 def test_csr_linear_wide_k_unsorted_duplicates_and_empty_rows(level):
-    k, n = 70000, 5  # 32-bit columns
+    k = 70000  # 32-bit columns; 5 rows
     col = torch.tensor([69999, 3, 3, 40000, 7, 65536, 12], dtype=torch.int32)  # unsorted, a duplicate
     crow = torch.tensor([0, 3, 3, 5, 5, 7], dtype=torch.int64)  # rows 1 and 3 empty
     vals = randn_nonzero(7)
@@ -547,7 +547,7 @@ def test_csr_dense_route(route, sparsity, shape, vdtype):
 
 @requires_native
 def test_csr_dense_route_duplicates_wide_k():
-    k, n = 70000, 5  # 32-bit columns
+    k = 70000  # 32-bit columns; 5 rows
     col = torch.tensor([69999, 3, 3, 40000, 7, 65536, 12], dtype=torch.int32)  # unsorted, a duplicate
     crow = torch.tensor([0, 3, 3, 5, 5, 7], dtype=torch.int64)
     vals = randn_nonzero(7)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from . import pack_header
-from .checks import check_bias, check_k, check_x, is_fake, resolve_out_dtype
+from .checks import check_bias, check_x, resolve_out_dtype
 
 TAG = "half"
 VERSION = 1
@@ -122,13 +122,7 @@ def check_linear(op: str, x: torch.Tensor, packed: torch.Tensor, bias: torch.Ten
         ValueError naming the argument.
     """
     check_x(x, op)
-    r = pack_header.Reader(op, "packed", _PACK_OP)
-    if is_fake(packed):
-        (n,) = pack_header.check_rows(packed, r, 2)
-        k = x.shape[-1]
-    else:
-        n, k = read_header(packed, op)
-        check_k(x, k, op, "the weight has K")
+    n, k = pack_header.linear_nk(x, packed, pack_header.Reader(op, "packed", _PACK_OP), read_header)
     check_bias(bias, n, op)
     return n, k, resolve_out_dtype(x, out_dtype, op)
 

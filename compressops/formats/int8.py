@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from . import pack_header
-from .checks import check_bias, check_k, check_scale, check_x, is_fake, resolve_out_dtype
+from .checks import check_bias, check_scale, check_x, is_fake, resolve_out_dtype
 
 TAG = "int8"
 VERSION = 1
@@ -239,15 +239,7 @@ def check_linear(op: str, x: torch.Tensor, w_packed: torch.Tensor, w_scale: torc
         ValueError naming the argument.
     """
     check_x(x, op)
-    r = pack_header.Reader(op, "w_packed", _PACK_OP)
-    if is_fake(w_packed):
-        # The header is data: N is the pack's first dimension and K is x's, and the kernel reads
-        # the header when it runs on real tensors.
-        (n,) = pack_header.check_rows(w_packed, r, 2)
-        k = x.shape[-1]
-    else:
-        n, k = read_header(w_packed, op)
-        check_k(x, k, op, "the weight has K")
+    n, k = pack_header.linear_nk(x, w_packed, pack_header.Reader(op, "w_packed", _PACK_OP), read_header)
     check_scale(w_scale, n, op)
     check_bias(bias, n, op)
     out_t = resolve_out_dtype(x, out_dtype, op)

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import check_packed
+from .checks import check_k, check_packed
+from .checks import is_fake as _is_fake
 
 MAGIC = 0x4B504F43
 HEADER_VERSION = 1
@@ -109,6 +110,19 @@ def check_rows(packed: torch.Tensor, r: Reader, dims: int):
     check_packed(packed, r.op, r.name, r.pack_op, dims=dims)
     torch._check_value(packed.is_contiguous(), lambda: f"{r.op}: {r.name} must be contiguous")
     return tuple(packed.shape[:-1])
+
+
+def linear_nk(x: torch.Tensor, packed: torch.Tensor, r: Reader, read_nk) -> tuple:
+    """(N, K) of a linear op's pack, checked against x. A fake pack's header is data the fake kernel
+    cannot read: N is then its first dimension and K is x's (the kernel checks the header when it
+    runs on real tensors). Otherwise read_nk(packed, op) reads and checks the header and returns
+    (N, K), and x's last dimension must be K."""
+    if _is_fake(packed):
+        (n,) = check_rows(packed, r, 2)
+        return n, x.shape[-1]
+    n, k = read_nk(packed, r.op)
+    check_k(x, k, r.op, "the weight has K")
+    return n, k
 
 
 def read(packed: torch.Tensor, tag: str, version: int, r: Reader, dims: int = 2) -> PackHeader:

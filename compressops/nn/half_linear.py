@@ -43,7 +43,8 @@ class HalfLinear(CompressedLinear):
                              f"{in_features}, {out_features}")
         self.in_features = in_features
         self.out_features = out_features
-        self.register_buffer("weight_packed", half_format.zero_pack(out_features, in_features, device), persistent=False)
+        self.register_buffer("weight_packed", half_format.zero_pack(out_features, in_features, device),
+                             persistent=False)
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device) if bias else None)
 
     @property
