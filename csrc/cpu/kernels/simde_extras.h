@@ -4,6 +4,7 @@
 // target-specific declaration of the same name is never called from baseline code).
 #pragma once
 #include <cstdint>
+#include <cstring>
 
 namespace compressops::emulation {
 
@@ -25,9 +26,23 @@ inline int32_t mm512_reduce_add_epi32(simde__m512i v) {
   return static_cast<int32_t>(sum);
 }
 
+// Zero-masked load of 64-bit lanes that reads only the selected lanes, as the hardware does (a
+// masked-off element is never accessed, so it cannot fault); SIMDe 0.8.2 loads all 64 bytes and masks
+// after, which reads past the end of a buffer (AddressSanitizer found it at a row's tail).
+inline simde__m512i mm512_maskz_loadu_epi64(simde__mmask8 k, const void* p) {
+  int64_t lanes[8] = {};
+  const auto* src = static_cast<const unsigned char*>(p);
+  for (int i = 0; i < 8; ++i) {
+    if ((k >> i) & 1) std::memcpy(&lanes[i], src + 8 * i, sizeof(int64_t));
+  }
+  return simde_mm512_loadu_si512(lanes);
+}
+
 }  // namespace compressops::emulation
 
 #undef _mm512_reduce_add_epi64
 #define _mm512_reduce_add_epi64(v) ::compressops::emulation::mm512_reduce_add_epi64(v)
 #undef _mm512_reduce_add_epi32
 #define _mm512_reduce_add_epi32(v) ::compressops::emulation::mm512_reduce_add_epi32(v)
+#undef _mm512_maskz_loadu_epi64
+#define _mm512_maskz_loadu_epi64(k, p) ::compressops::emulation::mm512_maskz_loadu_epi64(k, p)
