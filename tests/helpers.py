@@ -2,6 +2,7 @@
 
 import os
 import platform
+import struct
 
 import pytest
 import torch
@@ -61,3 +62,22 @@ def randn_nonzero(*shape, dtype=torch.float32):
     x = torch.randn(*shape)
     x = torch.where(x == 0, torch.full_like(x, 0.5), x)
     return x.to(dtype)
+
+
+def call_both(fn_native, fn_ref, *args, **kwargs):
+    """The first lines of the native op's and of the reference's errors for the same bad call (the
+    contract: the same message from both)."""
+    messages = []
+    for fn in (fn_native, fn_ref):
+        with pytest.raises((ValueError, RuntimeError)) as e:
+            fn(*args, **kwargs)
+        messages.append(str(e.value).splitlines()[0])
+    return messages
+
+
+def tampered(packed, offset, fmt, value):
+    """A copy of `packed` with struct.pack(fmt, value) written at byte `offset` of its flat bytes."""
+    bad = packed.clone()
+    raw = struct.pack(fmt, value)
+    bad.view(-1)[offset:offset + len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
+    return bad

@@ -12,7 +12,8 @@ import compressops as co
 from compressops import ops, reference
 from compressops.formats import binary as bf
 
-from .helpers import expected_kernel_level, OPCHECK_UTILS, isa_params, randn_nonzero, requires_native
+from .helpers import (OPCHECK_UTILS, call_both, expected_kernel_level, isa_params, randn_nonzero, requires_native,
+                     tampered)
 
 # Packing has kernels up to avx2; the conv/linear kernels also at avx512_vnni (vpopcntq).
 
@@ -29,16 +30,6 @@ def make_linear(c, n, bias=True):
     w = randn_nonzero(n, c)
     bits, alpha = bf.binarize_weight(w)
     return w, bits, ops.binary_pack_weight(bits, c), alpha, (randn_nonzero(n) if bias else None)
-
-
-def call_both(fn_native, fn_ref, *args, **kwargs):
-    """The first lines of the native kernel's and of the reference's error for the same bad call."""
-    messages = []
-    for fn in (fn_native, fn_ref):
-        with pytest.raises((ValueError, RuntimeError)) as e:
-            fn(*args, **kwargs)
-        messages.append(str(e.value).splitlines()[0])
-    return messages
 
 
 def header_bytes(n, k, fields, tag=b"binary", version=1):
@@ -450,13 +441,6 @@ def test_wrong_arguments_raise_the_same_error_everywhere():
     assert ops.binary_pack_weight(lbits, 128).shape == lpacked.shape
 
 
-def _tampered(packed, offset, fmt, value):
-    bad = packed.clone()
-    bad.view(-1)[offset:offset + struct.calcsize(fmt)] = torch.tensor(list(struct.pack(fmt, value)),
-                                                                      dtype=torch.uint8)
-    return bad
-
-
 # Packs: conv OC=8, C=70, 3x3 -> fields (3, 3, 2), shape [8, 3, 3, 17]; linear OUT=8, C=70 -> [8, 24].
 TAMPERED = {  # header field -> (offset, struct format, value, conv message, linear message)
     "magic": (0, "<I", 0x12345678, "does not start with a compressops pack header", None),
@@ -497,7 +481,7 @@ def test_tampered_header_raises_the_same_error_everywhere(field, kind):
         xp = ops.binary_pack_activation(randn_nonzero(3, 70))
         calls = [(ops.binary_linear, reference.binary_linear, "binary_linear", ())]
         message = linear_message or conv_message
-    bad = _tampered(packed, offset, fmt, value)
+    bad = tampered(packed, offset, fmt, value)
     for native_fn, ref_fn, op, extra in calls:
         native, ref = call_both(native_fn, ref_fn, xp, bad, alpha, b, *extra)
         assert native == ref
@@ -528,7 +512,7 @@ def test_swapped_n_and_k_or_a_kernel_reshaped_pack_fail_on_the_shape():
     """N and K swapped (C = 64, so one word either way) keep the fields; the pack's shape gives them away.
     A 3x3 pack viewed as 1x9 keeps its bytes; the KH, KW fields give it away."""
     _, _, packed, alpha, b = make_conv(64, 8, 3)  # [8, 3, 3, 9]
-    bad = _tampered(_tampered(packed, 24, "<q", 64), 32, "<q", 8)
+    bad = tampered(tampered(packed, 24, "<q", 64), 32, "<q", 8)
     xp = ops.binary_pack_activation(randn_nonzero(2, 64, 5, 5))
     xp8 = ops.binary_pack_activation(randn_nonzero(2, 8, 5, 5))
     native, ref = call_both(ops.binary_conv2d, reference.binary_conv2d, xp8, bad, alpha, b, (1, 1), (1, 1))
@@ -546,7 +530,7 @@ def test_header_describing_more_than_2_62_bytes_raises_before_any_size_arithmeti
     _, _, packed, alpha, b = make_conv(64, 2, 7)
     bad = packed
     for offset, value in ((24, 2**31 - 1), (32, 2**31 - 1), (56, 2**25)):
-        bad = _tampered(bad, offset, "<q", value)
+        bad = tampered(bad, offset, "<q", value)
     xp = ops.binary_pack_activation(randn_nonzero(1, 64, 7, 7))
     native, ref = call_both(ops.binary_conv2d, reference.binary_conv2d, xp, bad, alpha, b, (1, 1), (0, 0))
     assert native == ref
@@ -556,7 +540,7 @@ def test_header_describing_more_than_2_62_bytes_raises_before_any_size_arithmeti
     _, _, packed1, alpha1, _ = make_conv(64, 2, 1)
     bad1 = packed1
     for offset, value in ((24, 2**31 - 1), (32, 2**31 - 1), (56, 2**25)):
-        bad1 = _tampered(bad1, offset, "<q", value)
+        bad1 = tampered(bad1, offset, "<q", value)
     native, ref = call_both(ops.binary_conv2d, reference.binary_conv2d, xp, bad1, alpha1, None, (1, 1), (0, 0))
     assert native == ref
     assert re.search(r"has shape \[2, 1, 1, 40\] but its header \(N=2147483647, K=2147483647\) needs "
@@ -586,6 +570,6 @@ def test_cuda_kernels_bit_exact():
     y = ops.binary_linear(xlp.cuda(), lpacked.cuda(), lalpha.cuda(), None, torch.bfloat16)
     assert torch.equal(y.cpu(), reference.binary_linear(xlp, lpacked, lalpha, None, torch.bfloat16))
     # a tampered header raises on the device too, with the reference's message
-    bad = _tampered(lpacked, 24, "<q", 9).cuda()
+    bad = tampered(lpacked, 24, "<q", 9).cuda()
     with pytest.raises(ValueError, match=r"has shape \[9, 24\]|needs \[9, 24\]"):
         ops.binary_linear(xlp.cuda(), bad, lalpha.cuda())

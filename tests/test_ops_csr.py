@@ -13,23 +13,13 @@ from compressops import ops, reference
 from compressops.formats import csr as fcsr
 from compressops.formats import pack_header
 
-from .helpers import expected_kernel_level, isa_params, randn_nonzero, requires_native
+from .helpers import call_both, expected_kernel_level, isa_params, randn_nonzero, requires_native, tampered
 
 F32_TOL = 1e-5  # relative Frobenius error against the reference (test_ops_sparse.py)
 
 
 def header_bytes(n, k, fields, tag=b"csr", version=1):
     return struct.pack("<4sI8sIIqq3q", b"COPK", 1, tag, version, 0, n, k, *fields)
-
-
-def call_both(fn_native, fn_ref, *args, **kwargs):
-    """The first lines of the errors of the native op and of the reference for the same bad call."""
-    messages = []
-    for fn in (fn_native, fn_ref):
-        with pytest.raises((ValueError, RuntimeError)) as e:
-            fn(*args, **kwargs)
-        messages.append(str(e.value).splitlines()[0])
-    return messages
 
 
 def relerr(y, ref):
@@ -102,13 +92,6 @@ def test_pack_on_fake_tensors_has_the_pack_shape():
 
 # ----------------------------------------------------------------------- the same message everywhere
 
-def _tampered(packed, offset, fmt, value):
-    bad = packed.clone()
-    bad.view(-1)[offset:offset + struct.calcsize(fmt)] = torch.tensor(list(struct.pack(fmt, value)),
-                                                                      dtype=torch.uint8)
-    return bad
-
-
 TAMPERED = {  # header field -> (offset, struct format, value, message)
     "magic": (0, "<I", 0x12345678, "does not start with a compressops pack header"),
     "header version": (4, "<I", 2, "does not start with a compressops pack header"),
@@ -143,7 +126,7 @@ def test_tampered_header_raises_the_same_error_everywhere(field):
     """A header that lies raises before a kernel reads past the header, with one message from C++ and Python."""
     packed, vals, b = fixed_layer()
     offset, fmt, value, message = TAMPERED[field]
-    native, ref = call_both(ops.csr_linear, reference.csr_linear, randn_nonzero(2, K), _tampered(packed, offset, fmt,
+    native, ref = call_both(ops.csr_linear, reference.csr_linear, randn_nonzero(2, K), tampered(packed, offset, fmt,
                                                                                                    value), vals, b)
     assert native == ref
     assert native.startswith("csr_linear: ")
@@ -155,7 +138,7 @@ def test_a_smaller_column_end_within_k_changes_nothing():
     """col_end only bounds K from below; it moves no read, so a smaller value in [1, K] is harmless."""
     packed, vals, b = fixed_layer()
     x = randn_nonzero(3, K)
-    bad = _tampered(packed, 56, "<q", 3)
+    bad = tampered(packed, 56, "<q", 3)
     assert torch.equal(ops.csr_linear(x, bad, vals, b), ops.csr_linear(x, packed, vals, b))
 
 
@@ -163,7 +146,7 @@ def test_a_smaller_column_end_within_k_changes_nothing():
 def test_truncated_padded_and_swapped_packs_raise_the_same_error():
     packed, vals, b = fixed_layer()
     x = randn_nonzero(2, K)
-    swapped = _tampered(_tampered(packed, 24, "<q", K), 32, "<q", N)
+    swapped = tampered(tampered(packed, 24, "<q", K), 32, "<q", N)
     flat = packed.view(-1)  # cut or padded as flat bytes: the header stays whole
     for bad, message in ((flat[:-8].view(8, 19), r"has shape \[8, 19\] but its header .N=8, K=32. needs \[8, 20\]"),
                          (packed[:-1], r"has shape \[7, 20\]"),
@@ -182,7 +165,7 @@ def test_truncated_padded_and_swapped_packs_raise_the_same_error():
 def test_corrupt_row_pointer_raises_the_same_error(where, value):
     """The row pointer is checked on every call: no kernel walks outside [0, nnz)."""
     packed, vals, b = fixed_layer()
-    bad = _tampered(packed, 64 + 8 * where, "<q", value)
+    bad = tampered(packed, 64 + 8 * where, "<q", value)
     native, ref = call_both(ops.csr_linear, reference.csr_linear, randn_nonzero(2, K), bad, vals, b)
     assert native == ref
     assert native == ("csr_linear: packed's row pointer is corrupt (it must start at 0, never decrease and end at "

@@ -11,7 +11,8 @@ from compressops import ops, reference
 from compressops.formats import half as fh
 from compressops.formats import pack_header
 
-from .helpers import OPCHECK_UTILS, expected_kernel_level, isa_params, randn_nonzero, requires_cuda, requires_native
+from .helpers import (OPCHECK_UTILS, call_both, expected_kernel_level, isa_params, randn_nonzero, requires_cuda,
+                     requires_native, tampered)
 
 SHAPES = [  # (batch shape, K, N): K = 1, odd K and K mod 8 != 0 (the vector tail), N not a multiple of 3, 8 or 24
     ((1,), 1, 1),
@@ -36,16 +37,6 @@ def exact(x, w, b):
 
 def header_bytes(n, k, tag=b"half", version=1, fields=(0, 0, 0)):
     return struct.pack("<4sI8sIIqq3q", b"COPK", 1, tag, version, 0, n, k, *fields)
-
-
-def call_both(fn_native, fn_ref, *args):
-    """The error messages of the native kernel and of the reference for the same bad call."""
-    messages = []
-    for fn in (fn_native, fn_ref):
-        with pytest.raises((ValueError, RuntimeError)) as e:
-            fn(*args)
-        messages.append(str(e.value).splitlines()[0])
-    return messages
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -194,13 +185,6 @@ def test_bad_input_errors(use_reference):
         pack(torch.zeros(0, 4, dtype=torch.float16))
 
 
-def _tampered(packed, offset, fmt, value):
-    bad = packed.clone()
-    bad.view(-1)[offset:offset + struct.calcsize(fmt)] = torch.tensor(list(struct.pack(fmt, value)),
-                                                                      dtype=torch.uint8)
-    return bad
-
-
 TAMPERED = {  # header field -> (offset, struct format, value, message)
     "magic": (0, "<I", 0x12345678, "does not start with a compressops pack header"),
     "header version": (4, "<I", 2, "does not start with a compressops pack header"),
@@ -224,7 +208,7 @@ def test_tampered_header_raises_the_same_error_everywhere(field):
     """A header that lies raises before any weight byte is read, with one message from C++ and Python."""
     _, packed, b = make_layer(32, 8)
     offset, fmt, value, message = TAMPERED[field]
-    bad = _tampered(packed, offset, fmt, value)
+    bad = tampered(packed, offset, fmt, value)
     native, ref = call_both(ops.half_linear, reference.half_linear, randn_nonzero(2, 32), bad, b)
     assert native == ref
     assert native.startswith("half_linear: packed")
@@ -247,7 +231,7 @@ def test_truncated_or_padded_pack_raises():
 def test_swapped_n_and_k_keeps_the_size_and_fails_on_the_shape():
     """N and K swapped give a pack of the same byte count; its first dimension is no longer N."""
     _, packed, b = make_layer(32, 8)
-    bad = _tampered(_tampered(packed, 24, "<q", 32), 32, "<q", 8)
+    bad = tampered(tampered(packed, 24, "<q", 32), 32, "<q", 8)
     native, ref = call_both(ops.half_linear, reference.half_linear, randn_nonzero(2, 32), bad, b)
     assert native == ref
     assert re.search(r"has shape \[8, 72\] but its header \(N=32, K=8\) needs \[32, 18\]", native), native

@@ -11,7 +11,8 @@ import compressops as co
 from compressops import ops, reference
 from compressops.formats import int4 as f4
 
-from .helpers import OPCHECK_UTILS, expected_kernel_level, isa_params, randn_nonzero, requires_native
+from .helpers import (OPCHECK_UTILS, call_both, expected_kernel_level, isa_params, randn_nonzero, requires_native,
+                     tampered)
 
 SHAPES = [  # (batch shape, K, N, group_size, symmetric): odd K (not a multiple of the group), odd N
     ((1,), 1, 1, 32, False),
@@ -243,16 +244,6 @@ def test_opcheck(idx):
     torch.library.opcheck(op, args, kwargs, test_utils=OPCHECK_UTILS)
 
 
-def call_both(fn_native, fn_ref, *args):
-    """The first lines of the error messages of the native kernel and of the reference for one bad call."""
-    messages = []
-    for fn in (fn_native, fn_ref):
-        with pytest.raises((ValueError, RuntimeError)) as e:
-            fn(*args)
-        messages.append(str(e.value).splitlines()[0])
-    return messages
-
-
 @pytest.mark.parametrize("use_reference", [False, True], ids=["native", "reference"])
 def test_bad_input_errors(use_reference):
     lin = reference.int4_linear if use_reference else ops.int4_linear
@@ -315,13 +306,6 @@ def test_bad_pack_arguments_raise_the_same_error_everywhere():
         reference.int4_pack_weight(qw, s.to("meta"), z, 64, 32)
 
 
-def _tampered(packed, offset, fmt, value):
-    bad = packed.clone()
-    bad.view(-1)[offset:offset + struct.calcsize(fmt)] = torch.tensor(list(struct.pack(fmt, value)),
-                                                                      dtype=torch.uint8)
-    return bad
-
-
 # An asymmetric pack of N=8, K=64, group 32: 64 + 1 * 2 * 192 + 8 * 2 = 464 bytes, [8, 58].
 TAMPERED = {  # header field -> (offset, struct format, value, message)
     "magic": (0, "<I", 0x34493443, "does not start with a compressops pack header"),
@@ -351,7 +335,7 @@ def test_tampered_header_raises_the_same_error_everywhere(field):
     _, _, packed, b = make_layer(64, 8, 32)
     assert packed.shape == (8, 58)
     offset, fmt, value, message = TAMPERED[field]
-    bad = _tampered(packed, offset, fmt, value)
+    bad = tampered(packed, offset, fmt, value)
     native, ref = call_both(ops.int4_linear, reference.int4_linear, randn_nonzero(2, 64), bad, b)
     assert native == ref
     assert native.startswith("int4_linear: w_packed")
@@ -380,7 +364,7 @@ def test_k_within_the_same_groups_is_caught_by_x():
     """A K changed within the same group count changes no field and no size: the pack stays
     self-consistent (the kernels read inside it), and x's K check refuses the call."""
     _, _, packed, b = make_layer(64, 8, 32)
-    bad = _tampered(packed, 32, "<q", 40)
+    bad = tampered(packed, 32, "<q", 40)
     assert f4.read_header(bad, "check") == f4.Layout(8, 40, 32, False)
     native, ref = call_both(ops.int4_linear, reference.int4_linear, randn_nonzero(2, 64), bad, b)
     assert native == ref == "int4_linear: x has K=64 in its last dimension but the weight has K=40"
@@ -390,7 +374,7 @@ def test_k_within_the_same_groups_is_caught_by_x():
 def test_swapped_n_and_k_fail_on_the_fields_or_the_shape():
     """N and K swapped: the group count or the pack's first dimension no longer fits."""
     _, _, packed, b = make_layer(64, 32, 64)
-    bad = _tampered(_tampered(packed, 24, "<q", 64), 32, "<q", 32)
+    bad = tampered(tampered(packed, 24, "<q", 64), 32, "<q", 32)
     native, ref = call_both(ops.int4_linear, reference.int4_linear, randn_nonzero(2, 64), bad, b)
     assert native == ref
     assert re.search(r"has shape \[32, \d+\] but its header \(N=64, K=32\) needs \[64, \d+\]", native), native

@@ -12,7 +12,8 @@ from compressops import ops, reference
 from compressops.formats import int8 as f8
 from compressops.formats import pack_header
 
-from .helpers import expected_kernel_level, OPCHECK_UTILS, isa_params, randn_nonzero, requires_native
+from .helpers import (OPCHECK_UTILS, call_both, expected_kernel_level, isa_params, randn_nonzero, requires_native,
+                     tampered)
 
 SHAPES = [  # (batch shape, K, N): M=1, odd K (not a multiple of 4/64), N not a multiple of 16
     ((1,), 1, 1),
@@ -36,16 +37,6 @@ def make_layer(k, n, bias=True):
 
 def header_bytes(n, k, tag=b"int8", version=1, fields=(16, 4, 0)):
     return struct.pack("<4sI8sIIqq3q", b"COPK", 1, tag, version, 0, n, k, *fields)
-
-
-def call_both(fn_native, fn_ref, *args, **kwargs):
-    """The error messages of the native kernel and of the reference for the same bad call."""
-    messages = []
-    for fn in (fn_native, fn_ref):
-        with pytest.raises((ValueError, RuntimeError)) as e:
-            fn(*args, **kwargs)
-        messages.append(str(e.value).splitlines()[0])
-    return messages
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -278,13 +269,6 @@ def test_bad_input_errors(use_reference):
         pack(torch.full((2, 3), -128, dtype=torch.int8))
 
 
-def _tampered(packed, offset, fmt, value):
-    bad = packed.clone()
-    bad.view(-1)[offset:offset + struct.calcsize(fmt)] = torch.tensor(list(struct.pack(fmt, value)),
-                                                                      dtype=torch.uint8)
-    return bad
-
-
 TAMPERED = {  # header field -> (offset, struct format, value, message); the pack of make_layer(32, 8) is [8, 80]
     "magic": (0, "<I", 0x38493843, "does not start with a compressops pack header"),
     "header version": (4, "<I", 2, "does not start with a compressops pack header"),
@@ -313,7 +297,7 @@ def test_tampered_header_raises_the_same_error_everywhere(field, op):
     """A header that lies raises before any weight byte is read, with one message from C++ and Python."""
     _, w_s, packed, b = make_layer(32, 8)
     offset, fmt, value, message = TAMPERED[field]
-    bad = _tampered(packed, offset, fmt, value)
+    bad = tampered(packed, offset, fmt, value)
     native, ref = call_both(getattr(ops, op), getattr(reference, op), randn_nonzero(2, 32), bad, w_s, b)
     assert native == ref
     assert native.startswith(f"{op}: w_packed")
@@ -337,7 +321,7 @@ def test_truncated_or_padded_pack_raises():
 @requires_native
 def test_swapped_n_and_k_fails_on_the_shape():
     _, w_s, packed, b = make_layer(32, 8)
-    bad = _tampered(_tampered(packed, 24, "<q", 32), 32, "<q", 8)
+    bad = tampered(tampered(packed, 24, "<q", 32), 32, "<q", 8)
     native, ref = call_both(ops.int8_linear, reference.int8_linear, randn_nonzero(2, 32), bad, w_s, b)
     assert native == ref
     assert re.search(r"has shape \[8, 80\] but its header \(N=32, K=8\) needs \[32, 14\]", native), native

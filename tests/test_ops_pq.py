@@ -18,7 +18,8 @@ import compressops as co
 from compressops import ops, reference
 from compressops.formats import pq as fpq
 
-from .helpers import expected_kernel_level, OPCHECK_UTILS, isa_params, randn_nonzero, requires_cuda, requires_native
+from .helpers import (OPCHECK_UTILS, call_both, expected_kernel_level, isa_params, randn_nonzero, requires_cuda,
+                     requires_native, tampered)
 
 
 # (batch shape, K, N, d, k): M in {0, 1, 3, 8, 64+}, odd K (not a multiple of d) and odd N
@@ -314,16 +315,6 @@ def test_opcheck(k):
                           {"out_dtype": torch.bfloat16}, test_utils=OPCHECK_UTILS)
 
 
-def call_both(fn_native, fn_ref, *args):
-    """The error messages of the native kernel and of the reference for the same bad call."""
-    messages = []
-    for fn in (fn_native, fn_ref):
-        with pytest.raises((ValueError, RuntimeError)) as e:
-            fn(*args)
-        messages.append(str(e.value).splitlines()[0])
-    return messages
-
-
 def _bad_layer():
     """k=16, d=4, K=40 (S=10), N=16: 64 + 2560 + 160 = 2784 bytes, a [16, 174] pack."""
     return make_layer(40, 16, 4, 16)
@@ -372,13 +363,6 @@ def test_bad_pack_argument_dtype_or_dims(impl):
             fn(x, bad)
 
 
-def _tampered(packed, offset, fmt, value):
-    bad = packed.clone()
-    bad.view(-1)[offset:offset + struct.calcsize(fmt)] = torch.tensor(list(struct.pack(fmt, value)),
-                                                                      dtype=torch.uint8)
-    return bad
-
-
 TAMPERED = {  # header field -> (offset, struct format, value, message); the layer is _bad_layer's
     "magic": (0, "<I", 0x12345678, "does not start with a compressops pack header"),
     "header version": (4, "<I", 2, "does not start with a compressops pack header"),
@@ -412,7 +396,7 @@ def test_tampered_header_raises_the_same_error_everywhere(field):
     """A header that lies raises before any layout byte is read, with one message from C++ and Python."""
     _, _, packed, bias = _bad_layer()
     offset, fmt, value, message = TAMPERED[field]
-    bad = _tampered(packed, offset, fmt, value)
+    bad = tampered(packed, offset, fmt, value)
     native, ref = call_both(ops.pq_linear, reference.pq_linear, randn_nonzero(2, 40), bad, bias)
     assert native == ref
     assert native.startswith("pq_linear: ")
@@ -423,7 +407,7 @@ def test_tampered_header_raises_the_same_error_everywhere(field):
 def test_swapped_n_and_k_raises():
     """N and K swapped: the subspace count K/d no longer matches the header's S."""
     _, _, packed, bias = _bad_layer()
-    bad = _tampered(_tampered(packed, 24, "<q", 40), 32, "<q", 16)
+    bad = tampered(tampered(packed, 24, "<q", 40), 32, "<q", 16)
     native, ref = call_both(ops.pq_linear, reference.pq_linear, randn_nonzero(2, 40), bad, bias)
     assert native == ref
     assert re.search(r"header fields \(4, 16, 10\) do not match a 'pq' pack of N=40, K=16 \(4, 16, 4\)", native)

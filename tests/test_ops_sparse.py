@@ -14,7 +14,8 @@ from compressops import ops, reference
 from compressops.formats import csr as fcsr
 from compressops.formats import sparse24 as s24
 
-from .helpers import expected_kernel_level, NATIVE, OPCHECK_UTILS, isa_params, randn_nonzero, requires_native
+from .helpers import (NATIVE, OPCHECK_UTILS, call_both, expected_kernel_level, isa_params, randn_nonzero,
+                     requires_native, tampered)
 
 # (batch shape, K, N): M in {0, 1, 3, 8, 64+}, K not a multiple of 4/8/32, batch dims
 SHAPES = [
@@ -236,23 +237,6 @@ def test_sparse24_zero_pack_is_the_pack_of_the_zero_weight(vdtype):
     assert not s24.decompress(values, meta, k).any()
 
 
-def first_lines(fn_native, fn_ref, *args, **kwargs):
-    """The first lines of the native kernel's and the reference's errors for the same bad call."""
-    messages = []
-    for fn in (fn_native, fn_ref):
-        with pytest.raises((ValueError, RuntimeError)) as e:
-            fn(*args, **kwargs)
-        messages.append(str(e.value).splitlines()[0])
-    return messages
-
-
-def _tampered24(packed, offset, fmt, value):
-    bad = packed.clone()
-    raw = struct.pack(fmt, value)
-    bad.view(-1)[offset:offset + len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
-    return bad
-
-
 # header field -> (offset, struct format, value, message) on the float32 pack of N=8, K=32:
 # 64 + 8 * (16 * 4 + 4) = 608 bytes, shape [8, 76]
 TAMPERED24 = {
@@ -287,8 +271,8 @@ def test_sparse24_tampered_header_raises_the_same_error_everywhere(field):
     """A header that lies raises before any weight byte is read, with one message from C++ and Python."""
     _, _, packed, b = make24(32, 8)
     offset, fmt, value, message = TAMPERED24[field]
-    bad = _tampered24(packed, offset, fmt, value)
-    native, ref = first_lines(ops.sparse24_linear, reference.sparse24_linear, randn_nonzero(2, 32), bad, b)
+    bad = tampered(packed, offset, fmt, value)
+    native, ref = call_both(ops.sparse24_linear, reference.sparse24_linear, randn_nonzero(2, 32), bad, b)
     assert native == ref
     assert native.startswith("sparse24_linear: ")
     assert re.search(message, native), native
@@ -298,8 +282,8 @@ def test_sparse24_tampered_header_raises_the_same_error_everywhere(field):
 def test_sparse24_header_of_more_than_2_63_bytes_raises():
     """N = K = 2^31 - 1 with float32 values would need N * (2 K + K / 8) bytes: past int64."""
     _, _, packed, b = make24(32, 8)
-    bad = _tampered24(_tampered24(_tampered24(packed, 24, "<q", 2**31 - 1), 32, "<q", 2**31 - 1), 48, "<q", 2**31)
-    native, ref = first_lines(ops.sparse24_linear, reference.sparse24_linear, randn_nonzero(2, 32), bad, b)
+    bad = tampered(tampered(tampered(packed, 24, "<q", 2**31 - 1), 32, "<q", 2**31 - 1), 48, "<q", 2**31)
+    native, ref = call_both(ops.sparse24_linear, reference.sparse24_linear, randn_nonzero(2, 32), bad, b)
     assert native == ref
     assert native.endswith(r"has shape [8, 76] but its header (N=2147483647, K=2147483647) needs more than 2^63 bytes")
 
@@ -309,15 +293,15 @@ def test_sparse24_truncated_padded_and_swapped_packs_raise():
     _, _, packed, b = make24(32, 8)  # [8, 76]
     x = randn_nonzero(2, 32)
     # N and K swapped keep the byte count (64 + 32 * (4 * 4 + 1) = 608); the Kp field, then the shape, differ
-    swapped = _tampered24(_tampered24(packed, 24, "<q", 32), 32, "<q", 8)
+    swapped = tampered(tampered(packed, 24, "<q", 32), 32, "<q", 8)
     for bad, message in ((packed[:, :-1], r"has shape \[8, 75\] but its header .N=8, K=32. needs \[8, 76\]"),
                          (torch.cat([packed, packed[:1]]), r"has shape \[9, 76\]"),
                          (packed.view(-1)[:63].view(1, 63), "holds 63 bytes, too few for a pack header"),
                          (swapped, r"header fields \(1, 32, 0\) do not match a 'sparse24' pack of N=32, K=8 "
                                    r"\(1, 8, 0\)"),
-                         (_tampered24(swapped, 48, "<q", 8),
+                         (tampered(swapped, 48, "<q", 8),
                           r"has shape \[8, 76\] but its header \(N=32, K=8\) needs \[32, 19\]")):
-        native, ref = first_lines(ops.sparse24_linear, reference.sparse24_linear, x, bad.clone(), b)
+        native, ref = call_both(ops.sparse24_linear, reference.sparse24_linear, x, bad.clone(), b)
         assert native == ref
         assert re.search(message, native), native
 
@@ -327,16 +311,16 @@ def test_sparse24_int8_pack_errors_are_the_same_everywhere():
     _, _, packed, b = make24(32, 8)
     _, _, q, scale, _ = make24_int8(32, 8)
     x = randn_nonzero(2, 32)
-    native, ref = first_lines(ops.sparse24_int8_linear, reference.sparse24_int8_linear, x, packed, scale, b)
+    native, ref = call_both(ops.sparse24_int8_linear, reference.sparse24_int8_linear, x, packed, scale, b)
     assert native == ref == "sparse24_int8_linear: packed holds float32 values; sparse24_int8_linear takes int8 values"
-    native, ref = first_lines(ops.sparse24_linear, reference.sparse24_linear, x, q, b)
+    native, ref = call_both(ops.sparse24_linear, reference.sparse24_linear, x, q, b)
     assert native == ref
     assert native == "sparse24_linear: packed holds int8 values; sparse24_linear takes float32 or bfloat16 values"
     # a forged int8 pack past the exact-int32 limit (the pack op refuses to build one)
     k = s24.MAX_INT8_K + 4
     forged = s24.zero_pack(1, k, torch.int8)
     xk = randn_nonzero(1, k)
-    native, ref = first_lines(ops.sparse24_int8_linear, reference.sparse24_int8_linear, xk, forged, scale[:1])
+    native, ref = call_both(ops.sparse24_int8_linear, reference.sparse24_int8_linear, xk, forged, scale[:1])
     assert native == ref == f"sparse24_int8_linear: packed has K={k}; int8 values allow K <= 262144 (exact int32 sums)"
 
 
@@ -365,7 +349,7 @@ def test_sparse24_bad_arguments_raise_the_same_error_everywhere():
         (lin8, (x, q, scale), {"out_dtype": torch.float64}, "out_dtype must be .* got torch.float64"),
     ]
     for fns, args, kwargs, message in cases:
-        native, ref = first_lines(*fns, *args, **kwargs)
+        native, ref = call_both(*fns, *args, **kwargs)
         assert native == ref
         assert re.search(message, native), native
 
@@ -392,7 +376,7 @@ def test_sparse24_pack_bad_inputs_raise_the_same_error_everywhere():
         ((values, meta.view(-1), 32), r"got torch.uint8 \(32,\)"),
     ]
     for args, message in cases:
-        native, ref = first_lines(ops.sparse24_pack, reference.sparse24_pack, *args)
+        native, ref = call_both(ops.sparse24_pack, reference.sparse24_pack, *args)
         assert native == ref
         assert native.startswith("sparse24_pack: ") and re.search(message, native), native
 
