@@ -65,10 +65,9 @@ def resolve_out_dtype(x: torch.Tensor, out_dtype: torch.dtype | None, op: str) -
     return t
 
 
-def check_packed(packed: torch.Tensor, op: str, name: str, pack_op: str, header_bytes: int = 0, *,
-                 dims: int = 1) -> None:
-    """What can be checked of a pack without reading it (for fake tensors; read_header does the rest):
-    a `dims`-D uint8 tensor of at least `header_bytes` bytes."""
-    ok = packed.dtype == torch.uint8 and packed.dim() == dims and packed.numel() >= header_bytes
+def check_packed(packed: torch.Tensor, op: str, name: str, pack_op: str, *, dims: int) -> None:
+    """What can be checked of a pack without reading it (for fake tensors; the header reader does the
+    rest): a `dims`-D uint8 tensor."""
+    ok = packed.dtype == torch.uint8 and packed.dim() == dims
     torch._check_value(ok, lambda: f"{op}: {name} must be a {dims}-D uint8 tensor from compressops.ops.{pack_op}, "
                                    f"got {packed.dtype} of shape {tuple(packed.shape)}")

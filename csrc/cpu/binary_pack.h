@@ -44,27 +44,13 @@ struct BinaryPack {
   const uint64_t* words;
 };
 
-// The header of `packed` (its first bytes copied to the host when it lives on a device), with the
-// checks and messages of read_pack_tensor (pack_tensor.h), which reads CPU packs only.
-inline PackHeader read_header(const at::Tensor& packed, const PackReader& r, int64_t dims) {
-  TORCH_CHECK_VALUE(packed.scalar_type() == at::kByte && packed.dim() == dims, r.op, ": ", r.name, " must be a ", dims,
-                    "-D uint8 tensor from compressops.ops.", r.pack_op, ", got ", cpu::py_dtype(packed.scalar_type()),
-                    " of shape ", cpu::py_shape(packed.sizes()));
-  if (packed.device().is_cpu()) return cpu::read_pack_tensor(packed, kTag, kVersion, r, dims);
-  TORCH_CHECK_VALUE(packed.is_contiguous(), r.op, ": ", r.name, " must be contiguous");
-  const at::Tensor head = packed.view(-1).narrow(0, 0, std::min(packed.numel(), kPackHeaderBytes)).cpu();
-  PackHeader h;
-  const std::string problem = read_pack_header(head.data_ptr(), packed.numel(), kTag, kVersion, r, &h);
-  TORCH_CHECK_VALUE(problem.empty(), problem);
-  return h;
-}
-
 // Reads a conv pack (4-D) or a linear pack (2-D) and checks every header field and the size against
 // what K and the pack's dims imply (formats/binary.py read_header), so the kernels may read
 // 8 * OC * KH * KW * CW bytes after the header.
 inline BinaryPack read_pack(const at::Tensor& packed, const char* op, bool conv) {
   const PackReader r{op, "w_packed", kPackOp};
-  const PackHeader h = read_header(packed, r, conv ? 4 : 2);
+  // The binary ops run on CPU and CUDA, so the pack may live on either (its device is checked with x's).
+  const PackHeader h = cpu::read_pack_tensor(packed, kTag, kVersion, r, conv ? 4 : 2, /*any_device=*/true);
   const int64_t kh = conv ? packed.size(1) : 1, kw = conv ? packed.size(2) : 1, cw = words_for(h.k);
   const std::array<int64_t, 3> fields{kh, kw, cw};
   int64_t words = 0;
@@ -75,9 +61,7 @@ inline BinaryPack read_pack(const at::Tensor& packed, const char* op, bool conv)
                     ") describes a pack of more than 2^62 bytes; repack it with compressops.ops.", kPackOp);
   // With other fields the size is never used: check_pack_layout reports the fields first.
   const int64_t bytes = h.fields == fields ? kPackHeaderBytes + 8 * words : 0;
-  const std::string problem =
-      check_pack_layout(h, fields, packed.sizes().vec(), pack_rows(h.n, kh, kw, conv), bytes, r);
-  TORCH_CHECK_VALUE(problem.empty(), problem);
+  cpu::check_pack_tensor_layout(packed, h, fields, pack_rows(h.n, kh, kw, conv), bytes, r);
   BinaryPack p{h.n, h.k, kh, kw, cw, packed, nullptr};
   // A pack viewed at an odd storage offset is copied, so the words are 8-byte aligned.
   if (reinterpret_cast<uintptr_t>(packed.data_ptr()) % alignof(uint64_t) != 0) p.storage = packed.clone();

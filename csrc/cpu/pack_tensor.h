@@ -4,6 +4,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <array>
 #include <string>
 #include <string_view>
@@ -15,17 +16,22 @@
 namespace compressops::cpu {
 
 // The header of `packed`, a `dims`-D pack with tag `tag` and layout version `version`; raises
-// (TORCH_CHECK, a ValueError in Python) with the message the Python twin gives.
+// (TORCH_CHECK, a ValueError in Python) with the message the Python twin gives. A CPU host reads the
+// pack's bytes, so it must be on the CPU; a CUDA host passes any_device and the header (only) is
+// copied to the host to be checked.
 inline PackHeader read_pack_tensor(const at::Tensor& packed, std::string_view tag, uint32_t version,
-                                   const PackReader& r, int64_t dims) {
+                                   const PackReader& r, int64_t dims, bool any_device = false) {
   TORCH_CHECK_VALUE(packed.scalar_type() == at::kByte && packed.dim() == dims, r.op, ": ", r.name, " must be a ",
                     dims, "-D uint8 tensor from compressops.ops.", r.pack_op, ", got ", py_dtype(packed.scalar_type()),
                     " of shape ", py_shape(packed.sizes()));
   TORCH_CHECK_VALUE(packed.is_contiguous(), r.op, ": ", r.name, " must be contiguous");
-  TORCH_CHECK_VALUE(packed.device().is_cpu(), r.op, ": ", r.name, " must be a CPU tensor here, got ",
+  TORCH_CHECK_VALUE(any_device || packed.device().is_cpu(), r.op, ": ", r.name, " must be a CPU tensor here, got ",
                     packed.device());
+  const at::Tensor head = packed.device().is_cpu()
+                              ? packed
+                              : packed.view(-1).narrow(0, 0, std::min(packed.numel(), kPackHeaderBytes)).cpu();
   PackHeader h;
-  const std::string problem = read_pack_header(packed.data_ptr(), packed.numel(), tag, version, r, &h);
+  const std::string problem = read_pack_header(head.data_ptr(), packed.numel(), tag, version, r, &h);
   TORCH_CHECK_VALUE(problem.empty(), problem);
   return h;
 }
