@@ -236,6 +236,35 @@ def test_no_grad_inference_mode_empty_and_non_contiguous():
     assert lb(torch.empty(0, 10)).shape == (0, 3)
 
 
+@pytest.mark.parametrize("act", [True, False], ids=["w1a1", "w1a32"])
+def test_linear_reads_the_last_dim_of_any_rank(act):
+    # binary_pack_activation reads a 4-D tensor as NCHW: with x.shape[1] == in_features the layer
+    # used to run on dim 1 and give wrong values
+    lin = BinaryLinear.from_float(nn.Linear(5, 3), co.Binary(binarize_activations=act))
+    dense = lin.to_float()
+    for shape in [(5,), (4, 5), (2, 5, 5), (2, 5, 4, 5), (3, 2, 4, 5), (2, 0, 5)]:
+        x = randn_nonzero(*shape)
+        with torch.no_grad():
+            y, expect = lin(x), dense(bf.sign(x) if act else x)
+        assert y.shape == expect.shape
+        torch.testing.assert_close(y, expect, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("act", [True, False], ids=["w1a1", "w1a32"])
+def test_conv_layouts_unbatched_and_empty_input(act):
+    b = BinaryConv2d.from_float(nn.Conv2d(70, 6, 3, stride=2, padding=1), co.Binary(binarize_activations=act))
+    x = randn_nonzero(2, 70, 7, 9)
+    with torch.no_grad():
+        ref = b(x)
+        torch.testing.assert_close(ref, b.to_float()(bf.sign(x) if act else x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(b(x.contiguous(memory_format=torch.channels_last)), ref, rtol=1e-6, atol=1e-6)
+        strided = x.transpose(2, 3).contiguous().transpose(2, 3)
+        torch.testing.assert_close(b(strided), ref, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(b(x[0]), ref[0], rtol=1e-6, atol=1e-6)  # unbatched [C, H, W], as nn.Conv2d
+        assert b(x[0]).shape == (6, 4, 5)
+        assert b(torch.empty(0, 70, 7, 9)).shape == (0, 6, 4, 5)
+
+
 def test_conversion_errors():
     with pytest.raises(ValueError, match="groups=2"):
         BinaryConv2d.from_float(nn.Conv2d(8, 8, 3, groups=2), name="enc.conv")
@@ -267,8 +296,10 @@ def test_conversion_errors():
     bc = BinaryConv2d.from_float(nn.Conv2d(65, 4, 3))
     with pytest.raises(ValueError, match=r"BinaryConv2d: x must have shape \[N, 65, H, W\]"):
         bc(torch.randn(1, 70, 5, 5))
-    with pytest.raises(ValueError, match=r"BinaryConv2d: x must have shape \[N, 65, H, W\]"):
-        bc(torch.randn(65, 5, 5))
+    with pytest.raises(ValueError, match=r"BinaryConv2d: x must have shape \[N, 65, H, W\] or \[65, H, W\]"):
+        bc(torch.randn(64, 5, 5))
+    with pytest.raises(ValueError, match=r"BinaryConv2d: x must have shape"):
+        bc(torch.randn(65, 5))
 
 
 def test_keep_first_last_filter_and_config_dict():

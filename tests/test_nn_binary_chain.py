@@ -178,6 +178,7 @@ def test_dtypes_layouts_empty_modes_and_bad_input():
     wide = randn_nonzero(2, 65, 9, 24)
     assert torch.equal(chain(wide[..., ::2]), chain(wide[..., ::2].contiguous()))  # non-contiguous
     assert chain(torch.empty(0, 65, 9, 12)).shape == (0, 7, 4, 5)
+    assert torch.equal(chain(x[1]), ref[1])  # unbatched [C, H, W], as BinaryConv2d takes it
     with torch.inference_mode():
         assert torch.equal(chain(x), ref)
     with pytest.raises(ValueError, match=r"shape \[N, 65, H, W\]"):

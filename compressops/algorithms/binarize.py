@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["SignSTE", "sign_ste", "first_last_filter"]
+__all__ = ["SignSTE", "first_last_filter", "sign_ste", "sign_ste_grad"]
 
 _CONVERTIBLE = (nn.Conv2d, nn.Linear)
 
@@ -26,7 +26,20 @@ class SignSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= 1).to(grad.dtype)
+        return sign_ste_grad(x, grad)
+
+
+def sign_ste_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """The straight-through gradient of sign at x: `grad` where |x| <= 1, 0 elsewhere (hard-tanh's
+    slope, as in BinaryConnect and XNOR-Net). The one definition of the estimator: the training path
+    (SignSTE) and the packed layers' backward (compressops/nn/_binary_ste.py) both use it.
+
+    Args:
+        x: the float input of sign, any shape. grad: the gradient w.r.t. sign(x), x's shape.
+    Returns:
+        grad's shape and dtype.
+    """
+    return grad * (x.abs() <= 1).to(grad.dtype)
 
 
 def sign_ste(x: torch.Tensor) -> torch.Tensor:

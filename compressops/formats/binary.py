@@ -233,13 +233,20 @@ def read_header(packed: torch.Tensor, op: str, conv: bool) -> PackInfo:
     return PackInfo(h.n, h.k, kh, kw, cw)
 
 
-def unpack_weight(packed: torch.Tensor, op: str = "binary_unpack_weight", conv: bool = True) -> torch.Tensor:
+def unpack_weight(packed: torch.Tensor, op: str = "binary_unpack_weight", conv: bool = True,
+                  info: PackInfo | None = None) -> torch.Tensor:
     """The canonical weight_bits of a pack, int64 [OC, KH, KW, CW] (conv) or [OUT, CW] (linear): a
-    view into the pack (a copy only when the pack's storage is not 8-byte aligned)."""
-    p = read_header(packed, op, conv)
+    view into the pack (a copy only when the pack's storage is not 8-byte aligned).
+
+    `info`: what the header holds, from a caller that knows it already (the layer that holds the
+    pack; the packed kernel checked it on this call's forward). Then neither the header nor the
+    storage offset is read, since torch.compile can trace neither (the first is tensor data): the
+    result is always a copy.
+    """
+    p = read_header(packed, op, conv) if info is None else info
     start = pack_header.HEADER_BYTES
     body = packed.view(-1)[start:start + 8 * p.n * p.kh * p.kw * p.cw]
-    if body.storage_offset() % 8:
+    if info is not None or body.storage_offset() % 8:
         body = body.clone()
     shape = (p.n, p.kh, p.kw, p.cw) if conv else (p.n, p.cw)
     return body.view(torch.int64).view(shape)

@@ -10,6 +10,7 @@ from .. import ops
 from ..algorithms.binarize import first_last_filter, sign_ste
 from ..configs import Binary, Family, register_family
 from ..formats import binary as binary_format
+from ._binary_ste import binary_ste, needs_graph, packed_conv2d, packed_linear
 
 __all__ = ["BinaryConv2d", "BinaryLinear"]
 
@@ -29,8 +30,9 @@ def _check_input(x: torch.Tensor, layer: str, channels: int, conv: bool):
     # and comparing traced sizes only warns.)
     if torch.jit.is_tracing():
         return
-    if (conv and x.dim() != 4) or x.dim() < 1 or x.size(1 if conv else -1) != channels:
-        expected = "[N, " + str(channels) + ", H, W]" if conv else "[..., " + str(channels) + "]"
+    if (conv and x.dim() != 4 and x.dim() != 3) or x.dim() < 1 or x.size(-3 if conv else -1) != channels:
+        expected = "[N, " + str(channels) + ", H, W] or [" + str(channels) + ", H, W]" if conv else \
+            "[..., " + str(channels) + "]"
         raise ValueError(layer + ": x must have shape " + expected + ", got " + str(list(x.shape)))
     if x.dtype != torch.float32 and x.dtype != torch.bfloat16 and x.dtype != torch.float16:
         raise ValueError(layer + ": x must be float32, bfloat16 or float16, got " + str(x.dtype))
@@ -75,6 +77,11 @@ class _BinaryBase(nn.Module):
         if self.binarize_activations:
             return binary_format.unpack_weight(self.weight_packed, type(self).__name__, conv=self._kernel() is not None)
         return binary_format.bits_of_signs(self.weight_signs)
+
+    def _pack_info(self) -> binary_format.PackInfo:
+        """What weight_packed's header holds (for a backward that must not read it, see binary_ste)."""
+        kh, kw = self._kernel() or (1, 1)
+        return binary_format.PackInfo(self.alpha.numel(), self._in, kh, kw, binary_format.words(self._in))
 
     def _set_bits(self, bits: torch.Tensor, name: str) -> None:
         """Hold canonical weight_bits the way this layer's mode computes with them."""
@@ -131,7 +138,8 @@ class _BinaryBase(nn.Module):
             self._set_from_weight(self.weight, type(self).__name__)
 
     def freeze(self) -> None:
-        """Pack the bits from the latent weight and drop it: the layer is inference-only afterwards."""
+        """Pack the bits from the latent weight and drop it: the weights are frozen afterwards (x still
+        gets the straight-through gradient)."""
         self.pack()
         self.weight = None
 
@@ -196,8 +204,14 @@ class BinaryConv2d(_BinaryBase):
     channel scale; with binarize_activations=True the input is binarized too and the layer runs
     the XNOR-popcount kernel: y = alpha * conv2d(sign(x), sign(w), zero padding) + bias.
 
-    Inputs: float32/bfloat16/float16 NCHW (channels_last is the fast layout); the output has the
-    input's dtype and channels_last memory format. Dilation 1, groups 1, zero padding.
+    Inputs: float32/bfloat16/float16 NCHW (channels_last is the fast layout) or unbatched CHW, as
+    nn.Conv2d; the output has the input's dtype and (batched) channels_last memory format. Dilation
+    1, groups 1, zero padding.
+
+    Gradients: with 1-bit activations and no latent weight the packed kernels run, and backward
+    gives x the straight-through gradient (compressops/nn/_binary_ste.py); alpha, bias and the bits
+    are frozen (backward raises if alpha or bias requires grad). With a latent weight in train mode
+    the layer trains (enable_training).
 
     state_dict: weight_bits int64 [OC, KH, KW, ceil(C/64)], alpha float32 [OC], bias float32 [OC]
     (if any), the canonical format of compressops/formats/binary.py; plus the latent float `weight`
@@ -318,20 +332,31 @@ class BinaryConv2d(_BinaryBase):
         b = None if self.bias is None else self.bias.to(x.dtype)
         return F.conv2d(xb, w, b, self.stride, self.padding)
 
+    @torch.jit.unused
+    def _forward_ste(self, x: torch.Tensor) -> torch.Tensor:
+        """The packed kernels, recorded for autograd (straight-through gradient for x)."""
+        return binary_ste(x, self.weight_packed, self.alpha, self.bias, self._pack_info(),
+                          (self.stride, self.padding), layer="BinaryConv2d").to(x.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, "BinaryConv2d", self.in_channels, conv=True)
+        if x.dim() == 3:  # unbatched [C, H, W], as nn.Conv2d takes it
+            return self._forward_nchw(x.unsqueeze(0)).squeeze(0)
+        return self._forward_nchw(x)
+
+    def _forward_nchw(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
             if self._training_path():
                 return self._forward_train(x)
+            if self.binarize_activations and needs_graph(x, self.alpha, self.bias):
+                return self._forward_ste(x)
         if not self.binarize_activations:
             y = F.conv2d(x.float(), self.weight_signs, None, self.stride, self.padding)
             y = y * self.alpha.reshape(1, -1, 1, 1)
             if self.bias is not None:
                 y = y + self.bias.reshape(1, -1, 1, 1)
             return y.to(x.dtype)
-        xp = ops.binary_pack_activation(x)
-        y = ops.binary_conv2d(xp, self.weight_packed, self.alpha, self.bias, self.stride, self.padding)
-        return y.to(x.dtype)
+        return packed_conv2d(x, self.weight_packed, self.alpha, self.bias, self.stride, self.padding).to(x.dtype)
 
     def to_float(self) -> nn.Conv2d:
         """An nn.Conv2d with weight alpha * sign(w). With binarize_activations=True this layer equals
@@ -355,7 +380,8 @@ class BinaryLinear(_BinaryBase):
     """nn.Linear with sign-binarized weights and a per-output-channel scale; with
     binarize_activations=True: y = alpha * (sign(x) @ sign(w).T) + bias via XNOR-popcount.
 
-    Inputs: float (..., in_features); the output has the input's dtype.
+    Inputs: float (..., in_features), any rank; the output has the input's dtype. Gradients: as
+    BinaryConv2d (straight-through for x; alpha, bias and the bits frozen).
     state_dict: weight_bits int64 [out, ceil(in/64)], alpha float32 [out], bias float32 [out] (if
     any). In memory: the pack `weight_packed` (W1A1) or the float32 +-1 `weight_signs` [out, in]
     (W1A32), as BinaryConv2d.
@@ -420,18 +446,25 @@ class BinaryLinear(_BinaryBase):
         b = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(xb, self._binary_weight_ste().to(x.dtype), b)
 
+    @torch.jit.unused
+    def _forward_ste(self, x: torch.Tensor) -> torch.Tensor:
+        """The packed kernels, recorded for autograd (straight-through gradient for x)."""
+        return binary_ste(x, self.weight_packed, self.alpha, self.bias, self._pack_info(),
+                          layer="BinaryLinear").to(x.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, "BinaryLinear", self.in_features, conv=False)
         if not torch.jit.is_scripting():
             if self._training_path():
                 return self._forward_train(x)
+            if self.binarize_activations and needs_graph(x, self.alpha, self.bias):
+                return self._forward_ste(x)
         if not self.binarize_activations:
             y = F.linear(x.float(), self.weight_signs) * self.alpha
             if self.bias is not None:
                 y = y + self.bias
             return y.to(x.dtype)
-        y = ops.binary_linear(ops.binary_pack_activation(x), self.weight_packed, self.alpha, self.bias)
-        return y.to(x.dtype)
+        return packed_linear(x, self.weight_packed, self.alpha, self.bias).to(x.dtype)
 
     def to_float(self) -> nn.Linear:
         """An nn.Linear with weight alpha * sign(w) (see BinaryConv2d.to_float)."""

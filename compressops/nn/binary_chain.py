@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from ._binary_ste import binary_ste, needs_graph
 from .binary import BinaryConv2d
 
 __all__ = ["BinaryChain"]
@@ -72,12 +73,20 @@ def _inference_copy(conv: BinaryConv2d) -> BinaryConv2d:
 class BinaryChain(nn.Module):
     """Consecutive BinaryConv2d layers (1-bit activations) run with packed activations in between.
 
-    forward(x): x float32/bfloat16/float16 [N, C, H, W] is binarized and packed once; every layer but
-    the last writes packed sign bits (ops.binary_conv2d_packed); the last writes float. The output
-    has x's dtype and channels_last memory format, and equals running the layers one after another
-    (with whatever was folded into them) because each next layer reads only signs. Inference only
-    (in training mode it runs only with gradients off): build it after training with
-    BinaryChain.fuse(model) (or compressops.bnn.fuse_binary_chains), or with from_modules.
+    forward(x): x float32/bfloat16/float16 [N, C, H, W] (or unbatched [C, H, W]) is binarized and
+    packed once; every layer but the last writes packed sign bits (ops.binary_conv2d_packed); the
+    last writes float. The output has x's dtype and channels_last memory format, and equals running
+    the layers one after another (with whatever was folded into them) because each next layer reads
+    only signs. Build it after training with BinaryChain.fuse(model) (or
+    compressops.bnn.fuse_binary_chains), or with from_modules.
+
+    Gradients: the weights are frozen (in training mode the chain runs only with gradients off). In
+    eval mode, when x requires grad, the chain runs its layers one by one with float32 outputs in
+    between (the same values: the next layer reads only their signs) and backward is the
+    straight-through gradient of that composition: each layer's dense input gradient times the
+    sign STE (1 where |input| <= 1) of the layer's float input (compressops/nn/_binary_ste.py).
+    The sign-preserving activations dropped by from_modules add no factor of their own; for
+    Hardtanh(-1, 1) this equals the unfused model's STE gradient, for Tanh it does not.
 
     Example:
         >>> chain = BinaryChain.from_modules([bconv1, bn1, nn.Hardtanh(), bconv2, bn2])
@@ -189,14 +198,37 @@ class BinaryChain(nn.Module):
     def layers(self) -> list[BinaryConv2d]:
         return [*self.body, self.head]
 
+    @torch.jit.unused
+    def _needs_graph(self, x: torch.Tensor) -> bool:
+        return any(needs_graph(x, layer.alpha, layer.bias) for layer in self.layers)
+
+    @torch.jit.unused
+    def _forward_ste(self, x: torch.Tensor) -> torch.Tensor:
+        """The layers one by one, recorded for autograd (straight-through gradient for x)."""
+        h = x
+        for i, layer in enumerate(self.layers):
+            h = binary_ste(h, layer.weight_packed, layer.alpha, layer.bias, layer._pack_info(),
+                           (layer.stride, layer.padding), layer=f"BinaryChain layer {i}")
+        return h.to(x.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and torch.is_grad_enabled():
-            raise RuntimeError("BinaryChain is inference-only (no gradient reaches its inputs or weights): call "
-                               ".eval() or run under torch.no_grad(); to train, train the unfused layers and fuse "
-                               "afterwards")
-        if x.dim() != 4 or x.size(1) != self.in_channels or not x.is_floating_point():
+            raise RuntimeError("BinaryChain is inference-only (its weights are frozen packed bits): call .eval() "
+                               "(x then still gets the straight-through gradient) or run under torch.no_grad(); "
+                               "to train, train the unfused layers and fuse afterwards")
+        if (x.dim() != 4 and x.dim() != 3) or x.size(-3) != self.in_channels or not x.is_floating_point():
             raise ValueError("BinaryChain: x must be a float tensor of shape [N, " + str(self.in_channels)
-                             + ", H, W], got " + str(x.dtype) + " " + str(list(x.shape)))
+                             + ", H, W] or [" + str(self.in_channels) + ", H, W], got " + str(x.dtype) + " "
+                             + str(list(x.shape)))
+        if x.dim() == 3:  # unbatched, as nn.Conv2d (and BinaryConv2d) take it
+            return self._forward_nchw(x.unsqueeze(0)).squeeze(0)
+        return self._forward_nchw(x)
+
+    def _forward_nchw(self, x: torch.Tensor) -> torch.Tensor:
+        # A bare `if not is_scripting()` is what TorchScript leaves uncompiled (the `and` form is not).
+        if not torch.jit.is_scripting():  # noqa: SIM102
+            if self._needs_graph(x):
+                return self._forward_ste(x)
         xp = ops.binary_pack_activation(x)
         for layer in self.body:
             xp = ops.binary_conv2d_packed(xp, layer.weight_packed, layer.alpha, layer.bias, layer.stride, layer.padding)
