@@ -215,7 +215,7 @@ def test_float_activation_layers_differentiate_exactly():
         torch.testing.assert_close(gx, expect, rtol=1e-5, atol=1e-5)
 
 
-def test_empty_batch_and_unbatched_backward():
+def test_empty_batch_unbatched_and_strided_backward():
     layer = BinaryConv2d.from_float(nn.Conv2d(8, 4, 3, padding=1))
     x = spread(0, 8, 5, 5).requires_grad_(True)
     layer(x).sum().backward()
@@ -225,6 +225,14 @@ def test_empty_batch_and_unbatched_backward():
     y, gx = grads(layer, x3, g)
     y4, gx4 = grads(layer, x3[None], g[None])
     assert torch.equal(y, y4[0]) and torch.equal(gx, gx4[0])
+    # channels_last and non-contiguous input: the same values and gradient
+    x4 = spread(2, 8, 5, 6)
+    g4 = torch.randn(2, 4, 5, 6)
+    y, gx = grads(layer, x4, g4)
+    for variant in (x4.contiguous(memory_format=torch.channels_last), x4.transpose(2, 3).contiguous().transpose(2, 3)):
+        yv, gxv = grads(layer, variant, g4)
+        assert torch.equal(yv, y)
+        torch.testing.assert_close(gxv, gx, rtol=1e-6, atol=1e-6)
 
 
 def test_compiled_backward_matches_eager():

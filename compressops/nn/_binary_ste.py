@@ -57,8 +57,11 @@ def packed_linear(x: torch.Tensor, w_packed: torch.Tensor, alpha: torch.Tensor, 
 def needs_graph(x: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether a packed layer's call must be recorded for autograd: grad mode is on and x, alpha or
     bias requires grad (the last two only so that backward can refuse them by name). Otherwise the
-    plain kernels run, with no autograd overhead (no_grad, inference_mode, inputs without grad)."""
-    if not torch.is_grad_enabled():
+    plain kernels run, with no autograd overhead (no_grad, inference_mode, inputs without grad).
+
+    Never while torch.jit.trace records: a trace cannot hold a Python autograd.Function (it would
+    neither check nor save), and a traced program is for inference."""
+    if not torch.is_grad_enabled() or torch.jit.is_tracing():
         return False
     return x.requires_grad or alpha.requires_grad or (bias is not None and bias.requires_grad)
 
