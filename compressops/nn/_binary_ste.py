@@ -111,8 +111,9 @@ class _PackedBinarySTE(torch.autograd.Function):
 
 
 def binary_ste(x: torch.Tensor, w_packed: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None,
-               info: binary_format.PackInfo, conv: tuple[tuple[int, int], tuple[int, int]] | None = None, clamp_min: float | None = None,
-               clamp_max: float | None = None, layer: str = "binary layer") -> torch.Tensor:
+               info: binary_format.PackInfo, conv: tuple[tuple[int, int], tuple[int, int]] | None = None,
+               clamp_min: float | None = None, clamp_max: float | None = None,
+               layer: str = "binary layer") -> torch.Tensor:
     """A packed binary layer with a straight-through gradient for x (weights frozen).
 
     Forward: packed_conv2d (conv = (stride, padding)) or packed_linear (conv None) with the

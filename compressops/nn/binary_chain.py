@@ -86,7 +86,8 @@ class BinaryChain(nn.Module):
     straight-through gradient of that composition: each layer's dense input gradient times the
     sign STE (1 where |input| <= 1) of the layer's float input (compressops/nn/_binary_ste.py).
     The sign-preserving activations dropped by from_modules add no factor of their own; for
-    Hardtanh(-1, 1) this equals the unfused model's STE gradient, for Tanh it does not.
+    Hardtanh(-1, 1) this equals the unfused model's STE gradient (but for values exactly +-1, where
+    hardtanh passes none), for Tanh it does not.
 
     Example:
         >>> chain = BinaryChain.from_modules([bconv1, bn1, nn.Hardtanh(), bconv2, bn2])
