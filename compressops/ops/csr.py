@@ -25,7 +25,7 @@ def _fake_linear(x, packed, values, bias=None, out_dtype=None):
 
 
 _register("csr_pack", _fake_pack, ref.csr_pack)
-_register("csr_linear", _fake_linear, ref.csr_linear, triton="csr_linear.csr_linear")
+_register("csr_linear", _fake_linear, ref.csr_linear, triton="csr_linear.csr_linear", dense_weight=csr.dense_weight)
 
 
 def csr_pack(crow: Tensor, col: Tensor, in_features: int) -> Tensor:

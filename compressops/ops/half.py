@@ -25,7 +25,7 @@ def _fake_linear(x, packed, bias=None, out_dtype=None):
 
 
 _register("half_pack_weight", _fake_pack_weight, ref.half_pack_weight)
-_register("half_linear", _fake_linear, ref.half_linear)
+_register("half_linear", _fake_linear, ref.half_linear, dense_weight=fh.dense_weight)
 
 
 def half_pack_weight(w: Tensor) -> Tensor:

@@ -25,7 +25,8 @@ def _fake_linear(x, w_packed, bias=None, out_dtype=None):
 
 
 _register("int4_pack_weight", _fake_pack_weight, ref.int4_pack_weight)
-_register("int4_linear", _fake_linear, ref.int4_linear, triton="int4_linear.int4_linear")
+_register("int4_linear", _fake_linear, ref.int4_linear, triton="int4_linear.int4_linear",
+          dense_weight=f4.dense_weight)
 
 
 def int4_pack_weight(qweight: Tensor, scales: Tensor, zeros: Tensor | None, in_features: int,

@@ -37,9 +37,10 @@ def _fake_weight_only_linear(x, w_packed, w_scale, bias=None, out_dtype=None):
 
 _register("int8_pack_weight", _fake_pack_weight, ref.int8_pack_weight)
 _register("int8_quantize_activation", _fake_quantize_activation, ref.int8_quantize_activation)
-_register("int8_linear", _fake_linear, ref.int8_linear, triton="int8_linear.int8_linear")
+_register("int8_linear", _fake_linear, ref.int8_linear, triton="int8_linear.int8_linear",
+          dense_weight=f8.dense_weight)
 _register("int8_weight_only_linear", _fake_weight_only_linear, ref.int8_weight_only_linear,
-          triton="int8_linear.int8_weight_only_linear")
+          triton="int8_linear.int8_weight_only_linear", dense_weight=f8.dense_weight)
 
 
 def int8_pack_weight(w_q: Tensor) -> Tensor:

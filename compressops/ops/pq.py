@@ -24,7 +24,7 @@ def _fake_linear(x, packed, bias=None, out_dtype=None):
 
 
 _register("pq_pack", _fake_pack, ref.pq_pack)
-_register("pq_linear", _fake_linear, ref.pq_linear, triton="pq_linear.pq_linear")
+_register("pq_linear", _fake_linear, ref.pq_linear, triton="pq_linear.pq_linear", dense_weight=fpq.dense_weight)
 
 
 def pq_pack(codes: Tensor, codebooks: Tensor, in_features: int) -> Tensor:

@@ -31,9 +31,10 @@ def _fake_int8_linear(x, packed, w_scale, bias=None, out_dtype=None):
 
 
 _register("sparse24_pack", _fake_pack, ref.sparse24_pack)
-_register("sparse24_linear", _fake_linear, ref.sparse24_linear, triton="sparse24_linear.sparse24_linear")
+_register("sparse24_linear", _fake_linear, ref.sparse24_linear, triton="sparse24_linear.sparse24_linear",
+          dense_weight=s24.dense_weight)
 _register("sparse24_int8_linear", _fake_int8_linear, ref.sparse24_int8_linear,
-          triton="sparse24_linear.sparse24_int8_linear")
+          triton="sparse24_linear.sparse24_int8_linear", dense_weight=s24.dense_weight)
 
 
 def sparse24_pack(values: Tensor, meta: Tensor, in_features: int) -> Tensor:
