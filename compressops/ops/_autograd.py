@@ -30,16 +30,22 @@ _DENSE_WEIGHT: dict[str, Callable[..., Tensor]] = {}  # op -> its family's dense
 _LIB = torch.library.Library("compressops", "FRAGMENT")  # holds the Autograd kernels registered by hand
 
 
-@torch.library.custom_op("compressops::_linear_dense_weight", mutates_args=())
 def _linear_dense_weight(op: str, weight: list[Tensor], in_features: int) -> Tensor:
     """float32 [N, in_features]: the dense weight of compressops::<op>'s weight tensors (its pack,
     then its family tensors, in schema order)."""
     return _DENSE_WEIGHT[op](op, *weight)
 
 
-@_linear_dense_weight.register_fake
-def _(op, weight, in_features):
+def _fake_linear_dense_weight(op, weight, in_features):
     return weight[0].new_empty((weight[0].shape[0], in_features), dtype=torch.float32)
+
+
+# A schema, a fake and a "default" kernel, like the C++-defined ops. The kernel goes in through
+# Library.impl: torch.library.custom_op and register_kernel wrap kernels in torch._disable_dynamo,
+# whose first call imports torch._dynamo (2-4 s), which would fall on a user's first backward.
+_LIB.define("_linear_dense_weight(str op, Tensor[] weight, SymInt in_features) -> Tensor")
+torch.library.register_fake("compressops::_linear_dense_weight", _fake_linear_dense_weight, lib=_LIB)
+_LIB.impl("_linear_dense_weight", _linear_dense_weight, "CompositeExplicitAutograd")
 
 
 def _is_tensor(arg) -> bool:
