@@ -14,7 +14,8 @@ decodes W once (an opaque op, compressops::_linear_dense_weight, so torch.compil
 trace the backward without reading the pack's bytes) and multiplies with one torch GEMM; x is not
 saved, only the pack. The backward is built from differentiable torch ops, so a double backward
 works (it is linear in grad_out). The compressed weight is frozen: a gradient asked for the pack or
-a family tensor raises, in the backward, naming it.
+a family tensor raises, in the backward, naming it (a keyword-only one, which autograd cannot see,
+raises at the call).
 """
 
 from __future__ import annotations

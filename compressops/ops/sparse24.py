@@ -64,6 +64,9 @@ def sparse24_linear(x: Tensor, packed: Tensor, bias: Tensor | None = None,
         out_dtype: float32, bfloat16 or float16; default x.dtype.
     Returns:
         (..., N) in out_dtype; float32 accumulation (equal to the reference within float rounding).
+    Gradient:
+        x gets grad_out @ W (in x's dtype), W the dense 2:4 weight; bias gets grad_out summed over
+        the leading dims. The pack is frozen.
     """
     return torch.ops.compressops.sparse24_linear(x, packed, bias, out_dtype)
 
@@ -82,5 +85,10 @@ def sparse24_int8_linear(x: Tensor, packed: Tensor, w_scale: Tensor, bias: Tenso
         out_dtype: float32, bfloat16 or float16; default x.dtype.
     Returns:
         (..., N) in out_dtype, bit-identical to compressops.reference.sparse24_int8_linear.
+    Gradient:
+        Straight-through: x gets grad_out @ W (in x's dtype), W = dense(Wq) * w_scale[:, None], the
+        gradient of x @ W.T with the int8 rounding of x taken as the identity; bias gets grad_out
+        summed over the leading dims. The pack and w_scale are frozen (a w_scale that requires grad
+        raises in the backward).
     """
     return torch.ops.compressops.sparse24_int8_linear(x, packed, w_scale, bias, out_dtype)
