@@ -28,7 +28,7 @@ from torch import Tensor
 __all__: list[str] = []
 
 _DENSE_WEIGHT: dict[str, Callable[..., Tensor]] = {}  # op -> its family's dense_weight
-_LIB = torch.library.Library("compressops", "FRAGMENT")  # holds the Autograd kernels registered by hand
+_LIB = torch.library.Library("compressops", "FRAGMENT")  # _linear_dense_weight and the hand-built Autograd kernels
 
 
 def _linear_dense_weight(op: str, weight: list[Tensor], in_features: int) -> Tensor:
