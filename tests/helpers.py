@@ -64,6 +64,11 @@ def randn_nonzero(*shape, dtype=torch.float32):
     return x.to(dtype)
 
 
+def grad_leaf(t):
+    """A copy of `t` that requires grad (an autograd leaf): gradient tests and opcheck samples."""
+    return t.detach().clone().requires_grad_()
+
+
 def call_both(fn_native, fn_ref, *args, **kwargs):
     """The first lines of the native op's and of the reference's errors for the same bad call (the
     contract: the same message from both)."""

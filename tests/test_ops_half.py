@@ -11,8 +11,8 @@ from compressops import ops, reference
 from compressops.formats import half as fh
 from compressops.formats import pack_header
 
-from .helpers import (OPCHECK_UTILS, call_both, expected_kernel_level, isa_params, randn_nonzero, requires_cuda,
-                     requires_native, tampered)
+from .helpers import (OPCHECK_UTILS, call_both, expected_kernel_level, grad_leaf, isa_params, randn_nonzero,
+                     requires_cuda, requires_native, tampered)
 
 SHAPES = [  # (batch shape, K, N): K = 1, odd K and K mod 8 != 0 (the vector tail), N not a multiple of 3, 8 or 24
     ((1,), 1, 1),
@@ -261,10 +261,14 @@ def _opcheck_samples():
         (torch.ops.compressops.half_linear.default, (x.bfloat16(), packed, None), {}),
         (torch.ops.compressops.half_linear.default, (randn_nonzero(2, 5, 67), packed, b),
          {"out_dtype": torch.float16}),
+        # with gradients (of x and bias; the weight is frozen): the autograd and compiled-backward checks
+        (torch.ops.compressops.half_linear.default, (grad_leaf(x), packed, grad_leaf(b)), {}),
+        (torch.ops.compressops.half_linear.default, (grad_leaf(randn_nonzero(2, 5, 67).bfloat16()), packed, None),
+         {"out_dtype": torch.float32}),
     ]
 
 
-@pytest.mark.parametrize("idx", range(4))
+@pytest.mark.parametrize("idx", range(6))
 def test_opcheck(idx):
     op, args, kwargs = _opcheck_samples()[idx]
     torch.library.opcheck(op, args, kwargs, test_utils=OPCHECK_UTILS)

@@ -11,8 +11,8 @@ import compressops as co
 from compressops import ops, reference
 from compressops.formats import int4 as f4
 
-from .helpers import (OPCHECK_UTILS, call_both, expected_kernel_level, isa_params, randn_nonzero, requires_native,
-                     tampered)
+from .helpers import (OPCHECK_UTILS, call_both, expected_kernel_level, grad_leaf, isa_params, randn_nonzero,
+                     requires_native, tampered)
 
 SHAPES = [  # (batch shape, K, N, group_size, symmetric): odd K (not a multiple of the group), odd N
     ((1,), 1, 1, 32, False),
@@ -235,10 +235,14 @@ def _opcheck_samples():
         (torch.ops.compressops.int4_pack_weight.default, (qs, ss, None, 67, 64), {}),
         (torch.ops.compressops.int4_linear.default, (x, packed, b), {}),
         (torch.ops.compressops.int4_linear.default, (x.bfloat16(), packed, None), {"out_dtype": torch.float32}),
+        # with gradients (of x and bias; the weight is frozen): the autograd and compiled-backward checks
+        (torch.ops.compressops.int4_linear.default, (grad_leaf(x), packed, grad_leaf(b)), {}),
+        (torch.ops.compressops.int4_linear.default, (grad_leaf(randn_nonzero(2, 4, 67)), packed, None),
+         {"out_dtype": torch.bfloat16}),
     ]
 
 
-@pytest.mark.parametrize("idx", range(4))
+@pytest.mark.parametrize("idx", range(6))
 def test_opcheck(idx):
     op, args, kwargs = _opcheck_samples()[idx]
     torch.library.opcheck(op, args, kwargs, test_utils=OPCHECK_UTILS)

@@ -12,8 +12,8 @@ from compressops import ops, reference
 from compressops.formats import int8 as f8
 from compressops.formats import pack_header
 
-from .helpers import (OPCHECK_UTILS, call_both, expected_kernel_level, isa_params, randn_nonzero, requires_native,
-                     tampered)
+from .helpers import (OPCHECK_UTILS, call_both, expected_kernel_level, grad_leaf, isa_params, randn_nonzero,
+                     requires_native, tampered)
 
 SHAPES = [  # (batch shape, K, N): M=1, odd K (not a multiple of 4/64), N not a multiple of 16
     ((1,), 1, 1),
@@ -222,10 +222,16 @@ def _opcheck_samples():
         (torch.ops.compressops.int8_weight_only_linear.default, (x, packed, w_s, b), {}),
         (torch.ops.compressops.int8_weight_only_linear.default, (x.half(), packed, w_s, None),
          {"out_dtype": torch.bfloat16}),
+        # with gradients (of x and bias; the weight is frozen): the autograd and compiled-backward checks
+        (torch.ops.compressops.int8_linear.default, (grad_leaf(x), packed, w_s, grad_leaf(b)), {}),
+        (torch.ops.compressops.int8_linear.default, (grad_leaf(x.bfloat16()), packed, w_s, None),
+         {"act_scale": torch.tensor(0.03)}),
+        (torch.ops.compressops.int8_weight_only_linear.default, (grad_leaf(randn_nonzero(2, 4, 67)), packed, w_s,
+                                                                 grad_leaf(b)), {"out_dtype": torch.float16}),
     ]
 
 
-@pytest.mark.parametrize("idx", range(8))
+@pytest.mark.parametrize("idx", range(11))
 def test_opcheck(idx):
     op, args, kwargs = _opcheck_samples()[idx]
     torch.library.opcheck(op, args, kwargs, test_utils=OPCHECK_UTILS)

@@ -18,8 +18,8 @@ import compressops as co
 from compressops import ops, reference
 from compressops.formats import pq as fpq
 
-from .helpers import (OPCHECK_UTILS, call_both, expected_kernel_level, isa_params, randn_nonzero, requires_cuda,
-                     requires_native, tampered)
+from .helpers import (OPCHECK_UTILS, call_both, expected_kernel_level, grad_leaf, isa_params, randn_nonzero,
+                     requires_cuda, requires_native, tampered)
 
 
 # (batch shape, K, N, d, k): M in {0, 1, 3, 8, 64+}, odd K (not a multiple of d) and odd N
@@ -312,6 +312,11 @@ def test_opcheck(k):
     torch.library.opcheck(torch.ops.compressops.pq_linear.default, (randn_nonzero(3, 37), packed, bias, None),
                           test_utils=OPCHECK_UTILS)
     torch.library.opcheck(torch.ops.compressops.pq_linear.default, (randn_nonzero(2, 4, 37), packed, None),
+                          {"out_dtype": torch.bfloat16}, test_utils=OPCHECK_UTILS)
+    # with gradients (of x and bias; the weight is frozen): the autograd and compiled-backward checks
+    torch.library.opcheck(torch.ops.compressops.pq_linear.default, (grad_leaf(randn_nonzero(3, 37)), packed,
+                                                                    grad_leaf(bias)), test_utils=OPCHECK_UTILS)
+    torch.library.opcheck(torch.ops.compressops.pq_linear.default, (grad_leaf(randn_nonzero(2, 4, 37)), packed, None),
                           {"out_dtype": torch.bfloat16}, test_utils=OPCHECK_UTILS)
 
 

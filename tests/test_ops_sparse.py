@@ -14,8 +14,8 @@ from compressops import ops, reference
 from compressops.formats import csr as fcsr
 from compressops.formats import sparse24 as s24
 
-from .helpers import (NATIVE, OPCHECK_UTILS, call_both, expected_kernel_level, isa_params, randn_nonzero,
-                     requires_native, tampered)
+from .helpers import (NATIVE, OPCHECK_UTILS, call_both, expected_kernel_level, grad_leaf, isa_params,
+                     randn_nonzero, requires_native, tampered)
 
 # (batch shape, K, N): M in {0, 1, 3, 8, 64+}, K not a multiple of 4/8/32, batch dims
 SHAPES = [
@@ -679,10 +679,18 @@ def _opcheck_samples():
         (torch.ops.compressops.csr_linear.default, (x.bfloat16(), packed, vals.bfloat16()), {}),
         (torch.ops.compressops.csr_linear.default, (randn_nonzero(2, 5, 67), packed, vals, b),
          {"out_dtype": torch.bfloat16}),
+        # with gradients (of x and bias; the weight is frozen): the autograd and compiled-backward checks
+        (torch.ops.compressops.sparse24_linear.default, (grad_leaf(x), p24, grad_leaf(b)), {}),
+        (torch.ops.compressops.sparse24_linear.default, (grad_leaf(randn_nonzero(2, 5, 67)), pb, None),
+         {"out_dtype": torch.bfloat16}),
+        (torch.ops.compressops.sparse24_int8_linear.default, (grad_leaf(x), pq, scale, grad_leaf(b)), {}),
+        (torch.ops.compressops.csr_linear.default, (grad_leaf(x), packed, vals, grad_leaf(b)), {}),
+        (torch.ops.compressops.csr_linear.default, (grad_leaf(randn_nonzero(2, 5, 67).bfloat16()), packed, vals),
+         {"out_dtype": torch.float32}),
     ]
 
 
-@pytest.mark.parametrize("idx", range(7))
+@pytest.mark.parametrize("idx", range(12))
 def test_opcheck(idx):
     op, args, kwargs = _opcheck_samples()[idx]
     torch.library.opcheck(op, args, kwargs, test_utils=OPCHECK_UTILS)

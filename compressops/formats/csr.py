@@ -260,6 +260,12 @@ def to_dense(crow, col, values, k, dtype=torch.float32) -> torch.Tensor:
     return dense
 
 
+def dense_weight(op: str, packed: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """The float32 dense weight [N, K] of a pack and its values (duplicates summed)."""
+    h = read_header(packed, op)
+    return to_dense(*index_views(packed, h), values, h.k, torch.float32)
+
+
 def check_linear(op: str, x: torch.Tensor, packed: torch.Tensor, values: torch.Tensor,
                  bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None):
     """The validation of csr_linear (reference, fake and Triton kernels).

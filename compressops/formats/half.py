@@ -108,6 +108,11 @@ def unpack_weight(packed: torch.Tensor, op: str = "half_unpack_weight") -> torch
     return packed.view(-1)[start:start + 2 * n * k].view(torch.float16).view(n, k)
 
 
+def dense_weight(op: str, packed: torch.Tensor) -> torch.Tensor:
+    """The weight [N, K] of a pack in float32 (a copy of the float16 weight it holds)."""
+    return unpack_weight(packed, op).float()
+
+
 def check_linear(op: str, x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None,
                  out_dtype: torch.dtype | None = None) -> tuple[int, int, torch.dtype]:
     """The validation of half_linear (reference and fake kernels).

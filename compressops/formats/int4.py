@@ -363,6 +363,14 @@ def kernel_operands(w_packed: torch.Tensor, op: str) -> tuple[torch.Tensor, torc
     return _body_codes(body, lay), _body_floats(body, lay, 0), _body_floats(body, lay, 1), lay
 
 
+def dense_weight(op: str, w_packed: torch.Tensor) -> torch.Tensor:
+    """The float32 weight [N, K] the sums of int4_linear use: code * s - z*s per group, with the
+    pack's own float32 z*s (so within an ulp of dequantize's (q - z) * s, and exactly the kernels')."""
+    codes, s, zs, lay = kernel_operands(w_packed, op)
+    w = codes.view(lay.n, lay.groups, lay.group_size).float() * s[..., None] - zs[..., None]
+    return w.view(lay.n, lay.k_pad)[:, :lay.k].contiguous()
+
+
 def unpack_weight(w_packed: torch.Tensor, op: str = "int4_unpack_weight"):
     """The canonical tensors of a pack, bit for bit (the inverse of pack_weight).
 

@@ -140,6 +140,13 @@ def unpack_weight(w_packed: torch.Tensor, op: str = "int8_unpack_weight") -> tor
     return w[:n, :k].contiguous()
 
 
+def dense_weight(op: str, w_packed: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    """The float32 weight [N, K] = w_q * w_scale[:, None] of a pack and its per-channel scales: what
+    int8_weight_only_linear multiplies by, and int8_linear too if its activation rounding is left out
+    (the straight-through estimator of its gradient)."""
+    return unpack_weight(w_packed, op).float() * w_scale.float()[:, None]
+
+
 def check_act_scale(act_scale: torch.Tensor | None, op: str) -> None:
     """Raise ValueError unless act_scale is None or a one-element float tensor, finite and positive.
 

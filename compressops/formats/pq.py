@@ -264,6 +264,11 @@ def dequantize(codes: torch.Tensor, codebooks: torch.Tensor, in_features: int) -
     return w.reshape(n, s * d)[:, :in_features].contiguous()
 
 
+def dense_weight(op: str, packed: torch.Tensor) -> torch.Tensor:
+    """The float32 weight [N, in_features] of a pack: codebooks[s, code(n, s)] side by side."""
+    return dequantize(unpack_codes(packed, op), unpack_codebooks(packed, op), read_header(packed, op).k_in)
+
+
 def bits_per_weight(num_centroids: int, d: int) -> float:
     return math.log2(num_centroids) / d
 

@@ -273,6 +273,14 @@ def unpack(packed: torch.Tensor, op: str = "sparse24_unpack") -> tuple[torch.Ten
     return (*views(packed, n, k, dtype), k)
 
 
+def dense_weight(op: str, packed: torch.Tensor, w_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """The float32 dense weight [N, K] of a pack (float values), or of an int8 pack and its scales
+    (values * w_scale[:, None])."""
+    n, k, dtype = read_header(packed, op)
+    w = decompress(*views(packed, n, k, dtype), k, torch.float32)
+    return w if w_scale is None else w * w_scale.float()[:, None]
+
+
 def _check(op: str, x: torch.Tensor, packed: torch.Tensor, takes: tuple[torch.dtype, ...],
            bias: torch.Tensor | None, w_scale: torch.Tensor | None, out_dtype: torch.dtype | None):
     check_x(x, op)

@@ -1,7 +1,8 @@
 """Every compressops op, in four parts each: the schema (csrc/ops.cpp; its Python mirror
 compressops/_schemas.py defines it when the native library is absent), a fake kernel, a
 "default" kernel (the pure-PyTorch reference, used wherever no native kernel is registered) and a
-typed public wrapper.
+typed public wrapper. A linear compute op also names its family's dense weight, which gives it the
+gradients of x and bias (ops/_autograd.py).
 
 One module per op family (ops/<family>.py) holds the family's fakes, default kernels and
 wrappers; this package holds what they share and imports every one of them, re-exporting its
@@ -17,6 +18,7 @@ from collections.abc import Callable
 import torch
 
 from .. import _schemas
+from ._autograd import register_input_grad
 
 __all__ = ["native_kernels"]
 
@@ -63,9 +65,13 @@ def _register_triton_cuda(op: str, module: str, fn: str) -> None:
     TRITON_CUDA_OPS[op] = f"compressops.triton.{module}.{fn}"
 
 
-def _register(op: str, fake: Callable, default: Callable, triton: str | None = None) -> None:
+def _register(op: str, fake: Callable, default: Callable, triton: str | None = None, *,
+              dense_weight: Callable | None = None) -> None:
     """Register the fake and "default" kernels of compressops::<op> (and, given triton="<module>.<fn>",
     compressops.triton.<module>.<fn> as its CUDA kernel). Each family module calls this per op.
+
+    A linear compute op passes dense_weight, its family's (op, packed, *family tensors) -> float32
+    [N, K] (compressops/formats/<family>.py), and gets the gradients of x and bias (ops/_autograd.py).
 
     The fake is registered here, not in the family module, because csrc/ops.cpp declares
     m.set_python_module("compressops.ops") and torch checks that the fakes of C++-defined ops
@@ -77,6 +83,8 @@ def _register(op: str, fake: Callable, default: Callable, triton: str | None = N
     torch.library.register_kernel(f"compressops::{op}", "CompositeExplicitAutograd", default)
     if triton is not None:
         _register_triton_cuda(op, *triton.split("."))
+    if dense_weight is not None:
+        register_input_grad(op, dense_weight)
 
 
 for _family in pkgutil.iter_modules(__path__):

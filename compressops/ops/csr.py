@@ -25,7 +25,7 @@ def _fake_linear(x, packed, values, bias=None, out_dtype=None):
 
 
 _register("csr_pack", _fake_pack, ref.csr_pack)
-_register("csr_linear", _fake_linear, ref.csr_linear, triton="csr_linear.csr_linear")
+_register("csr_linear", _fake_linear, ref.csr_linear, triton="csr_linear.csr_linear", dense_weight=csr.dense_weight)
 
 
 def csr_pack(crow: Tensor, col: Tensor, in_features: int) -> Tensor:
@@ -57,6 +57,10 @@ def csr_linear(x: Tensor, packed: Tensor, values: Tensor, bias: Tensor | None = 
         out_dtype: float32, bfloat16 or float16; default x.dtype.
     Returns:
         (..., N) in out_dtype; float32 accumulation (the sum's order differs between CPU levels).
+    Gradient:
+        x gets grad_out @ W (in x's dtype), W the dense [N, K] weight; bias gets grad_out summed
+        over the leading dims. packed and values are frozen (values that require grad raise in the
+        backward).
     Raises:
         ValueError naming the argument; a pack whose header or row pointer is inconsistent raises
         before any kernel runs (what is checked and what is trusted: compressops/formats/csr.py).

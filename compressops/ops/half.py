@@ -25,7 +25,7 @@ def _fake_linear(x, packed, bias=None, out_dtype=None):
 
 
 _register("half_pack_weight", _fake_pack_weight, ref.half_pack_weight)
-_register("half_linear", _fake_linear, ref.half_linear)
+_register("half_linear", _fake_linear, ref.half_linear, dense_weight=fh.dense_weight)
 
 
 def half_pack_weight(w: Tensor) -> Tensor:
@@ -53,5 +53,8 @@ def half_linear(x: Tensor, packed: Tensor, bias: Tensor | None = None, out_dtype
         (..., N) in out_dtype. Not bit-identical to compressops.reference.half_linear (float sums
         in another order): each output is within compressops.formats.half.error_bound of the exact
         sum before its rounding to out_dtype.
+    Gradient:
+        x gets grad_out @ w (float32, then x's dtype); bias gets grad_out summed over the leading
+        dims. The pack is frozen.
     """
     return torch.ops.compressops.half_linear(x, packed, bias, out_dtype)

@@ -25,7 +25,8 @@ def _fake_linear(x, w_packed, bias=None, out_dtype=None):
 
 
 _register("int4_pack_weight", _fake_pack_weight, ref.int4_pack_weight)
-_register("int4_linear", _fake_linear, ref.int4_linear, triton="int4_linear.int4_linear")
+_register("int4_linear", _fake_linear, ref.int4_linear, triton="int4_linear.int4_linear",
+          dense_weight=f4.dense_weight)
 
 
 def int4_pack_weight(qweight: Tensor, scales: Tensor, zeros: Tensor | None, in_features: int,
@@ -63,5 +64,10 @@ def int4_linear(x: Tensor, w_packed: Tensor, bias: Tensor | None = None,
         out_dtype: float32, bfloat16 or float16; default x.dtype.
     Returns:
         (..., N) in out_dtype; within fp32 rounding of compressops.reference.int4_linear.
+    Gradient:
+        Straight-through: x gets grad_out @ W (in x's dtype), W = code * s - z * s per group (the
+        dequantized weight, compressops.formats.int4.dense_weight), the gradient of x @ W.T with the
+        int8 rounding of x taken as the identity; bias gets grad_out summed over the leading dims.
+        The pack is frozen.
     """
     return torch.ops.compressops.int4_linear(x, w_packed, bias, out_dtype)

@@ -37,9 +37,10 @@ def _fake_weight_only_linear(x, w_packed, w_scale, bias=None, out_dtype=None):
 
 _register("int8_pack_weight", _fake_pack_weight, ref.int8_pack_weight)
 _register("int8_quantize_activation", _fake_quantize_activation, ref.int8_quantize_activation)
-_register("int8_linear", _fake_linear, ref.int8_linear, triton="int8_linear.int8_linear")
+_register("int8_linear", _fake_linear, ref.int8_linear, triton="int8_linear.int8_linear",
+          dense_weight=f8.dense_weight)
 _register("int8_weight_only_linear", _fake_weight_only_linear, ref.int8_weight_only_linear,
-          triton="int8_linear.int8_weight_only_linear")
+          triton="int8_linear.int8_weight_only_linear", dense_weight=f8.dense_weight)
 
 
 def int8_pack_weight(w_q: Tensor) -> Tensor:
@@ -89,6 +90,11 @@ def int8_linear(
             one-element float32 tensor gives a static (calibrated) scale.
     Returns:
         (..., N) in out_dtype. Bit-identical to compressops.reference.int8_linear on every CPU ISA.
+    Gradient:
+        Straight-through: x gets grad_out @ W (in x's dtype), W = w_q * w_scale[:, None], the
+        gradient of x @ W.T with the int8 rounding of x taken as the identity; bias gets grad_out
+        summed over the leading dims. w_packed, w_scale and act_scale are frozen: a w_scale that
+        requires grad raises in the backward, an act_scale that requires grad at the call.
     """
     return torch.ops.compressops.int8_linear(x, w_packed, w_scale, bias, out_dtype, act_scale=act_scale)
 
@@ -108,5 +114,9 @@ def int8_weight_only_linear(
     Returns:
         (..., N) in out_dtype; float32 accumulation, so equal to the reference within float
         rounding (not bitwise).
+    Gradient:
+        x gets grad_out @ W (in x's dtype), W = w_q * w_scale[:, None]; bias gets grad_out summed
+        over the leading dims. w_packed and w_scale are frozen (a w_scale that requires grad raises
+        in the backward).
     """
     return torch.ops.compressops.int8_weight_only_linear(x, w_packed, w_scale, bias, out_dtype)

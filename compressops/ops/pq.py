@@ -24,7 +24,7 @@ def _fake_linear(x, packed, bias=None, out_dtype=None):
 
 
 _register("pq_pack", _fake_pack, ref.pq_pack)
-_register("pq_linear", _fake_linear, ref.pq_linear, triton="pq_linear.pq_linear")
+_register("pq_linear", _fake_linear, ref.pq_linear, triton="pq_linear.pq_linear", dense_weight=fpq.dense_weight)
 
 
 def pq_pack(codes: Tensor, codebooks: Tensor, in_features: int) -> Tensor:
@@ -61,5 +61,9 @@ def pq_linear(x: Tensor, packed: Tensor, bias: Tensor | None = None, out_dtype: 
         k=16: the CPU kernel quantizes each row's table to uint8 (one scale per row, one offset per
         subspace) and sums exactly in integers, so |y - reference| <= S * scale / 2 (plus fp32
         rounding), scale = max_s (max_c L[s, c] - min_c L[s, c]) / 255 for that input row.
+    Gradient:
+        x gets grad_out @ W (in x's dtype), W[n] = the codewords C_s[code(n, s)] side by side (for
+        k=16 straight-through: the tables' uint8 rounding taken as the identity); bias gets
+        grad_out summed over the leading dims. The pack is frozen.
     """
     return torch.ops.compressops.pq_linear(x, packed, bias, out_dtype)

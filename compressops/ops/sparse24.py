@@ -31,9 +31,10 @@ def _fake_int8_linear(x, packed, w_scale, bias=None, out_dtype=None):
 
 
 _register("sparse24_pack", _fake_pack, ref.sparse24_pack)
-_register("sparse24_linear", _fake_linear, ref.sparse24_linear, triton="sparse24_linear.sparse24_linear")
+_register("sparse24_linear", _fake_linear, ref.sparse24_linear, triton="sparse24_linear.sparse24_linear",
+          dense_weight=s24.dense_weight)
 _register("sparse24_int8_linear", _fake_int8_linear, ref.sparse24_int8_linear,
-          triton="sparse24_linear.sparse24_int8_linear")
+          triton="sparse24_linear.sparse24_int8_linear", dense_weight=s24.dense_weight)
 
 
 def sparse24_pack(values: Tensor, meta: Tensor, in_features: int) -> Tensor:
@@ -63,6 +64,9 @@ def sparse24_linear(x: Tensor, packed: Tensor, bias: Tensor | None = None,
         out_dtype: float32, bfloat16 or float16; default x.dtype.
     Returns:
         (..., N) in out_dtype; float32 accumulation (equal to the reference within float rounding).
+    Gradient:
+        x gets grad_out @ W (in x's dtype), W the dense 2:4 weight; bias gets grad_out summed over
+        the leading dims. The pack is frozen.
     """
     return torch.ops.compressops.sparse24_linear(x, packed, bias, out_dtype)
 
@@ -81,5 +85,10 @@ def sparse24_int8_linear(x: Tensor, packed: Tensor, w_scale: Tensor, bias: Tenso
         out_dtype: float32, bfloat16 or float16; default x.dtype.
     Returns:
         (..., N) in out_dtype, bit-identical to compressops.reference.sparse24_int8_linear.
+    Gradient:
+        Straight-through: x gets grad_out @ W (in x's dtype), W = dense(Wq) * w_scale[:, None], the
+        gradient of x @ W.T with the int8 rounding of x taken as the identity; bias gets grad_out
+        summed over the leading dims. The pack and w_scale are frozen (a w_scale that requires grad
+        raises in the backward).
     """
     return torch.ops.compressops.sparse24_int8_linear(x, packed, w_scale, bias, out_dtype)
