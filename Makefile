@@ -71,7 +71,8 @@ fuzz: build
 			-print_final_stats=1 -artifact_prefix=build/fuzz/crashes/$$t- $(FUZZ_FLAGS) || exit 1; done
 	if [ "$(FUZZ_SANITIZE)" = 1 ]; then $(MAKE) sanitize-build && for t in $(FUZZ_TARGETS); do \
 		(cd build/sanitize-pkg && $(SANITIZE_ENV) $(abspath $(PY)) fuzz/fuzz_targets.py $$t \
-			$(abspath build/fuzz)/corpus-$$t -runs=0 -artifact_prefix=$(abspath build/fuzz/crashes)/$$t-asan-) \
+			$(abspath build/fuzz)/corpus-$$t --findings $(abspath build/fuzz/findings) -runs=0 \
+			-artifact_prefix=$(abspath build/fuzz/crashes)/$$t-asan-) \
 		|| exit 1; done; fi
 	test ! -d build/fuzz/findings || { ls build/fuzz/findings; exit 1; }
 
