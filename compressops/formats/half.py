@@ -86,7 +86,7 @@ def pack_weight(w: torch.Tensor) -> torch.Tensor:
     check_weight(w, _PACK_OP)
     n, k = w.shape
     header = pack_header.make(TAG, VERSION, n, k, FIELDS, device=w.device)
-    return pack_header.shaped(torch.cat([header, w.contiguous().view(-1).view(torch.uint8)]), (n,))
+    return pack_header.shaped(torch.cat([header, pack_header.flat_bytes(w)]), (n,))
 
 
 def read_header(packed: torch.Tensor, op: str) -> tuple[int, int]:

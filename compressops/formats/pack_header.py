@@ -84,6 +84,15 @@ def pack_shape(rows, nbytes: int) -> tuple[int, ...]:
     return (*rows, (nbytes + per - 1) // per)
 
 
+def flat_bytes(t: torch.Tensor) -> torch.Tensor:
+    """t's bytes in row-major order as a 1-D uint8 tensor (a view when t is already contiguous)."""
+    flat = t.contiguous().view(-1)
+    # A one-element tensor counts as contiguous whatever its stride, but view(dtype) needs stride 1.
+    if flat.stride(0) != 1:
+        flat = flat.clone(memory_format=torch.contiguous_format)
+    return flat.view(torch.uint8)
+
+
 def shaped(flat: torch.Tensor, rows) -> torch.Tensor:
     """The pack of the uint8 bytes `flat` (header, then layout): zero padded and viewed as pack_shape."""
     shape = pack_shape(rows, flat.numel())
