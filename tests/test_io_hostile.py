@@ -88,3 +88,22 @@ def test_the_files_config_wins_over_another_family(tmp_path):
     assert type(target[0]) is type(int8[0])
     x = randn_nonzero(3, 32)
     assert torch.equal(target(x), int8(x))
+
+
+def test_sparse24_int8_minus_128_is_refused_on_load(tmp_path):
+    """Int8 2:4 values are symmetric: -128 in a file raises naming the key, from load_state_dict and co.load."""
+    model = co.convert(nn.Sequential(nn.Linear(32, 8)), co.Sparse24(dtype=torch.int8))
+    sd = {key: t.clone() for key, t in model.state_dict().items()}  # values is a view into the pack
+    sd["0.values"][2, 7] = -128
+    with pytest.raises(RuntimeError, match=r"mismatch for 0.values: the checkpoint holds -128, Sparse24Linear's "
+                                           r"symmetric int8 values lie in \[-127, 127\]"):
+        co.convert(nn.Sequential(nn.Linear(32, 8)), co.Sparse24(dtype=torch.int8)).load_state_dict(sd)
+    path = tmp_path / "minus128.safetensors"
+    co.save(model, str(path))
+    stored = load_file(str(path))
+    stored["0.values"][2, 7] = -128
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    save_file(stored, str(path), metadata=metadata)
+    with pytest.raises(RuntimeError, match="mismatch for 0.values: the checkpoint holds -128"):
+        co.load(nn.Sequential(nn.Linear(32, 8)), str(path))

@@ -126,6 +126,11 @@ class Sparse24Linear(CompressedLinear):
         # byte per input channel and row, 1/16 of fp32 values) is a copy; the values stay a view.
         return {"values": values, "meta": meta.clone()}
 
+    def _check_canonical(self, tensors):
+        if s24.has_int8_min(tensors["values"]):
+            return "values: the checkpoint holds -128, Sparse24Linear's symmetric int8 values lie in [-127, 127]"
+        return None
+
     def _pack_canonical(self, tensors):
         self.weight_packed = ops.sparse24_pack(tensors["values"], tensors["meta"], self.in_features)
 
