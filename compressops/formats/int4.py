@@ -27,7 +27,10 @@ and a module needs to hold only the pack. All-zero layout bytes are the pack of 
 scales = 0 (and zeros = 0): a weight of zeros, w = (0 - z) * 0, symmetric or not (zero_pack).
 
 Linear computation (compressops.ops.int4_linear, "W4A8"): each row of x is quantized to int8
-per group of group_size k (symmetric, scale = amax/127, round half to even), and
+per group of group_size k (symmetric, scale = amax/127, q = round_half_even(x * (127/amax)),
+both in float32; a group whose 127/amax is not finite, i.e. amax 0 or amax so small that the
+reciprocal overflows (below about 3.7e-37), is quantized as zero: scale 0, q 0; a group holding
+NaN/Inf gets scale NaN), and
     y[m, n] = bias[n] + sum_g a_s[m, g] * s[n, g] * (sum_{k in g} q[n, k] qx[m, k] - z[n, g] sum_{k in g} qx[m, k]).
 The integer sums are exact; the result is within about 1% (relative Frobenius norm, Gaussian
 data) of x @ dequantize().T in fp32.
