@@ -47,7 +47,7 @@ from typing import NamedTuple
 import torch
 
 from . import pack_header
-from .checks import check_bias, check_k, check_x, is_fake, resolve_out_dtype
+from .checks import check_bias, check_devices, check_k, check_x, is_fake, resolve_out_dtype
 
 TAG = "csr"
 VERSION = 1
@@ -142,6 +142,7 @@ def check(crow: torch.Tensor, col: torch.Tensor, k: int, op: str, n: int | None 
     `names` name crow and col in the messages.
     """
     crow_name, col_name = names
+    check_devices(op, crow_name, crow, {col_name: col})
     shape = "[N+1] with 1 <= N < 2^31" if n is None else f"[N+1] = [{n + 1}]"
     ok = crow.dtype in (torch.int32, torch.int64) and crow.dim() == 1
     ok = ok and (crow.shape[0] >= 2 and crow.shape[0] <= pack_header.MAX_DIM if n is None else crow.shape[0] == n + 1)
@@ -287,6 +288,7 @@ def check_linear(op: str, x: torch.Tensor, packed: torch.Tensor, values: torch.T
         ValueError naming the argument.
     """
     check_x(x, op)
+    check_devices(op, "x", x, {"packed": packed, "values": values, "bias": bias})
     if is_fake(packed):
         (n,) = pack_header.check_rows(packed, pack_header.Reader(op, "packed", _PACK_OP), 2)
         h, k, nnz = None, x.shape[-1], None

@@ -43,7 +43,7 @@ import torch
 from typing import NamedTuple
 
 from . import pack_header
-from .checks import check_bias, check_k, check_x, is_fake, resolve_out_dtype
+from .checks import check_bias, check_devices, check_k, check_x, is_fake, resolve_out_dtype
 
 TAG = "int4"
 VERSION = 2
@@ -234,6 +234,7 @@ def check_canonical(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Te
         ValueError naming the argument.
     """
     check_group_size(group_size, op)
+    check_devices(op, "qweight", qweight, {"scales": scales, "zeros": zeros})
     if qweight.dtype != torch.uint8 or qweight.dim() != 2:
         raise ValueError(f"{op}: qweight must be uint8 [N, K_pad/2], got {qweight.dtype} {tuple(qweight.shape)}")
     n = qweight.shape[0]
@@ -401,6 +402,7 @@ def check_linear(op: str, x: torch.Tensor, w_packed: torch.Tensor, bias: torch.T
         ValueError naming the argument.
     """
     check_x(x, op)
+    check_devices(op, "x", x, {"w_packed": w_packed, "bias": bias})
     if is_fake(w_packed):
         (n,) = pack_header.check_rows(w_packed, pack_header.Reader(op, "w_packed", _PACK_OP), 2)
         lay, k = None, x.shape[-1]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from . import pack_header
-from .checks import check_bias, check_scale, check_x, is_fake, resolve_out_dtype
+from .checks import check_bias, check_devices, check_scale, check_x, is_fake, resolve_out_dtype
 
 TAG = "int8"
 VERSION = 1
@@ -169,6 +169,7 @@ def check_activation(x: torch.Tensor, act_scale: torch.Tensor | None, op: str = 
     """The validation of compressops.ops.int8_quantize_activation: float x (..., K), act_scale as
     check_act_scale accepts it."""
     check_x(x, op)
+    check_devices(op, "x", x, {"act_scale": act_scale})
     check_act_scale(act_scale, op)
 
 
@@ -248,6 +249,7 @@ def check_linear(op: str, x: torch.Tensor, w_packed: torch.Tensor, w_scale: torc
         ValueError naming the argument.
     """
     check_x(x, op)
+    check_devices(op, "x", x, {"w_packed": w_packed, "w_scale": w_scale, "bias": bias, "act_scale": act_scale})
     n, k = pack_header.linear_nk(x, w_packed, pack_header.Reader(op, "w_packed", _PACK_OP), read_header)
     check_scale(w_scale, n, op)
     check_bias(bias, n, op)

@@ -45,7 +45,7 @@ from __future__ import annotations
 import torch
 
 from . import pack_header
-from .checks import check_bias, check_k, check_scale, check_x, is_fake, resolve_out_dtype
+from .checks import check_bias, check_devices, check_k, check_scale, check_x, is_fake, resolve_out_dtype
 
 MAX_INT8_K = 262144  # int8 values: the K/2 kept products sum exactly in int32 (MAX_INT8_K / 2 * 127 * 127 < 2**31)
 TAG = "sparse24"
@@ -179,6 +179,7 @@ def check_pack(op: str, values: torch.Tensor, meta: torch.Tensor, in_features: i
         ValueError naming the argument.
     """
     k = int(in_features)
+    check_devices(op, "values", values, {"meta": meta})
     torch._check_value(values.dtype in _CODES,
                        lambda: f"{op}: values must be float32, bfloat16 or int8, got {values.dtype}")
     torch._check_value(1 <= k < pack_header.MAX_DIM, lambda: f"{op}: in_features must be in [1, 2^31), got {k}")
@@ -289,6 +290,7 @@ def unpack(packed: torch.Tensor, op: str = "sparse24_unpack") -> tuple[torch.Ten
 def _check(op: str, x: torch.Tensor, packed: torch.Tensor, takes: tuple[torch.dtype, ...],
            bias: torch.Tensor | None, w_scale: torch.Tensor | None, out_dtype: torch.dtype | None):
     check_x(x, op)
+    check_devices(op, "x", x, {"packed": packed, "w_scale": w_scale, "bias": bias})
     if is_fake(packed):
         (n,) = pack_header.check_rows(packed, pack_header.Reader(op, "packed", _PACK_OP), 2)
         k, dtype = x.shape[-1], None
