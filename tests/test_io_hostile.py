@@ -11,6 +11,7 @@ from torch import nn
 
 import compressops as co
 
+from .families import EXAMPLES, convert_example, tiny_input, tiny_model
 from .helpers import randn_nonzero
 
 
@@ -107,3 +108,46 @@ def test_sparse24_int8_minus_128_is_refused_on_load(tmp_path):
     save_file(stored, str(path), metadata=metadata)
     with pytest.raises(RuntimeError, match="mismatch for 0.values: the checkpoint holds -128"):
         co.load(nn.Sequential(nn.Linear(32, 8)), str(path))
+
+
+META_FROM_FLOAT = [("Int8Linear", co.Int8()), ("Int4Linear", co.Int4(group_size=32)), ("Sparse24Linear", co.Sparse24()),
+                   ("CSRLinear", co.CSR(sparsity=0.5)), ("PQLinear", co.PQ(num_centroids=16, subvector_dim=4)),
+                   ("HalfLinear", co.Half()), ("BinaryLinear", co.Binary()), ("BinaryConv2d", co.Binary())]
+
+
+@pytest.mark.parametrize("cls_name, config", META_FROM_FLOAT, ids=[c for c, _ in META_FROM_FLOAT])
+def test_from_float_of_a_meta_layer_is_its_skeleton(cls_name, config):
+    """A meta layer holds no values to quantize (it used to fail in Tensor.item()): from_float gives the
+    skeleton, on the meta device, with the shapes and config a real conversion has."""
+    cls = getattr(co.nn, cls_name)
+    make = (lambda **kw: nn.Conv2d(64, 8, 3, padding=1, **kw)) if cls is co.nn.BinaryConv2d else \
+        (lambda **kw: nn.Linear(64, 8, **kw))
+    meta = cls.from_float(make(device="meta"), config)
+    real = cls.from_float(make(), config)
+    assert type(meta) is cls and meta.config == real.config
+    assert all(t.device.type == "meta" for t in meta.state_dict().values())
+    # a CSR skeleton holds no nonzeros: nnz (col's and values' length) comes from the file it loads
+    nnz_sized = {"col", "values"} if cls is co.nn.CSRLinear else set()
+
+    def layout(layer):
+        return {k: (t.dtype, None if k in nnz_sized else t.shape) for k, t in layer.state_dict().items()}
+
+    assert layout(meta) == layout(real)
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_convert_of_a_meta_model_then_load_runs_like_the_saved_model(name, tmp_path):
+    """init_empty_weights, convert, to_empty, load: every family (calibrated ones included: a meta
+    layer needs no calibration data) gives the saved model's outputs."""
+    config, kind = EXAMPLES[name]
+    saved = convert_example(name)
+    path = tmp_path / "model.safetensors"
+    co.save(saved, str(path))
+    with torch.device("meta"):
+        empty = tiny_model(kind)
+    empty = co.convert(empty, config)
+    assert [type(m) for m in empty.modules()] == [type(m) for m in saved.modules()]
+    co.load(empty.to_empty(device="cpu"), str(path))
+    x = tiny_input(kind)
+    with torch.no_grad():
+        assert torch.equal(empty.eval()(x), saved(x))

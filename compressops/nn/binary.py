@@ -10,6 +10,7 @@ from .. import ops
 from ..algorithms.binarize import first_last_filter, sign_ste
 from ..configs import Binary, Family, register_family
 from ..formats import binary as binary_format
+from .compressed_linear import meta_skeleton
 
 __all__ = ["BinaryConv2d", "BinaryLinear"]
 
@@ -153,7 +154,9 @@ class _BinaryBase(nn.Module):
         return s * alpha
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        destination[prefix + "weight_bits"] = self.weight_bits.detach()
+        on_meta = self.weight_packed.device.type == "meta"  # a skeleton: the shape, no bits to unpack
+        bits = torch.empty(self._bits_shape(), dtype=torch.int64, device="meta") if on_meta else self.weight_bits
+        destination[prefix + "weight_bits"] = bits.detach()
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -288,6 +291,8 @@ class BinaryConv2d(_BinaryBase):
         config = config or Binary()
         label = name or "BinaryConv2d.from_float"
         padding = cls._check_float(mod, label)
+        if (skeleton := meta_skeleton(cls, mod, config)) is not None:
+            return skeleton
         q = cls(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, padding, bias=mod.bias is not None,
                 scale=config.scale, binarize_activations=config.binarize_activations, device=mod.weight.device)
         q._set_from_weight(mod.weight, label)
@@ -394,6 +399,8 @@ class BinaryLinear(_BinaryBase):
         label = name or "BinaryLinear.from_float"
         if not isinstance(mod, nn.Linear):
             raise TypeError(f"{label}: expected nn.Linear, got {type(mod).__name__}")
+        if (skeleton := meta_skeleton(cls, mod, config)) is not None:
+            return skeleton
         q = cls(mod.in_features, mod.out_features, bias=mod.bias is not None, scale=config.scale,
                 binarize_activations=config.binarize_activations, device=mod.weight.device)
         q._set_from_weight(mod.weight, label)

@@ -5,7 +5,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["CompressedLinear"]
+__all__ = ["CompressedLinear", "meta_skeleton", "on_meta"]
+
+
+def on_meta(mod: nn.Module) -> bool:
+    """Whether float `mod`'s weight is on the meta device (it has shapes but no values)."""
+    return mod.weight.device.type == "meta"
+
+
+def meta_skeleton(cls, mod: nn.Module, config):
+    """The skeleton `cls.skeleton(mod, config)` when float `mod`'s weight is on the meta device, else None.
+
+    Every family's from_float calls it after its argument checks: a meta layer (torch's
+    init_empty_weights, `device="meta"`) holds no values to quantize, and its compressed layer is the
+    skeleton of the right shapes and config on the meta device, which `to_empty()` then
+    load_state_dict / compressops.load fill, as they do for the float model.
+    """
+    return cls.skeleton(mod, config) if on_meta(mod) else None
 
 
 class CompressedLinear(nn.Module):
@@ -85,8 +101,18 @@ class CompressedLinear(nn.Module):
         """Build the pack from checked canonical tensors {name: tensor} (on the pack's device)."""
         raise NotImplementedError
 
+    def _meta_state(self) -> dict[str, torch.Tensor] | None:
+        """For a layer on the meta device (a skeleton: no pack bytes to unpack), meta tensors of the
+        canonical dtypes and shapes, which is what state_dict's users (key and shape lists) need;
+        None for a layer with data."""
+        if getattr(self, self._pack_name).device.type != "meta":
+            return None
+        return {name: torch.empty(shape, dtype=dtype, device="meta") for name, (dtype, shape) in
+                self._canonical_spec().items()}
+
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        for name, t in self._canonical_state().items():
+        state = self._meta_state()
+        for name, t in (self._canonical_state() if state is None else state).items():
             destination[prefix + name] = t if keep_vars else t.detach()
         super()._save_to_state_dict(destination, prefix, keep_vars)
 

@@ -9,7 +9,7 @@ from .. import ops
 from ..algorithms.gptq import HessianObserver, gptq_quantize
 from ..configs import Family, Int4, register_family
 from ..formats import int4 as int4_format
-from .compressed_linear import CompressedLinear
+from .compressed_linear import CompressedLinear, meta_skeleton
 
 __all__ = ["Int4Linear"]
 
@@ -91,6 +91,8 @@ class Int4Linear(CompressedLinear):
         label = name or "Int4Linear.from_float"
         if not isinstance(mod, nn.Linear):
             raise TypeError(f"{label}: expected nn.Linear, got {type(mod).__name__}")
+        if (skeleton := meta_skeleton(cls, mod, config)) is not None:
+            return skeleton
         if config.method == "gptq":
             if hessian is None:
                 raise ValueError(f"{label}: Int4(method='gptq') needs calibration inputs; pass calibration_data "

@@ -9,7 +9,7 @@ from .. import ops
 from ..algorithms.observers import AbsMaxObserver
 from ..configs import Family, Int8, register_family
 from ..formats import int8 as int8_format
-from .compressed_linear import CompressedLinear
+from .compressed_linear import CompressedLinear, meta_skeleton
 
 __all__ = ["Int8Linear"]
 
@@ -76,6 +76,8 @@ class Int8Linear(CompressedLinear):
         label = name or "Int8Linear.from_float"
         if not isinstance(mod, nn.Linear):
             raise TypeError(f"{label}: expected nn.Linear, got {type(mod).__name__}")
+        if (skeleton := meta_skeleton(cls, mod, config)) is not None:
+            return skeleton
         if config.act == "static" and act_scale is None:
             raise ValueError(f"{label}: Int8(act='static') needs an activation scale; pass calibration_data "
                              f"to compressops.convert")

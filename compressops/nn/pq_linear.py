@@ -12,7 +12,7 @@ from ..algorithms.kmeans import pq_quantize_weight
 from ..algorithms.pq_refine import GramObserver, refine_codebooks
 from ..configs import PQ, Family, register_family
 from ..formats import pq as pq_format
-from .compressed_linear import CompressedLinear
+from .compressed_linear import CompressedLinear, meta_skeleton
 
 __all__ = ["PQLinear"]
 
@@ -96,6 +96,8 @@ class PQLinear(CompressedLinear):
         label = name or "PQLinear.from_float"
         if not isinstance(mod, nn.Linear):
             raise TypeError(f"{label}: expected nn.Linear, got {type(mod).__name__}")
+        if (skeleton := meta_skeleton(cls, mod, config)) is not None:
+            return skeleton
         k, d = config.num_centroids, config.subvector_dim
         codes, codebooks = pq_quantize_weight(mod.weight, k, d, seed=config.seed, max_iter=config.max_iter,
                                               name=label)

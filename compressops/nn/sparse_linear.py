@@ -10,7 +10,7 @@ from ..algorithms.pruning import global_threshold
 from ..configs import CSR, Family, Sparse24, register_family
 from ..formats import csr as csr_format
 from ..formats import sparse24 as s24
-from .compressed_linear import CompressedLinear
+from .compressed_linear import CompressedLinear, meta_skeleton, on_meta
 
 __all__ = ["Sparse24Linear", "CSRLinear"]
 
@@ -49,6 +49,9 @@ class Sparse24Linear(CompressedLinear):
             raise ValueError(f"Sparse24Linear: dtype must be float32, bfloat16 or int8, got {dtype}")
         self.in_features = in_features
         self.out_features = out_features
+        # The values' dtype, also in the pack's header; kept here so that the layer knows what to
+        # load into a skeleton whose pack holds no data yet (to_empty after a meta build).
+        self.values_dtype = dtype
         self.register_buffer("weight_packed", s24.zero_pack(out_features, in_features, dtype, device), persistent=False)
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device)
                              if dtype == torch.int8 else None)
@@ -75,6 +78,8 @@ class Sparse24Linear(CompressedLinear):
         label = name or "Sparse24Linear.from_float"
         if not isinstance(mod, nn.Linear):
             raise TypeError(f"{label}: expected nn.Linear, got {type(mod).__name__}")
+        if (skeleton := meta_skeleton(cls, mod, config)) is not None:
+            return skeleton
         dtype = config.torch_dtype(_float_dtype(mod.weight))
         w = mod.weight.detach()
         values, meta = s24.compress(w.to(torch.float32) if dtype == torch.int8 else w.to(dtype), name=label)
@@ -95,7 +100,7 @@ class Sparse24Linear(CompressedLinear):
 
     @property
     def config(self) -> Sparse24:
-        return Sparse24(dtype=self.values.dtype)
+        return Sparse24(dtype=self.values_dtype)
 
     @property
     def format_label(self) -> str:
@@ -117,7 +122,7 @@ class Sparse24Linear(CompressedLinear):
 
     def _canonical_spec(self):
         kp = s24.padded_k(self.in_features)
-        return {"values": (self.values.dtype, (self.out_features, kp // 2)),
+        return {"values": (self.values_dtype, (self.out_features, kp // 2)),
                 "meta": (torch.uint8, (self.out_features, s24.meta_bytes(self.in_features)))}
 
     def _canonical_state(self):
@@ -158,6 +163,7 @@ class CSRLinear(CompressedLinear):
 
     _version = 3
     _fixed_dtype = ("values", "bias", "index")
+    _pack_name = "index"
     __jit_unused_properties__ = CompressedLinear.__jit_unused_properties__ + ["crow", "col"]
 
     def __init__(self, in_features: int, out_features: int, nnz: int = 0, bias: bool = True, *,
@@ -190,7 +196,11 @@ class CSRLinear(CompressedLinear):
         return csr_format.unpack(self.index, "CSRLinear.col")[1]
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        crow, col = csr_format.unpack(self.index, "CSRLinear.state_dict")
+        if self.index.device.type == "meta":  # a skeleton: the canonical dtypes and shapes (CompressedLinear._meta_state)
+            crow = torch.empty(self.out_features + 1, dtype=csr_format.crow_dtype(self.nnz), device="meta")
+            col = torch.empty(self.nnz, dtype=csr_format.col_dtype(self.in_features), device="meta")
+        else:
+            crow, col = csr_format.unpack(self.index, "CSRLinear.state_dict")
         destination[prefix + "crow"] = crow
         destination[prefix + "col"] = col
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -243,6 +253,8 @@ class CSRLinear(CompressedLinear):
         label = name or "CSRLinear.from_float"
         if not isinstance(mod, nn.Linear):
             raise TypeError(f"{label}: expected nn.Linear, got {type(mod).__name__}")
+        if (skeleton := meta_skeleton(cls, mod, config)) is not None:
+            return skeleton
         w = mod.weight.detach()
         if not torch.isfinite(w).all():
             raise ValueError(f"{label}: weight holds NaN/Inf values")
@@ -304,8 +316,8 @@ def _convert_sparse24(mod: nn.Linear, config: Sparse24, name: str, calibration=N
 
 def _prepare_csr(config: CSR, layers) -> dict:
     """CSR(scope="global"): {name: the one magnitude threshold over every layer converted with config}."""
-    if config.scope != "global" or config.sparsity is None:
-        return {}
+    if config.scope != "global" or config.sparsity is None or any(on_meta(m) for _, m in layers):
+        return {}  # meta layers become skeletons: no values, no threshold
     unique = {id(m): m.weight for _, m in layers}  # a layer reachable under two names counts once
     threshold = global_threshold(list(unique.values()), config.sparsity)
     return {name: threshold for name, _ in layers}
