@@ -160,7 +160,7 @@ def test_rows_too_small_for_a_finite_scale_quantize_as_zero(level, dtype):
     """127 / amax overflows float32 for amax below about 3.7e-37: such a row gets scale 0 and q 0
     (an inf reciprocal made every nonzero +-127 whatever its size), at every level and in the
     reference, bit for bit; the linear op then gives the bias."""
-    w_q, w_s, packed, b = make_layer(70, 20)
+    _, w_s, packed, b = make_layer(70, 20)
     x = randn_nonzero(4, 70)
     x[0] = 1e-38
     x[0, 0] = 0
@@ -180,7 +180,7 @@ def test_rows_too_small_for_a_finite_scale_quantize_as_zero(level, dtype):
 @requires_native
 def test_static_scales_without_a_finite_reciprocal_raise_the_same_error():
     """A static act_scale below 2^-126 has 1 / act_scale = inf in float32; it is refused like a zero one."""
-    w_q, w_s, packed, b = make_layer(32, 8)
+    _, w_s, packed, b = make_layer(32, 8)
     x = randn_nonzero(2, 32)
     for bad in (1e-40, 2.0**-127):
         native, ref = call_both(ops.int8_linear, reference.int8_linear, x, packed, w_s, b,
