@@ -10,7 +10,7 @@ from .. import ops
 from ..algorithms.binarize import first_last_filter, sign_ste
 from ..configs import Binary, Family, register_family
 from ..formats import binary as binary_format
-from .compressed_linear import meta_skeleton
+from .compressed_linear import check_state, meta_skeleton, registered_spec
 
 __all__ = ["BinaryConv2d", "BinaryLinear"]
 
@@ -161,27 +161,33 @@ class _BinaryBase(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
+        # Everything is checked before anything changes (as CompressedLinear does): exact dtypes and
+        # shapes, a finite alpha (any sign: BinaryChain folds a batch norm's scale into it), and
+        # weight_bits a pack would accept.
+        key = prefix + "weight_bits"
+        spec = {**registered_spec(self), "weight_bits": (torch.int64, self._bits_shape())}
+        problems, missing = check_state(type(self).__name__, state_dict, prefix, spec, {"alpha": None})
+        if not problems and key not in missing:
+            try:
+                binary_format.check_pack_weight(state_dict[key], self._in, key)
+            except ValueError as e:
+                problems.append(f"{key}: {e}")
+        if problems or (strict and missing):
+            error_msgs.extend(problems)
+            missing_keys.extend(missing)
+            return
         # A trainable layer saves its latent weight; a skeleton gains the Parameter to receive it.
         if prefix + "weight" in state_dict and self.weight is None:
             self.weight = nn.Parameter(torch.empty_like(state_dict[prefix + "weight"], dtype=torch.float32))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        key = prefix + "weight_bits"
         if key in unexpected_keys:  # the base class knows only the registered buffers
             unexpected_keys.remove(key)
         bits = state_dict.get(key)
         if bits is None:
             missing_keys.append(key)
             return
-        shape = self._bits_shape()
-        if bits.dtype != torch.int64 or tuple(bits.shape) != shape:
-            error_msgs.append(f"mismatch for {key}: the checkpoint holds {bits.dtype} {tuple(bits.shape)}, "
-                              f"{type(self).__name__} needs torch.int64 {shape}")
-            return
-        try:
-            self._set_bits(bits, key)
-        except ValueError as e:
-            error_msgs.append(f"{key}: {e}")
+        self._set_bits(bits, key)
 
     def _apply(self, fn, recurse=True):
         # Module.to(dtype) would cast alpha, bias and the signs; the format fixes them at float32.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -35,6 +36,8 @@ class HalfLinear(CompressedLinear):
     __jit_unused_properties__ = [*CompressedLinear.__jit_unused_properties__, "weight"]
 
     _version = 1
+    # from_float refuses NaN/Inf and values past float16's range
+    _value_bounds: ClassVar[dict[str, float | None]] = {"weight": None}
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, device=None):
         super().__init__()

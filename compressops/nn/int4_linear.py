@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -36,6 +38,8 @@ class Int4Linear(CompressedLinear):
     __jit_unused_properties__ = [*CompressedLinear.__jit_unused_properties__, "qweight", "scales", "zeros"]
 
     _version = 1
+    # group scales are max|w| or a range over 15: >= 0
+    _value_bounds: ClassVar[dict[str, float | None]] = {"scales": 0.0}
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, group_size: int = 128,
                  symmetric: bool = False, method: str = "rtn", device=None):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -35,6 +37,8 @@ class Int8Linear(CompressedLinear):
 
     __jit_unused_properties__ = [*CompressedLinear.__jit_unused_properties__, "weight"]
     _fixed_dtype = ("weight_scale", "act_scale", "bias")
+    # a zero scale is an all-zero row's; a static scale has a finite reciprocal (check_act_scale)
+    _value_bounds: ClassVar[dict[str, float | None]] = {"weight_scale": 0.0, "act_scale": int8_format.MIN_ACT_SCALE}
 
     _version = 1
 

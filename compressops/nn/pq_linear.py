@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -40,6 +41,8 @@ class PQLinear(CompressedLinear):
     __jit_unused_properties__ = [*CompressedLinear.__jit_unused_properties__, "codes", "codebooks"]
 
     _version = 1
+    # k-means centroids of finite weights
+    _value_bounds: ClassVar[dict[str, float | None]] = {"codebooks": None}
     _pack_name = "packed"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, num_centroids: int = 256,

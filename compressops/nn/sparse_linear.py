@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -38,6 +40,8 @@ class Sparse24Linear(CompressedLinear):
 
     _version = 1
     _fixed_dtype = ("weight_scale", "bias")
+    # pruning needs finite weights
+    _value_bounds: ClassVar[dict[str, float | None]] = {"weight_scale": 0.0, "values": None}
     __jit_unused_properties__ = [*CompressedLinear.__jit_unused_properties__, "values", "meta"]
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, dtype=torch.float32, device=None):
@@ -163,6 +167,7 @@ class CSRLinear(CompressedLinear):
 
     _version = 3
     _fixed_dtype = ("values", "bias", "index")
+    _value_bounds: ClassVar[dict[str, float | None]] = {"values": None}
     _pack_name = "index"
     __jit_unused_properties__ = CompressedLinear.__jit_unused_properties__ + ["crow", "col"]
 
@@ -196,7 +201,7 @@ class CSRLinear(CompressedLinear):
         return csr_format.unpack(self.index, "CSRLinear.col")[1]
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        if self.index.device.type == "meta":  # a skeleton: the canonical dtypes and shapes (CompressedLinear._meta_state)
+        if self.index.device.type == "meta":  # a skeleton: the canonical dtypes and shapes, as _meta_state
             crow = torch.empty(self.out_features + 1, dtype=csr_format.crow_dtype(self.nnz), device="meta")
             col = torch.empty(self.nnz, dtype=csr_format.col_dtype(self.in_features), device="meta")
         else:
@@ -205,18 +210,27 @@ class CSRLinear(CompressedLinear):
         destination[prefix + "col"] = col
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        label = "CSRLinear.load_state_dict"
+    def _buffer_spec(self, state_dict, prefix):
+        spec = super()._buffer_spec(state_dict, prefix)
+        values = state_dict.get(prefix + "values")
+        if isinstance(values, torch.Tensor):  # nnz and the values' dtype come from the file
+            spec["values"] = (values.dtype, (values.shape[0],))
+        return spec
+
+    def _before_copy(self, state_dict, prefix):
         values = state_dict.get(prefix + "values")
         if isinstance(values, torch.Tensor):
-            if values.dtype not in csr_format.VALUE_DTYPES or values.dim() != 1:
-                raise ValueError(f"{label}: {prefix}values must be a 1-D float32 or bfloat16 tensor, got "
-                                 f"{values.dtype} {tuple(values.shape)}")
-            # nnz and the values' dtype come from the file
             self.values = torch.empty(values.shape, dtype=values.dtype, device=self.values.device)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # Everything is checked before anything changes (the base class's contract): the values'
+        # dtype and the index here, raising ValueError naming the key; the buffers there.
+        label = "CSRLinear.load_state_dict"
+        values = state_dict.get(prefix + "values")
+        if isinstance(values, torch.Tensor) and (values.dtype not in csr_format.VALUE_DTYPES or values.dim() != 1):
+            raise ValueError(f"{label}: {prefix}values must be a 1-D float32 or bfloat16 tensor, got "
+                             f"{values.dtype} {tuple(values.shape)}")
         keys = {name: prefix + name for name in ("crow", "col", "index")}
         n, k = self.out_features, self.in_features
         if keys["crow"] in state_dict or keys["col"] in state_dict:  # versions 1 and 3
@@ -224,25 +238,34 @@ class CSRLinear(CompressedLinear):
         elif keys["index"] in state_dict:  # version 2
             names = (keys["index"],)
         else:
-            missing_keys.extend([keys["crow"], keys["col"]])
-            return
-        # the base class knows only the persistent buffers: these keys are handled here
-        unexpected_keys[:] = [key for key in unexpected_keys if key not in names]
+            names = (keys["crow"], keys["col"])
         missing = [key for key in names if key not in state_dict]
-        if missing or prefix + "values" not in state_dict:
-            missing_keys.extend(missing)  # values: the base class has reported it
-            return
-        if len(names) == 1:
-            crow, col = csr_format.decode_v2_index(state_dict[keys["index"]], n, k, label, keys["index"])
-            names = (f"{keys['index']} (its row pointer)", f"{keys['index']} (its columns)")
-        else:
-            crow, col = state_dict[keys["crow"]], state_dict[keys["col"]]
-        crow, col = crow.detach().cpu(), col.detach().cpu()
-        csr_format.check(crow, col, k, label, n=n, names=names)
-        if col.shape[0] != self.values.numel():
-            raise ValueError(f"{label}: {names[1]} has {col.shape[0]} entries but {prefix}values has "
-                             f"{self.values.numel()}")
-        self.index = ops.csr_pack(crow, col, k).to(self.index.device)
+        index = None
+        if not missing and values is not None:
+            if len(names) == 1:
+                crow, col = csr_format.decode_v2_index(state_dict[keys["index"]], n, k, label, keys["index"])
+                names = (f"{keys['index']} (its row pointer)", f"{keys['index']} (its columns)")
+            else:
+                crow, col = state_dict[keys["crow"]], state_dict[keys["col"]]
+            crow, col = crow.detach().cpu(), col.detach().cpu()
+            csr_format.check(crow, col, k, label, n=n, names=names)
+            if col.shape[0] != values.numel():
+                raise ValueError(f"{label}: {names[1]} has {col.shape[0]} entries but {prefix}values has "
+                                 f"{values.numel()}")
+            index = crow, col
+        if strict and missing:
+            missing_keys.extend(missing)
+            return False
+        if not super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                             unexpected_keys, error_msgs):
+            return False
+        # the base class knows only the persistent buffers: these keys are handled here
+        handled = {key.split(" ")[0] for key in names}
+        unexpected_keys[:] = [key for key in unexpected_keys if key not in handled]
+        missing_keys.extend(missing)
+        if index is not None:
+            self.index = ops.csr_pack(*index, k).to(self.index.device)
+        return True
 
     @classmethod
     def from_float(cls, mod: nn.Linear, config: CSR | None = None, name: str = "",
