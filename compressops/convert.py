@@ -15,6 +15,7 @@ from torch import nn
 
 from .algorithms.observers import calibrate
 from .configs import Config, compressed_types, families
+from .nn.compressed_linear import on_meta
 
 REPORT_ATTR = "_compressops_skipped"
 
@@ -197,8 +198,10 @@ def _calibrate(model: nn.Module, plan, calibration_data) -> dict[str, object]:
     """{name: observer result} for the planned layers whose config uses calibration data.
 
     A config with needs_calibration requires calibration_data; one with uses_calibration uses it
-    when given. Each layer's observer comes from cfg.make_observer().
+    when given. Each layer's observer comes from cfg.make_observer(). Layers on the meta device
+    take none: they hold no values, and become skeletons (the family's from_float).
     """
+    plan = [(name, mod, cfg) for name, mod, cfg in plan if not on_meta(mod)]
     needs = [(name, cfg) for name, _, cfg in plan if cfg.needs_calibration]
     if needs and calibration_data is None:
         name, cfg = needs[0]

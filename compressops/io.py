@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import torch
@@ -49,10 +50,15 @@ def _untie(state: dict) -> tuple[dict, dict]:
 def load(model: nn.Module, path: str, strict: bool = True) -> nn.Module:
     """Load a file written by save() into `model`, a float skeleton of the same architecture.
 
-    The layers recorded as compressed are first replaced by empty compressed modules of the
-    right shape and the file's config (their float weights are not quantized, just replaced; a
-    layer already compressed with another config is replaced too), then the state dict loads and
-    tied weights are tied again. Returns the model (modified in place).
+    The layers recorded as compressed are replaced by compressed modules of the right shape and the
+    file's config (their float weights are not quantized, just replaced; a layer already compressed
+    with another config is replaced too), the state dict loads and tied weights are tied again.
+    Atomic: every compressed layer is built and loaded off the model and the rest of the file is
+    checked against the model (keys, shapes) first; on any error the model is left exactly as it
+    was. Returns the model (modified in place).
+
+    Raises:
+        ValueError / RuntimeError naming the key or layer, before the model changes.
     """
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -62,24 +68,90 @@ def load(model: nn.Module, path: str, strict: bool = True) -> nn.Module:
     layers = json.loads(metadata.get(_META_KEY, "{}"))
     aliases = json.loads(metadata.get(_ALIASES_KEY, "{}"))
     classes = {t.__name__: t for t in compressed_types()}
-    for name, info in layers.items():
-        cls = classes.get(info["class"])
-        if cls is None:
-            raise ValueError(f"load: {path} stores layer {name!r} as {info['class']}, which is no registered "
-                             f"compressed module (known: {', '.join(sorted(classes))})")
-        cfg = config_from_dict(info["config"])
-        old = model.get_submodule(name)
-        if isinstance(old, cls) and old.config == cfg:
-            continue
-        # The file's config wins: a layer compressed otherwise (another class or config) is rebuilt
-        # from its float equivalent, so e.g. a W8A8 file never runs weight-only.
-        if isinstance(old, compressed_types()):
-            old = old.to_float()
-        _set_submodule(model, name, cls.skeleton(old, cfg))
     state = load_file(path)
     for alias, kept in aliases.items():
         if kept not in state:
             raise ValueError(f"load: {path} ties {alias!r} to {kept!r}, which the file does not hold")
         state[alias] = state[kept]
-    model.load_state_dict(state, strict=strict)
+    staged = {}  # name -> the loaded module that will replace model's
+    for name, info in layers.items():
+        cls = classes.get(info["class"])
+        if cls is None:
+            raise ValueError(f"load: {path} stores layer {name!r} as {info['class']}, which is no registered "
+                             f"compressed module (known: {', '.join(sorted(classes))})")
+        staged[name] = _fresh_layer(model.get_submodule(name), cls, config_from_dict(info["config"]))
+    # compressed layers the file stores no format for load through the same off-model path
+    for name, mod in model.named_modules():
+        if isinstance(mod, compressed_types()) and name not in staged:
+            staged[name] = copy.deepcopy(mod)
+    for name, new in staged.items():
+        _load_off_model(new, name, {k: v for k, v in state.items() if _under(k, name)}, strict)
+    rest = {k: v for k, v in state.items() if not any(_under(k, name) for name in staged)}
+    _check_rest(model, staged, rest, strict)
+    for name, new in staged.items():  # commit: nothing below can fail on what was checked above
+        _set_submodule(model, name, new)
+    model.load_state_dict(rest, strict=False)
     return model
+
+
+def _under(key: str, name: str) -> bool:
+    """Whether state_dict `key` belongs to the module called `name`."""
+    return key.startswith(name + ".") if name else True
+
+
+def _fresh_layer(old: nn.Module, cls: type, config) -> nn.Module:
+    """A new `cls` module with `config`, shaped like `old`, to load into (old itself is not touched).
+
+    The file's config wins: a layer compressed otherwise (another class or config) is rebuilt from
+    its float equivalent, so e.g. a W8A8 file never runs weight-only.
+    """
+    if isinstance(old, cls) and old.config == config:
+        return copy.deepcopy(old)
+    if isinstance(old, compressed_types()):
+        old = old.to_float()
+    return cls.skeleton(old, config)
+
+
+def _load_off_model(module: nn.Module, name: str, state: dict, strict: bool) -> None:
+    """load_state_dict of `module` as if it sat at `name` (so errors name the model's keys)."""
+    holder = nn.Module()
+    if name:
+        parent = holder
+        *path, last = name.split(".")
+        for part in path:
+            parent.add_module(part, nn.Module())
+            parent = getattr(parent, part)
+        parent.add_module(last, module)
+    else:
+        holder = module
+    holder.load_state_dict(state, strict=strict)
+
+
+def _check_rest(model: nn.Module, staged: dict, rest: dict, strict: bool) -> None:
+    """Raise unless `rest` (the file's entries outside the staged layers) loads into the rest of the
+    model: no missing or unexpected key (strict), every shape the model's."""
+    expected = {}
+    for mname, mod in model.named_modules(remove_duplicate=False):
+        if any(_under(mname + ".", name) for name in staged):  # the layer itself or inside it
+            continue
+        prefix = mname + "." if mname else ""
+        for pname, t in mod._parameters.items():
+            if t is not None:
+                expected[prefix + pname] = t
+        for bname, t in mod._buffers.items():
+            if t is not None and bname not in mod._non_persistent_buffers_set:
+                expected[prefix + bname] = t
+    problems = []
+    if strict:
+        missing = sorted(set(expected) - set(rest))
+        unexpected = sorted(set(rest) - set(expected))
+        if missing:
+            problems.append(f"Missing key(s) in state_dict: {', '.join(map(repr, missing))}.")
+        if unexpected:
+            problems.append(f"Unexpected key(s) in state_dict: {', '.join(map(repr, unexpected))}.")
+    for key in sorted(set(expected) & set(rest)):
+        if tuple(rest[key].shape) != tuple(expected[key].shape):
+            problems.append(f"size mismatch for {key}: copying a param with shape {tuple(rest[key].shape)} from "
+                            f"checkpoint, the shape in current model is {tuple(expected[key].shape)}.")
+    if problems:
+        raise RuntimeError(f"Error(s) in loading state_dict for {type(model).__name__}:\n\t" + "\n\t".join(problems))

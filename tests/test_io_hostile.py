@@ -11,6 +11,7 @@ from torch import nn
 
 import compressops as co
 
+from .families import EXAMPLES, convert_example, tiny_input, tiny_model
 from .helpers import randn_nonzero
 
 
@@ -88,3 +89,176 @@ def test_the_files_config_wins_over_another_family(tmp_path):
     assert type(target[0]) is type(int8[0])
     x = randn_nonzero(3, 32)
     assert torch.equal(target(x), int8(x))
+
+
+def test_sparse24_int8_minus_128_is_refused_on_load(tmp_path):
+    """Int8 2:4 values are symmetric: -128 in a file raises naming the key, from load_state_dict and co.load."""
+    model = co.convert(nn.Sequential(nn.Linear(32, 8)), co.Sparse24(dtype=torch.int8))
+    sd = {key: t.clone() for key, t in model.state_dict().items()}  # values is a view into the pack
+    sd["0.values"][2, 7] = -128
+    with pytest.raises(RuntimeError, match=r"mismatch for 0.values: the checkpoint holds -128, Sparse24Linear's "
+                                           r"symmetric int8 values lie in \[-127, 127\]"):
+        co.convert(nn.Sequential(nn.Linear(32, 8)), co.Sparse24(dtype=torch.int8)).load_state_dict(sd)
+    path = tmp_path / "minus128.safetensors"
+    co.save(model, str(path))
+    stored = load_file(str(path))
+    stored["0.values"][2, 7] = -128
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    save_file(stored, str(path), metadata=metadata)
+    with pytest.raises(RuntimeError, match="mismatch for 0.values: the checkpoint holds -128"):
+        co.load(nn.Sequential(nn.Linear(32, 8)), str(path))
+
+
+META_FROM_FLOAT = [("Int8Linear", co.Int8()), ("Int4Linear", co.Int4(group_size=32)), ("Sparse24Linear", co.Sparse24()),
+                   ("CSRLinear", co.CSR(sparsity=0.5)), ("PQLinear", co.PQ(num_centroids=16, subvector_dim=4)),
+                   ("HalfLinear", co.Half()), ("BinaryLinear", co.Binary()), ("BinaryConv2d", co.Binary())]
+
+
+@pytest.mark.parametrize("cls_name, config", META_FROM_FLOAT, ids=[c for c, _ in META_FROM_FLOAT])
+def test_from_float_of_a_meta_layer_is_its_skeleton(cls_name, config):
+    """A meta layer holds no values to quantize (it used to fail in Tensor.item()): from_float gives the
+    skeleton, on the meta device, with the shapes and config a real conversion has."""
+    cls = getattr(co.nn, cls_name)
+    make = (lambda **kw: nn.Conv2d(64, 8, 3, padding=1, **kw)) if cls is co.nn.BinaryConv2d else \
+        (lambda **kw: nn.Linear(64, 8, **kw))
+    meta = cls.from_float(make(device="meta"), config)
+    real = cls.from_float(make(), config)
+    assert type(meta) is cls and meta.config == real.config
+    assert all(t.device.type == "meta" for t in meta.state_dict().values())
+    # a CSR skeleton holds no nonzeros: nnz (col's and values' length) comes from the file it loads
+    nnz_sized = {"col", "values"} if cls is co.nn.CSRLinear else set()
+
+    def layout(layer):
+        return {k: (t.dtype, None if k in nnz_sized else t.shape) for k, t in layer.state_dict().items()}
+
+    assert layout(meta) == layout(real)
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_convert_of_a_meta_model_then_load_runs_like_the_saved_model(name, tmp_path):
+    """init_empty_weights, convert, to_empty, load: every family (calibrated ones included: a meta
+    layer needs no calibration data) gives the saved model's outputs."""
+    config, kind = EXAMPLES[name]
+    saved = convert_example(name)
+    path = tmp_path / "model.safetensors"
+    co.save(saved, str(path))
+    with torch.device("meta"):
+        empty = tiny_model(kind)
+    empty = co.convert(empty, config)
+    assert [type(m) for m in empty.modules()] == [type(m) for m in saved.modules()]
+    co.load(empty.to_empty(device="cpu"), str(path))
+    x = tiny_input(kind)
+    with torch.no_grad():
+        assert torch.equal(empty.eval()(x), saved(x))
+
+
+def _layer(name):
+    """A small converted layer of example `name` (its first compressed module)."""
+    model = convert_example(name)
+    return next(m for m in model.modules() if isinstance(m, co.configs.compressed_types()))
+
+
+# (example, state_dict key, how to spoil it, message)
+SPOILED = [
+    ("int8", "weight_scale", lambda t: t.double(), (r"weight_scale: the checkpoint holds torch.float64 \(80,\), "
+                                                   r"Int8Linear needs torch.float32 \(80,\)")),
+    ("int8", "bias", lambda t: t.half(), r"bias: the checkpoint holds torch.float16"),
+    ("int8", "weight", lambda t: torch.full(t.shape, 200.7), r"weight: the checkpoint holds torch.float32"),
+    ("int8", "weight_scale", lambda t: torch.where(torch.arange(t.numel()) == 3, float("nan"), t),
+     r"weight_scale: the checkpoint holds NaN/Inf, Int8Linear needs finite values"),
+    ("int8", "weight_scale", lambda t: -t,
+     r"weight_scale: the checkpoint holds -[0-9.e-]+, Int8Linear needs values >= 0"),
+    ("int8_static", "act_scale", lambda t: torch.tensor(float("inf")), "act_scale: the checkpoint holds NaN/Inf"),
+    ("int8_static", "act_scale", lambda t: torch.tensor(0.0), (r"act_scale: the checkpoint holds 0, Int8Linear needs "
+                                                               r"values >= 1.17549e-38")),
+    ("int4", "scales", lambda t: -t, "scales: the checkpoint holds -"),
+    ("int4", "scales", lambda t: t * float("inf"), "scales: the checkpoint holds NaN/Inf"),
+    ("sparse24_int8", "weight_scale", lambda t: t.half(), r"weight_scale: the checkpoint holds torch.float16"),
+    ("sparse24_int8", "weight_scale", lambda t: -t, "weight_scale: the checkpoint holds -"),
+    ("sparse24", "values", lambda t: t / 0, "values: the checkpoint holds NaN/Inf"),
+    ("csr", "values", lambda t: t / 0, "values: the checkpoint holds NaN/Inf, CSRLinear needs finite values"),
+    ("pq16", "codebooks", lambda t: t * float("nan"), "codebooks: the checkpoint holds NaN/Inf"),
+    ("pq16", "codes", lambda t: torch.full(t.shape, 300), r"codes: the checkpoint holds torch.int64"),
+    ("half", "weight", lambda t: t * float("inf"), "weight: the checkpoint holds NaN/Inf"),
+    ("binary_w1a1", "alpha", lambda t: t * float("nan"), "alpha: the checkpoint holds NaN/Inf, BinaryConv2d needs"),
+    ("binary_w1a1", "alpha", lambda t: t.double(), r"alpha: the checkpoint holds torch.float64"),
+    ("binary_w1a1", "bias", lambda t: t.half(), r"bias: the checkpoint holds torch.float16"),
+    ("binary_w1a1", "weight_bits", lambda t: t.int(), r"weight_bits: the checkpoint holds torch.int32"),
+]
+
+
+@pytest.mark.parametrize("name, key, spoil, message", SPOILED, ids=[f"{n}-{k}-{i}" for i, (n, k, _, _) in
+                                                                    enumerate(SPOILED)])
+def test_a_spoiled_tensor_raises_naming_the_key_and_changes_nothing(name, key, spoil, message):
+    """Stored tensors keep their format's exact dtype (no silent cast: 200.7 into int8, 300 into uint8)
+    and legal values (finite; scales >= 0); a failed load_state_dict leaves the layer as it was."""
+    layer = _layer(name)
+    before = {k: t.clone() for k, t in layer.state_dict().items()}
+    bad = {**before, key: spoil(before[key])}
+    with pytest.raises(RuntimeError, match=f"mismatch for {message}"):
+        layer.load_state_dict(bad)
+    after = layer.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_a_zero_scale_loads():
+    """An all-zero weight row quantizes to scale 0: legal, so it loads."""
+    layer = _layer("int8")
+    sd = {k: t.clone() for k, t in layer.state_dict().items()}
+    sd["weight"][2] = 0
+    sd["weight_scale"][2] = 0
+    layer.load_state_dict(sd)
+    assert layer.weight_scale[2] == 0
+
+
+@pytest.mark.parametrize("name", ["int8", "csr", "sparse24_int8", "binary_w1a1"])
+def test_a_failed_co_load_leaves_the_model_as_it_was(name, tmp_path):
+    """One bad tensor in the LAST layer: co.load raises before the first layers' values or any
+    module type changes."""
+    _, kind = EXAMPLES[name]
+    saved = convert_example(name)
+    path = tmp_path / "bad.safetensors"
+    co.save(saved, str(path))
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    stored = load_file(str(path))
+    last = max(json.loads(metadata["compressops_layers"]), key=lambda n: [int(p) if p.isdigit() else p
+                                                                           for p in n.split(".")])
+    scale_key = next(f"{last}.{k}" for k in ("weight_scale", "alpha", "values") if f"{last}.{k}" in stored)
+    stored[scale_key] = stored[scale_key] * float("nan")
+    save_file(stored, str(path), metadata=metadata)
+    target = tiny_model(kind)
+    before = {k: t.clone() for k, t in target.state_dict().items()}
+    types = [type(m) for m in target.modules()]
+    with pytest.raises(RuntimeError, match=f"mismatch for {scale_key}: the checkpoint holds NaN/Inf"):
+        co.load(target, str(path))
+    assert [type(m) for m in target.modules()] == types
+    after = target.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_a_failed_co_load_into_a_converted_model_leaves_it_as_it_was(tmp_path):
+    """The same when the model is already converted (its layers are loaded into copies, then swapped in)."""
+    saved = convert_example("int8")
+    path = tmp_path / "bad.safetensors"
+    co.save(saved, str(path))
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    stored = load_file(str(path))
+    stored["4.weight_scale"] = -stored["4.weight_scale"]
+    save_file(stored, str(path), metadata=metadata)
+    target = convert_example("int8")
+    layers = list(target.modules())
+    before = {k: t.clone() for k, t in target.state_dict().items()}
+    with pytest.raises(RuntimeError, match="mismatch for 4.weight_scale"):
+        co.load(target, str(path))
+    assert all(a is b for a, b in zip(target.modules(), layers, strict=True))
+    after = target.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    stored["4.weight_scale"] = -stored["4.weight_scale"]
+    stored["2.bias"] = stored["2.bias"][:3]  # a bad shape in another layer is caught before the swap too
+    save_file(stored, str(path), metadata=metadata)
+    with pytest.raises(RuntimeError, match=r"mismatch for 2.bias"):
+        co.load(target, str(path))
+    assert all(a is b for a, b in zip(target.modules(), layers, strict=True))

@@ -219,6 +219,38 @@ def test_bad_pack_inputs_raise_the_same_error():
         assert message in native, native
 
 
+COLUMN_MESSAGE = ("csr_linear: packed holds a column outside [0, K) = [0, {k}) (its column bytes are corrupt); "
+                  "repack it with compressops.ops.csr_pack")
+
+
+@requires_native
+@pytest.mark.parametrize("route", ["kernel", "dense"])
+@pytest.mark.parametrize("k, j, value", [(K, 3, K), (K, 10, 65535), (70000, 0, 70000), (70000, 4, -1),
+                                         (70000, 2, 2**31 - 1)],
+                         ids=["K", "uint16 max", "int32 K", "int32 negative", "int32 max"])
+def test_a_column_past_k_raises_the_same_error_on_every_route(route, k, j, value):
+    """The columns are checked on every call (one max over them): a column >= K in a pack's bytes
+    would read past x's rows and, on the dense route, write past the decoded weight."""
+    col = COL if k <= 65536 else COL.int()
+    packed, vals, b = ops.csr_pack(CROW, col, k), randn_nonzero(NNZ), randn_nonzero(N)
+    cb = 2 if k <= 65536 else 4
+    bad = tampered(packed, 64 + 8 * (N + 1) + cb * j, "<H" if cb == 2 else "<i", value)
+    with co.sparse_route(route):
+        native, ref = call_both(ops.csr_linear, reference.csr_linear, randn_nonzero(3, k), bad, vals, b)
+    assert native == ref == COLUMN_MESSAGE.format(k=k)
+
+
+@requires_native
+def test_every_16_bit_column_is_in_range_at_k_65536():
+    """With 16-bit columns and K = 65536 no column can be out of range: the largest one works."""
+    k = 65536
+    packed, vals, b = ops.csr_pack(CROW, COL, k), randn_nonzero(NNZ), randn_nonzero(N)
+    bad = tampered(packed, 64 + 8 * (N + 1) + 2 * 3, "<H", 65535)
+    x = randn_nonzero(2, k)
+    y = ops.csr_linear(x, bad, vals, b)
+    assert relerr(y, reference.csr_linear(x, bad, vals, b)) < F32_TOL
+
+
 # --------------------------------------------------------------------------- what the kernels trust
 
 @requires_native

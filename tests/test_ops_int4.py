@@ -173,6 +173,35 @@ def test_special_rows(level):
     assert torch.isfinite(y[3]).all() and close_to_reference(y[3], y_ref[3])
 
 
+@pytest.mark.parametrize("level", isa_params())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_groups_too_small_for_a_finite_scale_quantize_as_zero(level, dtype):
+    """127 / amax overflows float32 for amax below about 3.7e-37; such a group is quantized as zero
+    (scale 0, q 0) by the reference and every level alike: no NaN from 0 * inf, no +-127 codes."""
+    _, _, packed, b = make_layer(96, 20, 32)
+    x = randn_nonzero(4, 96)
+    x[0, :32] = 1e-38  # the issue's group: tiny values and one zero
+    x[0, 0] = 0
+    x[1, 32:64] = 3e-37  # a normal float32, still too small
+    x[2] = 1e-38
+    x[2, 0] = 0  # every group tiny: the bias alone
+    x = x.to(dtype)
+    zeroed = x.clone()
+    zeroed[0, :32] = 0
+    zeroed[1, 32:64] = 0
+    zeroed[2] = 0
+    q, scale, corr = reference.int4_quantize_activation(x, 32)
+    assert torch.equal(scale[:3] == 0, zeroed[:3].view(3, 3, 32).abs().amax(-1) == 0)
+    assert not q.view(4, 3, 32)[scale == 0].any() and not corr[scale == 0].any()
+    y_ref = reference.int4_linear(x, packed, b)
+    assert torch.isfinite(y_ref).all() and torch.equal(y_ref, reference.int4_linear(zeroed, packed, b))
+    assert torch.equal(y_ref[2], b.to(dtype))
+    with co.cpu_isa(level):
+        y = ops.int4_linear(x, packed, b)
+        assert torch.equal(y, ops.int4_linear(zeroed, packed, b))
+    assert torch.equal(y[2], b.to(dtype)) and close_to_reference(y, y_ref)
+
+
 def test_non_contiguous_empty_and_out_dtype():
     _, _, packed, b = make_layer(96, 24, 32)
     x = randn_nonzero(96, 10).t()

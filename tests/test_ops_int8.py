@@ -154,6 +154,45 @@ def test_special_rows(level):
     assert torch.equal(y[3], y_ref[3]) and torch.isfinite(y[3]).all()
 
 
+@pytest.mark.parametrize("level", isa_params())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_rows_too_small_for_a_finite_scale_quantize_as_zero(level, dtype):
+    """127 / amax overflows float32 for amax below about 3.7e-37: such a row gets scale 0 and q 0
+    (an inf reciprocal made every nonzero +-127 whatever its size), at every level and in the
+    reference, bit for bit; the linear op then gives the bias."""
+    _, w_s, packed, b = make_layer(70, 20)
+    x = randn_nonzero(4, 70)
+    x[0] = 1e-38
+    x[0, 0] = 0
+    x[1] = 3e-37
+    x[1, 3] = -1e-39
+    x = x.to(dtype)
+    q_ref, s_ref = reference.int8_quantize_activation(x)
+    assert torch.equal(s_ref[:2], torch.zeros(2)) and not q_ref[:2].any()
+    with co.cpu_isa(level):
+        q, s = ops.int8_quantize_activation(x)
+        y = ops.int8_linear(x, packed, w_s, b)
+    assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
+    assert torch.equal(y, reference.int8_linear(x, packed, w_s, b))
+    assert torch.equal(y[:2], b.to(dtype).expand(2, -1))
+
+
+@requires_native
+def test_static_scales_without_a_finite_reciprocal_raise_the_same_error():
+    """A static act_scale below 2^-126 has 1 / act_scale = inf in float32; it is refused like a zero one."""
+    _, w_s, packed, b = make_layer(32, 8)
+    x = randn_nonzero(2, 32)
+    for bad in (1e-40, 2.0**-127):
+        native, ref = call_both(ops.int8_linear, reference.int8_linear, x, packed, w_s, b,
+                                act_scale=torch.tensor(bad))
+        assert native == ref
+        assert native.startswith("int8_linear: act_scale must be at least 2^-126 (1 / act_scale overflows float32 "
+                                  "below it), got ")
+    smallest = torch.tensor(2.0**-126)
+    assert torch.equal(ops.int8_linear(x, packed, w_s, b, act_scale=smallest),
+                       reference.int8_linear(x, packed, w_s, b, act_scale=smallest))
+
+
 def test_non_contiguous_empty_and_out_dtype():
     _, w_s, packed, b = make_layer(96, 24)
     x = randn_nonzero(96, 10).t()  # [10, 96] with stride (1, 10)

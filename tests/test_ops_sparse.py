@@ -325,6 +325,18 @@ def test_sparse24_int8_pack_errors_are_the_same_everywhere():
 
 
 @requires_native
+def test_sparse24_pack_refuses_int8_minus_128_everywhere():
+    """Int8 kept values are symmetric ([-127, 127]): a -128 made the avx2 kernel differ from the
+    scalar one and from the reference, depending on the batch size."""
+    q, meta, _, _, _ = make24_int8(32, 8)
+    q[5, 3] = -128
+    native, ref = call_both(ops.sparse24_pack, reference.sparse24_pack, q, meta, 32)
+    assert native == ref == "sparse24_pack: int8 values must lie in [-127, 127] (symmetric int8), got -128"
+    q[5, 3] = -127  # the bound itself packs
+    assert torch.equal(ops.sparse24_pack(q, meta, 32), reference.sparse24_pack(q, meta, 32))
+
+
+@requires_native
 def test_sparse24_bad_arguments_raise_the_same_error_everywhere():
     """Every argument the kernels read besides the pack: one message from C++ and Python."""
     _, _, packed, b = make24(32, 8)
@@ -502,9 +514,10 @@ def test_sparse24_int8_dense_route_declines_what_int8_cannot_hold(v0, v1, same, 
     # Both kept values of a group at one position add up (the format's rule); the int8 GEMM needs
     # symmetric int8, so a sum outside [-127, 127] or a -128 keeps the op on the 2:4 kernel.
     q, meta, _, scale, b = make24_int8(66, 20)  # K % 4 == 2: the last group is cut by the padding
-    q[3, 0], q[3, 1] = v0, v1
+    q[3, 0], q[3, 1] = max(v0, -127), v1
     meta[3, 0] = (meta[3, 0] & 0xF0) | (0b0101 if same else 0b1001)  # group 0: positions 1, 1 or 1, 2
-    packed = ops.sparse24_pack(q, meta, 66)
+    # sparse24_pack refuses -128, so that case is a pack whose value bytes were edited afterwards
+    packed = tampered(ops.sparse24_pack(q, meta, 66), 64 + 3 * 34, "<b", v0)
     x = randn_nonzero(300, 66)
     with co.sparse_route("dense"):
         y = ops.sparse24_int8_linear(x, packed, scale, b)

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import torch
 
 from . import pack_header
-from .checks import check_bias, check_x, is_fake, resolve_out_dtype
+from .checks import check_bias, check_devices, check_x, is_fake, resolve_out_dtype
 
 WORD_BITS = 64
 TAG = "binary"
@@ -272,6 +272,7 @@ def _read_operands(op: str, x_packed: torch.Tensor, w_packed: torch.Tensor, alph
     """The checks binary_conv2d, binary_conv2d_packed and binary_linear share: the pack, then
     x_packed (int64, [N, H, W, CW] or [..., CW] with CW from the pack's K), alpha float32 [OC] and
     bias [OC]. On fake tensors C is 0 (unknown) and CW is x_packed's."""
+    check_devices(op, "x_packed", x_packed, {"w_packed": w_packed, "alpha": alpha, "bias": bias})
     r = pack_header.Reader(op, "w_packed", _PACK_OP)
     if is_fake(w_packed):
         rows = pack_header.check_rows(w_packed, r, 4 if conv else 2)

@@ -35,6 +35,19 @@ def check_x(x: torch.Tensor, op: str) -> None:
     torch._check_value(x.dim() >= 1, lambda: f"{op}: x must have at least one dimension (..., K)")
 
 
+def check_devices(op: str, ref_name: str, ref: torch.Tensor, others: dict[str, torch.Tensor | None]) -> None:
+    """Every tensor of `others` ({argument name: tensor or None}) must be on ref's device.
+
+    An op computes on one device. The dispatcher picks one backend for a call whose tensors are on
+    several (a meta tensor wins, then CUDA over CPU), so a meta x with CPU weights ran the fake
+    kernel and returned a meta tensor from a CPU layer. Reads no data: fake tensors report the
+    device of the tensors they stand for, so compiled graphs pass it.
+    """
+    for name, t in others.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"{op}: {name} must be on {ref_name}'s device ({ref.device}), got {t.device}")
+
+
 def check_k(x: torch.Tensor, k, op: str, source: str) -> None:
     """x's last dimension must equal k; `source` names where k comes from, e.g. "the weight has K"."""
     torch._check_value(x.shape[-1] == k,

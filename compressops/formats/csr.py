@@ -30,11 +30,12 @@ What csr_linear trusts, and why it may (every level, the dense route and the Tri
   fails the row pointer check.
 - the row pointer: re-checked on every call (O(N): it starts at 0, never decreases and ends at
   nnz), so every nonzero index the kernels walk lies inside cols and values.
-- the columns: guaranteed by construction, not re-checked (an O(nnz) scan per call would cost as
-  much as the kernel itself at batch 1): csr_pack checks that every column lies in [0, K) and
-  records col_end, nothing in compressops writes a pack's bytes afterwards, and CSRLinear rebuilds
-  its pack from the validated canonical tensors at every load. A pack whose column bytes were
-  edited by hand is outside this contract.
+- the columns: re-checked on every call (check_columns, the last check of check_linear), so a pack
+  whose column bytes were edited cannot make a kernel read past x or the dense route write past
+  its decoded weight. The CPU kernels fold the check into their first pass: each task takes the
+  max of its rows' columns (read as unsigned, so a negative int32 column counts as too large)
+  right before it reads them, and a bad one raises after the parallel loop, before the output is
+  returned. 16-bit columns with K = 65536 cannot be out of range and are not scanned.
 - the column order: not trusted and not needed; every kernel is correct for any order within a row
   (sorted columns, which compress() produces, make the K-tiled kernel faster).
 """
@@ -46,7 +47,7 @@ from typing import NamedTuple
 import torch
 
 from . import pack_header
-from .checks import check_bias, check_k, check_x, is_fake, resolve_out_dtype
+from .checks import check_bias, check_devices, check_k, check_x, is_fake, resolve_out_dtype
 
 TAG = "csr"
 VERSION = 1
@@ -141,6 +142,7 @@ def check(crow: torch.Tensor, col: torch.Tensor, k: int, op: str, n: int | None 
     `names` name crow and col in the messages.
     """
     crow_name, col_name = names
+    check_devices(op, crow_name, crow, {col_name: col})
     shape = "[N+1] with 1 <= N < 2^31" if n is None else f"[N+1] = [{n + 1}]"
     ok = crow.dtype in (torch.int32, torch.int64) and crow.dim() == 1
     ok = ok and (crow.shape[0] >= 2 and crow.shape[0] <= pack_header.MAX_DIM if n is None else crow.shape[0] == n + 1)
@@ -228,6 +230,17 @@ def read_header(packed: torch.Tensor, op: str) -> Header:
     return header
 
 
+def check_columns(packed: torch.Tensor, h: Header, op: str) -> None:
+    """Raise ValueError unless every column of a pack (whose header read_header returned) lies in
+    [0, K): one min and max over them (16-bit columns cannot pass K = 65536: nothing to scan)."""
+    if h.nnz == 0 or (h.col_bytes == 2 and h.k == 65536):
+        return
+    lo, hi = index_views(packed, h)[1].to(torch.int32).aminmax()
+    if not bool((lo >= 0) & (hi < h.k)):  # one device-to-host sync on a GPU
+        raise ValueError(f"{op}: packed holds a column outside [0, K) = [0, {h.k}) (its column bytes are corrupt); "
+                         f"repack it with compressops.ops.{_PACK_OP}")
+
+
 def index_views(packed: torch.Tensor, h: Header) -> tuple[torch.Tensor, torch.Tensor]:
     """Views into a pack whose header `h` read_header returned: rowptr int64 [N+1] and the columns,
     uint16 or int32 [nnz]. No copy."""
@@ -281,6 +294,7 @@ def check_linear(op: str, x: torch.Tensor, packed: torch.Tensor, values: torch.T
         ValueError naming the argument.
     """
     check_x(x, op)
+    check_devices(op, "x", x, {"packed": packed, "values": values, "bias": bias})
     if is_fake(packed):
         (n,) = pack_header.check_rows(packed, pack_header.Reader(op, "packed", _PACK_OP), 2)
         h, k, nnz = None, x.shape[-1], None
@@ -293,7 +307,10 @@ def check_linear(op: str, x: torch.Tensor, packed: torch.Tensor, values: torch.T
     torch._check_value(ok, lambda: f"{op}: values must be float32 or bfloat16 of shape {shape}, got {values.dtype} "
                                    f"{tuple(values.shape)}")
     check_bias(bias, n, op)
-    return n, k, resolve_out_dtype(x, out_dtype, op), h
+    out_t = resolve_out_dtype(x, out_dtype, op)
+    if h is not None:
+        check_columns(packed, h, op)
+    return n, k, out_t, h
 
 
 def decode_v2_index(index: torch.Tensor, n: int, k: int, op: str, name: str = "index"):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from . import pack_header
-from .checks import check_bias, check_x, resolve_out_dtype
+from .checks import check_bias, check_devices, check_x, resolve_out_dtype
 
 TAG = "half"
 VERSION = 1
@@ -127,6 +127,7 @@ def check_linear(op: str, x: torch.Tensor, packed: torch.Tensor, bias: torch.Ten
         ValueError naming the argument.
     """
     check_x(x, op)
+    check_devices(op, "x", x, {"packed": packed, "bias": bias})
     n, k = pack_header.linear_nk(x, packed, pack_header.Reader(op, "packed", _PACK_OP), read_header)
     check_bias(bias, n, op)
     return n, k, resolve_out_dtype(x, out_dtype, op)

@@ -27,7 +27,10 @@ and a module needs to hold only the pack. All-zero layout bytes are the pack of 
 scales = 0 (and zeros = 0): a weight of zeros, w = (0 - z) * 0, symmetric or not (zero_pack).
 
 Linear computation (compressops.ops.int4_linear, "W4A8"): each row of x is quantized to int8
-per group of group_size k (symmetric, scale = amax/127, round half to even), and
+per group of group_size k (symmetric, scale = amax/127, q = round_half_even(x * (127/amax)),
+both in float32; a group whose 127/amax is not finite, i.e. amax 0 or amax so small that the
+reciprocal overflows (below about 3.7e-37), is quantized as zero: scale 0, q 0; a group holding
+NaN/Inf gets scale NaN), and
     y[m, n] = bias[n] + sum_g a_s[m, g] * s[n, g] * (sum_{k in g} q[n, k] qx[m, k] - z[n, g] sum_{k in g} qx[m, k]).
 The integer sums are exact; the result is within about 1% (relative Frobenius norm, Gaussian
 data) of x @ dequantize().T in fp32.
@@ -40,7 +43,7 @@ import torch
 from typing import NamedTuple
 
 from . import pack_header
-from .checks import check_bias, check_k, check_x, is_fake, resolve_out_dtype
+from .checks import check_bias, check_devices, check_k, check_x, is_fake, resolve_out_dtype
 
 TAG = "int4"
 VERSION = 2
@@ -231,6 +234,7 @@ def check_canonical(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Te
         ValueError naming the argument.
     """
     check_group_size(group_size, op)
+    check_devices(op, "qweight", qweight, {"scales": scales, "zeros": zeros})
     if qweight.dtype != torch.uint8 or qweight.dim() != 2:
         raise ValueError(f"{op}: qweight must be uint8 [N, K_pad/2], got {qweight.dtype} {tuple(qweight.shape)}")
     n = qweight.shape[0]
@@ -243,14 +247,10 @@ def check_canonical(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Te
     g = kp // group_size
     if scales.dtype != torch.float32 or tuple(scales.shape) != (n, g):
         raise ValueError(f"{op}: scales must be float32 [N, G] = [{n}, {g}], got {scales.dtype} {tuple(scales.shape)}")
-    if scales.device != qweight.device:
-        raise ValueError(f"{op}: scales must be on qweight's device ({qweight.device}), got {scales.device}")
     if zeros is not None:
         if zeros.dtype != torch.uint8 or tuple(zeros.shape) != (n, g):
             raise ValueError(f"{op}: zeros must be uint8 [N, G] = [{n}, {g}] or None (symmetric), got "
                              f"{zeros.dtype} {tuple(zeros.shape)}")
-        if zeros.device != qweight.device:
-            raise ValueError(f"{op}: zeros must be on qweight's device ({qweight.device}), got {zeros.device}")
         if not is_fake(zeros) and int(zeros.max()) > 15:  # data: skipped by the fake kernel
             raise ValueError(f"{op}: zeros must lie in [0, 15]")
     return n, kp, g
@@ -406,6 +406,7 @@ def check_linear(op: str, x: torch.Tensor, w_packed: torch.Tensor, bias: torch.T
         ValueError naming the argument.
     """
     check_x(x, op)
+    check_devices(op, "x", x, {"w_packed": w_packed, "bias": bias})
     if is_fake(w_packed):
         (n,) = pack_header.check_rows(w_packed, pack_header.Reader(op, "w_packed", _PACK_OP), 2)
         lay, k = None, x.shape[-1]

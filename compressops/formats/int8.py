@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from . import pack_header
-from .checks import check_bias, check_scale, check_x, is_fake, resolve_out_dtype
+from .checks import check_bias, check_devices, check_scale, check_x, is_fake, resolve_out_dtype
 
 TAG = "int8"
 VERSION = 1
@@ -147,8 +147,13 @@ def dense_weight(op: str, w_packed: torch.Tensor, w_scale: torch.Tensor) -> torc
     return unpack_weight(w_packed, op).float() * w_scale.float()[:, None]
 
 
+MIN_ACT_SCALE = 2.0**-126  # the smallest normal float32: its reciprocal, 2^126, is finite
+
+
 def check_act_scale(act_scale: torch.Tensor | None, op: str) -> None:
-    """Raise ValueError unless act_scale is None or a one-element float tensor, finite and positive.
+    """Raise ValueError unless act_scale is None or a one-element float tensor, finite and positive
+    and, as float32, at least 2^-126 (below it 1 / act_scale overflows to inf, which would map every
+    nonzero activation to +-127 whatever its size).
 
     The value check reads data, so it is skipped on fake tensors (torch.compile tracing).
     """
@@ -162,12 +167,16 @@ def check_act_scale(act_scale: torch.Tensor | None, op: str) -> None:
     s = act_scale.detach().float().reshape(())
     if not (torch.isfinite(s) and s > 0):
         raise ValueError(f"{op}: act_scale must be finite and positive, got {float(s):g}")
+    if float(s) < MIN_ACT_SCALE:
+        raise ValueError(f"{op}: act_scale must be at least 2^-126 (1 / act_scale overflows float32 below it), "
+                         f"got {float(s):g}")
 
 
 def check_activation(x: torch.Tensor, act_scale: torch.Tensor | None, op: str = "int8_quantize_activation") -> None:
     """The validation of compressops.ops.int8_quantize_activation: float x (..., K), act_scale as
     check_act_scale accepts it."""
     check_x(x, op)
+    check_devices(op, "x", x, {"act_scale": act_scale})
     check_act_scale(act_scale, op)
 
 
@@ -176,8 +185,9 @@ def quantize_activation(x: torch.Tensor, act_scale: torch.Tensor | None = None) 
     compressops.ops.int8_quantize_activation, which every int8 activation path shares.
 
     Dynamic (act_scale None), per row: amax = max|x|; scale = amax / 127;
-    q = round_half_even(clamp(x * (127 / amax), -127, 127)). A row with amax 0 gets scale 0 and
-    q 0; a row holding NaN/Inf gets scale NaN and q 0 (so its linear output is NaN).
+    q = round_half_even(clamp(x * (127 / amax), -127, 127)). A row whose 127 / amax is not finite
+    in float32 (amax 0, or amax below about 3.7e-37, where the reciprocal overflows) gets scale 0
+    and q 0; a row holding NaN/Inf gets scale NaN and q 0 (so its linear output is NaN).
     Static: q = round_half_even(clamp(x * (1 / act_scale), -127, 127)), NaN -> 0, and every
     row's scale is act_scale.
     All arithmetic in float32, divisions as true divisions (not reciprocal multiplies).
@@ -194,11 +204,11 @@ def quantize_activation(x: torch.Tensor, act_scale: torch.Tensor | None = None) 
             return torch.zeros_like(xf, dtype=torch.int8), xf.new_zeros(x.shape[:-1])
         amax = xf.abs().amax(dim=-1)
         finite = torch.isfinite(amax)
-        usable = finite & (amax > 0)
-        safe = torch.where(usable, amax, torch.ones_like(amax))
-        scale = torch.where(finite, torch.div(amax, torch.full_like(amax, 127.0)),
-                            torch.full_like(amax, float("nan")))
-        inv = torch.where(usable, torch.div(torch.full_like(safe, 127.0), safe), torch.zeros_like(safe))
+        inv = torch.div(torch.full_like(amax, 127.0), amax)  # inf for amax 0 and for tiny amax
+        usable = finite & torch.isfinite(inv)
+        inv = torch.where(usable, inv, torch.zeros_like(inv))
+        scale = torch.where(usable, torch.div(amax, torch.full_like(amax, 127.0)),
+                            torch.where(finite, torch.zeros_like(amax), torch.full_like(amax, float("nan"))))
         v = xf * inv.unsqueeze(-1)
         v = torch.where(usable.unsqueeze(-1), v, torch.zeros_like(v))
     else:
@@ -246,6 +256,7 @@ def check_linear(op: str, x: torch.Tensor, w_packed: torch.Tensor, w_scale: torc
         ValueError naming the argument.
     """
     check_x(x, op)
+    check_devices(op, "x", x, {"w_packed": w_packed, "w_scale": w_scale, "bias": bias, "act_scale": act_scale})
     n, k = pack_header.linear_nk(x, w_packed, pack_header.Reader(op, "w_packed", _PACK_OP), read_header)
     check_scale(w_scale, n, op)
     check_bias(bias, n, op)

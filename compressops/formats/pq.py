@@ -47,7 +47,7 @@ from typing import NamedTuple
 import torch
 
 from . import pack_header
-from .checks import check_bias, check_k, check_x, is_fake, resolve_out_dtype
+from .checks import check_bias, check_devices, check_k, check_x, is_fake, resolve_out_dtype
 
 TAG = "pq"
 VERSION = 1  # the packed layout's
@@ -160,6 +160,7 @@ def check_pack(codes: torch.Tensor, codebooks: torch.Tensor, in_features: int, o
     Raises:
         ValueError naming the argument.
     """
+    check_devices(op, "codes", codes, {"codebooks": codebooks})
     n, s, k, d = check_canonical(codes, codebooks, op)
     torch._check_value(1 <= in_features < pack_header.MAX_DIM,
                        lambda: f"{op}: in_features must be in [1, 2^31), got {in_features}")
@@ -289,6 +290,7 @@ def check_linear(op: str, x: torch.Tensor, packed: torch.Tensor, bias: torch.Ten
         ValueError naming the argument.
     """
     check_x(x, op)
+    check_devices(op, "x", x, {"packed": packed, "bias": bias})
     if is_fake(packed):
         (n,) = pack_header.check_rows(packed, pack_header.Reader(op, "packed", _PACK_OP), 2)
         h, k_in = None, x.shape[-1]

@@ -1,7 +1,8 @@
 """The 2:4 semi-structured sparse linear format (DESIGN.md section 4).
 
 Canonical, version 1 (what state_dict and files hold; the same on every device):
-    values  [N, Kp/2]          float32, bfloat16 or int8; the 2 kept weights of every group of 4
+    values  [N, Kp/2]          float32, bfloat16 or int8 (in [-127, 127]: symmetric, -128 is refused
+                               by the pack op and on load); the 2 kept weights of every group of 4
                                along K, in K order (values[n, 2g] is the lower position of group g)
     meta    uint8 [N, ceil(Kp/8)]
                                2-bit positions (0..3, within the group), 4 bits per group, 2 groups
@@ -44,7 +45,7 @@ from __future__ import annotations
 import torch
 
 from . import pack_header
-from .checks import check_bias, check_k, check_scale, check_x, is_fake, resolve_out_dtype
+from .checks import check_bias, check_devices, check_k, check_scale, check_x, is_fake, resolve_out_dtype
 
 MAX_INT8_K = 262144  # int8 values: the K/2 kept products sum exactly in int32 (MAX_INT8_K / 2 * 127 * 127 < 2**31)
 TAG = "sparse24"
@@ -178,6 +179,7 @@ def check_pack(op: str, values: torch.Tensor, meta: torch.Tensor, in_features: i
         ValueError naming the argument.
     """
     k = int(in_features)
+    check_devices(op, "values", values, {"meta": meta})
     torch._check_value(values.dtype in _CODES,
                        lambda: f"{op}: values must be float32, bfloat16 or int8, got {values.dtype}")
     torch._check_value(1 <= k < pack_header.MAX_DIM, lambda: f"{op}: in_features must be in [1, 2^31), got {k}")
@@ -204,16 +206,28 @@ def check_pack(op: str, values: torch.Tensor, meta: torch.Tensor, in_features: i
     torch._check_value(meta.shape[1] == mb, bad_meta)
 
 
+def has_int8_min(values: torch.Tensor) -> bool:
+    """True when int8 `values` hold -128, which the symmetric int8 format excludes: the kernels'
+    int8 paths (and the int8 GEMM of the dense route) assume [-127, 127]. False for float values
+    and for tensors without data."""
+    return values.dtype == torch.int8 and not is_fake(values) and values.numel() > 0 and int(values.min()) == -128
+
+
 def pack(values: torch.Tensor, meta: torch.Tensor, in_features: int) -> torch.Tensor:
     """Pure-PyTorch packer (the reference of compressops.ops.sparse24_pack).
 
     Args:
-        values: float32/bfloat16/int8 [N, Kp/2]; meta: uint8 [N, meta_bytes(K)]; in_features: K.
+        values: float32/bfloat16/int8 [N, Kp/2] (int8 in [-127, 127]); meta: uint8 [N, meta_bytes(K)];
+            in_features: K.
     Returns:
         uint8 [N, ceil(packed_bytes(N, K, values.dtype) / N)]: the header, values' bytes, meta's
         bytes, zero padding (layout in the module docstring).
+    Raises:
+        ValueError naming the argument.
     """
     check_pack(_PACK_OP, values, meta, in_features)
+    if has_int8_min(values):
+        raise ValueError(f"{_PACK_OP}: int8 values must lie in [-127, 127] (symmetric int8), got -128")
     n, k = values.shape[0], int(in_features)
     header = pack_header.make(TAG, VERSION, n, k, fields(k, values.dtype), device=values.device)
     body = [header, values.contiguous().view(-1).view(torch.uint8), meta.contiguous().view(-1)]
@@ -284,6 +298,7 @@ def dense_weight(op: str, packed: torch.Tensor, w_scale: torch.Tensor | None = N
 def _check(op: str, x: torch.Tensor, packed: torch.Tensor, takes: tuple[torch.dtype, ...],
            bias: torch.Tensor | None, w_scale: torch.Tensor | None, out_dtype: torch.dtype | None):
     check_x(x, op)
+    check_devices(op, "x", x, {"packed": packed, "w_scale": w_scale, "bias": bias})
     if is_fake(packed):
         (n,) = pack_header.check_rows(packed, pack_header.Reader(op, "packed", _PACK_OP), 2)
         k, dtype = x.shape[-1], None

@@ -11,6 +11,7 @@ from ..algorithms.binarize import first_last_filter, sign_ste
 from ..configs import Binary, Family, register_family
 from ..formats import binary as binary_format
 from ._binary_ste import binary_ste, needs_graph, packed_conv2d, packed_linear
+from .compressed_linear import check_state, meta_skeleton, registered_spec
 
 __all__ = ["BinaryConv2d", "BinaryLinear"]
 
@@ -161,32 +162,40 @@ class _BinaryBase(nn.Module):
         return s * alpha
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        destination[prefix + "weight_bits"] = self.weight_bits.detach()
+        on_meta = self.weight_packed.device.type == "meta"  # a skeleton: the shape, no bits to unpack
+        bits = torch.empty(self._bits_shape(), dtype=torch.int64, device="meta") if on_meta else self.weight_bits
+        destination[prefix + "weight_bits"] = bits.detach()
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
+        # Everything is checked before anything changes (as CompressedLinear does): exact dtypes and
+        # shapes, a finite alpha (any sign: BinaryChain folds a batch norm's scale into it), and
+        # weight_bits a pack would accept.
+        key = prefix + "weight_bits"
+        spec = {**registered_spec(self), "weight_bits": (torch.int64, self._bits_shape())}
+        problems, missing = check_state(type(self).__name__, state_dict, prefix, spec, {"alpha": None})
+        if not problems and key not in missing:
+            try:
+                binary_format.check_pack_weight(state_dict[key], self._in, key)
+            except ValueError as e:
+                problems.append(f"{key}: {e}")
+        if problems or (strict and missing):
+            error_msgs.extend(problems)
+            missing_keys.extend(missing)
+            return
         # A trainable layer saves its latent weight; a skeleton gains the Parameter to receive it.
         if prefix + "weight" in state_dict and self.weight is None:
             self.weight = nn.Parameter(torch.empty_like(state_dict[prefix + "weight"], dtype=torch.float32))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        key = prefix + "weight_bits"
         if key in unexpected_keys:  # the base class knows only the registered buffers
             unexpected_keys.remove(key)
         bits = state_dict.get(key)
         if bits is None:
             missing_keys.append(key)
             return
-        shape = self._bits_shape()
-        if bits.dtype != torch.int64 or tuple(bits.shape) != shape:
-            error_msgs.append(f"mismatch for {key}: the checkpoint holds {bits.dtype} {tuple(bits.shape)}, "
-                              f"{type(self).__name__} needs torch.int64 {shape}")
-            return
-        try:
-            self._set_bits(bits, key)
-        except ValueError as e:
-            error_msgs.append(f"{key}: {e}")
+        self._set_bits(bits, key)
 
     def _apply(self, fn, recurse=True):
         # Module.to(dtype) would cast alpha, bias and the signs; the format fixes them at float32.
@@ -302,6 +311,8 @@ class BinaryConv2d(_BinaryBase):
         config = config or Binary()
         label = name or "BinaryConv2d.from_float"
         padding = cls._check_float(mod, label)
+        if (skeleton := meta_skeleton(cls, mod, config)) is not None:
+            return skeleton
         q = cls(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, padding, bias=mod.bias is not None,
                 scale=config.scale, binarize_activations=config.binarize_activations, device=mod.weight.device)
         q._set_from_weight(mod.weight, label)
@@ -420,6 +431,8 @@ class BinaryLinear(_BinaryBase):
         label = name or "BinaryLinear.from_float"
         if not isinstance(mod, nn.Linear):
             raise TypeError(f"{label}: expected nn.Linear, got {type(mod).__name__}")
+        if (skeleton := meta_skeleton(cls, mod, config)) is not None:
+            return skeleton
         q = cls(mod.in_features, mod.out_features, bias=mod.bias is not None, scale=config.scale,
                 binarize_activations=config.binarize_activations, device=mod.weight.device)
         q._set_from_weight(mod.weight, label)

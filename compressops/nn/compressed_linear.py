@@ -2,10 +2,63 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
-__all__ = ["CompressedLinear"]
+from ..formats.checks import is_fake
+
+__all__ = ["CompressedLinear", "check_state", "meta_skeleton", "on_meta", "registered_spec"]
+
+
+def registered_spec(module: nn.Module) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """{name: (dtype, shape)} of module's own persistent buffers (state_dict entries), None ones left out."""
+    return {name: (b.dtype, tuple(b.shape)) for name, b in module._buffers.items()
+            if b is not None and name not in module._non_persistent_buffers_set}
+
+
+def check_state(label: str, state_dict, prefix: str, spec: dict[str, tuple[torch.dtype, tuple[int, ...]]],
+                bounds: dict[str, float | None]) -> tuple[list[str], list[str]]:
+    """(problems, missing keys) of the checkpoint entries `spec` names, for a load that must change
+    nothing unless all pass: each entry with exactly its dtype and shape (a load would otherwise cast
+    silently: 200.7 into an int8 weight, 300 into uint8 codes), and values within `bounds`.
+
+    Problems read "mismatch for <key>: ..." (load_state_dict's wording); `label` names the layer's class.
+    """
+    problems, missing = [], []
+    for name, (dtype, shape) in spec.items():
+        key = prefix + name
+        t = state_dict.get(key)
+        if t is None:
+            missing.append(key)
+        elif t.dtype != dtype or tuple(t.shape) != tuple(shape):
+            problems.append(f"mismatch for {key}: the checkpoint holds {t.dtype} {tuple(t.shape)}, {label} needs "
+                            f"{dtype} {tuple(shape)}")
+        elif name in bounds and not is_fake(t):
+            x = t.detach()
+            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                problems.append(f"mismatch for {key}: the checkpoint holds NaN/Inf, {label} needs finite values")
+            elif bounds[name] is not None and x.numel() and float(x.min()) < bounds[name]:
+                problems.append(f"mismatch for {key}: the checkpoint holds {float(x.min()):g}, {label} needs values "
+                                f">= {bounds[name]:g}")
+    return problems, missing
+
+
+def on_meta(mod: nn.Module) -> bool:
+    """Whether float `mod`'s weight is on the meta device (it has shapes but no values)."""
+    return mod.weight.device.type == "meta"
+
+
+def meta_skeleton(cls, mod: nn.Module, config):
+    """The skeleton `cls.skeleton(mod, config)` when float `mod`'s weight is on the meta device, else None.
+
+    Every family's from_float calls it after its argument checks: a meta layer (torch's
+    init_empty_weights, `device="meta"`) holds no values to quantize, and its compressed layer is the
+    skeleton of the right shapes and config on the meta device, which `to_empty()` then
+    load_state_dict / compressops.load fill, as they do for the float model.
+    """
+    return cls.skeleton(mod, config) if on_meta(mod) else None
 
 
 class CompressedLinear(nn.Module):
@@ -19,6 +72,9 @@ class CompressedLinear(nn.Module):
     """
 
     _fixed_dtype: tuple[str, ...] = ("bias",)
+    # {stored tensor: lower bound} checked on load: NaN/Inf always refused, a float bound b also
+    # refuses values below b (None: finite only). What each format's quantizer can produce.
+    _value_bounds: ClassVar[dict[str, float | None]] = {}
     # The non-persistent buffer holding the pack, for layers whose canonical tensors live inside it.
     _pack_name = "weight_packed"
     # Report/bookkeeping properties that torch.jit.script need not (and cannot) compile.
@@ -85,36 +141,55 @@ class CompressedLinear(nn.Module):
         """Build the pack from checked canonical tensors {name: tensor} (on the pack's device)."""
         raise NotImplementedError
 
+    def _meta_state(self) -> dict[str, torch.Tensor] | None:
+        """For a layer on the meta device (a skeleton: no pack bytes to unpack), meta tensors of the
+        canonical dtypes and shapes, which is what state_dict's users (key and shape lists) need;
+        None for a layer with data."""
+        if getattr(self, self._pack_name).device.type != "meta":
+            return None
+        return {name: torch.empty(shape, dtype=dtype, device="meta") for name, (dtype, shape) in
+                self._canonical_spec().items()}
+
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        for name, t in self._canonical_state().items():
+        state = self._meta_state()
+        for name, t in (self._canonical_state() if state is None else state).items():
             destination[prefix + name] = t if keep_vars else t.detach()
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
+    def _buffer_spec(self, state_dict, prefix: str) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        """{name: (dtype, shape)} a checkpoint must hold for the registered persistent buffers: their
+        own (a subclass whose buffer takes its size from the file overrides this)."""
+        return registered_spec(self)
+
+    def _before_copy(self, state_dict, prefix: str) -> None:
+        """Called once the checkpoint passed every check, right before the buffers are copied."""
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
+        """Check everything the checkpoint holds for this layer first (dtypes exact, values, the
+        canonical tensors), and change nothing unless it all passes: a failed load leaves the layer
+        as it was. Returns whether the layer was loaded."""
+        spec = self._canonical_spec()
+        problems, missing = check_state(type(self).__name__, state_dict, prefix,
+                                        {**self._buffer_spec(state_dict, prefix), **spec}, self._value_bounds)
+        canonical = {name: state_dict[prefix + name] for name in spec if prefix + name not in missing}
+        if not problems and len(canonical) == len(spec):
+            problem = self._check_canonical(canonical)
+            if problem:
+                problems.append(f"mismatch for {prefix}{problem}")
+        if problems or (strict and missing):
+            error_msgs.extend(problems)
+            missing_keys.extend(missing)
+            return False
+        self._before_copy(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        spec = self._canonical_spec()
-        if not spec:
-            return
-        device = getattr(self, self._pack_name).device
-        found, ok = {}, True
-        for name, (dtype, shape) in spec.items():
-            key = prefix + name
-            if key in unexpected_keys:  # the base class knows only the registered buffers
-                unexpected_keys.remove(key)
-            t = state_dict.get(key)
-            if t is None:
-                missing_keys.append(key)
-                ok = False
-            elif t.dtype != dtype or tuple(t.shape) != tuple(shape):
-                error_msgs.append(f"mismatch for {key}: the checkpoint holds {t.dtype} {tuple(t.shape)}, "
-                                  f"{type(self).__name__} needs {dtype} {tuple(shape)}")
-                ok = False
-            else:
-                found[name] = t.detach().to(device)
-        problem = self._check_canonical(found) if ok else None
-        if problem:
-            error_msgs.append(f"mismatch for {prefix}{problem}")
-        elif ok:
-            self._pack_canonical(found)
+        for name in spec:  # the base class knows only the registered buffers
+            if prefix + name in unexpected_keys:
+                unexpected_keys.remove(prefix + name)
+            if prefix + name in missing:
+                missing_keys.append(prefix + name)
+        if spec and len(canonical) == len(spec):
+            device = getattr(self, self._pack_name).device
+            self._pack_canonical({name: t.detach().to(device) for name, t in canonical.items()})
+        return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -10,7 +11,7 @@ from torch import nn
 from .. import ops
 from ..configs import Family, Half, register_family
 from ..formats import half as half_format
-from .compressed_linear import CompressedLinear
+from .compressed_linear import CompressedLinear, meta_skeleton, on_meta
 
 __all__ = ["HalfLinear"]
 
@@ -35,6 +36,8 @@ class HalfLinear(CompressedLinear):
     __jit_unused_properties__ = [*CompressedLinear.__jit_unused_properties__, "weight"]
 
     _version = 1
+    # from_float refuses NaN/Inf and values past float16's range
+    _value_bounds: ClassVar[dict[str, float | None]] = {"weight": None}
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, device=None):
         super().__init__()
@@ -67,6 +70,8 @@ class HalfLinear(CompressedLinear):
         label = name or "HalfLinear.from_float"
         if not isinstance(mod, nn.Linear):
             raise TypeError(f"{label}: expected nn.Linear, got {type(mod).__name__}")
+        if (skeleton := meta_skeleton(cls, mod, config or Half())) is not None:
+            return skeleton
         w = half_format.to_half(mod.weight, name=label)
         q = cls(mod.in_features, mod.out_features, bias=mod.bias is not None, device=mod.weight.device)
         q.weight_packed = ops.half_pack_weight(w)
@@ -118,6 +123,8 @@ def _convert(mod: nn.Linear, config: Half, name: str, calibration=None, prepared
 
 
 def _unsupported_reason(config: Half, mod: nn.Linear) -> str | None:
+    if on_meta(mod):  # no values to range-check: the skeleton takes whatever a load brings
+        return None
     largest = float(mod.weight.detach().abs().max()) if mod.weight.numel() else 0.0
     if math.isfinite(largest) and largest > half_format.FP16_MAX:  # NaN/Inf: from_float raises
         return f"weights beyond float16's range (largest |w| = {largest:g} > {half_format.FP16_MAX:g})"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -9,7 +11,7 @@ from .. import ops
 from ..algorithms.gptq import HessianObserver, gptq_quantize
 from ..configs import Family, Int4, register_family
 from ..formats import int4 as int4_format
-from .compressed_linear import CompressedLinear
+from .compressed_linear import CompressedLinear, meta_skeleton
 
 __all__ = ["Int4Linear"]
 
@@ -36,6 +38,8 @@ class Int4Linear(CompressedLinear):
     __jit_unused_properties__ = [*CompressedLinear.__jit_unused_properties__, "qweight", "scales", "zeros"]
 
     _version = 1
+    # group scales are max|w| or a range over 15: >= 0
+    _value_bounds: ClassVar[dict[str, float | None]] = {"scales": 0.0}
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, group_size: int = 128,
                  symmetric: bool = False, method: str = "rtn", device=None):
@@ -91,6 +95,8 @@ class Int4Linear(CompressedLinear):
         label = name or "Int4Linear.from_float"
         if not isinstance(mod, nn.Linear):
             raise TypeError(f"{label}: expected nn.Linear, got {type(mod).__name__}")
+        if (skeleton := meta_skeleton(cls, mod, config)) is not None:
+            return skeleton
         if config.method == "gptq":
             if hessian is None:
                 raise ValueError(f"{label}: Int4(method='gptq') needs calibration inputs; pass calibration_data "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -9,7 +11,7 @@ from .. import ops
 from ..algorithms.observers import AbsMaxObserver
 from ..configs import Family, Int8, register_family
 from ..formats import int8 as int8_format
-from .compressed_linear import CompressedLinear
+from .compressed_linear import CompressedLinear, meta_skeleton
 
 __all__ = ["Int8Linear"]
 
@@ -35,6 +37,8 @@ class Int8Linear(CompressedLinear):
 
     __jit_unused_properties__ = [*CompressedLinear.__jit_unused_properties__, "weight"]
     _fixed_dtype = ("weight_scale", "act_scale", "bias")
+    # a zero scale is an all-zero row's; a static scale has a finite reciprocal (check_act_scale)
+    _value_bounds: ClassVar[dict[str, float | None]] = {"weight_scale": 0.0, "act_scale": int8_format.MIN_ACT_SCALE}
 
     _version = 1
 
@@ -76,6 +80,8 @@ class Int8Linear(CompressedLinear):
         label = name or "Int8Linear.from_float"
         if not isinstance(mod, nn.Linear):
             raise TypeError(f"{label}: expected nn.Linear, got {type(mod).__name__}")
+        if (skeleton := meta_skeleton(cls, mod, config)) is not None:
+            return skeleton
         if config.act == "static" and act_scale is None:
             raise ValueError(f"{label}: Int8(act='static') needs an activation scale; pass calibration_data "
                              f"to compressops.convert")

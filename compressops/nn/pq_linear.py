@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -12,7 +13,7 @@ from ..algorithms.kmeans import pq_quantize_weight
 from ..algorithms.pq_refine import GramObserver, refine_codebooks
 from ..configs import PQ, Family, register_family
 from ..formats import pq as pq_format
-from .compressed_linear import CompressedLinear
+from .compressed_linear import CompressedLinear, meta_skeleton
 
 __all__ = ["PQLinear"]
 
@@ -40,6 +41,8 @@ class PQLinear(CompressedLinear):
     __jit_unused_properties__ = [*CompressedLinear.__jit_unused_properties__, "codes", "codebooks"]
 
     _version = 1
+    # k-means centroids of finite weights
+    _value_bounds: ClassVar[dict[str, float | None]] = {"codebooks": None}
     _pack_name = "packed"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, num_centroids: int = 256,
@@ -96,6 +99,8 @@ class PQLinear(CompressedLinear):
         label = name or "PQLinear.from_float"
         if not isinstance(mod, nn.Linear):
             raise TypeError(f"{label}: expected nn.Linear, got {type(mod).__name__}")
+        if (skeleton := meta_skeleton(cls, mod, config)) is not None:
+            return skeleton
         k, d = config.num_centroids, config.subvector_dim
         codes, codebooks = pq_quantize_weight(mod.weight, k, d, seed=config.seed, max_iter=config.max_iter,
                                               name=label)

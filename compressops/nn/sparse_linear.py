@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -10,7 +12,7 @@ from ..algorithms.pruning import global_threshold
 from ..configs import CSR, Family, Sparse24, register_family
 from ..formats import csr as csr_format
 from ..formats import sparse24 as s24
-from .compressed_linear import CompressedLinear
+from .compressed_linear import CompressedLinear, meta_skeleton, on_meta
 
 __all__ = ["Sparse24Linear", "CSRLinear"]
 
@@ -38,6 +40,8 @@ class Sparse24Linear(CompressedLinear):
 
     _version = 1
     _fixed_dtype = ("weight_scale", "bias")
+    # pruning needs finite weights
+    _value_bounds: ClassVar[dict[str, float | None]] = {"weight_scale": 0.0, "values": None}
     __jit_unused_properties__ = [*CompressedLinear.__jit_unused_properties__, "values", "meta"]
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, dtype=torch.float32, device=None):
@@ -49,6 +53,9 @@ class Sparse24Linear(CompressedLinear):
             raise ValueError(f"Sparse24Linear: dtype must be float32, bfloat16 or int8, got {dtype}")
         self.in_features = in_features
         self.out_features = out_features
+        # The values' dtype, also in the pack's header; kept here so that the layer knows what to
+        # load into a skeleton whose pack holds no data yet (to_empty after a meta build).
+        self.values_dtype = dtype
         self.register_buffer("weight_packed", s24.zero_pack(out_features, in_features, dtype, device), persistent=False)
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device)
                              if dtype == torch.int8 else None)
@@ -75,6 +82,8 @@ class Sparse24Linear(CompressedLinear):
         label = name or "Sparse24Linear.from_float"
         if not isinstance(mod, nn.Linear):
             raise TypeError(f"{label}: expected nn.Linear, got {type(mod).__name__}")
+        if (skeleton := meta_skeleton(cls, mod, config)) is not None:
+            return skeleton
         dtype = config.torch_dtype(_float_dtype(mod.weight))
         w = mod.weight.detach()
         values, meta = s24.compress(w.to(torch.float32) if dtype == torch.int8 else w.to(dtype), name=label)
@@ -95,7 +104,7 @@ class Sparse24Linear(CompressedLinear):
 
     @property
     def config(self) -> Sparse24:
-        return Sparse24(dtype=self.values.dtype)
+        return Sparse24(dtype=self.values_dtype)
 
     @property
     def format_label(self) -> str:
@@ -117,7 +126,7 @@ class Sparse24Linear(CompressedLinear):
 
     def _canonical_spec(self):
         kp = s24.padded_k(self.in_features)
-        return {"values": (self.values.dtype, (self.out_features, kp // 2)),
+        return {"values": (self.values_dtype, (self.out_features, kp // 2)),
                 "meta": (torch.uint8, (self.out_features, s24.meta_bytes(self.in_features)))}
 
     def _canonical_state(self):
@@ -125,6 +134,11 @@ class Sparse24Linear(CompressedLinear):
         # torch.save refuses two views of one storage as different dtypes, so meta (an eighth of a
         # byte per input channel and row, 1/16 of fp32 values) is a copy; the values stay a view.
         return {"values": values, "meta": meta.clone()}
+
+    def _check_canonical(self, tensors):
+        if s24.has_int8_min(tensors["values"]):
+            return "values: the checkpoint holds -128, Sparse24Linear's symmetric int8 values lie in [-127, 127]"
+        return None
 
     def _pack_canonical(self, tensors):
         self.weight_packed = ops.sparse24_pack(tensors["values"], tensors["meta"], self.in_features)
@@ -153,6 +167,8 @@ class CSRLinear(CompressedLinear):
 
     _version = 3
     _fixed_dtype = ("values", "bias", "index")
+    _value_bounds: ClassVar[dict[str, float | None]] = {"values": None}
+    _pack_name = "index"
     __jit_unused_properties__ = CompressedLinear.__jit_unused_properties__ + ["crow", "col"]
 
     def __init__(self, in_features: int, out_features: int, nnz: int = 0, bias: bool = True, *,
@@ -185,23 +201,36 @@ class CSRLinear(CompressedLinear):
         return csr_format.unpack(self.index, "CSRLinear.col")[1]
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        crow, col = csr_format.unpack(self.index, "CSRLinear.state_dict")
+        if self.index.device.type == "meta":  # a skeleton: the canonical dtypes and shapes, as _meta_state
+            crow = torch.empty(self.out_features + 1, dtype=csr_format.crow_dtype(self.nnz), device="meta")
+            col = torch.empty(self.nnz, dtype=csr_format.col_dtype(self.in_features), device="meta")
+        else:
+            crow, col = csr_format.unpack(self.index, "CSRLinear.state_dict")
         destination[prefix + "crow"] = crow
         destination[prefix + "col"] = col
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        label = "CSRLinear.load_state_dict"
+    def _buffer_spec(self, state_dict, prefix):
+        spec = super()._buffer_spec(state_dict, prefix)
+        values = state_dict.get(prefix + "values")
+        if isinstance(values, torch.Tensor):  # nnz and the values' dtype come from the file
+            spec["values"] = (values.dtype, (values.shape[0],))
+        return spec
+
+    def _before_copy(self, state_dict, prefix):
         values = state_dict.get(prefix + "values")
         if isinstance(values, torch.Tensor):
-            if values.dtype not in csr_format.VALUE_DTYPES or values.dim() != 1:
-                raise ValueError(f"{label}: {prefix}values must be a 1-D float32 or bfloat16 tensor, got "
-                                 f"{values.dtype} {tuple(values.shape)}")
-            # nnz and the values' dtype come from the file
             self.values = torch.empty(values.shape, dtype=values.dtype, device=self.values.device)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # Everything is checked before anything changes (the base class's contract): the values'
+        # dtype and the index here, raising ValueError naming the key; the buffers there.
+        label = "CSRLinear.load_state_dict"
+        values = state_dict.get(prefix + "values")
+        if isinstance(values, torch.Tensor) and (values.dtype not in csr_format.VALUE_DTYPES or values.dim() != 1):
+            raise ValueError(f"{label}: {prefix}values must be a 1-D float32 or bfloat16 tensor, got "
+                             f"{values.dtype} {tuple(values.shape)}")
         keys = {name: prefix + name for name in ("crow", "col", "index")}
         n, k = self.out_features, self.in_features
         if keys["crow"] in state_dict or keys["col"] in state_dict:  # versions 1 and 3
@@ -209,25 +238,34 @@ class CSRLinear(CompressedLinear):
         elif keys["index"] in state_dict:  # version 2
             names = (keys["index"],)
         else:
-            missing_keys.extend([keys["crow"], keys["col"]])
-            return
-        # the base class knows only the persistent buffers: these keys are handled here
-        unexpected_keys[:] = [key for key in unexpected_keys if key not in names]
+            names = (keys["crow"], keys["col"])
         missing = [key for key in names if key not in state_dict]
-        if missing or prefix + "values" not in state_dict:
-            missing_keys.extend(missing)  # values: the base class has reported it
-            return
-        if len(names) == 1:
-            crow, col = csr_format.decode_v2_index(state_dict[keys["index"]], n, k, label, keys["index"])
-            names = (f"{keys['index']} (its row pointer)", f"{keys['index']} (its columns)")
-        else:
-            crow, col = state_dict[keys["crow"]], state_dict[keys["col"]]
-        crow, col = crow.detach().cpu(), col.detach().cpu()
-        csr_format.check(crow, col, k, label, n=n, names=names)
-        if col.shape[0] != self.values.numel():
-            raise ValueError(f"{label}: {names[1]} has {col.shape[0]} entries but {prefix}values has "
-                             f"{self.values.numel()}")
-        self.index = ops.csr_pack(crow, col, k).to(self.index.device)
+        index = None
+        if not missing and values is not None:
+            if len(names) == 1:
+                crow, col = csr_format.decode_v2_index(state_dict[keys["index"]], n, k, label, keys["index"])
+                names = (f"{keys['index']} (its row pointer)", f"{keys['index']} (its columns)")
+            else:
+                crow, col = state_dict[keys["crow"]], state_dict[keys["col"]]
+            crow, col = crow.detach().cpu(), col.detach().cpu()
+            csr_format.check(crow, col, k, label, n=n, names=names)
+            if col.shape[0] != values.numel():
+                raise ValueError(f"{label}: {names[1]} has {col.shape[0]} entries but {prefix}values has "
+                                 f"{values.numel()}")
+            index = crow, col
+        if strict and missing:
+            missing_keys.extend(missing)
+            return False
+        if not super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                             unexpected_keys, error_msgs):
+            return False
+        # the base class knows only the persistent buffers: these keys are handled here
+        handled = {key.split(" ")[0] for key in names}
+        unexpected_keys[:] = [key for key in unexpected_keys if key not in handled]
+        missing_keys.extend(missing)
+        if index is not None:
+            self.index = ops.csr_pack(*index, k).to(self.index.device)
+        return True
 
     @classmethod
     def from_float(cls, mod: nn.Linear, config: CSR | None = None, name: str = "",
@@ -238,6 +276,8 @@ class CSRLinear(CompressedLinear):
         label = name or "CSRLinear.from_float"
         if not isinstance(mod, nn.Linear):
             raise TypeError(f"{label}: expected nn.Linear, got {type(mod).__name__}")
+        if (skeleton := meta_skeleton(cls, mod, config)) is not None:
+            return skeleton
         w = mod.weight.detach()
         if not torch.isfinite(w).all():
             raise ValueError(f"{label}: weight holds NaN/Inf values")
@@ -299,8 +339,8 @@ def _convert_sparse24(mod: nn.Linear, config: Sparse24, name: str, calibration=N
 
 def _prepare_csr(config: CSR, layers) -> dict:
     """CSR(scope="global"): {name: the one magnitude threshold over every layer converted with config}."""
-    if config.scope != "global" or config.sparsity is None:
-        return {}
+    if config.scope != "global" or config.sparsity is None or any(on_meta(m) for _, m in layers):
+        return {}  # meta layers become skeletons: no values, no threshold
     unique = {id(m): m.weight for _, m in layers}  # a layer reachable under two names counts once
     threshold = global_threshold(list(unique.values()), config.sparsity)
     return {name: threshold for name, _ in layers}

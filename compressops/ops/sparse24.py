@@ -42,7 +42,8 @@ def sparse24_pack(values: Tensor, meta: Tensor, in_features: int) -> Tensor:
 
     Args:
         values: float32, bfloat16 or int8 [N, Kp/2] (Kp = K rounded up to 4), from
-            compressops.formats.sparse24.compress (and quantize_values for int8).
+            compressops.formats.sparse24.compress (and quantize_values for int8: in [-127, 127],
+            -128 raises).
         meta: uint8 [N, ceil(Kp/8)] positions (bit order in compressops/formats/sparse24.py).
         in_features: K, in [1, 2^31) (at most 262144 with int8 values).
     Returns:

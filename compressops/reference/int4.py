@@ -18,8 +18,9 @@ def int4_quantize_activation(x: torch.Tensor, group_size: int, k_pad: int | None
     """The W4A8 activation step of int4_linear, per row and group of `group_size` columns.
 
     amax = max|x| over the group's real columns; scale = amax / 127 (float32 true division);
-    q = round_half_even(clamp(x * (127 / amax), -127, 127)). amax 0 -> scale 0 and q 0; a group
-    holding NaN/Inf -> scale NaN, q 0. Columns k..k_pad are q 0.
+    q = round_half_even(clamp(x * (127 / amax), -127, 127)). A group whose 127 / amax is not finite
+    in float32 (amax 0, or amax below about 3.7e-37) -> scale 0 and q 0; a group holding NaN/Inf ->
+    scale NaN, q 0. Columns k..k_pad are q 0.
     Returns (q int8 [M, k_pad], scale float32 [M, G], corr float32 [M, G] = scale * float(sum q)).
     """
     xf = x.reshape(-1, x.shape[-1]).float()
@@ -31,10 +32,11 @@ def int4_quantize_activation(x: torch.Tensor, group_size: int, k_pad: int | None
     xg = xp.view(m, g, group_size)
     amax = xg.abs().amax(dim=-1)
     finite = torch.isfinite(xg).all(dim=-1)
-    usable = finite & (amax > 0)
-    safe = torch.where(usable, amax, torch.ones_like(amax))
-    scale = torch.where(finite, torch.div(amax, torch.full_like(amax, 127.0)), torch.full_like(amax, float("nan")))
-    inv = torch.where(usable, torch.div(torch.full_like(safe, 127.0), safe), torch.zeros_like(safe))
+    inv = torch.div(torch.full_like(amax, 127.0), amax)  # inf for amax 0 and for tiny amax
+    usable = finite & torch.isfinite(inv)
+    inv = torch.where(usable, inv, torch.zeros_like(inv))
+    scale = torch.where(usable, torch.div(amax, torch.full_like(amax, 127.0)),
+                        torch.where(finite, torch.zeros_like(amax), torch.full_like(amax, float("nan"))))
     v = torch.where(usable.unsqueeze(-1), xg * inv.unsqueeze(-1), torch.zeros_like(xg))
     q = v.clamp(-127.0, 127.0).round()
     corr = torch.where(finite, scale * q.sum(dim=-1), scale)

@@ -2,7 +2,7 @@
 
 It reads the same pack as the CPU kernels (compressops/formats/csr.py): int64 row pointers and
 16-bit (K <= 65536) or 32-bit column indices after the shared header, with the values alongside;
-check_linear has checked the header and the row pointer, the columns are trusted by construction. Each
+check_linear has checked the header, the row pointer and the columns. Each
 program walks its output channel's nonzeros in chunks, gathers the matching activation columns for
 a block of input rows and accumulates value * x in float32, then adds the bias.
 """
@@ -43,7 +43,7 @@ def _csr_linear_kernel(x_ptr, rowptr_ptr, col_ptr, val_ptr, b_ptr, y_ptr, M, N, 
 
 def csr_linear(x, packed, values, bias=None, out_dtype=None):
     """compressops::csr_linear on CUDA: x float [..., K] -> [..., N] (see compressops.ops.csr_linear)."""
-    # two device-to-host syncs: the 64-byte header and the row pointer check
+    # three device-to-host syncs: the 64-byte header, the row pointer check and the column check
     n, k, out_t, h = csr_format.check_linear("csr_linear", x, packed, values, bias, out_dtype)
     rowptr, cols = csr_format.index_views(packed, h)
     if h.col_bytes == 2:

@@ -9,12 +9,14 @@
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
 #include "dense_route.h"
 #include "dispatch.h"
 #include "kernels/csr/policy.h"
 #include "kernel_record.h"
+#include "kernels/csr/columns.h"
 #include "kernels/csr/kernel.h"
 #include "pack_tensor.h"
 
@@ -98,9 +100,8 @@ struct CsrPack {
 
 // The header of `packed`, every field and the shape checked against what N, K and nnz imply
 // (pack_tensor.h), then the row pointer (O(N)): so every nonzero index a kernel walks lies in
-// [0, nnz), inside the columns and the values. The columns themselves are trusted by
-// construction (compressops/formats/csr.py says why). Same checks and messages as
-// formats/csr.py read_header.
+// [0, nnz), inside the columns and the values. The columns are checked later, by the pass that
+// first reads them (raise_bad_columns). Same checks and messages as formats/csr.py read_header.
 CsrPack read_pack(const at::Tensor& packed, const char* op) {
   const PackReader reader{op, "packed", "csr_pack"};
   const PackHeader h = read_pack_tensor(packed, kTag, kVersion, reader, 2);
@@ -118,6 +119,12 @@ CsrPack read_pack(const at::Tensor& packed, const char* op) {
   TORCH_CHECK_VALUE(ok, who, "'s row pointer is corrupt (it must start at 0, never decrease and end at nnz = ", nnz,
                     "); repack it with compressops.ops.csr_pack");
   return {h.n, h.k, nnz, static_cast<int>(cb), rowptr, base + 8 * (h.n + 1)};
+}
+
+// The error of a pack with a column outside [0, K) (formats/csr.py check_linear's last check).
+[[noreturn]] void raise_bad_columns(const char* op, int64_t k) {
+  TORCH_CHECK_VALUE(false, op, ": packed holds a column outside [0, K) = [0, ", k,
+                    ") (its column bytes are corrupt); repack it with compressops.ops.csr_pack");
 }
 
 // Every level's batch chunks fit the transposed kernels' staging tile.
@@ -140,11 +147,16 @@ bool csr_prefer_dense(const CsrPolicy& policy, int64_t m, int64_t n, int64_t k, 
 }
 
 // Rows [n0, n1) of the dense fp32 weight [n, k] (row stride k); duplicate columns add up, as in
-// the reference.
+// the reference. Each task checks its rows' columns before it writes: one outside [0, k) sets
+// `bad_columns` and the task writes nothing.
 template <typename V>
 void decode_rows(const int64_t* rowptr, const uint8_t* cols, int col_bytes, const V* values, int64_t k, int64_t n0,
-                 int64_t n1, int64_t grain, float* dst) {
+                 int64_t n1, int64_t grain, float* dst, std::atomic<bool>& bad_columns) {
   at::parallel_for(n0, n1, grain, [&](int64_t b, int64_t e) {
+    if (!kernels::columns_in_range(cols, col_bytes, k, rowptr[b], rowptr[e])) {
+      bad_columns = true;
+      return;
+    }
     for (int64_t r = b; r < e; ++r) {
       float* w = dst + (r - n0) * k;
       std::memset(w, 0, sizeof(float) * k);
@@ -180,6 +192,10 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
   at::Tensor out = at::empty({m, n}, x.options().dtype(at::kFloat));
   const int64_t* rowptr = pack.rowptr;
   const uint8_t* cols = pack.cols;
+  // The kernels (and the dense route's decode) check each task's columns as they first read them,
+  // so the check costs no pass of its own; an empty batch runs no kernel and checks them here.
+  std::atomic<bool> bad_columns{false};
+  if (m == 0 && !kernels::columns_in_range(cols, pack.col_bytes, k, 0, nnz)) raise_bad_columns(op, k);
   if (m > 0) {
     CsrParams p{};
     p.rowptr = rowptr;
@@ -203,14 +219,15 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
       if (p.values_bf16) {
         const c10::BFloat16* v = vals.data_ptr<c10::BFloat16>();
         dense_route_linear(x2, n, k, b, out, [&](int64_t n0, int64_t n1, float* dst) {
-          decode_rows(rowptr, cols, cb, v, k, n0, n1, grain, dst);
+          decode_rows(rowptr, cols, cb, v, k, n0, n1, grain, dst, bad_columns);
         });
       } else {
         const float* v = vals.data_ptr<float>();
         dense_route_linear(x2, n, k, b, out, [&](int64_t n0, int64_t n1, float* dst) {
-          decode_rows(rowptr, cols, cb, v, k, n0, n1, grain, dst);
+          decode_rows(rowptr, cols, cb, v, k, n0, n1, grain, dst, bad_columns);
         });
       }
+      if (bad_columns) raise_bad_columns(op, k);
       record_kernel_route(op, "dense");
     } else {
       record_kernel_isa(op, level);
@@ -237,6 +254,7 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
       at::Tensor xt;
       for (int64_t r0 = 0; r0 < m; r0 += chunk) {
         CsrParams pc = p;
+        pc.check_columns = r0 == 0;  // the first chunk checks every row's columns
         pc.m = std::min(chunk, m - r0);
         pc.x = p.x + r0 * p.ldx;
         pc.out = p.out + r0 * p.ldo;
@@ -251,9 +269,10 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
         }
         at::parallel_for(0, pieces, 1, [&](int64_t b0, int64_t e0) {
           for (int64_t t = b0; t < e0; ++t) {
-            if (bounds[t + 1] > bounds[t]) kernel(pc, bounds[t], bounds[t + 1]);
+            if (bounds[t + 1] > bounds[t] && !kernel(pc, bounds[t], bounds[t + 1])) bad_columns = true;
           }
         });
+        if (bad_columns) raise_bad_columns(op, k);
       }
     }
   }

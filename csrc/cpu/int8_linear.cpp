@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -94,6 +95,8 @@ std::optional<float> checked_act_scale(const std::optional<at::Tensor>& act_scal
   // Converted as Python converts it (.float(): a double beyond float's range becomes inf, no error).
   const float s = act_scale->to(at::kFloat).item<float>();
   TORCH_CHECK_VALUE(std::isfinite(s) && s > 0.0f, op, ": act_scale must be finite and positive, got ", py_g(s));
+  TORCH_CHECK_VALUE(s >= std::numeric_limits<float>::min(), op,
+                    ": act_scale must be at least 2^-126 (1 / act_scale overflows float32 below it), got ", py_g(s));
   return s;
 }
 

@@ -110,6 +110,9 @@ at::Tensor sparse24_pack_cpu(const at::Tensor& values, const at::Tensor& meta, i
   TORCH_CHECK_VALUE(meta.scalar_type() == at::kByte && meta.dim() == 2 && meta.size(0) == n && meta.size(1) == mb, op,
                     ": meta must be uint8 of shape [N, ", mb, "] = [", n, ", ", mb, "], got ",
                     py_dtype(meta.scalar_type()), " ", py_shape(meta.sizes()));
+  // The int8 kernels and the dense route's int8 GEMM assume symmetric int8 (formats/sparse24.py).
+  TORCH_CHECK_VALUE(code != kCodeI8 || !values.eq(-128).any().item<bool>(), op,
+                    ": int8 values must lie in [-127, 127] (symmetric int8), got -128");
   const int64_t vbytes = n * half * value_bytes(code);
   at::Tensor packed = new_pack_tensor(make_pack_header(kTag, kVersion, n, k, pack_fields(k, code)), {n},
                                       kPackHeaderBytes + n * row_bytes(k, code), values.options());

@@ -24,6 +24,9 @@ struct CsrParams {
   float* out;
   int64_t ldo;
   int64_t m, n, k;
+  // Check the columns of the rows a call gets before reading x (the pack's column bytes are not
+  // trusted): the call then returns false, computing nothing, when one lies outside [0, k).
+  int check_columns;
 };
 
 // The host hands the kernels at most this many batch rows at a time (the transposed kernels
@@ -37,7 +40,9 @@ constexpr int64_t kCsrMaxLanes = 64;
 // compressops.formats.csr.compress produces, are what make it fast.
 constexpr int64_t kCsrTileMinMDense = 64;
 
-// Output rows [n_begin, n_end) (the host splits them by nonzero count).
+// Output rows [n_begin, n_end) (the host splits them by nonzero count). Returns false only when
+// check_columns found a column outside [0, k) in those rows (an empty range never does, so the
+// kernel table's probe always accepts).
 using CsrSpmmFn = bool(const CsrParams&, int64_t n_begin, int64_t n_end);
 COMPRESSOPS_DECLARE_KERNEL(csr_spmm, CsrSpmmFn)
 

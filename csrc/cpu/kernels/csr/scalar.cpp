@@ -6,9 +6,9 @@
 namespace compressops::cpu::kernels {
 
 bool COMPRESSOPS_KERNEL(csr_spmm)(const CsrParams& p, int64_t n_begin, int64_t n_end) {
-  for_each_output(p, n_begin, n_end,
-                  [&](const float* x, int64_t j0, int64_t j1) { return dot_scalar(p, x, j0, j1); });
-  return true;
+  return for_each_output(p, n_begin, n_end, [&](const float* x, int64_t j0, int64_t j1, bool check, bool* bad) {
+    return dot_scalar(p, x, j0, j1, check, bad);
+  });
 }
 
 }  // namespace compressops::cpu::kernels

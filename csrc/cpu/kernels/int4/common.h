@@ -35,17 +35,20 @@ inline void store_out(const Int4GemmParams& p, int64_t m, int64_t n, float v) {
 }
 
 // Scale rule of one group (see Int4QuantizeParams). Returns false when the group quantizes to zeros.
+// 127 / amax is inf for amax 0 and also for a tiny amax (below about 3.7e-37): both quantize to
+// zero with scale 0, where an inf reciprocal would turn the group's zeros into NaN (0 * inf).
 inline bool group_scale(float amax, bool nonfinite, float* scale, float* inv) {
   if (nonfinite) {
     *scale = std::numeric_limits<float>::quiet_NaN();
     return false;
   }
-  if (amax == 0.0f) {
+  const float r = 127.0f / amax;
+  if (!std::isfinite(r)) {
     *scale = 0.0f;
     return false;
   }
   *scale = amax / 127.0f;
-  *inv = 127.0f / amax;
+  *inv = r;
   return true;
 }
 

@@ -10,7 +10,8 @@ enum class Int4FloatKind : int { kF32 = 0, kBF16 = 1 };
 
 // Quantize rows of x to int8 per (row, group of group_size k): amax = max |x| over the group's
 // real columns; scale = amax / 127; q = round_half_even(clamp(x * (127 / amax), -127, 127)).
-// amax 0 -> scale 0, q 0; a group holding NaN/Inf -> scale NaN, q 0 (its row's output is NaN).
+// 127 / amax not finite (amax 0, or below about 3.7e-37) -> scale 0, q 0; a group holding NaN/Inf -> scale
+// NaN, q 0 (its row's output is NaN).
 // Writes q [m, k_pad] (zeros in k..k_pad), a_scale [m, groups] and a_corr [m, groups] =
 // scale * float(sum of the group's q) (the zero-point correction term).
 struct Int4QuantizeParams {

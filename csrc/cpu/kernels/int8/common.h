@@ -61,18 +61,21 @@ inline void store_out(const P& p, int64_t m, int64_t n, float v) {
 }
 
 // The dynamic per-row scale rule (see Int8QuantizeParams). Returns false when the row quantizes
-// to all zeros (amax 0: scale 0; NaN/Inf present: scale NaN, so the row's output is NaN).
+// to all zeros (127 / amax not finite, i.e. amax 0 or below about 3.7e-37: scale 0; NaN/Inf
+// present: scale NaN, so the row's output is NaN). An inf reciprocal would map every nonzero to
+// +-127 whatever its size.
 inline bool dynamic_scale(float amax, bool nonfinite, float* scale, float* inv) {
   if (nonfinite) {
     *scale = std::numeric_limits<float>::quiet_NaN();
     return false;
   }
-  if (amax == 0.0f) {
+  const float r = 127.0f / amax;
+  if (!std::isfinite(r)) {
     *scale = 0.0f;
     return false;
   }
   *scale = amax / 127.0f;
-  *inv = 127.0f / amax;
+  *inv = r;
   return true;
 }
 

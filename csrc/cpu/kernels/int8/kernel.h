@@ -10,8 +10,9 @@ namespace compressops::cpu::kernels {
 enum class FloatKind : int { kF32 = 0, kBF16 = 1 };
 
 // Quantize rows of x to symmetric int8 in [-127, 127] (round half to even, NaN -> 0).
-// Dynamic (static_inv == nullptr): per-row scale = amax / 127; a row whose amax is 0 gets
-// scale 0 and q = 0; a row with a non-finite amax gets scale NaN and q = 0, so its output is NaN.
+// Dynamic (static_inv == nullptr): per-row scale = amax / 127; a row whose 127 / amax is not finite
+// (amax 0, or below about 3.7e-37) gets scale 0 and q = 0; a row with a non-finite amax gets scale
+// NaN and q = 0, so its output is NaN.
 // Static: q = clamp(round(x * static_inv[0])), scale = static_scale[0].
 // q rows are k_pad long; the k..k_pad tail is written as zeros.
 struct Int8QuantizeParams {
