@@ -246,9 +246,10 @@ def test_int8_quantize_activation(data):
     act_scale = None
     if data.draw(st.booleans(), label="static"):
         act_scale = torch.tensor(data.draw(st.sampled_from([2.5 / 127, 1.0, 1e-3, 1e-30, 1e30, 1e-40])))
-    ref = reference.int8_quantize_activation(x, act_scale)
+    # 1e-40 is below 2^-126, which both refuse (its reciprocal overflows): the same error from both
+    want = outcome(reference.int8_quantize_activation, x, act_scale)
     for level in levels(data):
-        assert_bits(native(level, ops.int8_quantize_activation, x, act_scale), ref)
+        same_outcome(outcome(native, level, ops.int8_quantize_activation, x, act_scale), want)
 
 
 def int8_layer(data, n, k):
