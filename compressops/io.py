@@ -19,8 +19,9 @@ def save(model: nn.Module, path: str) -> None:
     """Write model.state_dict() (canonical formats only) to `path`, plus which layers are compressed."""
     from safetensors.torch import save_file
 
+    # every name of a module used at several places, as its state_dict keys appear under each
     layers = {name: {"class": type(m).__name__, "config": m.config.to_dict()}
-              for name, m in model.named_modules() if isinstance(m, compressed_types())}
+              for name, m in model.named_modules(remove_duplicate=False) if isinstance(m, compressed_types())}
     state, aliases = _untie(model.state_dict())
     save_file(state, path, metadata={_META_KEY: json.dumps(layers), _ALIASES_KEY: json.dumps(aliases)})
 
@@ -65,27 +66,35 @@ def load(model: nn.Module, path: str, strict: bool = True) -> nn.Module:
 
     with safe_open(path, framework="pt") as f:
         metadata = f.metadata() or {}
-    layers = json.loads(metadata.get(_META_KEY, "{}"))
-    aliases = json.loads(metadata.get(_ALIASES_KEY, "{}"))
+    layers = _metadata(metadata, _META_KEY, path)
+    aliases = _metadata(metadata, _ALIASES_KEY, path)
     classes = {t.__name__: t for t in compressed_types()}
     state = load_file(path)
     for alias, kept in aliases.items():
-        if kept not in state:
+        if not isinstance(kept, str) or kept not in state:
             raise ValueError(f"load: {path} ties {alias!r} to {kept!r}, which the file does not hold")
         state[alias] = state[kept]
-    staged = {}  # name -> the loaded module that will replace model's
+    staged, fresh = {}, {}  # name -> the loaded module that will replace model's; id(old) -> it
     for name, info in layers.items():
-        cls = classes.get(info["class"])
-        if cls is None:
-            raise ValueError(f"load: {path} stores layer {name!r} as {info['class']}, which is no registered "
-                             f"compressed module (known: {', '.join(sorted(classes))})")
-        staged[name] = _fresh_layer(model.get_submodule(name), cls, config_from_dict(info["config"]))
-    # compressed layers the file stores no format for load through the same off-model path
-    for name, mod in model.named_modules():
-        if isinstance(mod, compressed_types()) and name not in staged:
-            staged[name] = copy.deepcopy(mod)
+        cls, config = _layer_format(info, name, classes, path)
+        old = _submodule(model, name, path)
+        if id(old) not in fresh:
+            fresh[id(old)] = _fresh_layer(old, cls, config, name, path)
+        staged[name] = fresh[id(old)]
+    # a module used at several places is replaced at each (a file that names only one of them
+    # included); compressed layers the file stores no format for load through the same off-model path
+    for name, mod in model.named_modules(remove_duplicate=False):
+        if name in staged:
+            continue
+        if id(mod) in fresh:
+            staged[name] = fresh[id(mod)]
+        elif isinstance(mod, compressed_types()):
+            staged[name] = fresh[id(mod)] = copy.deepcopy(mod)
+    loaded = set()
     for name, new in staged.items():
-        _load_off_model(new, name, {k: v for k, v in state.items() if _under(k, name)}, strict)
+        if id(new) not in loaded:  # a shared module loads once, from its first name's entries
+            loaded.add(id(new))
+            _load_off_model(new, name, {k: v for k, v in state.items() if _under(k, name)}, strict)
     rest = {k: v for k, v in state.items() if not any(_under(k, name) for name in staged)}
     _check_rest(model, staged, rest, strict)
     for name, new in staged.items():  # commit: nothing below can fail on what was checked above
@@ -99,7 +108,43 @@ def _under(key: str, name: str) -> bool:
     return key.startswith(name + ".") if name else True
 
 
-def _fresh_layer(old: nn.Module, cls: type, config) -> nn.Module:
+def _metadata(metadata: dict, key: str, path: str) -> dict:
+    """The JSON object stored under `key` in a file's metadata ({} when absent)."""
+    try:
+        value = json.loads(metadata.get(key, "{}"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"load: {path}: the {key} metadata is not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"load: {path}: the {key} metadata must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _layer_format(info, name: str, classes: dict, path: str) -> tuple[type, object]:
+    """(compressed module class, config) of a layer's metadata entry {"class": ..., "config": {...}}."""
+    if not (isinstance(info, dict) and isinstance(info.get("class"), str) and isinstance(info.get("config"), dict)):
+        raise ValueError(f"load: {path} describes layer {name!r} as {info!r}; expected "
+                         f'{{"class": <compressed module class>, "config": {{"format": ..., ...}}}}')
+    cls = classes.get(info["class"])
+    if cls is None:
+        raise ValueError(f"load: {path} stores layer {name!r} as {info['class']}, which is no registered "
+                         f"compressed module (known: {', '.join(sorted(classes))})")
+    try:
+        config = config_from_dict(info["config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"load: {path} stores layer {name!r} with an invalid config {info['config']!r}: {e}") from None
+    return cls, config
+
+
+def _submodule(model: nn.Module, name: str, path: str) -> nn.Module:
+    """model's submodule `name`, or a ValueError saying the file does not fit the model."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"load: {path} stores layer {name!r}, which {type(model).__name__} does not have "
+                         f"(is it the model the file was saved from?)") from None
+
+
+def _fresh_layer(old: nn.Module, cls: type, config, name: str, path: str) -> nn.Module:
     """A new `cls` module with `config`, shaped like `old`, to load into (old itself is not touched).
 
     The file's config wins: a layer compressed otherwise (another class or config) is rebuilt from
@@ -109,6 +154,9 @@ def _fresh_layer(old: nn.Module, cls: type, config) -> nn.Module:
         return copy.deepcopy(old)
     if isinstance(old, compressed_types()):
         old = old.to_float()
+    if not isinstance(old, cls.float_type):
+        raise ValueError(f"load: {path} stores layer {name!r} as {cls.__name__}, which replaces a "
+                         f"{cls.float_type.__name__}, but the model holds a {type(old).__name__} there")
     return cls.skeleton(old, config)
 
 

@@ -262,3 +262,76 @@ def test_a_failed_co_load_into_a_converted_model_leaves_it_as_it_was(tmp_path):
     with pytest.raises(RuntimeError, match=r"mismatch for 2.bias"):
         co.load(target, str(path))
     assert all(a is b for a, b in zip(target.modules(), layers, strict=True))
+
+
+def _int8_mlp_file(tmp_path):
+    m = co.convert(nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4)), co.Int8())
+    path = tmp_path / "mlp.safetensors"
+    co.save(m, str(path))
+    return m, path
+
+
+def _rewrite_metadata(path, **metadata):
+    """Write the file again with some metadata entries replaced (the tensors unchanged)."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    meta.update(metadata)
+    save_file(load_file(str(path)), str(path), metadata=meta)
+
+
+def _float_mlp():
+    return nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))
+
+
+@pytest.mark.parametrize("layers, message", [
+    ("{not json", "metadata is not valid JSON"),
+    ("[1, 2]", "metadata must be a JSON object, got list"),
+    ('{"0": {"config": {"format": "int8", "act": "dynamic"}}}', "describes layer '0' as"),
+    ('{"0": {"class": "Int8Linear"}}', "describes layer '0' as"),
+    ('{"0": {"class": "Int8Linear", "config": {"act": "dynamic"}}}', "a config dict needs a 'format' key"),
+    ('{"0": {"class": "Int8Linear", "config": {"format": "int8", "nope": 1}}}', "invalid config"),
+    ('{"5": {"class": "Int8Linear", "config": {"format": "int8", "act": "dynamic"}}}',
+     "stores layer '5', which Sequential does not have"),
+    ('{"1": {"class": "Int8Linear", "config": {"format": "int8", "act": "dynamic"}}}',
+     "as Int8Linear, which replaces a Linear, but the model holds a ReLU there"),
+    ('{"0": {"class": "BinaryConv2d", "config": {"format": "binary"}}}',
+     "as BinaryConv2d, which replaces a Conv2d, but the model holds a Linear there"),
+])
+def test_a_file_whose_layer_metadata_lies_raises_a_value_error(tmp_path, layers, message):
+    """Found by the fuzz target: KeyError, AttributeError from corrupt metadata; now ValueErrors that say
+    what is wrong, and the model is left as it was."""
+    _, path = _int8_mlp_file(tmp_path)
+    _rewrite_metadata(path, compressops_layers=layers)
+    model = _float_mlp()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        co.load(model, str(path))
+    assert all(type(m) in (nn.Linear, nn.ReLU) for m in model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_aliases_metadata_that_is_not_an_object_raises(tmp_path):
+    _, path = _int8_mlp_file(tmp_path)
+    _rewrite_metadata(path, compressops_aliases='"0.weight"')
+    with pytest.raises(ValueError, match="compressops_aliases metadata must be a JSON object"):
+        co.load(_float_mlp(), str(path))
+
+
+def test_one_module_at_two_places_saves_and_loads(tmp_path):
+    """A layer used twice (weight sharing across depth) is listed under both names and comes back as one
+    module at both places; a file that names only the first place loads the same."""
+    lin = nn.Linear(8, 8)
+    model = co.convert(nn.Sequential(lin, nn.ReLU(), lin), co.Int8())
+    assert model[0] is model[2]
+    path = tmp_path / "shared.safetensors"
+    co.save(model, str(path))
+    with safe_open(str(path), framework="pt") as f:
+        assert set(json.loads(f.metadata()["compressops_layers"])) == {"0", "2"}
+    x = torch.randn(3, 8)
+    for layers in (None, json.dumps({"0": {"class": "Int8Linear", "config": co.Int8().to_dict()}})):
+        if layers is not None:
+            _rewrite_metadata(path, compressops_layers=layers)
+        shared = nn.Linear(8, 8)
+        fresh = co.load(nn.Sequential(shared, nn.ReLU(), shared), str(path))
+        assert isinstance(fresh[0], co.nn.Int8Linear) and fresh[2] is fresh[0]
+        assert torch.equal(fresh(x), model(x))

@@ -97,9 +97,11 @@ class Config:
         """The config `d` (a to_dict() result) describes, of the class its "format" names.
 
         Raises:
-            ValueError: an unknown format, or one that is not a `cls`.
+            ValueError: no "format" key, an unknown format, or one that is not a `cls`.
         """
         d = dict(d)
+        if "format" not in d:
+            raise ValueError(f"a config dict needs a 'format' key (one of {', '.join(sorted(_FORMATS))}), got {d!r}")
         fmt = d.pop("format")
         klass = _FORMATS.get(fmt)
         if klass is None:

@@ -233,6 +233,8 @@ class BinaryConv2d(_BinaryBase):
         >>> y = b(torch.randn(1, 64, 32, 32))
     """
 
+    float_type = nn.Conv2d  # the float module it replaces (compressops.load checks the model holds one)
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True, *,
                  scale: str = "channel", binarize_activations: bool = True, device=None):
         super().__init__()
@@ -397,6 +399,8 @@ class BinaryLinear(_BinaryBase):
     any). In memory: the pack `weight_packed` (W1A1) or the float32 +-1 `weight_signs` [out, in]
     (W1A32), as BinaryConv2d.
     """
+
+    float_type = nn.Linear  # the float module it replaces (compressops.load checks the model holds one)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, scale: str = "channel",
                  binarize_activations: bool = True, device=None):

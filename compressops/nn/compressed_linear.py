@@ -71,6 +71,7 @@ class CompressedLinear(nn.Module):
     dtype (a format fixes its scales and bias at float32; a cast would silently change the layer).
     """
 
+    float_type = nn.Linear  # the float module it replaces (compressops.load checks the model holds one)
     _fixed_dtype: tuple[str, ...] = ("bias",)
     # {stored tensor: lower bound} checked on load: NaN/Inf always refused, a float bound b also
     # refuses values below b (None: finite only). What each format's quantizer can produce.
