@@ -557,6 +557,81 @@ def test_header_describing_more_than_2_62_bytes_raises_before_any_size_arithmeti
                      r"\[2147483647, 1, 1, 268435457\]", native), native
 
 
+def _pad_case(kind, c):
+    """A small conv (OC=5, 3x3) or linear (OUT=5) layer with C input channels: its weight bits, pack,
+    x_packed and the ops that take them, as (name, native, reference, extra args)."""
+    if kind == "conv":
+        _, bits, packed, alpha, b = make_conv(c, 5, 3)
+        xp = ops.binary_pack_activation(randn_nonzero(2, c, 4, 5))
+        calls = [(op, getattr(ops, op), getattr(reference, op), ((1, 1), (1, 1)))
+                 for op in ("binary_conv2d", "binary_conv2d_packed")]
+    else:
+        _, bits, packed, alpha, b = make_linear(c, 5)
+        xp = ops.binary_pack_activation(randn_nonzero(2, 3, c))
+        calls = [("binary_linear", ops.binary_linear, reference.binary_linear, ())]
+    return bits, packed, xp, alpha, b, calls
+
+
+def _with_pad_bit(bits, packed, row, bit):
+    """A copy of `packed` with `bit` (0..63) also set in the last word of tap row `row` (tampered)."""
+    cw = bits.shape[-1]
+    word = int(bits.reshape(-1, cw)[row, -1]) | (1 << bit)
+    word = word - 2**64 if word >= 2**63 else word
+    return tampered(packed, 64 + 8 * (row * cw + cw - 1), "<q", word)
+
+
+@requires_native
+@pytest.mark.parametrize("level", isa_params())
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_pad_bits_set_in_w_packed_or_x_packed_raise_the_same_error_everywhere(level, kind):
+    """A pack edited after packing or an x_packed built by hand with a channel padding bit set: the
+    kernels would count it (XOR of whole words), so every compute op refuses it, naming the argument."""
+    c = 66  # last word: channels 64, 65 real, bits 2..63 padding
+    bits, packed, xp, alpha, b, calls = _pad_case(kind, c)
+    rows = bits.numel() // bits.shape[-1]
+    bad_w = {"first bit, last tap": _with_pad_bit(bits, packed, rows - 1, 2),
+             "top bit, middle tap": _with_pad_bit(bits, packed, rows // 2, 63)}
+    bad_x = {"one pixel": xp.clone(), "non-contiguous": xp.clone()}
+    bad_x["one pixel"].view(-1, 2)[-1, -1] |= 1 << 5
+    bad_x["non-contiguous"].view(-1, 2)[1, -1] |= -(2**63)  # the second row's top bit
+    bad_x["non-contiguous"] = bad_x["non-contiguous"].transpose(0, -2)
+    assert not bad_x["non-contiguous"].is_contiguous()
+    cases = [(f"w_packed {name}", (xp, w), "w_packed") for name, w in bad_w.items()]
+    cases += [(f"x_packed {name}", (x, packed), "x_packed") for name, x in bad_x.items()]
+    # both dirty: the pack is named first, as the other checks order them
+    cases.append(("both", (bad_x["one pixel"], bad_w["first bit, last tap"]), "w_packed"))
+    for name, (x, w), arg in cases:
+        x0, w0 = x.clone(), w.clone()
+        for op, native_fn, ref_fn, extra in calls:
+            def native(*args, native_fn=native_fn):
+                with co.cpu_isa(level):
+                    return native_fn(*args)
+
+            got, want = call_both(native, ref_fn, x, w, alpha, b, *extra)
+            assert got == want, (name, op)
+            assert got == (f"{op}: {arg} has bits set past in_channels={c} in its last word; the channel padding "
+                           f"bits must be 0"), (name, got)
+        assert torch.equal(x, x0) and torch.equal(w, w0)
+
+
+@requires_native
+@pytest.mark.parametrize("level", isa_params())
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_every_bit_of_a_real_channel_in_the_last_word_is_accepted(level, kind):
+    """No false positive: C = 66 with the last real channel's bit set, and C = 128 with every bit of the
+    last word set (all real channels), run and agree with the reference."""
+    for c, bit_sets in ((66, [1]), (128, range(64))):
+        bits, _, xp, alpha, b, calls = _pad_case(kind, c)
+        for bit in bit_sets:
+            bits[..., -1] |= 1 << bit if bit < 63 else -(2**63)
+            xp[..., -1] |= 1 << bit if bit < 63 else -(2**63)
+        packed = ops.binary_pack_weight(bits, c)
+        for op, native_fn, ref_fn, extra in calls:
+            with co.cpu_isa(level):
+                y = native_fn(xp, packed, alpha, b, *extra)
+            assert torch.equal(y, ref_fn(xp, packed, alpha, b, *extra)), (c, op)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_kernels_bit_exact():
     if "CUDA" not in ops.native_kernels("binary_conv2d"):

@@ -29,8 +29,9 @@ holds zero_pack() until it loads a state dict.
 Activations are binarized at run time with the same rule (x >= 0 -> bit 1, so sign(0) = +1 and
 NaN -> -1) and packed channels-last: [N, H, W, CW] int64 (conv) or [..., CW] (linear), channel
 padding bits 0. The kernels rely on those pad bits being 0 in both operands (their XOR is then 0,
-so they never count); binary_pack_activation always writes them as 0 and binary_pack_weight refuses
-weight_bits whose pad bits are not.
+so they never count); binary_pack_activation always writes them as 0, binary_pack_weight refuses
+weight_bits whose pad bits are not, and the compute ops refuse a w_packed or x_packed with a pad bit
+set (a pack edited after packing, an activation built by hand), reading only the last word of each row.
 
 The layer computes, for every output position,
     y = alpha * (matches - mismatches) + bias = alpha * (valid_bits - 2 * popcount(x XOR w)) + bias
@@ -178,11 +179,25 @@ def check_pack_weight(weight_bits: torch.Tensor, in_channels: int, op: str = _PA
                                               f"{_dims(weight_bits.shape)}")
     torch._check_value(weight_bits.shape[0] < pack_header.MAX_DIM,
                        lambda: f"{op}: weight_bits needs OC < 2^31, got {_dims(weight_bits.shape)}")
-    if c % WORD_BITS and not is_fake(weight_bits):
-        # Arithmetic shift: a set top bit leaves a negative word, still nonzero.
-        if bool(((weight_bits[..., -1] >> (c % WORD_BITS)) != 0).any()):
-            raise ValueError(f"{op}: weight_bits has bits set past in_channels={c} in its last word; the channel "
-                             f"padding bits must be 0")
+    check_pad_bits(weight_bits, c, "weight_bits", op)
+
+
+def check_pad_bits(bits: torch.Tensor, in_channels: int, name: str, op: str) -> None:
+    """The channel padding bits of `bits` (int64 [..., CW]: the bits of channels >= in_channels in
+    the last word of each row) must be 0: the kernels XOR and count whole words, so a set pad bit in
+    either operand changes the result. Reads the last words only; skipped on fake tensors, and when
+    in_channels is a multiple of 64 (there are no pad bits).
+
+    Raises:
+        ValueError naming `op` and `name`.
+    """
+    shift = in_channels % WORD_BITS
+    if not shift or is_fake(bits):
+        return
+    # Arithmetic shift: a set top bit leaves a negative word, still nonzero.
+    if bool(((bits[..., -1] >> shift) != 0).any()):
+        raise ValueError(f"{op}: {name} has bits set past in_channels={in_channels} in its last word; the channel "
+                         f"padding bits must be 0")
 
 
 def pack_weight(weight_bits: torch.Tensor, in_channels: int) -> torch.Tensor:
@@ -270,8 +285,9 @@ def check_pack_activation(x: torch.Tensor, op: str = "binary_pack_activation") -
 def _read_operands(op: str, x_packed: torch.Tensor, w_packed: torch.Tensor, alpha: torch.Tensor,
                    bias: torch.Tensor | None, conv: bool) -> PackInfo:
     """The checks binary_conv2d, binary_conv2d_packed and binary_linear share: the pack, then
-    x_packed (int64, [N, H, W, CW] or [..., CW] with CW from the pack's K), alpha float32 [OC] and
-    bias [OC]. On fake tensors C is 0 (unknown) and CW is x_packed's."""
+    x_packed (int64, [N, H, W, CW] or [..., CW] with CW from the pack's K), alpha float32 [OC],
+    bias [OC], then the pad bits of w_packed and x_packed. On fake tensors C is 0 (unknown) and CW
+    is x_packed's."""
     check_devices(op, "x_packed", x_packed, {"w_packed": w_packed, "alpha": alpha, "bias": bias})
     r = pack_header.Reader(op, "w_packed", _PACK_OP)
     if is_fake(w_packed):
@@ -290,6 +306,9 @@ def _read_operands(op: str, x_packed: torch.Tensor, w_packed: torch.Tensor, alph
     torch._check_value(ok, lambda: f"{op}: alpha must be float32 of shape [{p.n}], got {alpha.dtype} "
                                    f"{_dims(alpha.shape)}")
     check_bias(bias, p.n, op, shape="[{n}]")
+    if not is_fake(w_packed):
+        check_pad_bits(unpack_weight(w_packed, op, conv), p.c, "w_packed", op)
+    check_pad_bits(x_packed, p.c, "x_packed", op)
     return p
 
 

@@ -69,6 +69,35 @@ inline BinaryPack read_pack(const at::Tensor& packed, const char* op, bool conv)
   return p;
 }
 
+// The channel padding bits of `bits` (int64 [..., CW]: those of channels >= c in the last word of each
+// row) must be 0, since the kernels XOR and count whole words (formats/binary.py check_pad_bits). Reads
+// the last words only: a plain loop over a contiguous CPU tensor (per compute call, so no tensor ops),
+// else tensor ops on whatever device `bits` is (on CUDA that waits for the device).
+inline void check_pad_bits(const at::Tensor& bits, int64_t c, const char* name, const char* op) {
+  const int shift = static_cast<int>(c % 64);
+  if (shift == 0 || bits.numel() == 0) return;
+  const int64_t cw = bits.size(-1);
+  bool dirty = false;
+  if (bits.is_cpu() && bits.is_contiguous()) {
+    const auto* words = reinterpret_cast<const uint64_t*>(bits.const_data_ptr<int64_t>());
+    const int64_t rows = bits.numel() / cw;
+    uint64_t any = 0;
+    for (int64_t r = 0; r < rows; ++r) any |= words[r * cw + cw - 1];
+    dirty = (any >> shift) != 0;
+  } else {
+    // Arithmetic shift: a set top bit leaves a negative word, still nonzero.
+    dirty = at::bitwise_right_shift(bits.select(-1, cw - 1), shift).ne(0).any().item<bool>();
+  }
+  TORCH_CHECK_VALUE(!dirty, op, ": ", name, " has bits set past in_channels=", c,
+                    " in its last word; the channel padding bits must be 0");
+}
+
+// A pack's weight words as int64 [OC * KH * KW, CW], on the pack's device (a view, no copy).
+inline at::Tensor weight_words(const BinaryPack& p) {
+  return at::from_blob(const_cast<uint64_t*>(p.words), {p.n * p.kh * p.kw, p.cw},
+                       p.storage.options().dtype(at::kLong));
+}
+
 // binary_pack_weight's checks (formats/binary.py check_pack_weight); the pad-bit check reads the
 // last word of every tap, on whatever device weight_bits is.
 inline void check_pack_weight(const at::Tensor& wb, int64_t c, const char* op) {
@@ -82,11 +111,7 @@ inline void check_pack_weight(const at::Tensor& wb, int64_t c, const char* op) {
     TORCH_CHECK_VALUE(wb.size(d) >= 1, op, ": weight_bits needs OC, KH, KW >= 1, got ", cpu::py_shape(wb.sizes()));
   }
   TORCH_CHECK_VALUE(wb.size(0) < kPackMaxDim, op, ": weight_bits needs OC < 2^31, got ", cpu::py_shape(wb.sizes()));
-  if (c % 64 != 0) {
-    const bool dirty = at::bitwise_right_shift(wb.select(-1, cw - 1), c % 64).ne(0).any().item<bool>();
-    TORCH_CHECK_VALUE(!dirty, op, ": weight_bits has bits set past in_channels=", c,
-                      " in its last word; the channel padding bits must be 0");
-  }
+  check_pad_bits(wb, c, "weight_bits", op);
 }
 
 // binary_pack_weight on any device: the header is written on the host and the pack moved whole.
@@ -107,8 +132,9 @@ inline void check_device(const at::Tensor& t, const char* name, const at::Device
                     t.device());
 }
 
-// x_packed (after the pack, whose K gives its word count), alpha and bias, in the order of
-// formats/binary.py _read_operands. Returns alpha and bias as contiguous float32.
+// x_packed (after the pack, whose K gives its word count), alpha and bias, then the pad bits of
+// w_packed and x_packed, in the order of formats/binary.py _read_operands. Returns alpha and bias as
+// contiguous float32.
 struct Operands {
   at::Tensor alpha;
   at::Tensor bias;  // undefined when there is none
@@ -134,6 +160,8 @@ inline Operands check_operands(const at::Tensor& x, const BinaryPack& p, const a
   check_device(p.storage, "w_packed", device, op);
   check_device(alpha, "alpha", device, op);
   if (out.bias.defined()) check_device(out.bias, "bias", device, op);
+  check_pad_bits(weight_words(p), p.c, "w_packed", op);
+  check_pad_bits(x, p.c, "x_packed", op);
   return out;
 }
 
