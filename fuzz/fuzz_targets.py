@@ -42,7 +42,10 @@ try:
 except ImportError:  # the normal test suite runs the one-input functions without atheris
     atheris = None
 
-_imports = atheris.instrument_imports(include=["compressops"]) if atheris else contextlib.nullcontext()
+# Instrumented only when fuzzing: imported by the test suite, the hook would also rewrite the compressops
+# modules imported later in that process (bytecode torch.compile then fails to trace).
+_fuzzing = atheris is not None and __name__ == "__main__"
+_imports = atheris.instrument_imports(include=["compressops"]) if _fuzzing else contextlib.nullcontext()
 with _imports:
     import compressops as co
     from compressops import ops, reference
