@@ -13,8 +13,17 @@ from compressops import ops, reference
 from compressops.formats import csr as fcsr
 from compressops.formats import pack_header
 
-from .helpers import (NON_FINITE, call_both, expected_kernel_level, isa_params, non_finite_x, randn_nonzero,
-                     requires_native, same_non_finite, tampered)
+from .helpers import (
+    NON_FINITE,
+    call_both,
+    expected_kernel_level,
+    isa_params,
+    non_finite_x,
+    randn_nonzero,
+    requires_native,
+    same_non_finite,
+    tampered,
+)
 
 F32_TOL = 1e-5  # relative Frobenius error against the reference (test_ops_sparse.py)
 
