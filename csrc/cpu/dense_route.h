@@ -13,14 +13,15 @@
 namespace compressops::cpu {
 
 // Which route the 2:4 and CSR ops take: "auto" follows each op's rule (its family's policy.h);
-// "kernel" and "dense" force one for every call, except that a call whose x holds a NaN or Inf
-// always takes the dense route: the op computes the dense layer it replaces (x @ W.T + bias with the
-// decoded W, as nn.Linear and the reference), and only the dense product meets the zeros the
-// kernels skip (Inf * 0 = NaN there), so the result must not depend on the route or batch size. The rules are fitted to one CPU; this lets a user
-// on another one (and the tests) pick. COMPRESSOPS_SPARSE_ROUTE=auto|kernel|dense sets it when the
-// process starts (read once, at the first call that asks, like COMPRESSOPS_ISA);
-// set_forced_sparse_route changes it for the whole process, set_thread_sparse_route for the calling
-// thread only (the Python context manager, so contexts in two threads cannot interleave).
+// "kernel" and "dense" force one for every call. The rules are fitted to one CPU; this lets a user
+// on another one (and the tests) pick. Whatever the setting, a float call whose x holds a NaN or Inf
+// takes the dense route (all_finite below): the op computes the dense layer it replaces (x @ W.T +
+// bias with the decoded W, as nn.Linear and the reference), and only the dense product meets the
+// zeros the kernels skip (Inf * 0 = NaN there), so no result depends on the route or batch size.
+// COMPRESSOPS_SPARSE_ROUTE=auto|kernel|dense sets it when the process starts (read once, at the
+// first call that asks, like COMPRESSOPS_ISA); set_forced_sparse_route changes it for the whole
+// process, set_thread_sparse_route for the calling thread only (the Python context manager, so
+// contexts in two threads cannot interleave).
 enum class SparseRoute { kAuto, kKernel, kDense };
 
 // The hot path: a thread-local read and one relaxed atomic load once the environment has been
@@ -45,9 +46,9 @@ constexpr int64_t kDenseRouteBlockBytes = 4 << 20;
 
 // out[m, n] = xf[m, :] . w[n, :] + bias[n], with w never held whole: decode(n0, n1, dst) writes
 // rows [n0, n1) of w as fp32 into dst (row stride kw) and may run in parallel itself.
-// xf: fp32 [m, kw] (rows contiguous); out and bias: fp32 [m, n], contiguous, and [n]. With xf, out
-// and bias in fp64 each decoded block is widened before its GEMM: a product that no float32 sum
-// can overflow (PQ's exact rows, pq_linear.cpp).
+// xf: fp32 [m, kw] (rows contiguous); out: fp32 [m, n], contiguous; bias: fp32 [n]. With xf, out and
+// bias all fp64 each decoded block is widened before its GEMM, whose sums then cannot overflow
+// where float32 ones would (PQ's exact rows, pq_linear.cpp).
 template <typename Decode>
 void dense_route_linear(const at::Tensor& xf, int64_t n, int64_t kw, const std::optional<at::Tensor>& bias,
                         at::Tensor& out, const Decode& decode) {
