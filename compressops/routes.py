@@ -8,6 +8,11 @@ one of ROUTES:
     "kernel"  always the sparse kernel;
     "dense"   always the dense GEMM on the decoded weight.
 
+Whatever the route, a call of sparse24_linear or csr_linear whose x holds a NaN or Inf takes the dense
+route: the op computes the dense layer it replaces, x @ W.T + bias with the decoded W (as nn.Linear
+and the reference), where an Inf meets the zeros the sparse kernel skips (Inf * 0 = NaN), so a result
+never depends on the route or the batch size. (sparse24_int8_linear defines its own NaN rows.)
+
 COMPRESSOPS_SPARSE_ROUTE=auto|kernel|dense sets it when the process starts: the native library reads
 the variable once, at the first sparse call (or the first `current_sparse_route()`), as it reads
 COMPRESSOPS_ISA; changing the environment later has no effect. `set_sparse_route` and the
@@ -65,7 +70,8 @@ def _check_route(route: str) -> None:
 def sparse_route(route: str):
     """Context manager that runs its body with the 2:4 and CSR ops on `route` ("auto", "kernel" or
     "dense") on the calling thread and restores that thread's previous setting after. Other threads
-    keep their route.
+    keep their route. A float op's call whose x holds NaN or Inf takes the dense route even under
+    "kernel" (see the module docstring).
 
     Example:
         >>> with compressops.sparse_route("kernel"):   # the sparse kernel even at large batches

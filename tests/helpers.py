@@ -86,3 +86,25 @@ def tampered(packed, offset, fmt, value):
     raw = struct.pack(fmt, value)
     bad.view(-1)[offset:offset + len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
     return bad
+
+
+NON_FINITE = [pytest.param(v, id=name) for v, name in ((float("inf"), "inf"), (-float("inf"), "-inf"),
+                                                        (float("nan"), "nan"))]
+
+
+def non_finite_x(value: float, m: int, k: int) -> torch.Tensor:
+    """float32 x [m, k] (k >= 6) holding `value` twice in row 0 and once in row m - 1; with m >= 3 the
+    rows between stay finite."""
+    x = randn_nonzero(m, k)
+    x[0, 1] = x[0, k - 2] = value
+    x[m - 1, 5] = value
+    return x
+
+
+def same_non_finite(y: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Asserts y has ref's dtype, shape and non-finite pattern (NaN, +Inf, -Inf); returns the mask of
+    the finite outputs."""
+    assert y.dtype == ref.dtype and y.shape == ref.shape, (y.dtype, ref.dtype, y.shape, ref.shape)
+    for test in (torch.isnan, torch.isposinf, torch.isneginf):
+        assert torch.equal(test(y), test(ref)), f"{test.__name__} pattern differs"
+    return torch.isfinite(ref)

@@ -13,7 +13,17 @@ from compressops import ops, reference
 from compressops.formats import csr as fcsr
 from compressops.formats import pack_header
 
-from .helpers import call_both, expected_kernel_level, isa_params, randn_nonzero, requires_native, tampered
+from .helpers import (
+    NON_FINITE,
+    call_both,
+    expected_kernel_level,
+    isa_params,
+    non_finite_x,
+    randn_nonzero,
+    requires_native,
+    same_non_finite,
+    tampered,
+)
 
 F32_TOL = 1e-5  # relative Frobenius error against the reference (test_ops_sparse.py)
 
@@ -298,3 +308,29 @@ def test_csr_linear_fake_takes_n_from_the_pack_shape():
         fx, fp, fv, fb = (mode.from_tensor(t) for t in (randn_nonzero(4, 5, K), packed, vals, b))
         y = torch.ops.compressops.csr_linear(fx, fp, fv, fb, torch.bfloat16)
     assert tuple(y.shape) == (4, 5, N) and y.dtype == torch.bfloat16
+
+
+@requires_native
+@pytest.mark.parametrize("level", isa_params())
+@pytest.mark.parametrize("route", ["kernel", "auto", "dense"])
+@pytest.mark.parametrize("value", NON_FINITE)
+@pytest.mark.parametrize("m", [1, 20])
+def test_non_finite_x_is_the_dense_product(level, route, value, m):
+    """An Inf or NaN in x gives the reference's pattern on every level, route and batch size: NaN
+    where an Inf meets a zero the kernels skip (row 2 of the weight is empty), so the call takes the
+    dense route; the finite rows stay close."""
+    k, n = 37, 19
+    w = randn_nonzero(n, k)
+    w[2] = 0
+    crow, col, values = fcsr.compress(w, fcsr.magnitude_mask(w, 0.5))
+    packed, b = ops.csr_pack(crow, col, k), randn_nonzero(n)
+    x = non_finite_x(value, m, k)
+    with co.cpu_isa(level), co.sparse_route(route):
+        y = ops.csr_linear(x, packed, values, b)
+        ran = torch.ops.compressops._last_kernel_isa("csr_linear")
+        yb = ops.csr_linear(x.bfloat16(), packed, values.bfloat16(), b)
+    ref = reference.csr_linear(x, packed, values, b)
+    fin = same_non_finite(y, ref)
+    assert ran == "dense" and torch.isnan(y[0, 2])
+    assert relerr(y[fin], ref[fin]) < F32_TOL
+    same_non_finite(yb, reference.csr_linear(x.bfloat16(), packed, values.bfloat16(), b))

@@ -18,8 +18,8 @@ import compressops as co
 from compressops import ops, reference
 from compressops.formats import pq as fpq
 
-from .helpers import (OPCHECK_UTILS, call_both, expected_kernel_level, grad_leaf, isa_params, randn_nonzero,
-                     requires_cuda, requires_native, tampered)
+from .helpers import (NON_FINITE, OPCHECK_UTILS, call_both, expected_kernel_level, grad_leaf, isa_params,
+                     non_finite_x, randn_nonzero, requires_cuda, requires_native, same_non_finite, tampered)
 
 
 # (batch shape, K, N, d, k): M in {0, 1, 3, 8, 64+}, odd K (not a multiple of d) and odd N
@@ -248,6 +248,47 @@ def test_nan_centroid_is_never_dropped(level, k):
     assert torch.isnan(y[hit]).all()
     if k == 256:  # exact tables: only the outputs that read the NaN centroid are NaN
         assert torch.equal(torch.isnan(y), hit)
+
+
+@requires_native
+@pytest.mark.parametrize("level", isa_params())
+@pytest.mark.parametrize("k", [16, 256])
+@pytest.mark.parametrize("value", NON_FINITE)
+@pytest.mark.parametrize("m", [1, 5])
+def test_non_finite_x_gives_the_products_pattern(level, k, value, m):
+    """An Inf or NaN in x gives the reference's +-Inf/NaN pattern (k=16 computes a row whose table
+    cannot be quantized exactly, instead of a row of NaN); the finite rows stay within the bound."""
+    k_in, n, d = 37, 19, 4
+    canon, cb, packed, bias = make_layer(k_in, n, d, k)
+    cb = cb.clone()
+    cb[0, :, 1] = 0  # x[0, 1] = Inf meets a zero in every centroid of subspace 0: NaN, not Inf
+    packed = ops.pq_pack(canon, cb, k_in)
+    x = non_finite_x(value, m, k_in)
+    with co.cpu_isa(level):
+        y = ops.pq_linear(x, packed, bias)
+    ref = reference.pq_linear(x, packed, bias)
+    fin = same_non_finite(y, ref)
+    assert not fin[0].any()
+    if m > 2:
+        assert ((y - ref).abs()[1:-1] <= bound(x[1:-1], cb, canon, k_in, k)).all()
+
+
+@requires_native
+@pytest.mark.parametrize("level", isa_params())
+def test_k16_codebooks_near_float_max(level):
+    """Tables of centroids near float max overflow float32 (or their range does): such rows are
+    computed exactly, giving the reference's Inf and finite outputs, not a row of NaN."""
+    k_in, n, d = 40, 33, 4
+    canon, cb, _, bias = make_layer(k_in, n, d, 16)
+    cb = (torch.rand(cb.shape) * 2 - 1) * 3.0e38
+    packed = ops.pq_pack(canon, cb, k_in)
+    x = randn_nonzero(4, k_in) * torch.tensor([[1.0], [0.3], [1e-2], [1e-30]])
+    with co.cpu_isa(level):
+        y = ops.pq_linear(x, packed, bias)
+    ref = reference.pq_linear(x, packed, bias)
+    fin = same_non_finite(y, ref)
+    assert fin.any() and not fin.all()
+    assert ((y - ref).abs()[fin] <= bound(x, cb, canon, k_in, 16)[fin]).all()
 
 
 # (M, K, N, d, k, route): from M=256 a few output rows with k=256 (or d=1 with k=16) decode the
@@ -479,6 +520,18 @@ for k_in, n, d, k, m in ((37, 20, 4, 16, 2), (40, 9, 8, 256, 1), (70, 33, 2, 256
     x, b = torch.randn(m, k_in), torch.randn(n)
     torch.testing.assert_close(pq_linear(x, p, b), reference.pq_linear(x, p, b),
                                rtol=1e-5, atol=1e-5)
+# NaN/Inf in x and centroids near float max (float32 sums that overflow): the reference's pattern
+for k, scale, v in ((16, 1.0, float("inf")), (256, 1.0, float("nan")), (16, 3e38, 1.0), (256, 3e38, 1.0)):
+    cb = (torch.rand(10, k, 4) * 2 - 1) * scale
+    codes = torch.randint(0, k, (9, 10), dtype=torch.uint8)
+    cb[0, :, 1] = 0
+    p = fpq.pack(fpq.pack_nibbles(codes) if k == 16 else codes, cb, 40)
+    x = torch.randn(3, 40)
+    x[0, 1] = v
+    y, r = pq_linear(x, p), reference.pq_linear(x, p)
+    assert all(torch.equal(t(y), t(r)) for t in (torch.isnan, torch.isposinf, torch.isneginf)), (k, scale, y, r)
+    fin = torch.isfinite(r)
+    torch.testing.assert_close(y[fin], r[fin], rtol=1e-5, atol=1e-5)
 bad = p.clone()
 bad.view(-1)[40] = 3  # subvector_dim: the Triton wrapper reads the header through formats.pq too
 try:

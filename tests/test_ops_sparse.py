@@ -14,8 +14,8 @@ from compressops import ops, reference
 from compressops.formats import csr as fcsr
 from compressops.formats import sparse24 as s24
 
-from .helpers import (NATIVE, OPCHECK_UTILS, call_both, expected_kernel_level, grad_leaf, isa_params,
-                     randn_nonzero, requires_native, tampered)
+from .helpers import (NATIVE, NON_FINITE, OPCHECK_UTILS, call_both, expected_kernel_level, grad_leaf, isa_params,
+                     non_finite_x, randn_nonzero, requires_native, same_non_finite, tampered)
 
 # (batch shape, K, N): M in {0, 1, 3, 8, 64+}, K not a multiple of 4/8/32, batch dims
 SHAPES = [
@@ -129,6 +129,28 @@ def test_sparse24_linear_close_to_reference(level, shape, vdtype, xdtype):
         assert relerr(y, ref) < (F32_TOL if xdtype == torch.float32 else BF16_TOL)
         assert relerr(y32, reference.sparse24_linear(x, packed, b, out_dtype=torch.float32)) < (
             F32_TOL if xdtype == torch.float32 else BF16_TOL)
+
+
+@requires_native
+@pytest.mark.parametrize("level", isa_params())
+@pytest.mark.parametrize("route", ["kernel", "auto", "dense"])
+@pytest.mark.parametrize("value", NON_FINITE)
+@pytest.mark.parametrize("m", [1, 20])
+def test_sparse24_linear_non_finite_x_is_the_dense_product(level, route, value, m):
+    """An Inf or NaN in x gives the reference's pattern on every level, route and batch size: NaN
+    where an Inf meets one of the zeros the kernels skip, so the call takes the dense route; the
+    finite rows stay close."""
+    _, _, packed, b = make24(37, 19)
+    x = non_finite_x(value, m, 37)
+    with co.cpu_isa(level), co.sparse_route(route):
+        y = ops.sparse24_linear(x, packed, b)
+        ran = torch.ops.compressops._last_kernel_isa("sparse24_linear")
+        yb = ops.sparse24_linear(x.bfloat16(), packed, b)
+    ref = reference.sparse24_linear(x, packed, b)
+    fin = same_non_finite(y, ref)
+    assert ran == "dense" and not fin[0].any()
+    assert relerr(y[fin], ref[fin]) < F32_TOL
+    same_non_finite(yb, reference.sparse24_linear(x.bfloat16(), packed, b))
 
 
 @requires_native
@@ -785,6 +807,15 @@ for (m, k, n, bias, out_t) in [(3, 37, 19, True, None), (17, 64, 33, False, torc
     x = torch.randn(2, m, k)
     y, r = sparse24_int8_linear(x, p, sc, b, out_t), reference.sparse24_int8_linear(x, p, sc, b, out_t)
     assert y.shape == r.shape == (2, m, n) and y.dtype == (out_t or x.dtype) and torch.equal(y, r), (m, k, n)
+# NaN/Inf in x: the reference's pattern (NaN where an Inf meets a zero weight), the finite rows close
+for v in (float("inf"), float("nan")):
+    vals, mt = s24.compress(torch.randn(7, 13))
+    p = s24.pack(vals, mt, 13)
+    x = torch.randn(3, 13)
+    x[0, 2] = v
+    y, r = sparse24_linear(x, p), reference.sparse24_linear(x, p)
+    assert all(torch.equal(t(y), t(r)) for t in (torch.isnan, torch.isposinf, torch.isneginf)), (v, y[0], r[0])
+    assert torch.allclose(y[1:], r[1:], rtol=1e-5, atol=1e-5)
 print("TRITON_OK")
 """
 
@@ -832,6 +863,16 @@ for (m, k, n, sp, bias, dt) in [(3, 67, 19, 0.7, True, torch.float32), (2, 40000
     y, yr = csr_linear(x, p, vals, b), reference.csr_linear(x, p, vals, b)
     assert y.shape == yr.shape == (2, m, n) and y.dtype == yr.dtype
     assert torch.allclose(y, yr, rtol=1e-5, atol=1e-4), float((y - yr).abs().max())
+# NaN/Inf in x: the reference's pattern (NaN where an Inf meets a zero the kernel skips), the finite rows close
+for v in (float("inf"), float("nan")):
+    w = torch.randn(7, 13)
+    crow, col, vals = csr.compress(w, csr.magnitude_mask(w, 0.5))
+    p = csr.pack(crow, col, 13)
+    x = torch.randn(3, 13)
+    x[0, 2] = v
+    y, yr = csr_linear(x, p, vals), reference.csr_linear(x, p, vals)
+    assert all(torch.equal(t(y), t(yr)) for t in (torch.isnan, torch.isposinf, torch.isneginf)), (v, y[0], yr[0])
+    assert torch.allclose(y[1:], yr[1:], rtol=1e-5, atol=1e-4)
 print("TRITON_OK")
 """
 

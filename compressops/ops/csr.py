@@ -57,6 +57,8 @@ def csr_linear(x: Tensor, packed: Tensor, values: Tensor, bias: Tensor | None = 
         out_dtype: float32, bfloat16 or float16; default x.dtype.
     Returns:
         (..., N) in out_dtype; float32 accumulation (the sum's order differs between CPU levels).
+        NaN and Inf in x propagate as in x @ W.T (Inf * 0 = NaN at W's zeros): such a call takes the
+        dense route (compressops.routes).
     Gradient:
         x gets grad_out @ W (in x's dtype), W the dense [N, K] weight; bias gets grad_out summed
         over the leading dims. packed and values are frozen (values that require grad raise in the

@@ -60,7 +60,9 @@ def pq_linear(x: Tensor, packed: Tensor, bias: Tensor | None = None, out_dtype: 
         one code looks up all of them with contiguous vector loads).
         k=16: the CPU kernel quantizes each row's table to uint8 (one scale per row, one offset per
         subspace) and sums exactly in integers, so |y - reference| <= S * scale / 2 (plus fp32
-        rounding), scale = max_s (max_c L[s, c] - min_c L[s, c]) / 255 for that input row.
+        rounding), scale = max_s (max_c L[s, c] - min_c L[s, c]) / 255 for that input row. A row whose
+        table cannot be quantized (x holding NaN/Inf, or a table or range beyond float32) is computed
+        exactly, so NaN and Inf come out where x @ W.T has them.
     Gradient:
         x gets grad_out @ W (in x's dtype), W[n] = the codewords C_s[code(n, s)] side by side (for
         k=16 straight-through: the tables' uint8 rounding taken as the identity); bias gets

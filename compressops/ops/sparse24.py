@@ -65,6 +65,8 @@ def sparse24_linear(x: Tensor, packed: Tensor, bias: Tensor | None = None,
         out_dtype: float32, bfloat16 or float16; default x.dtype.
     Returns:
         (..., N) in out_dtype; float32 accumulation (equal to the reference within float rounding).
+        NaN and Inf in x propagate as in x @ W.T (Inf * 0 = NaN at W's zeros): such a call takes the
+        dense route (compressops.routes).
     Gradient:
         x gets grad_out @ W (in x's dtype), W the dense 2:4 weight; bias gets grad_out summed over
         the leading dims. The pack is frozen.

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from ..formats import csr as csr_format
+from ._exact_rows import non_finite_rows, recompute_rows
 
 BM, BJ = 16, 32
 
@@ -46,6 +47,7 @@ def csr_linear(x, packed, values, bias=None, out_dtype=None):
     # three device-to-host syncs: the 64-byte header, the row pointer check and the column check
     n, k, out_t, h = csr_format.check_linear("csr_linear", x, packed, values, bias, out_dtype)
     rowptr, cols = csr_format.index_views(packed, h)
+    cols_k = cols
     if h.col_bytes == 2:
         cols = cols.view(torch.int16)  # the kernel masks each column back to its unsigned 16 bits
     x2 = x.reshape(-1, k).contiguous()
@@ -55,4 +57,6 @@ def csr_linear(x, packed, values, bias=None, out_dtype=None):
         grid = (n, triton.cdiv(m, BM))
         _csr_linear_kernel[grid](x2, rowptr, cols, values, bias if bias is not None else values, y, m, n,
                                  x2.stride(0), COL16=h.col_bytes == 2, HAS_BIAS=bias is not None, BM=BM, BJ=BJ)
+        # the kernel skips the zeros an Inf in x would meet: NaN/Inf rows go to the dense product (_exact_rows)
+        recompute_rows(y, x2, non_finite_rows(x2), lambda: csr_format.to_dense(rowptr, cols_k, values, k), bias)
     return y.to(out_t).reshape(*x.shape[:-1], n)

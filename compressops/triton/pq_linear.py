@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from ..formats import pq as fpq
+from ._exact_rows import recompute_rows
 
 
 @triton.jit
@@ -58,4 +59,9 @@ def pq_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None =
         grid = (m, triton.cdiv(n, block_n))
         _pq_linear_kernel[grid](xp, cb, codes, b, y, n, h.s, h.n_pad, xp.stride(0), y.stride(0), D=h.d, NCENT=h.k,
                                 HAS_BIAS=bias is not None, BLOCK_N=block_n)
+        # Rows whose float32 sums could overflow (or hold NaN/Inf from x) in float64, as the reference's
+        # tables: |sum| <= K * max|x_row| * max|c|, so the kernel's rows below that bound are safe.
+        reach = x2.abs().amax(dim=1).float() * cb.abs().amax().float() * k_in
+        recompute_rows(y, x2, ~torch.isfinite(reach), lambda: fpq.dense_weight("pq_linear", packed), bias,
+                       torch.float64)
     return y.to(out_t).reshape(*x.shape[:-1], n)

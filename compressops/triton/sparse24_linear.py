@@ -13,6 +13,7 @@ import triton.language as tl
 
 from ..formats import int8 as f8
 from ..formats import sparse24 as s24
+from ._exact_rows import non_finite_rows, recompute_rows
 
 
 @triton.jit
@@ -56,6 +57,8 @@ def sparse24_linear(x, packed, bias=None, out_dtype=None):
         grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
         _sparse24_kernel[grid](x2, vals, meta_c, b, out, m, n, k, x2.stride(0), vals.stride(0), meta_c.stride(0),
                                HAS_BIAS=bias is not None, BM=bm, BN=bn, BK=bk)
+        # NaN/Inf rows: the dense product on the decoded weight (_exact_rows), whatever tl.dot does with Inf * 0
+        recompute_rows(out, x2, non_finite_rows(x2), lambda: s24.decompress(vals, meta_c, k), bias)
     return out.to(out_t).reshape(*x.shape[:-1], n)
 
 

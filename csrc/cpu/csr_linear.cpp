@@ -213,7 +213,7 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const a
     p.k = k;
     const auto [fn, level] = kSpmm.select(active_isa(), p);
     const CsrPolicy policy = kernels::csr_policy(level);
-    if (csr_prefer_dense(policy, m, n, k, nnz)) {
+    if (csr_prefer_dense(policy, m, n, k, nnz) || !all_finite(x2)) {  // NaN/Inf: dense_route.h
       const int cb = pack.col_bytes;
       const int64_t grain = policy.decode_grain_rows;
       if (p.values_bf16) {

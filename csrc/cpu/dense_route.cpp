@@ -1,11 +1,14 @@
 // The route setting of the 2:4 and CSR ops (dense_route.h): from the environment once, or as set
-// at run time for the process or the calling thread.
+// at run time for the process or the calling thread; and the finiteness test of x that overrides it.
 #include "dense_route.h"
 
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <iterator>
 
 namespace compressops::cpu {
@@ -64,5 +67,25 @@ SparseRoute parse_sparse_route(const std::string& name) {
 }
 
 const char* sparse_route_name(SparseRoute route) { return kNames[static_cast<int>(route)]; }
+
+bool all_finite(const at::Tensor& xf) {
+  const int64_t count = xf.numel();
+  const float* x = xf.data_ptr<float>();
+  // A value is Inf or NaN exactly when its exponent bits are all ones: the largest masked exponent
+  // of a chunk tells, an integer max the compiler vectorizes (std::isfinite loops do not).
+  constexpr uint32_t kExp = 0x7f800000u;
+  return at::parallel_reduce(
+      0, count, int64_t{1} << 16, true,
+      [&](int64_t b, int64_t e, bool ok) {
+        uint32_t top = 0;
+        for (int64_t i = b; i < e; ++i) {
+          uint32_t bits;
+          std::memcpy(&bits, x + i, sizeof(bits));
+          top = std::max(top, bits & kExp);
+        }
+        return ok && top != kExp;
+      },
+      [](bool a, bool b) { return a && b; });
+}
 
 }  // namespace compressops::cpu

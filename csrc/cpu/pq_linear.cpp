@@ -6,8 +6,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "../common/pq_layout.h"
 #include "dense_route.h"
@@ -145,6 +147,16 @@ void pq_decode_rows(const uint8_t* codes, const float* cb_t, const PqLayout& h, 
   });
 }
 
+// Whether the uint8 scan can stand for a k=16 row whose quantized table has this scale and offset
+// sum (kernels/pq/common.h quantize_tables): the table was finite and the scan's float32
+// reconstruction, scale * (an integer sum of s_pad uint8 entries) + offsum, cannot overflow. A row
+// failing it (x holding NaN/Inf, or codebooks so large that the table's range overflows) is
+// recomputed exactly instead, so the op stays x @ W.T: NaN and Inf where the product has them, not
+// a row of NaN from a table that could not be quantized.
+bool pq16_row_scannable(float scale, float offsum, int64_t s_pad) {
+  return std::isfinite(std::fabs(offsum) + scale * 255.0f * static_cast<float>(s_pad));
+}
+
 at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const std::optional<at::Tensor>& bias,
                          std::optional<at::ScalarType> out_dtype) {
   constexpr const char* op = "pq_linear";
@@ -270,6 +282,21 @@ at::Tensor pq_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const st
     record_kernel_isa(op, level);
     const Scan16Fn scan = fn;
     at::parallel_for(0, n_pad / kPq16BlockRows, 1, [&](int64_t a, int64_t e) { scan(p, a, e); });
+    std::vector<int64_t> exact;
+    for (int64_t r = 0; r < m; ++r) {
+      if (!pq16_row_scannable(qp.scale[r], qp.offsum[r], s_pad)) exact.push_back(r);
+    }
+    if (!exact.empty()) {
+      // in float64, as the reference's tables: no sum of float32 products can overflow there
+      const at::Tensor idx = at::tensor(exact, x.options().dtype(at::kLong));
+      const at::Tensor xd = x2.index_select(0, idx).to(at::kDouble).contiguous();
+      at::Tensor yd = at::empty({xd.size(0), n}, xd.options());
+      std::optional<at::Tensor> bd;
+      if (b) bd = b->to(at::kDouble);
+      dense_route_linear(xd, n, in_features, bd, yd,
+                         [&](int64_t n0, int64_t n1, float* dst) { pq_decode_rows(codes, cb_t, h, n0, n1, dst); });
+      out.narrow(1, 0, n).index_copy_(0, idx, yd.to(at::kFloat));
+    }
   }
   at::Tensor y = out.narrow(1, 0, n);
   y = out_t == at::kFloat && n == n_pad ? y : y.to(out_t).contiguous();

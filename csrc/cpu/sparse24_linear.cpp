@@ -267,7 +267,7 @@ at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& packed, co
     p.kp = c.w.kp;
     const auto [fn, level] = kF.select(active_isa(), p);
     const Sparse24Policy policy = kernels::sparse24_policy(level);
-    if (sparse24_prefer_dense(policy, m, c.w.n, c.w.kp, false)) {
+    if (sparse24_prefer_dense(policy, m, c.w.n, c.w.kp, false) || !all_finite(xf)) {  // NaN/Inf: dense_route.h
       const uint8_t* meta_p = p.meta;
       const int64_t ms = p.meta_stride, kp = c.w.kp, grain = policy.decode_grain_rows;
       if (p.values_bf16) {

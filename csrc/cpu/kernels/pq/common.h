@@ -48,7 +48,8 @@ inline void build_tables(const PqTableParams& p, int64_t u0, int64_t u1) {
 // finite at any Inf/NaN entry; Entries(p, tab, lows, inv, q) writes the uint8 entries of a finite
 // table.
 // Every entry is checked for Inf/NaN (not only each subspace's min and max: a NaN compares false
-// and would slip past them); any non-finite entry makes the row's outputs NaN.
+// and would slip past them); a non-finite table gets offsum NaN, and the host recomputes the row
+// exactly (pq_linear.cpp pq16_row_scannable).
 // Each level's Bounds and Entries must give the scalar ones' results bit for bit: min/max and the
 // range do not depend on the order of the comparisons, offsum is summed here in double in subspace
 // order for every level, and the rounding is round-to-nearest-even then clamping in float, as
@@ -72,7 +73,7 @@ inline void quantize_tables(const PqQuantizeParams& p, int64_t m0, int64_t m1) {
       Entries(p, tab, lows.data(), inv, q);
     }
     p.scale[m] = scale;
-    // a non-finite table (x held Inf/NaN) makes the whole row NaN, as the fp32 product would be
+    // NaN marks a table that cannot be quantized (x held Inf/NaN) for the host's exact recompute
     p.offsum[m] = finite ? static_cast<float>(offsum) : std::nanf("");
   }
 }
