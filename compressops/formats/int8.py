@@ -19,6 +19,12 @@ output shape. All-zero layout bytes are the pack of the all-zero weight (zero bl
 sums), so zero_pack builds it without the pack op. K is at most MAX_K, so int32 sums stay exact.
 csrc/common/int8_layout.h defines the same layout for C++; tests check both packers agree byte
 for byte.
+
+What the ops check on every call is what memory safety needs: the header against N, K and the
+pack's size. The payload is derived data and is not re-verified (that would cost as much as the
+product at batch 1): a pack whose weights or column sums were edited after int8_pack_weight (e.g. a
+-128 weight, or sums that no longer match) reads nothing out of bounds but gives different values on
+different ISA levels. Files never hold packs: loading rebuilds them from the checked canonical weight.
 """
 
 from __future__ import annotations
