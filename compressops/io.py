@@ -8,7 +8,7 @@ import json
 import torch
 from torch import nn
 
-from .configs import compressed_types, config_from_dict
+from .configs import compressed_types, config_from_dict, family_of
 from .convert import _set_submodule
 
 _META_KEY = "compressops_layers"
@@ -132,6 +132,9 @@ def _layer_format(info, name: str, classes: dict, path: str) -> tuple[type, obje
         config = config_from_dict(info["config"])
     except (TypeError, ValueError) as e:
         raise ValueError(f"load: {path} stores layer {name!r} with an invalid config {info['config']!r}: {e}") from None
+    if family_of(cls) is not family_of(config):
+        raise ValueError(f"load: {path} stores layer {name!r} as {cls.__name__} with a config of format "
+                         f"{config.format_name!r}, which {cls.__name__} does not store")
     return cls, config
 
 

@@ -294,6 +294,8 @@ def _float_mlp():
      "stores layer '5', which Sequential does not have"),
     ('{"1": {"class": "Int8Linear", "config": {"format": "int8", "act": "dynamic"}}}',
      "as Int8Linear, which replaces a Linear, but the model holds a ReLU there"),
+    ('{"0": {"class": "Int4Linear", "config": {"format": "int8", "act": "dynamic"}}}',
+     "as Int4Linear with a config of format 'int8', which Int4Linear does not store"),
     ('{"0": {"class": "BinaryConv2d", "config": {"format": "binary"}}}',
      "as BinaryConv2d, which replaces a Conv2d, but the model holds a Linear there"),
 ])
