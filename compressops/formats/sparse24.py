@@ -33,6 +33,9 @@ dtype. The pack's first dimension is N, which is how the fake kernels (they cann
 know the output shape. Zero layout bytes are the pack of the all-zero weight (values 0; meta 0 puts
 both kept values of every group at position 0, both zero), so a module skeleton holds zero_pack
 instead of running the pack op.
+The ops check the header on every call (memory safety); int8 values are checked at pack time and on
+load, not per call (a scan as long as the product at batch 1): a pack whose payload was edited to hold
+-128 reads nothing out of bounds but gives different values on different ISA levels.
 
 sparse24_linear computes y = x @ W.T + bias in float32 (bfloat16 values are exact in float32), then
 rounds to the output dtype; sparse24_int8_linear quantizes x per row to int8 (as
