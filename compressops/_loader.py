@@ -1,8 +1,10 @@
-"""Loads the native library (compressops._C -> libcompressops_ops.so). Never raises.
+"""Loads the native library (compressops._C -> libcompressops_ops.so).
 
 When the library is missing, built for another torch, or disabled with
-COMPRESSOPS_DISABLE_EXTENSION=1, every op still works through its pure-PyTorch reference;
-`load_error()` says why, and `python -m compressops.info` prints it.
+COMPRESSOPS_DISABLE_EXTENSION=1, every op still works through its pure-PyTorch reference, many
+times slower: `load_error()` says why, `python -m compressops.info` prints it, and the first op that
+runs its reference instead warns once (NativeFallbackWarning). With COMPRESSOPS_REQUIRE_NATIVE=1
+importing compressops raises ImportError instead of falling back.
 """
 
 from __future__ import annotations
@@ -11,13 +13,32 @@ import json
 import logging
 import os
 import traceback
+import warnings
 from pathlib import Path
 
 import torch
 
 _log = logging.getLogger("compressops")
 _PKG = Path(__file__).parent
-_state: dict = {"loaded": False, "error": None, "build_info": None}
+_state: dict = {"loaded": False, "error": None, "build_info": None, "warned": False}
+
+
+class NativeFallbackWarning(RuntimeWarning):
+    """An op ran its pure-PyTorch reference because the native library is not loaded."""
+
+
+def _editable() -> bool:
+    """Whether this is a source checkout (built in place) rather than an installed wheel."""
+    return (_PKG.parent / "setup.py").exists() and (_PKG.parent / "csrc").is_dir()
+
+
+def rebuild_advice() -> str:
+    """What to run so the native library matches the running torch."""
+    if _editable():
+        return "rebuild it in the checkout with `pip install --no-build-isolation -e .` (or `make build`)"
+    built = (build_info() or {}).get("torch_version", "?")
+    return (f"install the torch this compressops was built for (torch {_major_minor(built)}.*), or build "
+            f"compressops from source against torch {torch.__version__}")
 
 
 def build_info() -> dict | None:
@@ -44,7 +65,7 @@ def _load() -> None:
     if info and _major_minor(info.get("torch_version", "")) != _major_minor(torch.__version__):
         _state["error"] = (
             f"native library was built for torch {info.get('torch_version')} but torch "
-            f"{torch.__version__} is running; rebuild with `pip install --no-build-isolation -e .`"
+            f"{torch.__version__} is running; {rebuild_advice()}"
         )
         _log.warning("compressops: %s; using the pure-PyTorch reference kernels", _state["error"])
         return
@@ -62,6 +83,24 @@ def _load() -> None:
             _log.warning("%s", traceback.format_exc())
 
 
+def _require() -> None:
+    """COMPRESSOPS_REQUIRE_NATIVE=1: no silent fallback to the reference kernels."""
+    if os.environ.get("COMPRESSOPS_REQUIRE_NATIVE") == "1" and not _state["loaded"]:
+        raise ImportError(f"compressops: COMPRESSOPS_REQUIRE_NATIVE=1 but the native library is not loaded: "
+                          f"{_state['error']}")
+
+
+def warn_fallback(op: str) -> None:
+    """Warn once per process that `op` (and every op after it) runs its pure-PyTorch reference."""
+    if _state["loaded"] or _state["warned"]:
+        return
+    _state["warned"] = True
+    advice = "" if "COMPRESSOPS_DISABLE_EXTENSION" in str(_state["error"]) else f"; {rebuild_advice()}"
+    warnings.warn(f"compressops::{op} runs its pure-PyTorch reference kernel, many times slower than the "
+                  f"native one (native library not loaded: {_state['error']}{advice}). "
+                  f"Set COMPRESSOPS_REQUIRE_NATIVE=1 to make this an error.", NativeFallbackWarning)
+
+
 def native_loaded() -> bool:
     """True when the native library loaded and registered its kernels."""
     return _state["loaded"]
@@ -73,3 +112,4 @@ def load_error() -> str | None:
 
 
 _load()
+_require()

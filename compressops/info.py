@@ -56,7 +56,12 @@ def info() -> dict:
 def main() -> None:
     d = info()
     print(f"compressops on {d['cpu']} (python {d['python']}, torch {d['torch']})")
-    print(f"  native library: {'loaded' if d['native_loaded'] else 'NOT loaded: ' + str(d['load_error'])}")
+    if d["native_loaded"]:
+        print("  native library: loaded")
+    else:
+        print(f"  native library: NOT loaded: {d['load_error']}\n"
+              f"  WARNING: every op runs its pure-PyTorch reference kernel, many times slower than the native one;\n"
+              f"  {_loader.rebuild_advice()} (COMPRESSOPS_REQUIRE_NATIVE=1 makes this an import error)")
     bi = d["build_info"] or {}
     print(f"  built with: {bi.get('compiler', '?')}, torch {bi.get('torch_version', '?')}, "
           f"CUDA kernels compiled: {bi.get('cuda_compiled', '?')}")

@@ -1,5 +1,6 @@
 """The op registry: schemas, kernels per dispatch key, info()."""
 
+import os
 import subprocess
 import sys
 
@@ -55,3 +56,41 @@ print("ok", co.info()["load_error"])
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("ok disabled")
+
+
+def _without_native(code: str, **env):
+    env = {**os.environ, "COMPRESSOPS_DISABLE_EXTENSION": "1", **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+
+
+def test_the_reference_fallback_warns_once_on_first_use():
+    """Without the native library, the first op that runs its reference says so (once), and names the
+    opt-in error; importing alone does not warn."""
+    res = _without_native(r"""
+import warnings, torch
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as at_import:
+    import compressops as co
+assert not [w for w in at_import if issubclass(w.category, co._loader.NativeFallbackWarning)]
+with warnings.catch_warnings(record=True) as seen:  # convert's pack op is the first to run
+    m = co.convert(torch.nn.Sequential(torch.nn.Linear(20, 6)), co.Int8())
+    m(torch.randn(3, 20)); m(torch.randn(3, 20))
+fallback = [w for w in seen if issubclass(w.category, co._loader.NativeFallbackWarning)]
+assert len(fallback) == 1, [str(w.message) for w in seen]
+msg = str(fallback[0].message)
+assert "int8_pack_weight runs its pure-PyTorch reference kernel" in msg and "COMPRESSOPS_REQUIRE_NATIVE=1" in msg and "DISABLE_EXTENSION" in msg, msg
+print("ok")
+""")
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_require_native_makes_the_fallback_an_import_error():
+    res = _without_native("import compressops", COMPRESSOPS_REQUIRE_NATIVE="1")
+    assert res.returncode != 0
+    assert "ImportError: compressops: COMPRESSOPS_REQUIRE_NATIVE=1 but the native library is not loaded" in res.stderr
+
+
+def test_info_says_loudly_when_the_native_library_is_missing():
+    res = _without_native("import compressops.info as i; i.main()")
+    assert res.returncode == 0, res.stderr
+    assert "NOT loaded" in res.stdout and "WARNING: every op runs its pure-PyTorch reference" in res.stdout

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from .. import _schemas
+from .. import _loader, _schemas
 from ._autograd import register_input_grad
 
 __all__ = ["native_kernels"]
@@ -65,6 +65,17 @@ def _register_triton_cuda(op: str, module: str, fn: str) -> None:
     TRITON_CUDA_OPS[op] = f"compressops.triton.{module}.{fn}"
 
 
+def _warning_once(op: str, default: Callable) -> Callable:
+    """`default` that first warns (once per process) that the reference runs in place of the native
+    library (compressops._loader.warn_fallback)."""
+
+    def kernel(*args, **kwargs):
+        _loader.warn_fallback(op)
+        return default(*args, **kwargs)
+
+    return kernel
+
+
 def _register(op: str, fake: Callable, default: Callable, triton: str | None = None, *,
               dense_weight: Callable | None = None) -> None:
     """Register the fake and "default" kernels of compressops::<op> (and, given triton="<module>.<fn>",
@@ -78,6 +89,8 @@ def _register(op: str, fake: Callable, default: Callable, triton: str | None = N
     are registered from that very module.
     """
     torch.library.register_fake(f"compressops::{op}", fake)
+    if not _loader.native_loaded():
+        default = _warning_once(op, default)
     # "default" (CompositeExplicitAutograd), not CompositeImplicitAutograd: the reference stays one
     # opaque op in compiled graphs, and native CPU/CUDA kernels take precedence over it.
     torch.library.register_kernel(f"compressops::{op}", "CompositeExplicitAutograd", default)
