@@ -94,3 +94,28 @@ def test_info_says_loudly_when_the_native_library_is_missing():
     res = _without_native("import compressops.info as i; i.main()")
     assert res.returncode == 0, res.stderr
     assert "NOT loaded" in res.stdout and "WARNING: every op runs its pure-PyTorch reference" in res.stdout
+
+
+def test_the_sdist_holds_what_a_native_build_needs(tmp_path):
+    """An sdist without csrc/, CMakeLists.txt and cmake/ cannot build the native library (issue 19)."""
+    import tarfile
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    files = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=False).stdout.split()
+    if not files:
+        pytest.skip("not a git checkout")
+    src = tmp_path / "src"
+    for f in files:
+        (src / f).parent.mkdir(parents=True, exist_ok=True)
+        (src / f).write_bytes((root / f).read_bytes())
+    res = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "dist")], cwd=src,
+                         capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (archive,) = (tmp_path / "dist").glob("*.tar.gz")
+    with tarfile.open(archive) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    for needed in ("LICENSE", "CMakeLists.txt", "cmake/isa.cmake", "csrc/ops.cpp", "csrc/common/pack_header.h", "setup.py",
+                   "compressops/__init__.py"):
+        assert needed in names, needed
+    assert all(f in names for f in files if f.startswith("csrc/")), sorted(f for f in files if f.startswith("csrc/")
+                                                                        and f not in names)[:5]
