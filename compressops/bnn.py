@@ -34,7 +34,8 @@ def binarize(model: nn.Module, config: Binary | None = None, *, trainable: bool 
         trainable: keep each converted layer's float weight as a latent Parameter for training
             (the modules then train with the straight-through estimator; see module docstring).
         inplace: modify `model` (default) or a deep copy.
-        filter_fn: optional extra predicate (module, name) -> bool, as in compressops.convert.
+        filter_fn (Callable[[nn.Module, str], bool] | None): optional extra predicate (module, name)
+            -> bool, as in compressops.convert.
     Returns:
         the model with BinaryConv2d/BinaryLinear layers.
     Raises:

@@ -59,7 +59,9 @@ def load(model: nn.Module, path: str, strict: bool = True) -> nn.Module:
     was. Returns the model (modified in place).
 
     Raises:
-        ValueError / RuntimeError naming the key or layer, before the model changes.
+        ValueError: a key, shape, dtype or value that does not fit, naming the key or layer,
+            before the model changes.
+        RuntimeError: as ValueError, for what load_state_dict itself refuses.
     """
     from safetensors import safe_open
     from safetensors.torch import load_file

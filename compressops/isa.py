@@ -167,7 +167,8 @@ def cpu_isa(level: str, emulated: bool = False):
         >>> with compressops.cpu_isa("amx", emulated=True):   # AMX kernels on any x86-64 CPU
         ...     y = layer(x)
     Raises:
-        as set_isa.
+        ValueError: as set_isa.
+        RuntimeError: as set_isa.
     """
     name = _checked_choice(level, emulated)
     previous = torch.ops.compressops._thread_cpu_isa()

@@ -4,6 +4,7 @@ At large batches the 2:4 and CSR ops may decode the weight a block of rows at a 
 GEMM instead of their sparse kernel (`last_kernel_isa` then reports "dense"), from batch sizes
 fitted per family and CPU level on one machine (csrc/cpu/kernels/<family>/policy.h). The route is
 one of ROUTES:
+
     "auto"    each op's fitted rule (the default);
     "kernel"  always the sparse kernel;
     "dense"   always the dense GEMM on the decoded weight.

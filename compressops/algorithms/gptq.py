@@ -50,7 +50,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, group_size: int =
     Args:
         weight: float [N, K].
         hessian: [K, K] (sum of x^T x over calibration inputs; any positive multiple works).
-        group_size, symmetric: as in compressops.Int4.
+        group_size: as in compressops.Int4.
+        symmetric: as in compressops.Int4.
         damp: fraction of mean(diag(H)) added to the diagonal.
         block_size: columns per lazy-update block.
         name: used in error messages.

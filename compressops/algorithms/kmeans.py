@@ -98,7 +98,8 @@ def pq_quantize_weight(weight: torch.Tensor, num_centroids: int = 256, subvector
         weight: float [N, K]; K not a multiple of subvector_dim is zero padded.
         num_centroids: k, 16 or 256 centroids per subspace.
         subvector_dim: d, weights per subvector (1, 2, 4, 8 or 16).
-        seed, max_iter: as in kmeans_subspaces.
+        seed: as in kmeans_subspaces.
+        max_iter: as in kmeans_subspaces.
         name: the layer's name, used in error messages.
     Returns:
         (codes uint8 [N, S] (k=256) or [N, ceil(S/2)] (k=16, two codes a byte), codebooks float32

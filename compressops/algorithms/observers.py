@@ -82,7 +82,7 @@ def calibrate(model: nn.Module, modules: dict[str, nn.Module], calibration_data,
     Args:
         model: the float model.
         modules: {name: module} whose inputs to observe.
-        calibration_data: a tensor (one batch), a dict of keyword tensors (one batch), or an
+        calibration_data (Tensor | dict | Iterable): a tensor (one batch), a dict of keyword tensors (one batch), or an
             iterable of batches (each a tensor, a tuple of positional args or a dict of kwargs).
         observer_factories: {name: zero-argument factory} for modules that need another observer
             than AbsMaxObserver (anything with observe(x) and result()).

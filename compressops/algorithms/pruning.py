@@ -12,6 +12,7 @@
 - `global_magnitude_prune(model, sparsity)`: one threshold over all selected layers, in place.
 
 Example (gradual 2:4 during fine-tuning):
+
     pruner = MagnitudePruner(model, pattern="2:4")          # or sparsity=0.9, pattern="unstructured"
     for step, batch in enumerate(loader):
         loss = model(batch).loss; loss.backward(); opt.step(); opt.zero_grad()
@@ -94,8 +95,9 @@ class MagnitudePruner:
         pattern: "unstructured" or "N:M" (e.g. "2:4"; the fraction is fixed at 1 - N/M, the
             schedule only decides when the mask is first applied and refreshed).
         scope: "layer" (each layer to `sparsity`) or "global" (one threshold over all layers).
-        begin, end, every: steps of the cubic schedule; masks are recomputed every `every` steps
-            between begin and end (and once at begin).
+        begin: the step at which the cubic schedule starts (the mask is first applied then).
+        end: the step at which the schedule reaches `sparsity`.
+        every: masks are recomputed every `every` steps between begin and end.
         filter_fn: (module, name) -> bool; default: every nn.Linear.
     """
 

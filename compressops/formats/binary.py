@@ -1,6 +1,7 @@
 """The binary (sign-bit) format: XNOR-popcount convolution and linear layers.
 
 Canonical, version 1 (what state_dict and files hold; the same on every device):
+
     weight_bits  int64   conv: [OC, KH, KW, CW], linear: [OUT, CW], CW = ceil(C / 64)
                  sign(w) bit-packed along input channels: channel c of a tap is bit (c % 64) of
                  word c // 64, least significant bit first; bit 1 = +1 (w >= 0, so sign(0) = +1),
@@ -10,6 +11,7 @@ Canonical, version 1 (what state_dict and files hold; the same on every device):
 
 Packed, version 1 (compressops.ops.binary_pack_weight(weight_bits, in_channels); built from the
 canonical weight_bits, never saved):
+
     header  64 bytes, the shared pack header (compressops/formats/pack_header.py): tag "binary",
             version 1, N = OC (output channels), K = C (input channels: the valid bits of a tap),
             family fields (KH, KW, CW); a linear pack has KH = KW = 1
@@ -162,7 +164,7 @@ def check_pack_weight(weight_bits: torch.Tensor, in_channels: int, op: str = _PA
     channel padding bits 0 (not checked on fake tensors, which hold no data).
 
     Raises:
-        ValueError naming the argument.
+        ValueError: an invalid argument; the message names it.
     """
     c = in_channels
     torch._check_value(1 <= c < pack_header.MAX_DIM, lambda: f"{op}: in_channels must be in [1, 2^31), got {c}")
@@ -189,7 +191,7 @@ def check_pad_bits(bits: torch.Tensor, in_channels: int, name: str, op: str) -> 
     in_channels is a multiple of 64 (there are no pad bits).
 
     Raises:
-        ValueError naming `op` and `name`.
+        ValueError: an invalid index; the message names `op` and `name`.
     """
     shift = in_channels % WORD_BITS
     if not shift or is_fake(bits):
@@ -234,7 +236,7 @@ def read_header(packed: torch.Tensor, op: str, conv: bool) -> PackInfo:
     shared header, the family fields (KH, KW from the pack's dims, CW from K) and the size.
 
     Raises:
-        ValueError naming `op` and "w_packed".
+        ValueError: not a valid pack; the message names `op` and "w_packed".
     """
     r = pack_header.Reader(op, "w_packed", _PACK_OP)
     h = pack_header.read(packed, TAG, VERSION, r, 4 if conv else 2)
@@ -327,13 +329,16 @@ def check_conv2d(op: str, x_packed: torch.Tensor, w_packed: torch.Tensor, alpha:
     """The validation of binary_conv2d and binary_conv2d_packed (reference and fake kernels).
 
     Args:
-        x_packed: int64 [N, H, W, CW] from binary_pack_activation. w_packed: uint8 (OC, KH, KW, R)
-        from binary_pack_weight. alpha: float32 [OC]. bias: optional float [OC].
-        stride, padding: two ints each.
+        x_packed: int64 [N, H, W, CW] from binary_pack_activation.
+        w_packed: uint8 (OC, KH, KW, R) from binary_pack_weight.
+        alpha: float32 [OC].
+        bias: optional float [OC].
+        stride (Sequence[int]): two ints.
+        padding (Sequence[int]): two ints.
     Returns:
         the pack's fields and the output size.
     Raises:
-        ValueError naming the argument.
+        ValueError: an invalid argument; the message names it.
     """
     p = _read_operands(op, x_packed, w_packed, alpha, bias, conv=True)
     stride, padding = [int(s) for s in stride], [int(s) for s in padding]
@@ -359,13 +364,15 @@ def check_linear(op: str, x_packed: torch.Tensor, w_packed: torch.Tensor, alpha:
     """The validation of binary_linear (reference and fake kernels).
 
     Args:
-        x_packed: int64 [..., CW] from binary_pack_activation. w_packed: uint8 (OUT, R) from
-        binary_pack_weight. alpha: float32 [OUT]. bias: optional float [OUT].
+        x_packed: int64 [..., CW] from binary_pack_activation.
+        w_packed: uint8 (OUT, R) from binary_pack_weight.
+        alpha: float32 [OUT].
+        bias: optional float [OUT].
         out_dtype: float32/bfloat16/float16 or None (float32: x_packed carries no float dtype).
     Returns:
         (the pack's fields, the output dtype).
     Raises:
-        ValueError naming the argument.
+        ValueError: an invalid argument; the message names it.
     """
     p = _read_operands(op, x_packed, w_packed, alpha, bias, conv=False)
     return p, resolve_out_dtype(x_packed, out_dtype or torch.float32, op)

@@ -1,6 +1,7 @@
 """The CSR (compressed sparse row) linear format (DESIGN.md section 4).
 
 Canonical, version 3 (what CSRLinear's state_dict and files hold; the same on every device):
+
     crow    int32 [N+1] when nnz < 2^31, else int64: crow[0] = 0, non-decreasing, crow[N] = nnz
     col     uint16 [nnz] when K <= 65536, else int32: the column of each stored value, in [0, K);
             any order within a row (duplicates are summed)
@@ -11,6 +12,7 @@ Earlier state_dict versions, which CSRLinear keeps loading: 1 held crow (int32/i
 (int32); 2 held `index`, the uint8 CSR index of compressops 0.1 instead (decode_v2_index).
 
 Packed, version 1 (compressops.ops.csr_pack(crow, col, K); built at load, never saved):
+
     header  64 bytes, the shared pack header (compressops/formats/pack_header.py): tag "csr",
             version 1, N, K, fields (nnz, col_bytes, col_end): col_bytes = 2 when K <= 65536, else 4;
             col_end = 1 + the largest column (0 when nnz = 0)
@@ -110,8 +112,9 @@ def compress(weight: torch.Tensor, mask: torch.Tensor | None = None, name: str =
     """Float weight [N, K] (and optional keep-mask) -> canonical (crow, col, values).
 
     Returns:
-        crow int32/int64 [N+1], col uint16/int32 [nnz] (sorted within each row), values [nnz] in
-        weight's dtype when float32/bfloat16, else float32. Without a mask the nonzeros are kept.
+        (tuple): (crow int32/int64 [N+1], col uint16/int32 [nnz] (sorted within each row), values
+            [nnz] in weight's dtype when float32/bfloat16, else float32). Without a mask the
+            nonzeros are kept.
     """
     if weight.dim() != 2 or not weight.is_floating_point():
         raise ValueError(f"{name}: expected a 2-D float weight [N, K], got {weight.dtype} {tuple(weight.shape)}")
@@ -171,11 +174,13 @@ def pack(crow: torch.Tensor, col: torch.Tensor, k: int) -> torch.Tensor:
     """Pure-PyTorch packer (the reference of compressops.ops.csr_pack: the same bytes, on crow's device).
 
     Args:
-        crow: int32/int64 [N+1]. col: int32/uint16 [nnz], in [0, k). k: K (in_features).
+        crow: int32/int64 [N+1].
+        col: int32/uint16 [nnz], in [0, k).
+        k: K (in_features).
     Returns:
         uint8 [N, ceil(packed_bytes(N, k, nnz) / N)] (layout in the module docstring).
     Raises:
-        ValueError naming the argument (check()).
+        ValueError: an invalid argument; the message names it (check()).
     """
     check(crow, col, k, _PACK_OP)
     n, nnz = crow.shape[0] - 1, col.shape[0]
@@ -208,7 +213,7 @@ def read_header(packed: torch.Tensor, op: str) -> Header:
     (the module docstring says why these make every read of csr_linear stay in bounds).
 
     Raises:
-        ValueError naming `op` and "packed" (the same messages as csrc/cpu/csr_linear.cpp).
+        ValueError: not a valid pack; the message names `op` and "packed" (the same messages as csrc/cpu/csr_linear.cpp).
     """
     r = pack_header.Reader(op, "packed", _PACK_OP)
     h = pack_header.read(packed, TAG, VERSION, r)
@@ -285,13 +290,16 @@ def check_linear(op: str, x: torch.Tensor, packed: torch.Tensor, values: torch.T
 
     Args:
         op: the op name the messages start with.
-        x: float (..., K). packed: uint8 from csr_pack. values: float32/bfloat16 [nnz].
-        bias: optional float [N]. out_dtype: float32/bfloat16/float16 or None (x.dtype).
+        x: float (..., K).
+        packed: uint8 from csr_pack.
+        values: float32/bfloat16 [nnz].
+        bias: optional float [N].
+        out_dtype: float32/bfloat16/float16 or None (x.dtype).
     Returns:
         (N, K, output dtype, header): header is read_header's, or None on fake tensors, whose
         header (data) cannot be read: N then comes from the pack's first dimension and K from x.
     Raises:
-        ValueError naming the argument.
+        ValueError: an invalid argument; the message names it.
     """
     check_x(x, op)
     check_devices(op, "x", x, {"packed": packed, "values": values, "bias": bias})
@@ -322,7 +330,7 @@ def decode_v2_index(index: torch.Tensor, n: int, k: int, op: str, name: str = "i
     columns in col_bytes (2 when K <= 65536, else 4) each, zero padded to a multiple of 8 bytes.
 
     Raises:
-        ValueError naming `op` and `name`.
+        ValueError: an invalid index; the message names `op` and `name`.
     """
     hb = pack_header.HEADER_BYTES
     if index.dtype != torch.uint8 or index.dim() != 1 or index.numel() < hb:

@@ -1,11 +1,13 @@
 """The half format: the weight stored in float16, computed in float32.
 
 Canonical, version 1 (what state_dict and files hold; the same on every device):
+
     weight  float16 [N, K]  row-major; round-to-nearest-even of the float weight, which must be finite
                             and within float16's range (|w| <= 65504: beyond it float16 holds inf)
     bias    float32 [N]     optional, kept exact
 
 Packed, version 1 (compressops.ops.half_pack_weight; built from the canonical weight, never saved):
+
     header  64 bytes, the shared pack header (compressops/formats/pack_header.py): tag "half",
             version 1, N, K, family fields (0, 0, 0)
     weight  the canonical weight's bytes, row-major float16 [N, K]: 2 * N * K bytes
@@ -93,7 +95,7 @@ def read_header(packed: torch.Tensor, op: str) -> tuple[int, int]:
     """(N, K) of a half pack, after checking every header field and the size.
 
     Raises:
-        ValueError naming `op` and "packed".
+        ValueError: not a valid pack; the message names `op` and "packed".
     """
     r = pack_header.Reader(op, "packed", _PACK_OP)
     h = pack_header.read(packed, TAG, VERSION, r)
@@ -124,7 +126,7 @@ def check_linear(op: str, x: torch.Tensor, packed: torch.Tensor, bias: torch.Ten
     Returns:
         (N, K, output dtype).
     Raises:
-        ValueError naming the argument.
+        ValueError: an invalid argument; the message names it.
     """
     check_x(x, op)
     check_devices(op, "x", x, {"packed": packed, "bias": bias})

@@ -1,6 +1,7 @@
 """The int4 linear format: group-wise 4-bit weights (DESIGN.md section 4).
 
 Canonical, version 1 (what state_dict and files hold; the same on every device):
+
     qweight  uint8   [N, K_pad/2]  two 4-bit codes a byte, low nibble = even k
                                    (byte [n, i] = q[n, 2i] | q[n, 2i + 1] << 4)
     scales   float32 [N, G]        one scale per output channel and group of `group_size` k
@@ -13,6 +14,7 @@ Columns k >= K (padding) hold q = z, so they dequantize to exactly 0.
 
 Packed, version 2 (compressops.ops.int4_pack_weight; built from the canonical tensors, never saved),
 the layout of csrc/common/int4_layout.h:
+
     header  64 bytes, the shared pack header (compressops/formats/pack_header.py): tag "int4",
             version 2, N, K, family fields (group_size, G, symmetric 0/1)
     body    for each block of NR = 8 output channels (N_pad = N rounded up to 8) and each group:
@@ -231,7 +233,7 @@ def check_canonical(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Te
     Returns:
         (N, K_pad, G).
     Raises:
-        ValueError naming the argument.
+        ValueError: an invalid argument; the message names it.
     """
     check_group_size(group_size, op)
     check_devices(op, "qweight", qweight, {"scales": scales, "zeros": zeros})
@@ -284,8 +286,11 @@ def pack_weight(qweight, scales, zeros, in_features, group_size):
     """Pure-PyTorch packer (the reference of compressops.ops.int4_pack_weight; the same bytes).
 
     Args:
-        qweight: uint8 [N, K_pad/2]. scales: float32 [N, G]. zeros: uint8 [N, G] or None (symmetric).
-        in_features: K. group_size: 32, 64, 128 or 256.
+        qweight (Tensor): uint8 [N, K_pad/2].
+        scales (Tensor): float32 [N, G].
+        zeros (Tensor | None): uint8 [N, G], or None (symmetric).
+        in_features (int): K.
+        group_size (int): 32, 64, 128 or 256.
     Returns:
         uint8 [N, ceil(packed_bytes / N)]: the layout of the module docstring.
     """
@@ -319,7 +324,7 @@ def read_header(w_packed: torch.Tensor, op: str) -> Layout:
     N and K (so the body and zero points lie inside it).
 
     Raises:
-        ValueError naming `op` and "w_packed" (the C++ host raises the same messages).
+        ValueError: not a valid pack; the message names `op` and "w_packed" (the C++ host raises the same messages).
     """
     r = pack_header.Reader(op, "w_packed", _PACK_OP)
     h = pack_header.read(w_packed, TAG, VERSION, r)
@@ -375,11 +380,11 @@ def unpack_weight(w_packed: torch.Tensor, op: str = "int4_unpack_weight"):
     """The canonical tensors of a pack, bit for bit (the inverse of pack_weight).
 
     Returns:
-        (qweight uint8 [N, K_pad/2], scales float32 [N, G], zeros uint8 [N, G] or None when
-        symmetric, layout); new tensors, not views (a write to them would not reach the kernels'
-        z*s).
+        (tuple): (qweight uint8 [N, K_pad/2], scales float32 [N, G], zeros uint8 [N, G] or None when
+            symmetric, layout); new tensors, not views (a write to them would not reach the kernels'
+            z*s).
     Raises:
-        ValueError naming `op` for a pack that is not a valid int4 one.
+        ValueError: w_packed is not a valid int4 pack; the message names `op`.
     """
     lay = read_header(w_packed, op)
     body = _body(w_packed, lay)
@@ -403,7 +408,7 @@ def check_linear(op: str, x: torch.Tensor, w_packed: torch.Tensor, bias: torch.T
         cannot be read: N is then the pack's first dimension and K is x's, and the kernel checks
         the header when it runs on real tensors.
     Raises:
-        ValueError naming the argument.
+        ValueError: an invalid argument; the message names it.
     """
     check_x(x, op)
     check_devices(op, "x", x, {"w_packed": w_packed, "bias": bias})

@@ -1,11 +1,13 @@
 """The int8 linear format.
 
 Canonical, version 1 (what state_dict and files hold; the same on every device):
+
     weight        int8    [N, K]  row-major, values in [-127, 127] (symmetric: -128 is never used)
     weight_scale  float32 [N]     per output channel; W ~= weight * weight_scale[:, None]
     act_scale     float32 []      only for static activation quantization
 
 Packed, version 1 (compressops.ops.int8_pack_weight; built from the canonical weight, never saved):
+
     header    64 bytes, the shared pack header (compressops/formats/pack_header.py): tag "int8",
               version 1, N, K, family fields (NR, KR, 0) = (16, 4, 0), the blocking below
     weights   int8 [N_pad/16][K_pad/4][16][4] with N_pad = N rounded up to 16 and K_pad = K rounded
@@ -121,7 +123,7 @@ def read_header(w_packed: torch.Tensor, op: str) -> tuple[int, int]:
     read_header makes the same checks with the same messages).
 
     Raises:
-        ValueError naming `op` and "w_packed".
+        ValueError: not a valid pack; the message names `op` and "w_packed".
     """
     r = pack_header.Reader(op, "w_packed", _PACK_OP)
     h = pack_header.read(w_packed, TAG, VERSION, r)
@@ -136,7 +138,7 @@ def unpack_weight(w_packed: torch.Tensor, op: str = "int8_unpack_weight") -> tor
     """The canonical int8 [N, K] weight of a pack (an exact copy: the pack's layout is blocked).
 
     Raises:
-        ValueError naming `op` if w_packed is not a valid int8 pack.
+        ValueError: w_packed is not a valid int8 pack; the message names `op`.
     """
     n, k = read_header(w_packed, op)
     n_pad, k_pad = _round_up(n, NR), _round_up(k, KR)
@@ -235,9 +237,12 @@ def w8a8_epilogue(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tenso
     results agree bit for bit once the int32 sums do.
 
     Args:
-        acc: int32 [M, N] exact integer sums. x_scale: float32 [M] or (...) with M elements.
-        w_scale: float32 [N]. bias: optional float [N]. out_dtype: the result's dtype.
-        shape: the output shape (..., N).
+        acc: int32 [M, N] exact integer sums.
+        x_scale: float32 [M] or (...) with M elements.
+        w_scale: float32 [N].
+        bias: optional float [N].
+        out_dtype: the result's dtype.
+        shape (tuple[int, ...]): the output shape (..., N).
     """
     y = acc.float() * (x_scale.reshape(-1, 1) * w_scale.reshape(1, -1))
     if bias is not None:
@@ -259,7 +264,7 @@ def check_linear(op: str, x: torch.Tensor, w_packed: torch.Tensor, w_scale: torc
     Returns:
         (N, K, output dtype).
     Raises:
-        ValueError naming the argument.
+        ValueError: an invalid argument; the message names it.
     """
     check_x(x, op)
     check_devices(op, "x", x, {"w_packed": w_packed, "w_scale": w_scale, "bias": bias, "act_scale": act_scale})

@@ -140,7 +140,7 @@ def read(packed: torch.Tensor, tag: str, version: int, r: Reader, dims: int = 2)
     tag, format version, reserved zero, 1 <= N, K < 2^31.
 
     Raises:
-        ValueError naming r.op and r.name.
+        ValueError: a check fails; the message names r.op and r.name.
     """
     check_rows(packed, r, dims)
     who, repack = f"{r.op}: {r.name}", f"; repack it with compressops.ops.{r.pack_op}"
@@ -168,7 +168,7 @@ def check_layout(h: PackHeader, fields, packed: torch.Tensor, rows, nbytes: int,
     leading dims `rows` and the byte count `nbytes` (header included) from N, K and the fields.
 
     Raises:
-        ValueError naming r.op and r.name.
+        ValueError: a check fails; the message names r.op and r.name.
     """
     who = f"{r.op}: {r.name}"
     fields = tuple(fields)

@@ -6,6 +6,7 @@ multiply zeros, so they never change y (their codebook entries are fitted to zer
 Subspace s has its own codebook of k centroids; each subvector is stored as the index of one.
 
 Canonical, version 1 (what state_dict and files hold; the same on every device):
+
     codebooks  float32 [S, k, d]        C[s, c] = centroid c of subspace s; k in (16, 256),
                                         d in (1, 2, 4, 8, 16)
     codes      k=256: uint8 [N, S]      codes[n, s] in [0, 256)
@@ -19,6 +20,7 @@ Inference (asymmetric distance computation): for each input row x, the table
 L[s, c] = x[s*d:(s+1)*d] . C[s, c]; then y[n] = sum_s L[s, code(n, s)] + bias[n].
 
 Packed, version 1 (compressops.ops.pq_pack; built from the canonical tensors, never saved):
+
     header     64 bytes, the shared pack header (compressops/formats/pack_header.py): tag "pq",
                version 1, N, K, family fields (d, k, S)
     codebooks  float32 [S_pad][d][k]: transposed so a table build reads k centroids' j-th
@@ -158,7 +160,7 @@ def check_pack(codes: torch.Tensor, codebooks: torch.Tensor, in_features: int, o
 
     Reads no data, so it runs in full on fake tensors. Returns (N, S, k, d).
     Raises:
-        ValueError naming the argument.
+        ValueError: an invalid argument; the message names it.
     """
     check_devices(op, "codes", codes, {"codebooks": codebooks})
     n, s, k, d = check_canonical(codes, codebooks, op)
@@ -174,7 +176,9 @@ def pack(codes: torch.Tensor, codebooks: torch.Tensor, in_features: int) -> torc
     """Pure-PyTorch packer (the reference of compressops.ops.pq_pack).
 
     Args:
-        codes, codebooks: the canonical tensors (module docstring). in_features: K.
+        codes: the canonical codes (module docstring).
+        codebooks: the canonical codebooks (module docstring).
+        in_features: K.
     Returns:
         uint8 [N, ceil(packed_bytes / N)]: the header, then the packed layout, zero padded.
     """
@@ -202,7 +206,7 @@ def read_header(packed: torch.Tensor, op: str) -> Layout:
     read_layout, with its messages).
 
     Raises:
-        ValueError naming `op` and "packed".
+        ValueError: not a valid pack; the message names `op` and "packed".
     """
     r = pack_header.Reader(op, "packed", _PACK_OP)
     h = pack_header.read(packed, TAG, VERSION, r)
@@ -280,14 +284,16 @@ def check_linear(op: str, x: torch.Tensor, packed: torch.Tensor, bias: torch.Ten
 
     Args:
         op: the op name the messages start with.
-        x: float (..., K). packed: uint8 from pq_pack. bias: optional float [N].
+        x: float (..., K).
+        packed: uint8 from pq_pack.
+        bias: optional float [N].
         out_dtype: float32/bfloat16/float16 or None (x.dtype).
     Returns:
         (N, K, output dtype, layout): layout is read_header's Layout, or None on fake tensors, whose
         header (data) cannot be read: N is then the pack's first dimension and K is x's last, and
         the kernel checks the header when it runs on real tensors.
     Raises:
-        ValueError naming the argument.
+        ValueError: an invalid argument; the message names it.
     """
     check_x(x, op)
     check_devices(op, "x", x, {"packed": packed, "bias": bias})

@@ -1,6 +1,7 @@
 """The 2:4 semi-structured sparse linear format (DESIGN.md section 4).
 
 Canonical, version 1 (what state_dict and files hold; the same on every device):
+
     values  [N, Kp/2]          float32, bfloat16 or int8 (in [-127, 127]: symmetric, -128 is refused
                                by the pack op and on load); the 2 kept weights of every group of 4
                                along K, in K order (values[n, 2g] is the lower position of group g)
@@ -21,6 +22,7 @@ multiplies a zero activation.
 
 Packed, version 1 (compressops.ops.sparse24_pack; built from the canonical values and meta, never
 saved; the int8 scales and the bias stay separate tensors):
+
     header  64 bytes, the shared pack header (compressops/formats/pack_header.py): tag "sparse24",
             version 1, N, K (in_features, unpadded), family fields (values dtype code, Kp, 0) with
             the codes of VALUE_DTYPES (1 float32, 2 bfloat16, 3 int8)
@@ -98,7 +100,7 @@ def compress(weight: torch.Tensor, name: str = "weight") -> tuple[torch.Tensor, 
 
     Returns:
         (values [N, Kp/2] in weight's dtype (float32 or bfloat16; other float dtypes become float32),
-         meta uint8 [N, meta_bytes(K)]).
+            meta uint8 [N, meta_bytes(K)]).
     Raises:
         ValueError: not a 2-D float tensor, or NaN/Inf weights.
     """
@@ -179,7 +181,7 @@ def check_pack(op: str, values: torch.Tensor, meta: torch.Tensor, in_features: i
     Reads no data, so it runs in full on fake tensors.
 
     Raises:
-        ValueError naming the argument.
+        ValueError: an invalid argument; the message names it.
     """
     k = int(in_features)
     check_devices(op, "values", values, {"meta": meta})
@@ -226,7 +228,7 @@ def pack(values: torch.Tensor, meta: torch.Tensor, in_features: int) -> torch.Te
         uint8 [N, ceil(packed_bytes(N, K, values.dtype) / N)]: the header, values' bytes, meta's
         bytes, zero padding (layout in the module docstring).
     Raises:
-        ValueError naming the argument.
+        ValueError: an invalid argument; the message names it.
     """
     check_pack(_PACK_OP, values, meta, in_features)
     if has_int8_min(values):
@@ -244,7 +246,7 @@ def read_header(packed: torch.Tensor, op: str, takes: tuple[torch.dtype, ...] | 
     Args:
         takes: the values dtypes `op` accepts (None: any).
     Raises:
-        ValueError naming `op` and "packed".
+        ValueError: not a valid pack; the message names `op` and "packed".
     """
     r = pack_header.Reader(op, "packed", _PACK_OP)
     h = pack_header.read(packed, TAG, VERSION, r)
@@ -284,7 +286,7 @@ def unpack(packed: torch.Tensor, op: str = "sparse24_unpack") -> tuple[torch.Ten
     """(values, meta, in_features) of a pack: the canonical tensors as views into it, no copy.
 
     Raises:
-        ValueError naming `op` and "packed" when the header or the size is not a 2:4 pack's.
+        ValueError: the header or the size is not a 2:4 pack\'s; the message names `op` and "packed".
     """
     n, k, dtype = read_header(packed, op)
     return (*views(packed, n, k, dtype), k)
@@ -326,7 +328,7 @@ def check_linear(op: str, x: torch.Tensor, packed: torch.Tensor, bias: torch.Ten
         (N, K, output dtype, values dtype); on fake tensors K is x's and the values dtype None
         (neither can be read from a pack without data).
     Raises:
-        ValueError naming the argument.
+        ValueError: an invalid argument; the message names it.
     """
     return _check(op, x, packed, FLOAT_VALUES, bias, None, out_dtype)
 
@@ -342,6 +344,6 @@ def check_int8_linear(op: str, x: torch.Tensor, packed: torch.Tensor, w_scale: t
     Returns:
         (N, K, output dtype, values dtype), as check_linear.
     Raises:
-        ValueError naming the argument.
+        ValueError: an invalid argument; the message names it.
     """
     return _check(op, x, packed, (torch.int8,), bias, w_scale, out_dtype)

@@ -135,6 +135,6 @@ def binary_ste(x: torch.Tensor, w_packed: torch.Tensor, alpha: torch.Tensor, bia
     Returns:
         float32 [N, OC, OH, OW] (channels_last) or [..., OC].
     Raises:
-        RuntimeError on backward when alpha or bias requires grad.
+        RuntimeError: on backward, when alpha or bias requires grad.
     """
     return _PackedBinarySTE.apply(x, alpha, bias, w_packed, info, conv, clamp_min, clamp_max, layer)

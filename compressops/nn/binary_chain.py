@@ -36,7 +36,8 @@ def fold_batchnorm(conv: BinaryConv2d, bn: nn.BatchNorm2d) -> BinaryConv2d:
     (running statistics) folded into alpha and bias, computed in float64 and stored as float32.
 
     Args:
-        conv: BinaryConv2d with OC output channels. bn: BatchNorm2d(OC) with running statistics.
+        conv: BinaryConv2d with OC output channels.
+        bn: BatchNorm2d(OC) with running statistics.
     Returns:
         a new BinaryConv2d (bias present), inference-only (no latent training weight).
     Raises:
@@ -119,7 +120,7 @@ class BinaryChain(nn.Module):
     @classmethod
     def from_modules(cls, modules: Sequence[nn.Module]) -> BinaryChain:
         """Build a chain from a run of eval-mode modules: BinaryConv2d, then any number of
-        [BatchNorm2d] [sign-preserving activations...] BinaryConv2d, then an optional BatchNorm2d.
+        `[BatchNorm2d] [sign-preserving activations...] BinaryConv2d`, then an optional BatchNorm2d.
         BatchNorms are folded into copies of the convs; the activations are dropped (see
         sign_preserving). The inputs are not modified.
 
@@ -157,9 +158,9 @@ class BinaryChain(nn.Module):
         """Replace every run of consecutive binary convs inside an nn.Sequential with a BinaryChain,
         so the activations between them stay packed bits.
 
-        A run is: BinaryConv2d (1-bit activations), then one or more of [BatchNorm2d]
-        [sign-preserving activations: Identity, Dropout, Hardtanh(min < 0 <= max), Tanh] BinaryConv2d,
-        then an optional BatchNorm2d; it needs at least two binary convs. BatchNorms are folded into
+        A run is: BinaryConv2d (1-bit activations), then one or more of `[BatchNorm2d]
+        [sign-preserving activations] BinaryConv2d` (sign-preserving: Identity, Dropout,
+        Hardtanh(min < 0 <= max), Tanh), then an optional BatchNorm2d; it needs at least two binary convs. BatchNorms are folded into
         the convs; the activations between convs are dropped, since the next conv reads only signs.
         Modules after the run (e.g. the activation after the last conv) stay as they were. Layers in
         a custom forward() cannot be fused automatically; build a BinaryChain for them by hand.

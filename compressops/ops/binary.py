@@ -106,11 +106,14 @@ def binary_conv2d(
         x_packed: int64 [N, H, W, ceil(C/64)] from binary_pack_activation.
         w_packed: uint8 (OC, KH, KW, R) from binary_pack_weight; OC, C and the kernel come from its header.
             The channel padding bits (past C in the last word) of both must be 0: ValueError otherwise.
-        alpha: float32 [OC]. bias: optional float [OC].
-        stride, padding: (h, w) pairs.
-        clamp_min, clamp_max: optional bounds applied last (e.g. hard-tanh before the next binary layer);
+        alpha: float32 [OC].
+        bias: optional float [OC].
+        stride: (h, w).
+        padding: (h, w).
+        clamp_min: optional lower bound applied last (e.g. hard-tanh before the next binary layer);
             keyword-only in the op's schema, positional here too because torch.jit.script cannot
             compile a Python function with keyword-only defaults.
+        clamp_max: optional upper bound, as clamp_min.
     Returns:
         float32 [N, OC, OH, OW] in channels_last memory format.
     """
@@ -135,9 +138,12 @@ def binary_conv2d_packed(
 
     Args:
         x_packed: int64 [N, H, W, ceil(C/64)] from binary_pack_activation (or this op).
-        w_packed: uint8 (OC, KH, KW, R) from binary_pack_weight. alpha: float32 [OC]. bias: optional [OC].
-            The channel padding bits of x_packed and w_packed must be 0, as binary_conv2d.
-        stride, padding: as binary_conv2d.
+        w_packed: uint8 (OC, KH, KW, R) from binary_pack_weight. The channel padding bits of x_packed
+            and w_packed must be 0, as binary_conv2d.
+        alpha: float32 [OC].
+        bias: optional float [OC].
+        stride: (h, w), as binary_conv2d.
+        padding: (h, w), as binary_conv2d.
     Returns:
         int64 [N, OH, OW, ceil(OC/64)], channel padding bits 0.
     """
@@ -153,10 +159,12 @@ def binary_linear(x_packed: Tensor, w_packed: Tensor, alpha: Tensor, bias: Tenso
         x_packed: int64 [..., ceil(C/64)] from binary_pack_activation.
         w_packed: uint8 (OUT, R) from binary_pack_weight of [OUT, ceil(C/64)] bits; OUT and C come
             from its header. The channel padding bits of x_packed and w_packed must be 0 (ValueError).
-        alpha: float32 [OUT]. bias: optional float [OUT].
+        alpha: float32 [OUT].
+        bias: optional float [OUT].
         out_dtype: float32, bfloat16 or float16; default float32 (x_packed has no float dtype).
-        clamp_min, clamp_max: optional bounds, applied in float32 before the rounding to out_dtype
+        clamp_min: optional lower bound, applied in float32 before the rounding to out_dtype
             (keyword-only in the op's schema; see binary_conv2d).
+        clamp_max: optional upper bound, as clamp_min.
     Returns:
         (..., OUT) in out_dtype: the float32 result rounded once.
     """

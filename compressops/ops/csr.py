@@ -40,7 +40,7 @@ def csr_pack(crow: Tensor, col: Tensor, in_features: int) -> Tensor:
         the row pointer and the columns (layout in compressops/formats/csr.py). Build it once per
         weight and reuse it.
     Raises:
-        ValueError naming the argument.
+        ValueError: an invalid argument; the message names it.
     """
     return torch.ops.compressops.csr_pack(crow, col, in_features)
 
@@ -64,7 +64,7 @@ def csr_linear(x: Tensor, packed: Tensor, values: Tensor, bias: Tensor | None = 
         over the leading dims. packed and values are frozen (values that require grad raise in the
         backward).
     Raises:
-        ValueError naming the argument; a pack whose header or row pointer is inconsistent raises
+        ValueError: an invalid argument, named in the message; a pack whose header or row pointer is inconsistent raises
         before any kernel runs (what is checked and what is trusted: compressops/formats/csr.py).
     """
     return torch.ops.compressops.csr_linear(x, packed, values, bias, out_dtype)

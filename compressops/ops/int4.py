@@ -36,7 +36,8 @@ def int4_pack_weight(qweight: Tensor, scales: Tensor, zeros: Tensor | None, in_f
     Args:
         qweight: uint8 [N, K_pad/2], two codes a byte (low nibble = even k), K_pad = in_features
             rounded up to group_size.
-        scales: float32 [N, G]. zeros: uint8 [N, G] in [0, 15], or None for symmetric (z = 8).
+        scales: float32 [N, G].
+        zeros: uint8 [N, G] in [0, 15], or None for symmetric (z = 8).
         in_features: K, the number of columns of the inputs (qweight's padding hides it).
         group_size: 32, 64, 128 or 256.
     Returns:

@@ -110,7 +110,10 @@ def int8_weight_only_linear(
 
     Args:
         x: float32/bfloat16/float16 (..., K).
-        w_packed, w_scale, bias, out_dtype: as in int8_linear.
+        w_packed: as in int8_linear.
+        w_scale: as in int8_linear.
+        bias: as in int8_linear.
+        out_dtype: as in int8_linear.
     Returns:
         (..., N) in out_dtype; float32 accumulation, so equal to the reference within float
         rounding (not bitwise).

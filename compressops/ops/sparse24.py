@@ -84,7 +84,8 @@ def sparse24_int8_linear(x: Tensor, packed: Tensor, w_scale: Tensor, bias: Tenso
     Args:
         x: float32/bfloat16/float16 (..., K), any leading dims and strides.
         packed: uint8, from sparse24_pack with int8 values in [-127, 127]; N and K come from its header.
-        w_scale: float32 [N]. bias: optional float [N].
+        w_scale: float32 [N].
+        bias: optional float [N].
         out_dtype: float32, bfloat16 or float16; default x.dtype.
     Returns:
         (..., N) in out_dtype, bit-identical to compressops.reference.sparse24_int8_linear.
