@@ -56,8 +56,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, group_size: int =
         block_size: columns per lazy-update block.
         name: used in error messages.
     Returns:
-        (qweight uint8 [N, K_pad/2], scales float32 [N, G], zeros uint8 [N, G] or None), as
-        compressops.formats.int4.quantize_weight returns.
+        tuple: (qweight uint8 [N, K_pad/2], scales float32 [N, G], zeros uint8 [N, G] or None), as
+            compressops.formats.int4.quantize_weight returns.
     """
     int4_format.check_group_size(group_size, name)
     w0 = int4_format.check_float_weight(weight, name)

@@ -112,7 +112,7 @@ def compress(weight: torch.Tensor, mask: torch.Tensor | None = None, name: str =
     """Float weight [N, K] (and optional keep-mask) -> canonical (crow, col, values).
 
     Returns:
-        (tuple): (crow int32/int64 [N+1], col uint16/int32 [nnz] (sorted within each row), values
+        tuple: (crow int32/int64 [N+1], col uint16/int32 [nnz] (sorted within each row), values
             [nnz] in weight's dtype when float32/bfloat16, else float32). Without a mask the
             nonzeros are kept.
     """

@@ -192,7 +192,7 @@ def quantize_weight(weight: torch.Tensor, group_size: int = 128, symmetric: bool
         symmetric: zero point fixed at 8 (no zeros tensor) instead of one per group.
         name: used in error messages (e.g. the layer name).
     Returns:
-        (qweight uint8 [N, K_pad/2], scales float32 [N, G], zeros uint8 [N, G] or None).
+        tuple: (qweight uint8 [N, K_pad/2], scales float32 [N, G], zeros uint8 [N, G] or None).
     Raises:
         ValueError: not a 2-D float weight, NaN/Inf values, bad group size.
     """
@@ -380,7 +380,7 @@ def unpack_weight(w_packed: torch.Tensor, op: str = "int4_unpack_weight"):
     """The canonical tensors of a pack, bit for bit (the inverse of pack_weight).
 
     Returns:
-        (tuple): (qweight uint8 [N, K_pad/2], scales float32 [N, G], zeros uint8 [N, G] or None when
+        tuple: (qweight uint8 [N, K_pad/2], scales float32 [N, G], zeros uint8 [N, G] or None when
             symmetric, layout); new tensors, not views (a write to them would not reach the kernels'
             z*s).
     Raises:

@@ -322,11 +322,13 @@ def check_linear(op: str, x: torch.Tensor, packed: torch.Tensor, bias: torch.Ten
 
     Args:
         op: the op name the messages start with.
-        x: float (..., K). packed: uint8 from sparse24_pack with float32 or bfloat16 values.
-        bias: optional float [N]. out_dtype: float32/bfloat16/float16 or None (x.dtype).
+        x: float (..., K).
+        packed: uint8 from sparse24_pack with float32 or bfloat16 values.
+        bias: optional float [N].
+        out_dtype: float32/bfloat16/float16 or None (x.dtype).
     Returns:
-        (N, K, output dtype, values dtype); on fake tensors K is x's and the values dtype None
-        (neither can be read from a pack without data).
+        tuple: (N, K, output dtype, values dtype); on fake tensors K is x's and the values dtype
+            None (neither can be read from a pack without data).
     Raises:
         ValueError: an invalid argument; the message names it.
     """
@@ -339,10 +341,13 @@ def check_int8_linear(op: str, x: torch.Tensor, packed: torch.Tensor, w_scale: t
 
     Args:
         op: the op name the messages start with.
-        x: float (..., K). packed: uint8 from sparse24_pack with int8 values. w_scale: float32 [N].
-        bias: optional float [N]. out_dtype: float32/bfloat16/float16 or None (x.dtype).
+        x: float (..., K).
+        packed: uint8 from sparse24_pack with int8 values.
+        w_scale: float32 [N].
+        bias: optional float [N].
+        out_dtype: float32/bfloat16/float16 or None (x.dtype).
     Returns:
-        (N, K, output dtype, values dtype), as check_linear.
+        tuple: (N, K, output dtype, values dtype), as check_linear.
     Raises:
         ValueError: an invalid argument; the message names it.
     """
