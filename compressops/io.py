@@ -59,9 +59,10 @@ def load(model: nn.Module, path: str, strict: bool = True) -> nn.Module:
     was. Returns the model (modified in place).
 
     Raises:
-        ValueError: a key, shape, dtype or value that does not fit, naming the key or layer,
-            before the model changes.
-        RuntimeError: as ValueError, for what load_state_dict itself refuses.
+        ValueError: the file's layer records do not fit the model (an unknown class or config, a
+            layer the model lacks), naming the layer.
+        RuntimeError: what load_state_dict refuses: missing or unexpected keys, a shape, a dtype
+            other than the format's, NaN/Inf values, a negative scale, naming the key.
     """
     from safetensors import safe_open
     from safetensors.torch import load_file
