@@ -24,8 +24,13 @@ def info() -> dict:
     """Build info, load status, CPU ISA levels and per-op kernels (see compressops.info)."""
     from .info import info as _info
 
+    # Importing the submodule binds compressops.info to it, over this function: bind the function back
+    # so that a second co.info() call works.
+    globals()["info"] = _info_function
     return _info()
 
+
+_info_function = info
 
 __all__ = ["convert", "report", "save", "load", "info", "isa", "detected_isa", "available_isas", "cpu_isa",
            "set_isa", "sparse_route", "set_sparse_route", "current_sparse_route", "configs", "nn", "ops"]

@@ -37,6 +37,13 @@ def test_info_cli_reports_each_op():
         assert "native library: loaded" in out and f"active {co.isa()}" in out
 
 
+def test_info_function_can_be_called_twice():
+    # A fresh process: the first call imports compressops.info, which must not shadow co.info.
+    code = "import compressops as co; a = co.info(); b = co.info(); assert a.keys() == b.keys(); print(callable(co.info))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"
+
+
 def test_no_extension_subprocess_runs_reference():
     code = r"""
 import torch, compressops as co
