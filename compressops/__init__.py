@@ -34,3 +34,9 @@ for _cls in configs.config_types():
     globals()[_cls.__name__] = _cls
     __all__.append(_cls.__name__)
 del _cls
+
+# transformers integration (compressops.hf): registered when transformers' quantizers load, never
+# importing transformers here (it costs seconds)
+from . import _hf_hook
+
+_hf_hook.install()
