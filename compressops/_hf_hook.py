@@ -17,6 +17,9 @@ _TARGET = "transformers.quantizers.auto"
 
 
 def _register() -> None:
+    pending = sys.modules.get(f"{__package__}.hf")
+    if pending is not None and not hasattr(pending, "register"):
+        return  # compressops.hf is importing transformers itself; it registers when it finishes
     try:
         from . import hf
 

@@ -10,7 +10,8 @@
 imported (an import hook: importing transformers costs seconds, which `import compressops` does not
 pay); `import compressops.hf` registers it at once. Either must happen before `from_pretrained` of a
 compressops checkpoint. This module imports transformers; the record it reads and writes is defined
-in compressops.hf_record, which does not.
+in compressops.hf_record, which does not. Written against transformers 5.24 (its loader, weight ties
+and `_keys_to_ignore_on_load_unexpected`); tests/test_hf.py checks the round trips.
 
 Loading: before the checkpoint is read, each recorded layer is replaced by a placeholder (so
 transformers' loader, which assigns tensors to parameters one by one, leaves its entries alone);
@@ -26,16 +27,25 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
-from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING, register_quantization_config, register_quantizer
-from transformers.quantizers.base import HfQuantizer
-from transformers.utils.quantization_config import QuantizationConfigMixin
+
+try:
+    from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING, register_quantization_config, register_quantizer
+    from transformers.quantizers.base import HfQuantizer
+    from transformers.utils.quantization_config import QuantizationConfigMixin
+except ImportError as e:
+    raise ImportError(f"compressops.hf needs transformers with register_quantizer (pip install transformers): {e}") from e
 
 from .adapters import as_linear
 from .configs import Config, compressed_types, family_of
 from .convert import _set_submodule, convert
 from .hf_record import FORMAT_VERSION, QUANT_METHOD, config_from_json, config_to_json, record, untie
 
-__all__ = ["CompressopsConfig", "CompressopsHfQuantizer", "attach_config", "register"]
+__all__ = ["CompressopsConfig", "CompressopsHfQuantizer", "attach_config", "convert_pretrained", "register"]
+
+# Files of a model folder that save_pretrained writes itself (weights, their index, the configs):
+# convert_pretrained copies every other top-level file (tokenizer, vocabulary, README, ...).
+_WRITTEN_BY_SAVE = re.compile(r".*\.(safetensors|bin|pt|pth|ckpt|h5|msgpack|gguf)$|.*\.index\.json$"
+                              r"|config\.json$|generation_config\.json$")
 
 
 class CompressopsConfig(QuantizationConfigMixin):
@@ -76,7 +86,7 @@ class CompressopsConfig(QuantizationConfigMixin):
             if not (isinstance(name, str) and isinstance(info, Mapping) and isinstance(info.get("class"), str)
                     and isinstance(info.get("config"), Mapping)):
                 raise TypeError(f"CompressopsConfig: layers[{name!r}] = {info!r}; expected "
-                                 f'{{"class": <compressed module class>, "config": {{"format": ..., ...}}}}')
+                                f'{{"class": <compressed module class>, "config": {{"format": ..., ...}}}}')
         self.layers = layers
 
     def compressops_config(self):
@@ -249,6 +259,52 @@ def attach_config(model: nn.Module, config=None) -> nn.Module:
         raise TypeError(f"attach_config: model must be a transformers PreTrainedModel, got {type(model).__name__}")
     record(model, config)
     return model
+
+
+def convert_pretrained(model_dir, out_dir, config, *, model_class: str | None = None, progress: bool | None = None):
+    """Load a Hugging Face model folder, convert it, and save it with its quantization_config.
+
+    Args:
+        model_dir: a folder written by save_pretrained (config.json + safetensors), read offline.
+        out_dir: where to save the converted model (created; must not be model_dir). The model
+            folder's other top-level files (tokenizer, vocabulary, ...) are copied there.
+        config: what compressops.convert takes (a config or a {pattern: config or None} mapping).
+        model_class: a transformers class name (e.g. "AutoModelForCausalLM"); default: the
+            architecture config.json names, else AutoModel.
+        progress: convert's progress bar (default: convert's own rule).
+    Returns:
+        (the converted model, its compressops.report).
+    Raises:
+        ValueError: out_dir is model_dir, a model class transformers does not have, or what
+            convert raises (e.g. a config that needs calibration data).
+    """
+    import shutil
+    from pathlib import Path
+
+    import transformers
+
+    from .report import report
+
+    src, dst = Path(model_dir), Path(out_dir)
+    if not (src / "config.json").is_file():
+        raise ValueError(f"convert_pretrained: {src} holds no config.json (expected a save_pretrained folder)")
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise ValueError(f"convert_pretrained: out_dir must differ from model_dir ({src})")
+    if model_class is None:
+        hf_config = transformers.AutoConfig.from_pretrained(src)
+        names = [a for a in (getattr(hf_config, "architectures", None) or []) if hasattr(transformers, a)]
+        model_class = names[0] if names else "AutoModel"
+    cls = getattr(transformers, model_class, None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise ValueError(f"convert_pretrained: transformers has no model class {model_class!r}")
+    model = cls.from_pretrained(src).eval()
+    convert(model, config, progress=progress)
+    dst.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(dst)
+    for f in sorted(src.iterdir()):
+        if f.is_file() and not _WRITTEN_BY_SAVE.fullmatch(f.name):
+            shutil.copy2(f, dst / f.name)
+    return model, report(model)
 
 
 def register() -> None:
