@@ -40,3 +40,12 @@ del _cls
 from . import _hf_hook
 
 _hf_hook.install()
+
+
+def __getattr__(name: str):
+    # co.hf (the transformers integration) imports transformers on first use only
+    if name == "hf":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.hf")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -195,6 +195,19 @@ class CompressopsHfQuantizer(HfQuantizer):
         self._pending.clear()
         return model
 
+    def _dequantize(self, model, dtype=None):
+        """model.dequantize(): every compressed layer becomes its float equivalent (to_float(), an
+        nn.Linear with the dequantized weight), in `dtype` when given."""
+        if isinstance(dtype, str):  # transformers passes config.dtype, e.g. "float32"
+            dtype = getattr(torch, dtype)
+        floats: dict[int, nn.Module] = {}
+        for name, mod in list(model.named_modules(remove_duplicate=False)):
+            if isinstance(mod, compressed_types()):
+                if id(mod) not in floats:
+                    floats[id(mod)] = mod.to_float() if dtype is None else mod.to_float().to(dtype)
+                _set_submodule(model, name, floats[id(mod)])
+        return model
+
     def is_serializable(self, safe_serialization=None) -> bool:
         return True
 

@@ -85,6 +85,11 @@ def test_save_pretrained_round_trip_is_exact(fp32_dirs, tmp_path, name, cfg):
     loaded.save_pretrained(tmp_path / "again")
     again = json.loads((tmp_path / "again" / "config.json").read_text())["quantization_config"]
     assert again["layers"] == record["layers"]
+    # model.dequantize(): float layers holding the weights the compressed ones computed with
+    loaded.dequantize()
+    for n in compressed:
+        assert torch.equal(loaded.get_submodule(n).weight, q.get_submodule(n).dequantize()), n
+    assert getattr(loaded.config, "quantization_config", None) is None
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
@@ -210,7 +215,7 @@ def test_works_without_transformers_and_registers_when_it_loads():
                   "m = co.convert(torch.nn.Sequential(torch.nn.Linear(16, 8)), co.Int8())\n"
                   "print(type(m[0]).__name__, co.report(m).rows[0].format)\n"
                   "try:\n"
-                  "    import compressops.hf\n"
+                  "    co.hf\n"
                   "except ImportError as e:\n"
                   "    print('ImportError', 'needs transformers' in str(e))\n"
                   "del sys.modules['transformers']\n"
