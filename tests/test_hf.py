@@ -153,7 +153,13 @@ def test_bad_records_fail_clearly(fp32_dirs, tmp_path):
     src, auto = fp32_dirs["gpt2"]
     with pytest.raises(ValueError, match="needs CompressopsConfig"):
         auto.from_pretrained(src, quantization_config=hf.CompressopsConfig())
-    co.convert(auto.from_pretrained(src), co.Int8()).save_pretrained(tmp_path)
+    q = co.convert(auto.from_pretrained(src).eval(), co.Int8())
+    q.save_pretrained(tmp_path)
+    # a causal-LM checkpoint loads into the base model: its layers compressed, lm_head left out
+    base = transformers.GPT2Model.from_pretrained(tmp_path).eval()
+    assert type(base.h[0].attn.c_attn).__name__ == "Int8Linear"
+    with torch.inference_mode():
+        assert torch.equal(base(TOKENS).last_hidden_state, q.transformer(TOKENS).last_hidden_state)
     config = json.loads((tmp_path / "config.json").read_text())
     config["quantization_config"]["layers"]["lm_head"]["class"] = "NoSuchLinear"
     (tmp_path / "config.json").write_text(json.dumps(config))
