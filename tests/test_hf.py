@@ -122,6 +122,10 @@ def test_gpt2_conv1d_converts_like_linear(tmp_path):
     assert rows["transformer.h.0.attn.c_proj"].format == "dense"
     assert rows["transformer.h.0.attn.c_proj"].shape == "64x64"
     assert rows["transformer.h.0.attn.c_proj"].note == "no pattern matched"
+    # calibration observes a Conv1D's own inputs: static int8 scales measured, not the default 1
+    static = co.convert(tiny_gpt2(), co.Int8(act="static"), calibration_data={"input_ids": TOKENS})
+    scales = [float(m.act_scale) for m in static.modules() if type(m).__name__ == "Int8Linear"]
+    assert len(scales) == 9 and all(s != 1.0 and s > 0 for s in scales), scales
     # co.save / co.load into a fresh GPT-2 (its Conv1D layers are the skeletons)
     co.save(model, str(tmp_path / "m.safetensors"))
     fresh = co.load(tiny_gpt2(), str(tmp_path / "m.safetensors"))
