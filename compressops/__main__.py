@@ -79,8 +79,11 @@ def _convert(args) -> int:
     except ValueError as e:
         print(f"compressops convert: {e}", file=sys.stderr)
         return 2
-    from compressops.hf import convert_pretrained
-
+    try:
+        from compressops.hf import convert_pretrained
+    except ImportError as e:
+        print(f"compressops convert: {e}", file=sys.stderr)
+        return 1
     try:
         _, rep = convert_pretrained(args.model_dir, args.out_dir, config, model_class=args.model_class,
                                     progress=False if args.no_progress else None)

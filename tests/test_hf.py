@@ -228,10 +228,13 @@ def test_works_without_transformers_and_registers_when_it_loads():
                   "    co.hf\n"
                   "except ImportError as e:\n"
                   "    print('ImportError', 'needs transformers' in str(e))\n"
+                  "import compressops.__main__ as cli\n"
+                  "print('cli', cli.main(['convert', 'in', 'out', '--config', 'int8']))\n"
                   "del sys.modules['transformers']\n"
                   "print(any(m.startswith('transformers.') for m in sys.modules))\n"
                   "from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING\n"
                   "print(AUTO_QUANTIZER_MAPPING['compressops'].__name__)\n")
     assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.split() == ["Int8Linear", "int8", "(dynamic)", "ImportError", "True", "False",
+    assert res.stdout.split() == ["Int8Linear", "int8", "(dynamic)", "ImportError", "True", "cli", "1", "False",
                                   "CompressopsHfQuantizer"]
+    assert "compressops convert: compressops.hf needs transformers" in res.stderr
