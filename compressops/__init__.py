@@ -39,3 +39,18 @@ for _cls in configs.config_types():
     globals()[_cls.__name__] = _cls
     __all__.append(_cls.__name__)
 del _cls
+
+# transformers integration (compressops.hf): registered when transformers' quantizers load, never
+# importing transformers here (it costs seconds)
+from . import _hf_hook
+
+_hf_hook.install()
+
+
+def __getattr__(name: str):
+    # co.hf (the transformers integration) imports transformers on first use only
+    if name == "hf":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.hf")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

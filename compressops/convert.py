@@ -13,8 +13,10 @@ from collections.abc import Callable, Mapping
 
 from torch import nn
 
+from .adapters import adapted_reason, adapter_for, as_linear
 from .algorithms.observers import calibrate
 from .configs import Config, compressed_types, families
+from .hf_record import record as record_hf
 from .nn.compressed_linear import on_meta
 
 REPORT_ATTR = "_compressops_skipped"
@@ -108,6 +110,8 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
         progress: show a progress bar (default: when converting more than 50 layers).
     Returns:
         The converted model. Layers left dense and why are listed by compressops.report(model).
+        A transformers model also gets config.quantization_config (compressops.hf_record), so
+        model.save_pretrained(d) and AutoModel.from_pretrained(d) round-trip it.
     Raises:
         TypeError: model is not an nn.Module, or a config is not a registered compressops config.
         ValueError: a layer cannot be converted (e.g. NaN weights; the message names it), or a
@@ -121,10 +125,15 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
     compressed, candidates = compressed_types(), candidate_types()
     plan: list[tuple[str, nn.Module, Config]] = []
     model_filters: dict[int, Callable | None] = {}
+    # A module of another library that computes a linear layer in another layout (GPT-2's Conv1D) is
+    # seen by the configs as its nn.Linear equivalent (compressops.adapters); calibration still
+    # observes the module itself (its inputs are the same).
+    originals: dict[int, nn.Module] = {}  # id(adapted Linear) -> the module it stands for
+    adapted: dict[int, nn.Module] = {}  # id(module) -> its adapted Linear (one per module, however many names)
     # remove_duplicate=False: a layer reachable under two names (tied weights) must be swapped
     # under both; it is still converted once (see `converted` below).
     for name, mod in model.named_modules(remove_duplicate=False):
-        if isinstance(mod, compressed) or not isinstance(mod, candidates):
+        if isinstance(mod, compressed) or not (isinstance(mod, candidates) or adapter_for(mod) is not None):
             continue
         cfg, reason = _config_for(name, config)
         if cfg is None:
@@ -132,6 +141,15 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
             continue
         if not isinstance(cfg, Config):
             raise TypeError(f"convert: {type(cfg).__name__} is not a compressops config")
+        if adapter_for(mod) is not None:
+            reason = adapted_reason(mod)
+            if reason:
+                skipped[name] = reason
+                continue
+            if id(mod) not in adapted:
+                adapted[id(mod)] = as_linear(mod)
+                originals[id(adapted[id(mod)])] = mod
+            mod = adapted[id(mod)]
         if not cfg.accepts(mod):
             skipped[name] = f"{type(cfg).__name__} does not support {type(mod).__name__}"
             continue
@@ -144,19 +162,19 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
         if unsupported:
             skipped[name] = unsupported
             continue
-        if filter_fn is not None and not filter_fn(mod, name):
+        if filter_fn is not None and not filter_fn(originals.get(id(mod), mod), name):
             skipped[name] = "filter_fn returned False"
             continue
         if id(cfg) not in model_filters:
             model_filters[id(cfg)] = cfg.model_filter(model)
         model_filter = model_filters[id(cfg)]
-        if model_filter is not None and not model_filter(mod, name):
+        if model_filter is not None and not model_filter(originals.get(id(mod), mod), name):
             skipped[name] = cfg.model_filter_reason
             continue
         skipped.pop(name, None)
         plan.append((name, mod, cfg))
 
-    calibration = _calibrate(model, plan, calibration_data)
+    calibration = _calibrate(model, [(n, originals.get(id(m), m), c) for n, m, c in plan], calibration_data)
 
     show = progress if progress is not None else len(plan) > 50
     iterator = plan
@@ -181,6 +199,9 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
         _set_submodule(model, name, new)
         _turn_off_fast_paths(model, name)
     setattr(model, REPORT_ATTR, skipped)
+    # A transformers model records its compressed layers in config.quantization_config, so that
+    # save_pretrained writes them to config.json and from_pretrained rebuilds them (compressops.hf).
+    record_hf(model, config)
     return model
 
 

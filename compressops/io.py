@@ -8,6 +8,7 @@ import json
 import torch
 from torch import nn
 
+from .adapters import as_linear
 from .configs import compressed_types, config_from_dict, family_of
 from .convert import _set_submodule
 
@@ -160,6 +161,7 @@ def _fresh_layer(old: nn.Module, cls: type, config, name: str, path: str) -> nn.
         return copy.deepcopy(old)
     if isinstance(old, compressed_types()):
         old = old.to_float()
+    old = as_linear(old)  # a GPT-2 Conv1D is shaped by the Linear it stands for
     if not isinstance(old, cls.float_type):
         raise ValueError(f"load: {path} stores layer {name!r} as {cls.__name__}, which replaces a "
                          f"{cls.float_type.__name__}, but the model holds a {type(old).__name__} there")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .adapters import adapter_for, as_linear
 from .configs import compressed_types
 from .convert import REPORT_ATTR, candidate_types
 
@@ -76,8 +77,10 @@ def report(model: nn.Module) -> Report:
             # (fp32 weight + bias of the layer they replace) and compressed_bytes() (canonical buffers).
             rows.append(LayerRow(name, type(mod).__name__, mod.format_label, mod.shape_label,
                                  mod.dense_bytes(), mod.compressed_bytes(), ""))
-        elif isinstance(mod, candidates):
+        elif isinstance(mod, candidates) or adapter_for(mod) is not None:
+            # an adapted module (GPT-2's Conv1D) shows the [out, in] shape of the Linear it stands for
+            shape = as_linear(mod).weight.shape
             b = sum(p.numel() * p.element_size() for p in mod.parameters(recurse=False))
-            rows.append(LayerRow(name, type(mod).__name__, "dense", "x".join(map(str, mod.weight.shape)),
+            rows.append(LayerRow(name, type(mod).__name__, "dense", "x".join(map(str, shape)),
                                  _dense_bytes(mod), b, skipped.get(name, "not converted")))
     return Report(rows)
