@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from torch import nn
 
 from .algorithms.observers import calibrate
-from .configs import Config, compressed_types, families
+from .configs import Config, compressed_types, families, family_of
 from .nn.compressed_linear import on_meta
 
 REPORT_ATTR = "_compressops_skipped"
@@ -156,7 +156,9 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
         skipped.pop(name, None)
         plan.append((name, mod, cfg))
 
-    calibration = _calibrate(model, plan, calibration_data)
+    plan, tie_groups = _split_tied(model, plan, skipped)
+    calibration = _calibrate(model, plan + [e for group in tie_groups for e in group], calibration_data)
+    tied = [done for group in tie_groups for done in _convert_tied(group, calibration, skipped)]
 
     show = progress if progress is not None else len(plan) > 50
     iterator = plan
@@ -180,8 +182,81 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
             converted[id(mod)] = new
         _set_submodule(model, name, new)
         _turn_off_fast_paths(model, name)
+    for name, new in tied:
+        _set_submodule(model, name, new)
+        _turn_off_fast_paths(model, name)
     setattr(model, REPORT_ATTR, skipped)
     return model
+
+
+def _split_tied(model: nn.Module, plan, skipped: dict[str, str]):
+    """(plan without tied modules, [plan entries of one group of tied modules, ...]).
+
+    Modules holding a common parameter (GPT-2's lm_head.weight is transformer.wte.weight) convert
+    together, through their family's tie hook, into compressed modules that share one copy; or not
+    at all. A group with a member that stays dense leaves the others dense too, with the reason in
+    `skipped`: converting one alone would store the shared tensor twice (the model would grow).
+    """
+    holders: dict[int, list[tuple[str, nn.Module, str]]] = {}  # id(parameter) -> (module name, module, name)
+    for name, mod in model.named_modules():
+        for pname, p in mod._parameters.items():
+            if p is not None:
+                holders.setdefault(id(p), []).append((name, mod, pname))
+    group_of: dict[int, set[int]] = {}  # id(module) -> ids of every module it shares a parameter with
+    shared: dict[int, list[str]] = {}  # id(module) -> "weight is lm_head.weight" lines
+    for members in holders.values():
+        if len({id(m) for _, m, _ in members}) < 2:
+            continue
+        ids = set().union(*(group_of.get(id(m), {id(m)}) for _, m, _ in members))
+        for i in ids:
+            group_of[i] = ids
+        for name, mod, pname in members:
+            shared.setdefault(id(mod), []).extend(f"{pname} is {n}.{p}" if n else f"{pname} is {p}"
+                                                  for n, m, p in members if m is not mod)
+    if not group_of:
+        return plan, []
+    names = {id(m): n for n, m in model.named_modules()}
+    planned = {id(mod) for _, mod, _ in plan}
+    groups: dict[int, list] = {}
+    rest = []
+    for entry in plan:
+        name, mod, _ = entry
+        ids = group_of.get(id(mod))
+        if ids is None:
+            rest.append(entry)
+            continue
+        dense = [names[i] for i in ids if i not in planned]
+        if dense:
+            skipped[name] = (f"tied ({'; '.join(shared[id(mod)])}) to {', '.join(map(repr, dense))}, which stays "
+                             f"dense: converting it alone would store the shared tensor twice")
+        else:
+            groups.setdefault(id(ids), []).append(entry)
+    return rest, list(groups.values())
+
+
+def _convert_tied(group, calibration, skipped: dict[str, str]) -> list[tuple[str, nn.Module]]:
+    """[(name, compressed module)] for one group of tied modules (plan entries, every member
+    planned), converted through their family's tie hook to share one copy; [] when they cannot,
+    with the reason in `skipped` for each."""
+    first = {}
+    for name, mod, cfg in group:
+        first.setdefault(id(mod), (name, mod, cfg))
+    members = list(first.values())
+    fams = list({id(f): f for f in (family_of(cfg) for _, _, cfg in members)}.values())
+    label = " and ".join(repr(n) for n, _, _ in members)
+    if len(fams) != 1:
+        result = "they are given different formats, which cannot share one copy"
+    elif fams[0].tie is None:
+        result = f"{fams[0].config.__name__} has no way to share one compressed copy between them"
+    else:
+        result = fams[0].tie([(n, m, cfg, calibration.get(n)) for n, m, cfg in members])
+    if isinstance(result, str):
+        for name, _, _ in group:
+            skipped[name] = f"tied ({label} share a weight): {result}; left dense, not stored twice"
+        return []
+    for name, _, _ in group:
+        skipped.pop(name, None)
+    return [(name, result[first[id(mod)][0]]) for name, mod, _ in group]
 
 
 def _turn_off_fast_paths(model: nn.Module, name: str) -> None:

@@ -113,6 +113,7 @@ def report(model: nn.Module) -> Report:
     skipped = getattr(model, REPORT_ATTR, {})
     compressed, candidates = compressed_types(), candidate_types()
     rows, seen, inside = [], {}, []  # seen: tensor identity -> "module.tensor" that holds it first
+    names = {id(m): n for n, m in model.named_modules()}
     for name, mod in model.named_modules():
         if _under(name, inside):
             continue  # a compressed module's canonical bytes cover its children
@@ -120,7 +121,9 @@ def report(model: nn.Module) -> Report:
             # Compressed modules describe themselves: format_label, shape_label, dense_bytes()
             # (what the layer they replace held, at float32) and compressed_bytes() (canonical).
             inside.append(name)
-            note = getattr(mod, "report_note", "")
+            source = getattr(mod, "tied_source", lambda: None)()
+            note = f"reads {names.get(id(source), 'another module')}'s compressed weight (tied; counted there)" \
+                if source is not None else ""
             rows.append(LayerRow(name, type(mod).__name__, mod.format_label, mod.shape_label,
                                  mod.dense_bytes(), mod.compressed_bytes(), note))
             continue
