@@ -1,7 +1,8 @@
 // Torch-free embedding gathers (compressops/formats/embedding.py): out[t, :] = the dequantized row
 // indices[t] of an int8 or int4 table, float32. Memory-bound: each output row reads its table row
-// once and writes D floats, so the scalar level (compiler-vectorized at the baseline ISA) is the
-// only one; a vector level would be one more file here.
+// once and writes D floats. Levels: scalar (every gather) and avx2 (int8 and int4 rows, 8 values a
+// vector); the levels above fall through to avx2, and the packed int8 gather runs scalar at every
+// level (it is bound by the cache lines it touches).
 #pragma once
 #include <cstdint>
 
