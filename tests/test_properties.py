@@ -645,6 +645,7 @@ def check_gather(data, op, ref_op, *args):
         same_outcome(outcome(native, level, op, *args, out_dtype=out_dtype), want)
 
 
+@examples(0.5)  # a gather has few paths: half the examples cover them
 @given(st.data())
 def test_int8_embedding(data):
     v, d = dims(data), dims(data)
@@ -653,6 +654,7 @@ def test_int8_embedding(data):
                  scale)
 
 
+@examples(0.5)  # a gather has few paths: half the examples cover them
 @given(st.data())
 def test_int8_embedding_packed(data):
     v, d = dims(data), dims(data)
@@ -662,6 +664,7 @@ def test_int8_embedding_packed(data):
                  scale, d)
 
 
+@examples(0.5)  # a gather has few paths: half the examples cover them
 @given(st.data())
 def test_int4_embedding(data):
     v, d = dims(data), dims(data, 80)
