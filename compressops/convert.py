@@ -15,7 +15,7 @@ from torch import nn
 
 from .adapters import adapted_reason, adapter_for, as_linear
 from .algorithms.observers import calibrate
-from .configs import Config, compressed_types, families
+from .configs import Config, compressed_types, families, family_of
 from .hf_record import record as record_hf
 from .nn.compressed_linear import on_meta
 
@@ -174,7 +174,10 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
         skipped.pop(name, None)
         plan.append((name, mod, cfg))
 
-    calibration = _calibrate(model, [(n, originals.get(id(m), m), c) for n, m, c in plan], calibration_data)
+    plan, tie_groups = _split_tied(model, plan, skipped, originals)
+    observed = [(n, originals.get(id(m), m), c) for n, m, c in plan + [e for group in tie_groups for e in group]]
+    calibration = _calibrate(model, observed, calibration_data)
+    tied = [done for group in tie_groups for done in _convert_tied(group, calibration, skipped)]
 
     show = progress if progress is not None else len(plan) > 50
     iterator = plan
@@ -198,11 +201,86 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
             converted[id(mod)] = new
         _set_submodule(model, name, new)
         _turn_off_fast_paths(model, name)
+    for name, new in tied:
+        _set_submodule(model, name, new)
+        _turn_off_fast_paths(model, name)
     setattr(model, REPORT_ATTR, skipped)
     # A transformers model records its compressed layers in config.quantization_config, so that
     # save_pretrained writes them to config.json and from_pretrained rebuilds them (compressops.hf).
     record_hf(model, config)
     return model
+
+
+def _split_tied(model: nn.Module, plan, skipped: dict[str, str], originals: Mapping[int, nn.Module]):
+    """(plan without tied modules, [plan entries of one group of tied modules, ...]).
+
+    Modules holding a common parameter (GPT-2's lm_head.weight is transformer.wte.weight) convert
+    together, through their family's tie hook, into compressed modules that share one copy; or not
+    at all. A group with a member that stays dense leaves the others dense too, with the reason in
+    `skipped`: converting one alone would store the shared tensor twice (the model would grow).
+    `originals` maps id(adapted Linear) to the model's own module it stands for (a GPT-2 Conv1D).
+    """
+    holders: dict[int, list[tuple[str, nn.Module, str]]] = {}  # id(parameter) -> (module name, module, name)
+    for name, mod in model.named_modules():
+        for pname, p in mod._parameters.items():
+            if p is not None:
+                holders.setdefault(id(p), []).append((name, mod, pname))
+    group_of: dict[int, set[int]] = {}  # id(module) -> ids of every module it shares a parameter with
+    shared: dict[int, list[str]] = {}  # id(module) -> "weight is lm_head.weight" lines
+    for members in holders.values():
+        if len({id(m) for _, m, _ in members}) < 2:
+            continue
+        ids = set().union(*(group_of.get(id(m), {id(m)}) for _, m, _ in members))
+        for i in ids:
+            group_of[i] = ids
+        for name, mod, pname in members:
+            shared.setdefault(id(mod), []).extend(f"{pname} is {n}.{p}" if n else f"{pname} is {p}"
+                                                  for n, m, p in members if m is not mod)
+    if not group_of:
+        return plan, []
+    names = {id(m): n for n, m in model.named_modules()}
+    planned = {id(originals.get(id(mod), mod)) for _, mod, _ in plan}
+    groups: dict[int, list] = {}
+    rest = []
+    for entry in plan:
+        name, mod, _ = entry
+        mod = originals.get(id(mod), mod)
+        ids = group_of.get(id(mod))
+        if ids is None:
+            rest.append(entry)
+            continue
+        dense = [names[i] for i in ids if i not in planned]
+        if dense:
+            skipped[name] = (f"tied ({'; '.join(shared[id(mod)])}) to {', '.join(map(repr, dense))}, which stays "
+                             f"dense: converting it alone would store the shared tensor twice")
+        else:
+            groups.setdefault(id(ids), []).append(entry)
+    return rest, list(groups.values())
+
+
+def _convert_tied(group, calibration, skipped: dict[str, str]) -> list[tuple[str, nn.Module]]:
+    """[(name, compressed module)] for one group of tied modules (plan entries, every member
+    planned), converted through their family's tie hook to share one copy; [] when they cannot,
+    with the reason in `skipped` for each."""
+    first = {}
+    for name, mod, cfg in group:
+        first.setdefault(id(mod), (name, mod, cfg))
+    members = list(first.values())
+    fams = list({id(f): f for f in (family_of(cfg) for _, _, cfg in members)}.values())
+    label = " and ".join(repr(n) for n, _, _ in members)
+    if len(fams) != 1:
+        result = "they are given different formats, which cannot share one copy"
+    elif fams[0].tie is None:
+        result = f"{fams[0].config.__name__} has no way to share one compressed copy between them"
+    else:
+        result = fams[0].tie([(n, m, cfg, calibration.get(n)) for n, m, cfg in members])
+    if isinstance(result, str):
+        for name, _, _ in group:
+            skipped[name] = f"tied ({label} share a weight): {result}; left dense, not stored twice"
+        return []
+    for name, _, _ in group:
+        skipped.pop(name, None)
+    return [(name, result[first[id(mod)][0]]) for name, mod, _ in group]
 
 
 def _turn_off_fast_paths(model: nn.Module, name: str) -> None:

@@ -23,6 +23,15 @@ def save(model: nn.Module, path: str) -> None:
     # every name of a module used at several places, as its state_dict keys appear under each
     layers = {name: {"class": type(m).__name__, "config": m.config.to_dict()}
               for name, m in model.named_modules(remove_duplicate=False) if isinstance(m, compressed_types())}
+    # a layer that reads another's compressed weight (a tied embedding) stores none of its own:
+    # the file records whose it reads, and load ties them again
+    names = {id(m): name for name, m in model.named_modules()}
+    for name, info in layers.items():
+        source = getattr(model.get_submodule(name), "tied_source", lambda: None)()
+        if source is not None:
+            if id(source) not in names:
+                raise ValueError(f"save: layer {name!r} reads the weight of a module that is not part of the model")
+            info["tied_to"] = names[id(source)]
     state, aliases = _untie(model.state_dict())
     save_file(state, path, metadata={_META_KEY: json.dumps(layers), _ALIASES_KEY: json.dumps(aliases)})
 
@@ -85,6 +94,16 @@ def load(model: nn.Module, path: str, strict: bool = True) -> nn.Module:
         if id(old) not in fresh:
             fresh[id(old)] = _fresh_layer(old, cls, config, name, path)
         staged[name] = fresh[id(old)]
+    for name, info in layers.items():
+        if "tied_to" in info:
+            source = staged.get(info["tied_to"]) if isinstance(info["tied_to"], str) else None
+            if source is None:
+                raise ValueError(f"load: {path} ties layer {name!r} to {info['tied_to']!r}, which the file does not "
+                                 f"store as a compressed layer")
+            if not hasattr(staged[name], "tie_to"):
+                raise ValueError(f"load: {path} ties layer {name!r}, a {type(staged[name]).__name__}, which cannot "
+                                 f"read another layer's weight")
+            staged[name].tie_to(source)
     # a module used at several places is replaced at each (a file that names only one of them
     # included); compressed layers the file stores no format for load through the same off-model path
     for name, mod in model.named_modules(remove_duplicate=False):

@@ -1,9 +1,25 @@
-"""compressops.report: what convert did to each layer, and what it saved."""
+"""compressops.report: what convert did to each layer, and what the whole model holds now.
+
+Every module that directly holds tensors (parameters or persistent buffers: what state_dict saves)
+gets a row, converted or not, and the totals cover the whole model:
+
+- dense bytes: what the original float model's state_dict holds, each floating tensor at float32
+  (4 bytes an element, whatever its dtype now; a compressed layer counts the float32 weight and
+  bias it replaced), each integer/bool tensor at its own element size;
+- bytes now: what the model's state_dict holds now, each tensor at its own size (a compressed
+  layer: its canonical format; the prepacked layout it keeps in memory is derived, not stored);
+- a tensor shared by several modules (tied weights) counts once, in the first row that holds it;
+  later rows say whom they share it with. A module reachable under several names gets one row.
+
+So `ratio` is close to the ratio of the file sizes of the float model's and the converted model's
+saved state (compressops.save), whose only other bytes are headers.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from .adapters import adapter_for, as_linear
@@ -14,16 +30,17 @@ from .convert import REPORT_ATTR, candidate_types
 @dataclass
 class LayerRow:
     name: str
-    module: str          # class name of the layer now in the model
+    module: str          # class name of the module now in the model
     format: str          # the compressed module's format_label, or "dense"
     shape: str
-    dense_bytes: int     # fp32 weight + bias
-    bytes: int           # what the layer holds now (canonical format)
-    note: str            # why a layer stayed dense
+    dense_bytes: int     # its tensors in the float model (floating ones at float32); 0 when tied to an earlier row
+    bytes: int           # what it holds now (a compressed module: its canonical format)
+    note: str            # why a module stayed dense; which tensors it shares
 
 
 class Report:
-    """Per-layer rows plus totals. str() gives a text table; to_markdown() a markdown one."""
+    """Per-module rows plus totals (the totals are the sums over the rows).
+    str() gives a text table; to_markdown() a markdown one."""
 
     def __init__(self, rows: list[LayerRow]):
         self.rows = rows
@@ -62,25 +79,77 @@ class Report:
     __repr__ = __str__
 
 
-def _dense_bytes(mod: nn.Module) -> int:
-    return sum(4 * p.numel() for p in mod.parameters(recurse=False))
+def _own_tensors(mod: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) of what state_dict saves of `mod` itself: parameters and persistent buffers."""
+    out = [(n, p) for n, p in mod._parameters.items() if p is not None]
+    out += [(n, b) for n, b in mod._buffers.items() if b is not None and n not in mod._non_persistent_buffers_set]
+    return out
+
+
+def _identity(t: torch.Tensor) -> tuple:
+    """What makes two tensors one stored tensor (the same memory, offset, shape and dtype)."""
+    return (t.device.type, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+
+
+def _fp32_bytes(t: torch.Tensor) -> int:
+    return t.numel() * (4 if t.is_floating_point() else t.element_size())
+
+
+def _under(name: str, parents: list[str]) -> bool:
+    return any(name.startswith(p + ".") if p else True for p in parents)
 
 
 def report(model: nn.Module) -> Report:
-    """One row per layer of `model` that a family could convert: converted (format, bytes) or dense (and why)."""
+    """One row per module of `model` that holds tensors or is compressed (see the module docstring
+    for what the byte columns count).
+
+    Args:
+        model: any nn.Module, converted by compressops.convert or not.
+    Returns:
+        Report: rows in named_modules order (a module under several names once, at its first), a
+        converted one with its format and canonical bytes, a dense one with why it stayed dense:
+        convert's reason for a type some family converts, "<Type>: no family converts <Type>"
+        otherwise.
+    """
     skipped = getattr(model, REPORT_ATTR, {})
     compressed, candidates = compressed_types(), candidate_types()
-    rows = []
+    rows, seen, inside = [], {}, []  # seen: tensor identity -> "module.tensor" that holds it first
+    names = {id(m): n for n, m in model.named_modules()}
     for name, mod in model.named_modules():
+        if _under(name, inside):
+            continue  # a compressed module's canonical bytes cover its children
         if isinstance(mod, compressed):
             # Compressed modules describe themselves: format_label, shape_label, dense_bytes()
-            # (fp32 weight + bias of the layer they replace) and compressed_bytes() (canonical buffers).
+            # (what the layer they replace held, at float32) and compressed_bytes() (canonical).
+            inside.append(name)
+            source = getattr(mod, "tied_source", lambda: None)()
+            note = f"reads {names.get(id(source), 'another module')}'s compressed weight (tied; counted there)" \
+                if source is not None else ""
             rows.append(LayerRow(name, type(mod).__name__, mod.format_label, mod.shape_label,
-                                 mod.dense_bytes(), mod.compressed_bytes(), ""))
-        elif isinstance(mod, candidates) or adapter_for(mod) is not None:
-            # an adapted module (GPT-2's Conv1D) shows the [out, in] shape of the Linear it stands for
-            shape = as_linear(mod).weight.shape
-            b = sum(p.numel() * p.element_size() for p in mod.parameters(recurse=False))
-            rows.append(LayerRow(name, type(mod).__name__, "dense", "x".join(map(str, shape)),
-                                 _dense_bytes(mod), b, skipped.get(name, "not converted")))
+                                 mod.dense_bytes(), mod.compressed_bytes(), note))
+            continue
+        tensors = _own_tensors(mod)
+        if not tensors:
+            continue
+        dense = now = 0
+        tied = []
+        for tname, t in tensors:
+            key = _identity(t)
+            if t.numel() and key in seen:
+                tied.append(f"{tname} tied to {seen[key]}")
+                continue
+            seen[key] = f"{name}.{tname}" if name else tname
+            dense += _fp32_bytes(t)
+            now += t.numel() * t.element_size()
+        cls = type(mod).__name__
+        if isinstance(mod, candidates) or adapter_for(mod) is not None:
+            note = skipped.get(name, "not converted")
+        else:
+            note = f"{cls}: no family converts {cls}"
+        if tied:
+            note += f" ({'; '.join(tied)}, counted there)"
+        # an adapted module (GPT-2's Conv1D) shows the [out, in] shape of the Linear it stands for
+        shape_of = as_linear(mod).weight if adapter_for(mod) is not None else getattr(mod, "weight", None)
+        shape_of = shape_of if isinstance(shape_of, torch.Tensor) else tensors[0][1]
+        rows.append(LayerRow(name, cls, "dense", "x".join(map(str, shape_of.shape)) or "scalar", dense, now, note))
     return Report(rows)

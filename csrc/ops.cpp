@@ -105,6 +105,15 @@ TORCH_LIBRARY(compressops, m) {
   m.def(
       "binary_linear(Tensor x_packed, Tensor w_packed, Tensor alpha, Tensor? bias=None, ScalarType? out_dtype=None, "
       "*, float? clamp_min=None, float? clamp_max=None) -> Tensor");
+  // embedding gathers (compressops/formats/embedding.py): int8 and int4 row-wise tables.
+  m.def("int8_embedding(Tensor indices, Tensor weight, Tensor weight_scale, *, ScalarType? out_dtype=None) -> Tensor");
+  m.def(
+      "int8_embedding_packed(Tensor indices, Tensor w_packed, Tensor weight_scale, int embedding_dim, *, "
+      "ScalarType? out_dtype=None) -> Tensor");
+  m.def(
+      "int4_embedding(Tensor indices, Tensor qweight, Tensor scales, Tensor? zeros, int embedding_dim, *, "
+      "ScalarType? out_dtype=None) -> Tensor");
+
   m.def("half_pack_weight(Tensor w) -> Tensor");  // half: float16 weights (compressops/formats/half.py)
   m.def("half_linear(Tensor x, Tensor packed, Tensor? bias=None, ScalarType? out_dtype=None) -> Tensor");
 

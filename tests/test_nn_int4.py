@@ -220,7 +220,8 @@ def test_convert_mapping_report_and_save_load(tmp_path):
     x = randn_nonzero(4, 48)
     assert torch.equal(fresh(x), model(x))
     assert co.Int4(group_size=64, method="gptq").to_dict() == {"format": "int4", "group_size": 64,
-                                                               "symmetric": False, "method": "gptq"}
+                                                               "symmetric": False, "method": "gptq",
+                                                               "embeddings": False}
 
 
 def _correlated_inputs(rows, k):

@@ -141,7 +141,7 @@ def outcome(fn, *args, **kwargs):
     """("ok", result) or ("raised", the exception's type, its first line)."""
     try:
         return ("ok", fn(*args, **kwargs))
-    except (ValueError, RuntimeError, TypeError) as e:
+    except (ValueError, RuntimeError, TypeError, IndexError) as e:
         return ("raised", type(e), str(e).splitlines()[0] if str(e) else "")
 
 
@@ -625,6 +625,56 @@ def test_int4_tiny_group_amax():
 
 
 # ------------------------------------------------------------------------------------ every op
+
+# ------------------------------------------------------------------------------------ embedding
+
+def draw_indices(data, v):
+    """int32/int64 indices of no, one or two dims (sizes 0-5) in [0, v), sometimes one out of range."""
+    shape = data.draw(st.lists(st.sampled_from([0, 1, 2, 3, 5]), max_size=2), label="index shape")
+    idx = ints(data, shape, 0, v, data.draw(st.sampled_from([torch.int32, torch.int64]), label="index dtype"))
+    if idx.numel() and data.draw(st.booleans(), label="bad index"):
+        at = data.draw(st.integers(0, idx.numel() - 1), label="at")
+        idx.view(-1)[at] = data.draw(st.sampled_from([v, v + 7, -1, -v - 1]), label="bad value")
+    return strided(data, idx)
+
+
+def check_gather(data, op, ref_op, *args):
+    out_dtype = draw_out_dtype(data)
+    want = outcome(ref_op, *args, out_dtype=out_dtype)
+    for level in levels(data):
+        same_outcome(outcome(native, level, op, *args, out_dtype=out_dtype), want)
+
+
+@examples(0.5)  # a gather has few paths: half the examples cover them
+@given(st.data())
+def test_int8_embedding(data):
+    v, d = dims(data), dims(data)
+    scale = floats(data, (v,), scales=W_SCALES, specials=W_SPECIALS).abs()
+    check_gather(data, ops.int8_embedding, reference.int8_embedding, draw_indices(data, v), draw_w_q(data, v, d),
+                 scale)
+
+
+@examples(0.5)  # a gather has few paths: half the examples cover them
+@given(st.data())
+def test_int8_embedding_packed(data):
+    v, d = dims(data), dims(data)
+    scale = floats(data, (v,), scales=W_SCALES, specials=W_SPECIALS).abs()
+    packed = ops.int8_pack_weight(draw_w_q(data, v, d))
+    check_gather(data, ops.int8_embedding_packed, reference.int8_embedding_packed, draw_indices(data, v), packed,
+                 scale, d)
+
+
+@examples(0.5)  # a gather has few paths: half the examples cover them
+@given(st.data())
+def test_int4_embedding(data):
+    v, d = dims(data), dims(data, 80)
+    group = data.draw(st.sampled_from([32, 64]), label="group_size")
+    g = f4.padded_k(d, group) // group
+    qweight = strided(data, ints(data, (v, g * group // 2), 0, 256, torch.uint8))
+    scales = floats(data, (v, g), scales=W_SCALES, specials=W_SPECIALS)
+    zeros = ints(data, (v, g), 0, 16, torch.uint8) if data.draw(st.booleans(), label="asymmetric") else None
+    check_gather(data, ops.int4_embedding, reference.int4_embedding, draw_indices(data, v), qweight, scales, zeros, d)
+
 
 PROPERTY_TESTS = {name[len("test_"):] for name in dir() if name.startswith("test_")}
 

@@ -182,6 +182,10 @@ class Family:
         model_filter: optional (config, model) -> (module, name) -> bool, or None.
         examples: {name: (config, kind)}, kind "linear" or "conv": small configs that together
             exercise the family's code paths; the cross-cutting tests (tests/families.py) run each.
+        tie: optional ([(name, float module, config, calibration)]) -> {name: compressed module} | str:
+            converts modules that share a weight (tied) so that their compressed forms share one
+            copy, or says why it cannot (a str: convert then leaves them all dense with it).
+            Without it, tied modules stay dense.
     """
 
     config: type[Config]
@@ -193,6 +197,7 @@ class Family:
     prepare: Callable | None = None
     model_filter: Callable | None = None
     examples: Mapping[str, tuple[Config, str]] = field(default_factory=dict)
+    tie: Callable | None = None
 
     @property
     def name(self) -> str:

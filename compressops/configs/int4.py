@@ -19,11 +19,17 @@ class Int4(Config, format_name="int4"):
             per-group zero point (asymmetric, default).
         method: "rtn" (round to nearest) or "gptq" (error-compensated rounding with the inverse
             Hessian of each layer's inputs; needs `calibration_data` in compressops.convert).
+        embeddings: also convert nn.Embedding layers (to compressops.nn.Int4Embedding: group-wise
+            4-bit rows along the embedding dimension, round to nearest whatever `method` says: an
+            embedding has no input activations to calibrate with). Off by default, as for Int8. A
+            Linear whose weight is tied to an Embedding's stays dense under Int4 (its int4 pack
+            cannot be shared by a gather); compressops.report says why.
     """
 
     group_size: int = 128
     symmetric: bool = False
     method: str = "rtn"
+    embeddings: bool = False
 
     def __post_init__(self):
         if self.group_size not in (32, 64, 128, 256):

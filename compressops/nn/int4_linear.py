@@ -12,6 +12,7 @@ from ..algorithms.gptq import HessianObserver, gptq_quantize
 from ..configs import Family, Int4, register_family
 from ..formats import int4 as int4_format
 from .compressed_linear import CompressedLinear, meta_skeleton
+from .embedding import Int4Embedding, unsupported_reason
 
 __all__ = ["Int4Linear"]
 
@@ -195,13 +196,24 @@ class Int4Linear(CompressedLinear):
                 f"{'symmetric' if self.symmetric else 'asymmetric'}, method={self.method}")
 
 
-def _convert(mod: nn.Linear, config: Int4, name: str, calibration=None, prepared=None) -> Int4Linear:
+def _convert(mod: nn.Module, config: Int4, name: str, calibration=None, prepared=None) -> nn.Module:
+    if isinstance(mod, nn.Embedding):  # no activations to calibrate with: round to nearest
+        return Int4Embedding.from_float(mod, config, name=name)
     # calibration: the layer's input Hessian HessianObserver accumulated (method="gptq" only)
     return Int4Linear.from_float(mod, config, hessian=calibration, name=name)
 
 
+def _unsupported(config: Int4, mod: nn.Module) -> str | None:
+    if isinstance(mod, nn.Embedding):
+        if not config.embeddings:
+            return "Int4(embeddings=False) leaves embeddings dense (Int4(..., embeddings=True) converts them)"
+        return unsupported_reason(mod)
+    return None
+
+
 register_family(Family(
-    config=Int4, converts=(nn.Linear,), modules=(Int4Linear,), convert=_convert,
+    config=Int4, converts=(nn.Linear, nn.Embedding), modules=(Int4Linear, Int4Embedding), convert=_convert,
+    unsupported_reason=_unsupported,
     make_observer=lambda config: HessianObserver(),
     examples={"int4": (Int4(group_size=32), "linear"),
               "int4_gptq_sym": (Int4(group_size=32, symmetric=True, method="gptq"), "linear")},

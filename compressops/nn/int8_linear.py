@@ -12,6 +12,7 @@ from ..algorithms.observers import AbsMaxObserver
 from ..configs import Family, Int8, register_family
 from ..formats import int8 as int8_format
 from .compressed_linear import CompressedLinear, meta_skeleton
+from .embedding import Int8Embedding, unsupported_reason
 
 __all__ = ["Int8Linear"]
 
@@ -146,13 +147,36 @@ class Int8Linear(CompressedLinear):
                 f"bias={self.bias is not None}, weight=int8 per-channel, act={self.act}")
 
 
-def _convert(mod: nn.Linear, config: Int8, name: str, calibration=None, prepared=None) -> Int8Linear:
+def _convert(mod: nn.Module, config: Int8, name: str, calibration=None, prepared=None) -> nn.Module:
+    if isinstance(mod, nn.Embedding):
+        return Int8Embedding.from_float(mod, config, name=name)
     # calibration: the static activation scale AbsMaxObserver measured (act="static" only)
     return Int8Linear.from_float(mod, config, act_scale=calibration, name=name)
 
 
+def _unsupported(config: Int8, mod: nn.Module) -> str | None:
+    if isinstance(mod, nn.Embedding):
+        if not config.embeddings:
+            return "Int8(embeddings=False) leaves embeddings dense (Int8(embeddings=True) converts them)"
+        return unsupported_reason(mod)
+    return None
+
+
+def _tie(members) -> dict[str, nn.Module] | str:
+    """One int8 copy for an Embedding and a Linear sharing one weight [V, D] (GPT-2's wte and lm_head):
+    the Linear becomes an Int8Linear, the Embedding gathers the rows of its weight."""
+    embs = [m for m in members if isinstance(m[1], nn.Embedding)]
+    lins = [m for m in members if isinstance(m[1], nn.Linear)]
+    if len(members) != 2 or len(embs) != 1 or len(lins) != 1 or lins[0][1].weight is not embs[0][1].weight:
+        return "Int8 shares one copy only between an Embedding and a Linear that hold the same weight"
+    (ename, emb, _, _), (lname, lin, lcfg, lcal) = embs[0], lins[0]
+    head = _convert(lin, lcfg, lname, lcal)
+    return {lname: head, ename: Int8Embedding.tied(emb, head, name=ename)}
+
+
 register_family(Family(
-    config=Int8, converts=(nn.Linear,), modules=(Int8Linear,), convert=_convert,
+    config=Int8, converts=(nn.Linear, nn.Embedding), modules=(Int8Linear, Int8Embedding), convert=_convert,
+    unsupported_reason=_unsupported, tie=_tie,
     make_observer=lambda config: AbsMaxObserver(),
     examples={"int8": (Int8(), "linear"), "int8_static": (Int8(act="static"), "linear"),
               "int8_weight_only": (Int8(act="weight_only"), "linear")},
