@@ -184,16 +184,30 @@ class CompressopsHfQuantizer(HfQuantizer):
                         states[by_ckpt[layer]][rest] = f.get_tensor(key)
         device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
         loaded: dict[int, nn.Module] = {}
+        layer_of: dict[str, nn.Module] = {}  # checkpoint name -> its loaded layer
+        ties = []  # (layer, checkpoint name of the layer whose weight it reads)
+        records = self.quantization_config.layers
         for name, (ckpt_name, skeleton) in self._pending.items():
             if id(skeleton) not in loaded:
                 layer = skeleton.to_empty(device=device) if _on_meta(skeleton) else skeleton.to(device)
-                try:
-                    layer.load_state_dict(states[name], strict=True)
-                except RuntimeError as e:
-                    raise RuntimeError(f"compressops: loading layer {ckpt_name!r} from {self._checkpoint_files}: "
-                                       f"{e}") from None
+                tied_to = records[ckpt_name].get("tied_to")
+                if tied_to is not None:  # holds no tensor of its own: tied once every layer is loaded
+                    ties.append((layer, ckpt_name, tied_to))
+                else:
+                    try:
+                        layer.load_state_dict(states[name], strict=True)
+                    except RuntimeError as e:
+                        raise RuntimeError(f"compressops: loading layer {ckpt_name!r} from {self._checkpoint_files}: "
+                                           f"{e}") from None
                 loaded[id(skeleton)] = layer
+            layer_of[ckpt_name] = loaded[id(skeleton)]
             _set_submodule(model, name, loaded[id(skeleton)])
+        for layer, ckpt_name, tied_to in ties:
+            source = layer_of.get(tied_to) if isinstance(tied_to, str) else None
+            if source is None or not hasattr(layer, "tie_to"):
+                raise ValueError(f"compressops: the checkpoint ties {ckpt_name!r} to {tied_to!r}, which it does not "
+                                 f"load as a compressed layer that {type(layer).__name__} can read")
+            layer.tie_to(source)
         self._pending.clear()
         return model
 

@@ -33,9 +33,17 @@ FORMAT_VERSION = 1
 
 def layers_of(model: nn.Module) -> dict[str, dict]:
     """{module name: {"class": compressed module class name, "config": config dict}} of every compressed
-    layer of `model`, under each of its names."""
-    return {name: {"class": type(m).__name__, "config": m.config.to_dict()}
-            for name, m in model.named_modules(remove_duplicate=False) if isinstance(m, compressed_types())}
+    layer of `model`, under each of its names; a layer that reads another's compressed weight (a tied
+    embedding, which saves no tensor of its own) also has "tied_to": that layer's name."""
+    names = {id(m): n for n, m in model.named_modules()}
+    out = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        if isinstance(m, compressed_types()):
+            out[name] = {"class": type(m).__name__, "config": m.config.to_dict()}
+            source = getattr(m, "tied_source", lambda: None)()
+            if source is not None:
+                out[name]["tied_to"] = names[id(source)]
+    return out
 
 
 def config_to_json(config) -> dict | None:

@@ -56,11 +56,12 @@ def run(model):
         return model(TOKENS)[0]
 
 
-CASES = [("gpt2", co.Int8()), ("gpt2", co.Int4(group_size=32)), ("llama", co.Int8()), ("llama", co.Int4(group_size=32)),
+CASES = [("gpt2", co.Int8()), ("gpt2", co.Int8(embeddings=True)), ("gpt2", co.Int4(group_size=32)), ("llama", co.Int8()), ("llama", co.Int4(group_size=32)),
          ("minilm", co.Int8())]
 
 
-@pytest.mark.parametrize(("name", "cfg"), CASES, ids=[f"{n}-{c.format_name}" for n, c in CASES])
+@pytest.mark.parametrize(("name", "cfg"), CASES,
+                         ids=[f"{n}-{c.format_name}{'-embeddings' if c.embeddings else ''}" for n, c in CASES])
 def test_save_pretrained_round_trip_is_exact(fp32_dirs, tmp_path, name, cfg):
     src, auto = fp32_dirs[name]
     q = co.convert(auto.from_pretrained(src).eval(), cfg)
@@ -75,8 +76,11 @@ def test_save_pretrained_round_trip_is_exact(fp32_dirs, tmp_path, name, cfg):
     loaded = auto.from_pretrained(tmp_path).eval()
     assert {n: type(m).__name__ for n, m in loaded.named_modules() if n in compressed} == compressed
     assert torch.equal(run(loaded), ref)
-    # every tensor is the converted model's, bit for bit (a tied GPT-2 lm_head included: it is
-    # compressed alone, and wte keeps its float weight)
+    for n, m in q.named_modules():
+        if getattr(m, "tied_source", lambda: None)() is not None:
+            assert loaded.get_submodule(n).tied_source() is loaded.get_submodule(record["layers"][n]["tied_to"])
+    # every tensor is the converted model's, bit for bit (GPT-2's tied lm_head/wte pair: both dense
+    # under Int8(), one int8 copy read by both under Int8(embeddings=True))
     q_state, loaded_state = q.state_dict(), loaded.state_dict()
     assert loaded_state.keys() == q_state.keys()
     for key, t in loaded_state.items():
@@ -125,7 +129,9 @@ def test_gpt2_conv1d_converts_like_linear(tmp_path):
     # calibration observes a Conv1D's own inputs: static int8 scales measured, not the default 1
     static = co.convert(tiny_gpt2(), co.Int8(act="static"), calibration_data={"input_ids": TOKENS})
     scales = [float(m.act_scale) for m in static.modules() if type(m).__name__ == "Int8Linear"]
-    assert len(scales) == 9 and all(s != 1.0 and s > 0 for s in scales), scales
+    # 8 Conv1D layers; the lm_head, tied to the embedding that Int8() leaves dense, stays dense too
+    assert len(scales) == 8 and all(s != 1.0 and s > 0 for s in scales), scales
+    assert "tied" in {r.name: r for r in co.report(static).rows}["lm_head"].note
     # co.save / co.load into a fresh GPT-2 (its Conv1D layers are the skeletons)
     co.save(model, str(tmp_path / "m.safetensors"))
     fresh = co.load(tiny_gpt2(), str(tmp_path / "m.safetensors"))
@@ -165,9 +171,9 @@ def test_bad_records_fail_clearly(fp32_dirs, tmp_path):
     with torch.inference_mode():
         assert torch.equal(base(TOKENS).last_hidden_state, q.transformer(TOKENS).last_hidden_state)
     config = json.loads((tmp_path / "config.json").read_text())
-    config["quantization_config"]["layers"]["lm_head"]["class"] = "NoSuchLinear"
+    config["quantization_config"]["layers"]["transformer.h.0.attn.c_attn"]["class"] = "NoSuchLinear"
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="stores 'lm_head' as NoSuchLinear, which is no registered"):
+    with pytest.raises(ValueError, match="stores 'transformer.h.0.attn.c_attn' as NoSuchLinear, which is no registered"):
         auto.from_pretrained(tmp_path)
 
 
