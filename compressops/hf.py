@@ -33,7 +33,8 @@ try:
     from transformers.quantizers.base import HfQuantizer
     from transformers.utils.quantization_config import QuantizationConfigMixin
 except ImportError as e:
-    raise ImportError(f"compressops.hf needs transformers with register_quantizer (pip install transformers): {e}") from e
+    raise ImportError(f"compressops.hf needs transformers with register_quantizer (pip install transformers): "
+                      f"{e}") from e
 
 from .adapters import as_linear
 from .configs import Config, compressed_types, family_of
