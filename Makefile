@@ -112,13 +112,13 @@ test-torch: $(TVENV)/.deps-installed
 # and the build tools; then tests/install_check.py checks that torch was not touched, the native library
 # loads and runs, and the installed libraries' RUNPATHs hold nothing from the build.
 SDIST_DIR := build/sdist-check
-check-sdist: setup
+check-sdist:
 	rm -rf $(SDIST_DIR) && mkdir -p $(SDIST_DIR)
-	$(PY) setup.py -q sdist -d $(SDIST_DIR)
 	$(PYTHON) -m venv $(SDIST_DIR)/venv
 	$(SDIST_DIR)/venv/bin/python -m pip install -q torch==$(TORCH)
 	$(SDIST_DIR)/venv/bin/python -m pip install -q "cmake>=3.22" ninja "simde-py==0.8.2.post1" "setuptools>=77" wheel
 	$(SDIST_DIR)/venv/bin/python -P tests/install_check.py fingerprint > $(SDIST_DIR)/torch-before.txt
+	$(SDIST_DIR)/venv/bin/python setup.py -q sdist -d $(SDIST_DIR)
 	cd $(SDIST_DIR) && venv/bin/python -m pip install --no-build-isolation compressops-*.tar.gz
 	$(SDIST_DIR)/venv/bin/python -P tests/install_check.py check --torch-fingerprint $(SDIST_DIR)/torch-before.txt
 
