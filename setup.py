@@ -59,6 +59,7 @@ class cmake_build_ext(build_ext):
             f"-DCOMPRESSOPS_EMULATION={os.environ.get('COMPRESSOPS_EMULATION', 'auto')}",
             f"-DCOMPRESSOPS_WERROR={'ON' if os.environ.get('COMPRESSOPS_WERROR') == '1' else 'OFF'}",
             f"-DCOMPRESSOPS_SANITIZE={'ON' if sanitize else 'OFF'}",
+            f"-DCOMPRESSOPS_DEV_RPATH={'ON' if self._in_place() else 'OFF'}",
         ]
         if os.environ.get("COMPRESSOPS_CPU_ISAS"):
             args.append(f"-DCOMPRESSOPS_CPU_ISAS={os.environ['COMPRESSOPS_CPU_ISAS']}")
@@ -85,9 +86,19 @@ class cmake_build_ext(build_ext):
         (out_dir / "cmake_build_info.json").unlink()
         # Editable installs import from the source tree; put both libraries there too.
         src_pkg = ROOT / "compressops"
-        if (getattr(self, "editable_mode", False) or self.inplace) and out_dir != src_pkg.resolve():
+        if self._in_place() and out_dir != src_pkg.resolve():
             for name in (OPS_LIB, Path(self.get_ext_fullpath(ext.name)).name, "_build_info.json"):
                 shutil.copy2(out_dir / name, src_pkg / name)
+
+    def run(self):
+        # setuptools clears self.inplace while it builds (into build/lib, copying to the checkout after).
+        self._requested_inplace = bool(self.inplace)
+        super().run()
+
+    def _in_place(self) -> bool:
+        """An editable install or build_ext --inplace: the libraries run from the checkout, not a wheel."""
+        return bool(getattr(self, "editable_mode", False) or self.inplace
+                    or getattr(self, "_requested_inplace", False))
 
     def get_outputs(self):
         # The ops library is a second output of the one CMake extension; wheels must carry it.

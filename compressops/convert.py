@@ -99,8 +99,9 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
     Args:
         model: a trained float model.
         config (Config | Mapping[str, Config | None]): one config (an instance of a compressops.configs
-            class) for every supported layer, or a mapping {fnmatch pattern on module names: config or None}; the first matching pattern wins,
-            None leaves the layer dense, and unmatched layers stay dense.
+            class) for every supported layer, or a mapping {fnmatch pattern on module names: config or
+            None}; the first matching pattern wins, None leaves the layer dense, and unmatched layers
+            stay dense.
         calibration_data (Tensor | dict | Iterable | None): batches to run through the model when a
             config needs activation statistics (config.needs_calibration), or can use them (config.uses_calibration):
             a tensor, a dict of kwargs, or an iterable of batches.

@@ -75,8 +75,10 @@ class _PackedBinarySTE(torch.autograd.Function):
             y = packed_linear(x, w_packed, alpha, bias, clamp_min, clamp_max)
         else:
             y = packed_conv2d(x, w_packed, alpha, bias, conv[0], conv[1], clamp_min, clamp_max)
-        # Where the clamp was active, from the clamped output alone: torch.clamp and hardtanh pass
-        # no gradient at the bounds themselves either, so y strictly inside them is the whole test.
+        # Where the clamp was active, from the clamped output alone: hardtanh (and torch.clamp from
+        # torch 2.14) passes no gradient at the bounds themselves either, so y strictly inside them is
+        # the whole test. (torch 2.13's clamp passes it at the bounds; the clamped output cannot tell
+        # a value clamped to a bound from one that was on it.)
         keep = None
         if clamp_min is not None:
             keep = y > clamp_min
@@ -119,10 +121,10 @@ def binary_ste(x: torch.Tensor, w_packed: torch.Tensor, alpha: torch.Tensor, bia
     Forward: packed_conv2d (conv = (stride, padding)) or packed_linear (conv None) with the
     optional clamps. Backward w.r.t. x: the input gradient of the dense layer with weight
     alpha * sign(W) (conv2d_input / grad @ W), zero where a clamp was active (the output not
-    strictly inside (clamp_min, clamp_max), as torch.clamp's gradient), times the sign STE
-    (sign_ste_grad: 1 where |x| <= 1). sign() has no useful derivative, so torch.autograd.gradcheck
-    cannot check this against finite differences; the tests compare it with torch.autograd on that
-    dense definition instead.
+    strictly inside (clamp_min, clamp_max), as hardtanh's gradient and torch.clamp's from torch 2.14),
+    times the sign STE (sign_ste_grad: 1 where |x| <= 1). sign() has no useful derivative, so
+    torch.autograd.gradcheck cannot check this against finite differences; the tests compare it with
+    torch.autograd on that dense definition instead.
 
     Args:
         x: float32/bfloat16/float16 [N, C, H, W] (conv) or [..., C] (linear).
