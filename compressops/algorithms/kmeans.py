@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..formats import pq as pq_format
+from ..formats.checks import all_finite
 
 
 def _assign(x: torch.Tensor, c: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,7 +110,7 @@ def pq_quantize_weight(weight: torch.Tensor, num_centroids: int = 256, subvector
     if weight.dim() != 2 or not weight.is_floating_point():
         raise ValueError(f"{name}: expected a 2-D float weight [N, K], got {weight.dtype} {tuple(weight.shape)}")
     w = weight.detach().float()
-    if not torch.isfinite(w).all():
+    if not all_finite(w):
         raise ValueError(f"{name}: weight holds NaN/Inf values; PQ needs finite weights")
     if num_centroids not in pq_format.NUM_CENTROIDS or subvector_dim not in pq_format.SUBVECTOR_DIMS:
         raise ValueError(f"{name}: num_centroids must be in {pq_format.NUM_CENTROIDS} and subvector_dim in "

