@@ -62,8 +62,9 @@ class ConvertBench(runner.Family):
     tables = [Table(COLUMNS)]
     # the dense row: deep-copying the float layer, which every row's convert(inplace=False) also does
     speedups = [Speedup("vs_fp32", "fp32")]
-    legend = ["s / layer: seconds compressops.convert takes for one layer (median), calibration pass included "
-              "where the config uses one", "met: the 2-thread time against the target (1-thread rows: for reference)"]
+    legend = [("s / layer: seconds compressops.convert takes for one layer (median), calibration pass included "
+               "where the config uses one"),
+              "met: the 2-thread time against the target (1-thread rows: for reference)"]
     plot_key, plot_ylabel = "seconds", "seconds per layer"
 
     def add_arguments(self, parser):
