@@ -8,7 +8,6 @@ import torch
 from ..formats import pq as pq_format
 from ..formats.checks import all_finite
 
-
 # Distances per block of subspaces in _assign: the [block, k, N] distance tensor stays a few MiB
 # (cache-resident) instead of S * k * N floats (4 GiB for a 4096x4096 layer at k=256).
 _ASSIGN_BLOCK_ELEMS = 1 << 20
