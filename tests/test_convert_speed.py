@@ -320,3 +320,22 @@ def test_kmeans_reconstruction_not_worse_than_before(k, d):
     # other random draws (a float32 sampling CDF) and a coarser tie rule: one seed's error moves by a
     # few % either way; the total over the seeds stays within 2% (over 6 seeds at k=256: +0.2%)
     assert sum(new_err) <= 1.02 * sum(old_err), (new_err, old_err)
+
+
+def test_sparse24_positions_match_the_stable_sort():
+    from compressops.formats import sparse24 as s24
+
+    g = torch.Generator().manual_seed(5)
+    # few distinct magnitudes: many ties inside groups, which the stable sort breaks by position
+    w = torch.randint(-3, 4, (64, 203), generator=g).float()
+    w[0, :8] = 0.0
+    w[1, :8] = -0.0
+    for weight in (w, torch.randn(33, 100, generator=g), w.bfloat16()):
+        n, k = weight.shape
+        kp = s24.padded_k(k)
+        a = torch.zeros(n, kp)
+        a[:, :k] = weight.abs().float()
+        order = torch.sort(a.view(n, kp // 4, 4), dim=-1, descending=True, stable=True).indices[..., :2]
+        want = order.sort(dim=-1).values
+        got = s24._positions(weight)
+        assert got.dtype == want.dtype and torch.equal(got, want)

@@ -89,8 +89,16 @@ def _positions(weight: torch.Tensor) -> torch.Tensor:
     a = torch.zeros(n, kp, dtype=torch.float32, device=weight.device)
     a[:, :k] = weight.detach().abs().float()
     g = a.view(n, kp // 4, 4)
-    order = torch.sort(g, dim=-1, descending=True, stable=True).indices[..., :2]
-    return order.sort(dim=-1).values
+    # What a stable descending sort of each group keeps (its first two), without sorting 4-element
+    # rows one by one: element i's rank is the number of elements before it that are >= it plus
+    # those after it that are > it; ranks 0 and 1 are kept.
+    v = [g[..., i] for i in range(4)]
+    rank = [sum((v[j] >= v[i]) if j < i else (v[j] > v[i]) for j in range(4) if j != i) for i in range(4)]
+    keep = [r < 2 for r in rank]
+    # exactly two of the four are kept: the first is at 0, 1 or 2, the second at 1, 2 or 3
+    first = torch.where(keep[0], 0, torch.where(keep[1], 1, 2))
+    second = torch.where(keep[3], 3, torch.where(keep[2], 2, 1))
+    return torch.stack([first, second], dim=-1).to(torch.int64)
 
 
 def compress(weight: torch.Tensor, name: str = "weight") -> tuple[torch.Tensor, torch.Tensor]:
