@@ -92,12 +92,20 @@ def _positions(weight: torch.Tensor) -> torch.Tensor:
     # What a stable descending sort of each group keeps (its first two), without sorting 4-element
     # rows one by one: element i's rank is the number of elements before it that are >= it plus
     # those after it that are > it; ranks 0 and 1 are kept.
-    v = [g[..., i] for i in range(4)]
-    rank = [sum((v[j] >= v[i]) if j < i else (v[j] > v[i]) for j in range(4) if j != i) for i in range(4)]
-    keep = [r < 2 for r in rank]
+    v = g.permute(2, 0, 1).contiguous()  # [4, N, G]: each position's values contiguous
+
+    def beats(j, i):  # whether element j ranks before element i
+        return (v[j] >= v[i]) if j < i else (v[j] > v[i])
+
+    keep = []
+    for i in range(4):
+        others = [j for j in range(4) if j != i]
+        rank = beats(others[0], i).to(torch.uint8).add_(beats(others[1], i)).add_(beats(others[2], i))
+        keep.append(rank < 2)
     # exactly two of the four are kept: the first is at 0, 1 or 2, the second at 1, 2 or 3
-    first = torch.where(keep[0], 0, torch.where(keep[1], 1, 2))
-    second = torch.where(keep[3], 3, torch.where(keep[2], 2, 1))
+    skip0, skip01 = ~keep[0], ~(keep[0] | keep[1])
+    first = skip0.to(torch.uint8).add_(skip01)  # 0 if 0 is kept, else 1 if 1 is, else 2
+    second = (keep[2] | keep[3]).to(torch.uint8).add_(keep[3]).add_(1)  # 3 if 3 is kept, else 2 if 2 is, else 1
     return torch.stack([first, second], dim=-1).to(torch.int64)
 
 
