@@ -40,7 +40,9 @@ def _bar_lines(err: str) -> list[str]:
     return [line for line in err.replace("\r", "\n").splitlines() if "compressops.convert" in line]
 
 
-def test_no_bar_for_a_fast_conversion(capsys):
+def test_no_bar_for_a_fast_conversion(capsys, monkeypatch):
+    # a delay far above the conversion's time: a loaded test machine cannot make it "slow"
+    monkeypatch.setattr(convert_mod, "PROGRESS_DELAY_S", 60.0)
     co.convert(_model(), co.Int8())
     assert _bar_lines(capsys.readouterr().err) == []
 
@@ -97,7 +99,8 @@ def test_info_level_gets_only_the_summary(caplog):
 
 def test_nothing_printed_by_default():
     # a fresh process with no logging configured: no record and no bar reaches stderr or stdout
-    code = ("import torch, compressops as co\n"
+    code = ("import importlib, torch, compressops as co\n"
+            "importlib.import_module('compressops.convert').PROGRESS_DELAY_S = 60.0  # no bar on a busy machine\n"
             "m = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 4))\n"
             "co.convert(m, {'0': co.Int8(), '*': None})\n")
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
