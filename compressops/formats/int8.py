@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 
 from . import pack_header
-from .checks import all_finite, check_bias, check_devices, check_scale, check_x, is_fake, resolve_out_dtype
+from .checks import check_bias, check_devices, check_scale, check_x, is_fake, resolve_out_dtype
 
 TAG = "int8"
 VERSION = 1
