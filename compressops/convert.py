@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import logging
+import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
+import torch
 from torch import nn
 
 from .adapters import adapted_reason, adapter_for, as_linear
@@ -20,6 +23,12 @@ from .hf_record import record as record_hf
 from .nn.compressed_linear import on_meta
 
 REPORT_ATTR = "_compressops_skipped"
+
+# Per-layer records at DEBUG, one summary at INFO; both below the WARNING level at which Python's
+# last-resort handler prints, so an application that configures no logging sees nothing.
+_log = logging.getLogger("compressops.convert")
+# progress=None: the bar appears only once a conversion (or its calibration pass) has run this long
+PROGRESS_DELAY_S = 2.0
 
 # Parents whose forward reads these children's .weight/.bias directly instead of calling them, so a
 # compressed child would break them (nn.MultiheadAttention passes out_proj.weight to a functional).
@@ -108,11 +117,18 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
         inplace: modify `model` (default) or convert a deep copy.
         filter_fn: optional extra predicate (module, name) -> bool; False leaves a layer dense.
             A config may add its own over the whole model (config.model_filter).
-        progress: show a progress bar (default: when converting more than 50 layers).
+        progress: None (default): a progress bar (tqdm, on stderr) over the calibration batches and
+            the layers that appears only when that work takes more than PROGRESS_DELAY_S (2 s);
+            True: shown from the start; False: never.
     Returns:
         The converted model. Layers left dense and why are listed by compressops.report(model).
         A transformers model also gets config.quantization_config (compressops.hf_record), so
         model.save_pretrained(d) and AutoModel.from_pretrained(d) round-trip it.
+
+    Logging (logger "compressops.convert", a child of "compressops"): one DEBUG record per converted
+    layer (name, format, shape, bytes before and after, seconds) and per layer left dense (name,
+    reason), and one INFO summary; `logging.getLogger("compressops").setLevel(logging.DEBUG)` with
+    a handler shows them.
     Raises:
         TypeError: model is not an nn.Module, or a config is not a registered compressops config.
         ValueError: a layer cannot be converted (e.g. NaN weights; the message names it), or a
@@ -176,32 +192,40 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
         plan.append((name, mod, cfg))
 
     plan, tie_groups = _split_tied(model, plan, skipped, originals)
+    started = time.perf_counter()
     observed = [(n, originals.get(id(m), m), c) for n, m, c in plan + [e for group in tie_groups for e in group]]
-    calibration = _calibrate(model, observed, calibration_data)
+    calibration = _calibrate(model, observed, calibration_data, progress)
     tied = [done for group in tie_groups for done in _convert_tied(group, calibration, skipped)]
+    for name, reason in skipped.items():
+        _log.debug("convert: %s left dense: %s", name, reason)
 
-    show = progress if progress is not None else len(plan) > 50
-    iterator = plan
-    if show:
-        try:
-            from tqdm import tqdm
-
-            iterator = tqdm(plan, desc="compressops.convert", unit="layer")
-        except ImportError:
-            pass
+    iterator = _progress_bar(plan, progress, "compressops.convert", "layer")
     # Whole-plan preparation: each config sees every (name, module) it is about to convert at once
     # (e.g. one magnitude threshold over all of them); its value for a layer reaches convert_module.
     prepared: dict[str, object] = {}
     for cfg in _distinct(cfg for _, _, cfg in plan):
         prepared.update(cfg.prepare([(n, m) for n, m, c in plan if c == cfg]))
     converted: dict[int, nn.Module] = {}  # a module reachable under two names is converted once
-    for name, mod, cfg in iterator:
-        new = converted.get(id(mod))
-        if new is None:
-            new = cfg.convert_module(mod, name, calibration.get(name), prepared.get(name))
-            converted[id(mod)] = new
-        _set_submodule(model, name, new)
-        _turn_off_fast_paths(model, name)
+    before = after = 0
+    try:
+        for name, mod, cfg in iterator:
+            new = converted.get(id(mod))
+            if new is None:
+                t0 = time.perf_counter()
+                new = cfg.convert_module(mod, name, calibration.get(name), prepared.get(name))
+                converted[id(mod)] = new
+                b0, b1 = _float_bytes(mod), _stored_bytes(new)
+                before, after = before + b0, after + b1
+                if _log.isEnabledFor(logging.DEBUG):
+                    _log.debug("convert: %s %s -> %s, %s, %d -> %d bytes, %.3f s", name, type(mod).__name__,
+                               getattr(new, "format_label", type(new).__name__),
+                               "x".join(map(str, mod.weight.shape)) if hasattr(mod, "weight") else "?",
+                               b0, b1, time.perf_counter() - t0)
+            _set_submodule(model, name, new)
+            _turn_off_fast_paths(model, name)
+    finally:
+        if iterator is not plan:
+            iterator.close()
     for name, new in tied:
         _set_submodule(model, name, new)
         _turn_off_fast_paths(model, name)
@@ -209,6 +233,10 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
     # A transformers model records its compressed layers in config.quantization_config, so that
     # save_pretrained writes them to config.json and from_pretrained rebuilds them (compressops.hf).
     record_hf(model, config)
+    for name, new in tied:
+        _log.debug("convert: %s -> %s (tied)", name, getattr(new, "format_label", type(new).__name__))
+    _log.info("convert: %d layer(s) converted (%d -> %d bytes), %d tied, %d left dense, %.2f s", len(converted),
+              before, after, len(tied), len(skipped), time.perf_counter() - started)
     return model
 
 
@@ -284,6 +312,30 @@ def _convert_tied(group, calibration, skipped: dict[str, str]) -> list[tuple[str
     return [(name, result[first[id(mod)][0]]) for name, mod, _ in group]
 
 
+def _progress_bar(items, progress: bool | None, desc: str, unit: str):
+    """items wrapped in a tqdm bar per the `progress` rule of convert (items itself when no bar)."""
+    if progress is False:
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is a dependency, but a missing bar must not stop a conversion
+        return items
+    return tqdm(items, desc=desc, unit=unit, delay=0.0 if progress else PROGRESS_DELAY_S)
+
+
+def _float_bytes(mod: nn.Module) -> int:
+    """Bytes of a float module's own parameters and buffers (what its conversion replaces)."""
+    tensors = [*mod.parameters(recurse=False), *mod.buffers(recurse=False)]
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _stored_bytes(mod: nn.Module) -> int:
+    """Bytes of a converted module's stored format (its compressed_bytes(), else its state_dict)."""
+    if hasattr(mod, "compressed_bytes"):
+        return int(mod.compressed_bytes())
+    return sum(t.numel() * t.element_size() for t in mod.state_dict().values())
+
+
 def _turn_off_fast_paths(model: nn.Module, name: str) -> None:
     """Keep the ancestors of the converted module `name` off fast paths that would skip its forward."""
     parts = name.split(".")
@@ -294,7 +346,7 @@ def _turn_off_fast_paths(model: nn.Module, name: str) -> None:
                 turn_off(ancestor)
 
 
-def _calibrate(model: nn.Module, plan, calibration_data) -> dict[str, object]:
+def _calibrate(model: nn.Module, plan, calibration_data, progress: bool | None = None) -> dict[str, object]:
     """{name: observer result} for the planned layers whose config uses calibration data.
 
     A config with needs_calibration requires calibration_data; one with uses_calibration uses it
@@ -310,7 +362,14 @@ def _calibrate(model: nn.Module, plan, calibration_data) -> dict[str, object]:
     if not uses or calibration_data is None:
         return {}
     factories = {name: cfg.make_observer for name, (_, cfg) in uses.items()}
-    observers = calibrate(model, {n: m for n, (m, _) in uses.items()}, calibration_data, factories)
+    batches = calibration_data
+    if not isinstance(calibration_data, (torch.Tensor, dict)) and isinstance(calibration_data, Iterable):
+        batches = _progress_bar(calibration_data, progress, "compressops.convert calibration", "batch")
+    try:
+        observers = calibrate(model, {n: m for n, (m, _) in uses.items()}, batches, factories)
+    finally:
+        if batches is not calibration_data:
+            batches.close()
     out = {}
     for name, obs in observers.items():
         with warnings.catch_warnings(record=True) as caught:

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import torch
 
 from . import pack_header
-from .checks import check_bias, check_devices, check_x, is_fake, resolve_out_dtype
+from .checks import all_finite, check_bias, check_devices, check_x, is_fake, resolve_out_dtype
 
 WORD_BITS = 64
 TAG = "binary"
@@ -102,7 +102,7 @@ def binarize_weight(weight: torch.Tensor, name: str = "weight") -> tuple[torch.T
     w = weight.detach().float()
     if w.dim() not in (2, 4):
         raise ValueError(f"{name}: expected a 2-D linear or 4-D conv weight, got {w.dim()}-D")
-    if not torch.isfinite(w).all():
+    if not all_finite(w):
         raise ValueError(f"{name}: weight holds NaN or Inf; cannot binarize it")
     alpha = w.abs().flatten(1).mean(1).contiguous()
     if w.dim() == 4:

@@ -49,7 +49,7 @@ from typing import NamedTuple
 import torch
 
 from . import pack_header
-from .checks import check_bias, check_devices, check_k, check_x, is_fake, resolve_out_dtype
+from .checks import all_finite, check_bias, check_devices, check_k, check_x, is_fake, resolve_out_dtype
 
 TAG = "csr"
 VERSION = 1
@@ -119,7 +119,7 @@ def compress(weight: torch.Tensor, mask: torch.Tensor | None = None, name: str =
     if weight.dim() != 2 or not weight.is_floating_point():
         raise ValueError(f"{name}: expected a 2-D float weight [N, K], got {weight.dtype} {tuple(weight.shape)}")
     w = weight.detach()
-    if not torch.isfinite(w).all():
+    if not all_finite(w):
         raise ValueError(f"{name}: weight holds NaN/Inf values")
     dtype = w.dtype if w.dtype in VALUE_DTYPES else torch.float32
     keep = (w != 0) if mask is None else (mask.to(torch.bool) & (w != 0))

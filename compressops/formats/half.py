@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from . import pack_header
-from .checks import check_bias, check_devices, check_x, resolve_out_dtype
+from .checks import all_finite, check_bias, check_devices, check_x, resolve_out_dtype
 
 TAG = "half"
 VERSION = 1
@@ -58,9 +58,9 @@ def to_half(weight: torch.Tensor, name: str = "weight") -> torch.Tensor:
     if weight.dim() != 2 or not weight.is_floating_point():
         raise ValueError(f"{name}: expected a 2-D float weight [N, K], got {weight.dtype} {tuple(weight.shape)}")
     w = weight.detach()
-    finite = torch.isfinite(w)
-    if not finite.all():
-        raise ValueError(f"{name}: weight holds {int((~finite).sum())} NaN/Inf values; Half needs finite weights")
+    if not all_finite(w):
+        raise ValueError(f"{name}: weight holds {int((~torch.isfinite(w)).sum())} NaN/Inf values; Half needs finite "
+                         f"weights")
     big = w.abs() > FP16_MAX
     if big.any():
         raise ValueError(f"{name}: {int(big.sum())} weights exceed float16's range (|w| <= {FP16_MAX:g}); "

@@ -45,7 +45,7 @@ import torch
 from typing import NamedTuple
 
 from . import pack_header
-from .checks import check_bias, check_devices, check_k, check_x, is_fake, resolve_out_dtype
+from .checks import all_finite, check_bias, check_devices, check_k, check_x, is_fake, resolve_out_dtype
 
 TAG = "int4"
 VERSION = 2
@@ -118,12 +118,20 @@ def unpack_nibbles(qweight: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # quantization
 
-def _range_params(w, symmetric, shrink):
+def _range_stats(w, symmetric):
+    """What _range_params reads of the groups w [..., g]: max|w| [...], or (min(w, 0), max(w, 0))."""
     if symmetric:
-        scale = w.abs().amax(dim=-1) * (shrink * 2.0 / 15.0)
+        return w.abs().amax(dim=-1)
+    return w.amin(dim=-1).clamp(max=0), w.amax(dim=-1).clamp(min=0)
+
+
+def _range_params(w, symmetric, shrink, stats=None):
+    stats = _range_stats(w, symmetric) if stats is None else stats
+    if symmetric:
+        scale = stats * (shrink * 2.0 / 15.0)
         return scale, torch.full_like(scale, 8.0)
-    lo = w.amin(dim=-1).clamp(max=0) * shrink
-    hi = w.amax(dim=-1).clamp(min=0) * shrink
+    lo = stats[0] * shrink
+    hi = stats[1] * shrink
     scale = (hi - lo) / 15.0
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     zero = torch.where(scale > 0, torch.round(-lo / safe).clamp(0, 15), torch.zeros_like(scale))
@@ -132,6 +140,14 @@ def _range_params(w, symmetric, shrink):
 
 CLIP_GRID = 20      # range shrink factors tried per group: 1, 0.96, ..., 0.24
 CLIP_MAX_SHRINK = 0.8
+# Elements (candidates x groups x group_size) of one block of the batched clip search: a few MiB,
+# so the ~10 passes over a block stay in the last-level cache instead of streaming the
+# 20x-sized candidate tensor through memory once per pass.
+_CLIP_BLOCK_ELEMS = 1 << 20
+
+
+def _shrinks() -> list[float]:
+    return [1.0 - CLIP_MAX_SHRINK * i / CLIP_GRID for i in range(CLIP_GRID)]
 
 
 def group_params(w: torch.Tensor, symmetric: bool, clip_search: bool = True,
@@ -142,9 +158,52 @@ def group_params(w: torch.Tensor, symmetric: bool, clip_search: bool = True,
     z = clamp(round(-lo / scale), 0, 15). Symmetric: scale = 2 * p * max|w| / 15, z = 8 (codes
     clamp to [0, 15]). With clip_search, p is chosen per group among 1 - 0.8 * i / 20
     (i = 0..19) to minimise the group's squared rounding error (ties keep the larger range),
-    each column's error weighted by `importance` [g] when given (GPTQ passes diag(H));
-    without clip_search p = 1. A group of zeros gets scale 0.
+    each column's error weighted by `importance` (broadcastable to w, e.g. [g]; GPTQ passes
+    diag(H)) when given; without clip_search p = 1. A group of zeros gets scale 0.
+
+    This is the batched form of group_params_reference (all candidates of a block of groups in
+    one tensor); it performs the same float32 operations element by element and the same
+    reductions, so its result is bit-identical (tests/test_convert_speed.py checks it).
     """
+    if not clip_search:
+        return _range_params(w, symmetric, 1.0)
+    g = w.shape[-1]
+    batch = w.shape[:-1]
+    w2 = w.reshape(-1, g)
+    imp = None if importance is None else importance.to(w2.dtype).expand(w.shape).reshape(-1, g)
+    # every candidate's (scale, zero) for every group, [C, M]: per-group work, cheap
+    stats = _range_stats(w2, symmetric)
+    cand = [_range_params(w2, symmetric, p, stats) for p in _shrinks()]
+    s_all = torch.stack([c[0] for c in cand])
+    z_all = torch.stack([c[1] for c in cand])
+    # a zero scale quantizes to q = z, i.e. (q - z) * s = 0, which dividing by 1 also gives
+    safe_all = torch.where(s_all > 0, s_all, torch.ones_like(s_all))
+    m = w2.shape[0]
+    err = w2.new_empty(CLIP_GRID, m)
+    rows = max(1, _CLIP_BLOCK_ELEMS // (CLIP_GRID * g))
+    for r0 in range(0, m, rows):
+        r1 = min(m, r0 + rows)
+        wc = w2[r0:r1]
+        s = s_all[:, r0:r1, None]
+        z = z_all[:, r0:r1, None]
+        t = torch.div(wc, safe_all[:, r0:r1, None])  # [C, R, g]
+        t.round_().add_(z).clamp_(0, 15).sub_(z).mul_(s).sub_(wc)
+        t.mul_(t)  # what .pow(2) computes
+        if imp is not None:
+            t.mul_(imp[r0:r1])
+        torch.sum(t, dim=-1, out=err[:, r0:r1])
+    best_e, best_s, best_z = err[0], s_all[0], z_all[0]
+    for i in range(1, CLIP_GRID):
+        better = err[i] < best_e
+        best_e = torch.where(better, err[i], best_e)
+        best_s = torch.where(better, s_all[i], best_s)
+        best_z = torch.where(better, z_all[i], best_z)
+    return best_s.reshape(batch), best_z.reshape(batch)
+
+
+def group_params_reference(w: torch.Tensor, symmetric: bool, clip_search: bool = True,
+                           importance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The definition of group_params, one candidate at a time (the oracle its tests compare to)."""
     best_s, best_z = _range_params(w, symmetric, 1.0)
     if not clip_search:
         return best_s, best_z
@@ -174,13 +233,23 @@ def quantize_values(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) ->
 
 
 def check_float_weight(weight: torch.Tensor, name: str) -> torch.Tensor:
+    """weight as float32 [N, K] (no copy when it already is), after checking it is 2-D, floating
+    point and finite.
+
+    Raises:
+        ValueError: naming `name`, with the number of NaN/Inf values.
+    """
     if weight.dim() != 2 or not weight.is_floating_point():
         raise ValueError(f"{name}: expected a 2-D float weight [N, K], got {weight.dtype} {tuple(weight.shape)}")
     w = weight.detach().float()
-    if not torch.isfinite(w).all():
+    if not all_finite(w):
         bad = int((~torch.isfinite(w)).sum())
         raise ValueError(f"{name}: weight holds {bad} NaN/Inf values; int4 quantization needs finite weights")
     return w
+
+
+# Rows of the weight per block when computing the codes: keeps the temporaries cache-sized.
+_CODE_BLOCK_ELEMS = 1 << 18
 
 
 def quantize_weight(weight: torch.Tensor, group_size: int = 128, symmetric: bool = False, name: str = "weight"):
@@ -201,15 +270,39 @@ def quantize_weight(weight: torch.Tensor, group_size: int = 128, symmetric: bool
     n, k = w.shape
     kp = padded_k(k, group_size)
     g = kp // group_size
-    wp = torch.zeros(n, kp, dtype=torch.float32, device=w.device)
-    wp[:, :k] = w
+    if kp == k:
+        wp = w.contiguous()
+    else:
+        wp = torch.zeros(n, kp, dtype=torch.float32, device=w.device)
+        wp[:, :k] = w
     wg = wp.view(n, g, group_size)
     # statistics over real columns only: padding is 0, which min(.,0)/max(.,0)/abs already ignore
     scale, zero = group_params(wg, symmetric)
-    q = quantize_values(wg, scale, zero).view(n, kp)
+    return pack_nibbles(quantize_codes(wg, scale, zero, k)), scale.contiguous(), \
+        None if symmetric else zero.to(torch.uint8).contiguous()
+
+
+def quantize_codes(wg: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, k: int) -> torch.Tensor:
+    """uint8 codes [N, K_pad] of the grouped weight wg float32 [N, G, group_size] under (scale,
+    zero) [N, G]: quantize_values, with the padding columns k >= `k` set to the last group's zero
+    point; computed a block of rows at a time (no full-size float temporaries)."""
+    n, g, gs = wg.shape
+    kp = g * gs
+    out = torch.empty(n, kp, dtype=torch.uint8, device=wg.device)
+    rows = max(1, _CODE_BLOCK_ELEMS // kp)
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        s = scale[r0:r1, :, None]
+        z = zero[r0:r1, :, None]
+        # the operations of quantize_values, in place
+        t = torch.div(wg[r0:r1], torch.where(s > 0, s, torch.ones_like(s)))
+        t.round_().add_(z)
+        if not bool((s > 0).all()):
+            t = torch.where(s > 0, t, z.expand_as(t))
+        out[r0:r1] = t.clamp_(0, 15).view(r1 - r0, kp)
     if kp != k:
-        q[:, k:] = zero[:, -1:].expand(n, kp - k)
-    return pack_nibbles(q.to(torch.uint8)), scale.contiguous(), None if symmetric else zero.to(torch.uint8).contiguous()
+        out[:, k:] = zero[:, -1:].to(torch.uint8).expand(n, kp - k)
+    return out
 
 
 def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, in_features: int,

@@ -43,6 +43,7 @@ KR = 4
 FIELDS = (NR, KR, 0)
 MAX_K = 131072  # int32 accumulation stays exact: MAX_K * 127 * 127 < 2**31
 _PACK_OP = "int8_pack_weight"
+_QUANT_BLOCK_ELEMS = 1 << 18  # weights per block of quantize_weight
 
 
 def _round_up(v, m):
@@ -75,13 +76,21 @@ def quantize_weight(weight: torch.Tensor, name: str = "weight") -> tuple[torch.T
     if weight.dim() != 2 or not weight.is_floating_point():
         raise ValueError(f"{name}: expected a 2-D float weight [N, K], got {weight.dtype} {tuple(weight.shape)}")
     w = weight.detach().float()
-    if not torch.isfinite(w).all():
+    n = w.shape[0]
+    # one pass gives both max|w| per row and the finiteness check (min and max propagate NaN)
+    lo, hi = torch.aminmax(w, dim=1)
+    if not bool((torch.isfinite(lo) & torch.isfinite(hi)).all()):
         bad = (~torch.isfinite(w)).sum().item()
         raise ValueError(f"{name}: weight holds {bad} NaN/Inf values; int8 quantization needs finite weights")
-    amax = w.abs().amax(dim=1)
+    amax = torch.maximum(-lo, hi).abs_()  # = max|w|; abs_ makes an all-zero row's max +0 as |w| does
     scale = amax / 127.0
     inv = torch.where(amax > 0, 127.0 / torch.where(amax > 0, amax, torch.ones_like(amax)), torch.zeros_like(amax))
-    w_q = torch.round(w * inv[:, None]).clamp_(-127, 127).to(torch.int8)
+    w_q = torch.empty(w.shape, dtype=torch.int8, device=w.device)
+    # a block of rows at a time: the float temporaries stay cache-sized
+    rows = max(1, _QUANT_BLOCK_ELEMS // max(1, w.shape[1]))
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        w_q[r0:r1] = torch.round(w[r0:r1] * inv[r0:r1, None]).clamp_(-127, 127)
     return w_q, scale
 
 

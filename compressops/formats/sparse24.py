@@ -50,7 +50,7 @@ from __future__ import annotations
 import torch
 
 from . import pack_header
-from .checks import check_bias, check_devices, check_k, check_scale, check_x, is_fake, resolve_out_dtype
+from .checks import all_finite, check_bias, check_devices, check_k, check_scale, check_x, is_fake, resolve_out_dtype
 
 MAX_INT8_K = 262144  # int8 values: the K/2 kept products sum exactly in int32 (MAX_INT8_K / 2 * 127 * 127 < 2**31)
 TAG = "sparse24"
@@ -91,8 +91,24 @@ def _positions(weight: torch.Tensor) -> torch.Tensor:
     a = torch.zeros(n, kp, dtype=torch.float32, device=weight.device)
     a[:, :k] = weight.detach().abs().float()
     g = a.view(n, kp // 4, 4)
-    order = torch.sort(g, dim=-1, descending=True, stable=True).indices[..., :2]
-    return order.sort(dim=-1).values
+    # What a stable descending sort of each group keeps (its first two), without sorting 4-element
+    # rows one by one: element i's rank is the number of elements before it that are >= it plus
+    # those after it that are > it; ranks 0 and 1 are kept.
+    v = g.permute(2, 0, 1).contiguous()  # [4, N, G]: each position's values contiguous
+
+    def beats(j, i):  # whether element j ranks before element i
+        return (v[j] >= v[i]) if j < i else (v[j] > v[i])
+
+    keep = []
+    for i in range(4):
+        others = [j for j in range(4) if j != i]
+        rank = beats(others[0], i).to(torch.uint8).add_(beats(others[1], i)).add_(beats(others[2], i))
+        keep.append(rank < 2)
+    # exactly two of the four are kept: the first is at 0, 1 or 2, the second at 1, 2 or 3
+    skip0, skip01 = ~keep[0], ~(keep[0] | keep[1])
+    first = skip0.to(torch.uint8).add_(skip01)  # 0 if 0 is kept, else 1 if 1 is, else 2
+    second = (keep[2] | keep[3]).to(torch.uint8).add_(keep[3]).add_(1)  # 3 if 3 is kept, else 2 if 2 is, else 1
+    return torch.stack([first, second], dim=-1).to(torch.int64)
 
 
 def compress(weight: torch.Tensor, name: str = "weight") -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +123,7 @@ def compress(weight: torch.Tensor, name: str = "weight") -> tuple[torch.Tensor, 
     if weight.dim() != 2 or not weight.is_floating_point():
         raise ValueError(f"{name}: expected a 2-D float weight [N, K], got {weight.dtype} {tuple(weight.shape)}")
     w = weight.detach()
-    if not torch.isfinite(w).all():
+    if not all_finite(w):
         raise ValueError(f"{name}: weight holds NaN/Inf values; 2:4 pruning needs finite weights")
     dtype = w.dtype if w.dtype in (torch.float32, torch.bfloat16) else torch.float32
     n, k = w.shape

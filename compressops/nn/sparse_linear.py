@@ -12,6 +12,7 @@ from ..algorithms.pruning import global_threshold
 from ..configs import CSR, Family, Sparse24, register_family
 from ..formats import csr as csr_format
 from ..formats import sparse24 as s24
+from ..formats.checks import all_finite
 from .compressed_linear import CompressedLinear, meta_skeleton, on_meta
 
 __all__ = ["Sparse24Linear", "CSRLinear"]
@@ -279,7 +280,7 @@ class CSRLinear(CompressedLinear):
         if (skeleton := meta_skeleton(cls, mod, config)) is not None:
             return skeleton
         w = mod.weight.detach()
-        if not torch.isfinite(w).all():
+        if not all_finite(w):
             raise ValueError(f"{label}: weight holds NaN/Inf values")
         dtype = config.torch_dtype(_float_dtype(w))
         if mask is None:
