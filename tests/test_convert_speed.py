@@ -248,7 +248,7 @@ def test_kmeans_assignment_blocks_give_the_unblocked_result(monkeypatch):
     want = ref_pq.kmeans_assign(xt, c)
     monkeypatch.setattr(ref_pq, "_ASSIGN_BLOCK_ELEMS", 200 * 16 * 2)  # two subspaces a block
     got = ref_pq.kmeans_assign(xt, c)
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
     c, a = kmeans.kmeans_subspaces(x, 16, seed=3, max_iter=6)
     # and every point went to its nearest centroid
     d = ((x[:, :, None, :] - c[:, None, :, :]) ** 2).sum(-1)

@@ -1,5 +1,6 @@
-"""compressops::kmeans_assign (the assignment step of PQ's k-means) against an exact float64 oracle
-and compressops.reference.kmeans_assign, on every CPU ISA level this machine runs.
+"""compressops::kmeans_assign (a Lloyd step of PQ's k-means: assignment, then counts and sums per
+centroid) against an exact float64 oracle and compressops.reference.kmeans_assign, on every CPU ISA
+level this machine runs.
 
 The native kernel's distance is sum_j (x_j - c_j)^2 in float32 (one rounding per operation, j
 order): within a relative (d + 3) * 2^-24 of the exact value. The chosen centroid is the nearest
@@ -25,6 +26,18 @@ def _exact(x_planar, c):
     return (diff * diff).sum(2)
 
 
+def _check_sums(x_planar, index, sums, counts):
+    """counts and float64 sums per centroid of the assignment `index` (float32 points: float64 sums of
+    a few hundred of them are exact to ~1e-13 relative)."""
+    s, d, _ = x_planar.shape
+    k = counts.shape[1]
+    onehot = torch.nn.functional.one_hot(index, k).double()  # [S, N, k]
+    assert counts.dtype == torch.int64 and torch.equal(counts, onehot.sum(1).long())
+    want = torch.einsum("snk,sdn->skd", onehot, x_planar.double())
+    assert sums.dtype == torch.float64 and sums.shape == (s, k, d)
+    assert torch.allclose(sums, want, rtol=1e-12, atol=1e-12)
+
+
 def _case(shape, gen):
     s, d, n, k = shape
     return torch.randn(s, d, n, generator=gen), torch.randn(s, k, d, generator=gen)
@@ -37,7 +50,7 @@ def test_nearest_within_rounding(level, shape):
     gen = torch.Generator().manual_seed(sum(shape))
     x, c = _case(shape, gen)
     with co.cpu_isa(level):
-        dist, index = ops.kmeans_assign(x, c)
+        dist, index, sums, counts = ops.kmeans_assign(x, c)
         ran = torch.ops.compressops._last_kernel_isa("kmeans_assign")
     assert ran == expected_kernel_level("kmeans_assign", level)
     s, d, n, _ = shape
@@ -48,8 +61,9 @@ def test_nearest_within_rounding(level, shape):
     rel = 2 * (d + 3) * 2.0**-24
     assert (chosen <= best * (1 + rel) + 1e-30).all()
     assert torch.allclose(dist.double(), chosen, rtol=(d + 3) * 2.0**-24, atol=0)
+    _check_sums(x, index, sums, counts)
     # the reference agrees wherever its coarser tie rule sees no near-tie
-    _, ref_index = reference.kmeans_assign(x, c)
+    ref_index = reference.kmeans_assign(x, c)[1]
     second = exact.topk(min(2, shape[3]), dim=1, largest=False).values[:, -1]
     clear = second > best * (1 + 2.0**-10)
     assert torch.equal(index[clear], ref_index[clear])
@@ -64,9 +78,10 @@ def test_integer_points_equal_the_reference_and_ties_take_the_lower_index(level)
     c = torch.randint(-6, 7, (6, 16, 4), generator=gen).float()
     c[:, 9] = c[:, 3]  # a duplicated centroid: always a tie, which index 3 must win
     with co.cpu_isa(level):
-        dist, index = ops.kmeans_assign(x, c)
-    ref_dist, ref_index = reference.kmeans_assign(x, c)
-    assert torch.equal(index, ref_index) and torch.equal(dist, ref_dist)
+        got = ops.kmeans_assign(x, c)
+    want = reference.kmeans_assign(x, c)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))  # sums of integers: exact
+    index = got[1]
     assert torch.equal(index, _exact(x, c).argmin(1))  # argmin: the first minimum
     assert not (index == 9).any() and (index == 3).any()
 
@@ -77,17 +92,19 @@ def test_strided_input_and_nan_points():
     x = torch.randn(3, 40, 4, generator=gen).transpose(1, 2)  # [3, 4, 40], not contiguous
     c = torch.randn(3, 16, 4, generator=gen)
     x[1, 2, 5] = float("nan")
-    dist, index = ops.kmeans_assign(x, c)
-    want_dist, want_index = ops.kmeans_assign(x.contiguous(), c)
+    dist, index, sums, counts = ops.kmeans_assign(x, c)
+    want_dist, want_index, want_sums, want_counts = ops.kmeans_assign(x.contiguous(), c)
     assert torch.equal(index, want_index) and torch.allclose(dist, want_dist, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(counts, want_counts) and torch.allclose(sums, want_sums, rtol=0, atol=0, equal_nan=True)
     assert torch.isnan(dist[1, 5]) and index[1, 5] == 0
     assert torch.isfinite(dist[0]).all() and torch.isfinite(dist[1, :5]).all()
 
 
 @requires_native
 def test_empty_points():
-    dist, index = ops.kmeans_assign(torch.randn(3, 4, 0), torch.randn(3, 16, 4))
+    dist, index, sums, counts = ops.kmeans_assign(torch.randn(3, 4, 0), torch.randn(3, 16, 4))
     assert dist.shape == index.shape == (3, 0)
+    assert torch.equal(sums, torch.zeros(3, 16, 4, dtype=torch.float64)) and torch.equal(counts, torch.zeros(3, 16).long())
 
 
 @pytest.mark.parametrize("make, message", [

@@ -11,9 +11,10 @@ from ..formats.checks import all_finite
 from ..reference import pq as ref_pq
 
 
-def _assign(xt: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(squared distance to the nearest centroid float32 [S, N], its index int64 [S, N]) for points
-    xt float32 [S, d, N] (coordinates planar) and centroids c float32 [S, k, d].
+def _assign(xt: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(squared distance to the nearest centroid float32 [S, N], its index int64 [S, N], the
+    coordinate sums float64 [S, k, d] and counts int64 [S, k] per centroid) for points xt float32
+    [S, d, N] (coordinates planar) and centroids c float32 [S, k, d] (compressops.ops.kmeans_assign).
 
     The native op when the library is loaded (exact differences, one pass over the points per
     block of centroids), else its pure-PyTorch reference called directly, without the op's
@@ -90,11 +91,10 @@ def kmeans_subspaces(x: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 
     xt = xp.permute(1, 0, 2).contiguous()  # [S, d, N]: the batched product's operand
     x2 = (xp * xp).sum(0)  # [S, N]
     cents = kmeans_pp_init(x, k, g, xp, x2)
-    offsets = (torch.arange(s, device=x.device) * k)[:, None]
     assign = None
     prev_inertia = None
     for _ in range(max_iter):
-        err, new_assign = _assign(xt, cents)  # [S, N]
+        err, new_assign, sums, counts = _assign(xt, cents)  # [S, N], [S, N], [S, k, d], [S, k]
         inertia = float(err.sum())
         if assign is not None and torch.equal(new_assign, assign):
             break
@@ -102,11 +102,7 @@ def kmeans_subspaces(x: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 
             assign = new_assign
             break
         assign, prev_inertia = new_assign, inertia
-        # per-cluster sums and counts: bincount over (subspace, centroid) slots, one coordinate at a time
-        flat = (assign + offsets).view(-1)
-        counts = torch.bincount(flat, minlength=s * k).view(s, k).to(x.dtype)
-        sums = torch.stack([x.new_zeros(s * k).scatter_add_(0, flat, xp[j].view(-1)) for j in range(d)], -1)
-        new = sums.view(s, k, d) / counts.clamp_min(1)[..., None]
+        new = (sums / counts.clamp_min(1)[..., None]).to(x.dtype)
         empty = counts == 0
         if empty.any() and n >= k:
             far = err.topk(k, dim=1).indices  # [S, k] worst-served points

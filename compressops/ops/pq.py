@@ -24,8 +24,9 @@ def _fake_linear(x, packed, bias=None, out_dtype=None):
 
 
 def _fake_kmeans_assign(x_planar, centroids):
-    s, _, n, _ = fpq.check_kmeans_assign(x_planar, centroids)
-    return x_planar.new_empty((s, n)), x_planar.new_empty((s, n), dtype=torch.int64)
+    s, d, n, k = fpq.check_kmeans_assign(x_planar, centroids)
+    return (x_planar.new_empty((s, n)), x_planar.new_empty((s, n), dtype=torch.int64),
+            x_planar.new_empty((s, k, d), dtype=torch.float64), x_planar.new_empty((s, k), dtype=torch.int64))
 
 
 _register("pq_pack", _fake_pack, ref.pq_pack)
@@ -77,17 +78,19 @@ def pq_linear(x: Tensor, packed: Tensor, bias: Tensor | None = None, out_dtype: 
     return torch.ops.compressops.pq_linear(x, packed, bias, out_dtype)
 
 
-def kmeans_assign(x_planar: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
-    """The assignment step of k-means, batched over independent subspaces (PQ's codebook fit):
-    each point's nearest centroid in its own subspace.
+def kmeans_assign(x_planar: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One Lloyd step of k-means, batched over independent subspaces (PQ's codebook fit): each
+    point's nearest centroid in its own subspace, and what the centroid update needs.
 
     Args:
         x_planar: float32 [S, d, N]: N points of dimension d per subspace, coordinates planar
             (x_planar[s, j, i] = coordinate j of point i), any strides.
         centroids: float32 [S, k, d], k >= 1 centroids per subspace, on x_planar's device.
     Returns:
-        (dist float32 [S, N], index int64 [S, N]): index[s, i] = argmin_c |x_i - C_s[c]|^2 and
-        dist[s, i] that squared distance. The CPU kernel computes sum_j (x_j - c_j)^2 directly,
+        (dist float32 [S, N], index int64 [S, N], sums float64 [S, k, d], counts int64 [S, k]):
+        index[s, i] = argmin_c |x_i - C_s[c]|^2, dist[s, i] that squared distance, counts[s, c]
+        the points with index c and sums[s, c] the sum of those points (float64, added in point
+        order by the CPU kernel). The CPU kernel computes sum_j (x_j - c_j)^2 directly,
         each term one float32 subtraction and product, summed in j order without fused
         multiply-adds (so the distance is exact up to those d roundings, and a point on a centroid
         gets 0); ties go to the lower index; a point whose distances are all NaN gets index 0.

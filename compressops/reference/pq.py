@@ -40,8 +40,10 @@ def pq_linear(x, packed, bias=None, out_dtype=None):
     return y.float().to(out_t).reshape(*x.shape[:-1], n)
 
 
-def kmeans_assign(x_planar: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centroid in torch; see compressops.ops.kmeans_assign.
+def kmeans_assign(x_planar: torch.Tensor, centroids: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Nearest centroid, and the counts and float64 sums per centroid, in torch; see
+    compressops.ops.kmeans_assign.
 
     The distances are |x|^2 + |c|^2 - 2 c.x, a block of subspaces at a time: by d fused
     multiply-adds for d <= 4 (a batched matrix product with an inner dimension that small is
@@ -74,4 +76,8 @@ def kmeans_assign(x_planar: torch.Tensor, centroids: torch.Tensor) -> tuple[torc
         key = part.view(torch.int32).bitwise_and_(~low).bitwise_or_(index).amin(1)  # [b, N]
         assign[s0:s1] = key & low
         dist[s0:s1] = (key & ~low).view(torch.float32)
-    return dist, assign
+    flat = (assign + torch.arange(s, device=xt.device)[:, None] * k).view(-1)
+    counts = torch.bincount(flat, minlength=s * k).view(s, k)
+    sums = torch.stack([xt.new_zeros(s * k, dtype=torch.float64).scatter_add_(0, flat, xt[:, j].reshape(-1).double())
+                        for j in range(d)], -1).view(s, k, d)
+    return dist, assign, sums, counts

@@ -26,7 +26,7 @@ KernelRecord kAssignRecord("kmeans_assign", [] { return kAssign.levels(); });
 // Multiply-adds one parallel task does at least: below this a subspace costs less than a task.
 constexpr int64_t kTaskWork = 1 << 16;
 
-std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x_planar, const at::Tensor& centroids) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x_planar, const at::Tensor& centroids) {
   constexpr const char* op = "kmeans_assign";
   TORCH_CHECK_VALUE(centroids.device() == x_planar.device(), op, ": centroids must be on x_planar's device (",
                     x_planar.device(), "), got ", centroids.device());
@@ -47,7 +47,9 @@ std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x_planar,
                     ": has no gradient; detach x_planar and centroids");
   at::Tensor dist = at::empty({s, n}, x_planar.options());
   at::Tensor index = at::empty({s, n}, x_planar.options().dtype(at::kLong));
-  if (s == 0 || n == 0) return {dist, index};
+  at::Tensor sums = at::zeros({s, k, d}, x_planar.options().dtype(at::kDouble));
+  at::Tensor counts = at::zeros({s, k}, x_planar.options().dtype(at::kLong));
+  if (s == 0 || n == 0) return {dist, index, sums, counts};
   const at::Tensor x = x_planar.contiguous();
   const at::Tensor c = centroids.contiguous();
   KmeansAssignParams p{};
@@ -55,6 +57,8 @@ std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x_planar,
   p.c = c.data_ptr<float>();
   p.dist = dist.data_ptr<float>();
   p.index = index.data_ptr<int64_t>();
+  p.sums = sums.data_ptr<double>();
+  p.counts = counts.data_ptr<int64_t>();
   p.d = d;
   p.k = k;
   p.n = n;
@@ -65,7 +69,7 @@ std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x_planar,
   const double work = static_cast<double>(n) * static_cast<double>(k) * static_cast<double>(d);
   const int64_t grain = work >= kTaskWork ? 1 : kTaskWork / static_cast<int64_t>(work);
   at::parallel_for(0, s, grain, [&](int64_t begin, int64_t end) { kernel(p, begin, end); });
-  return {dist, index};
+  return {dist, index, sums, counts};
 }
 
 }  // namespace

@@ -112,16 +112,30 @@ void assign_subspace_any(const float* x, const float* c, int64_t n, int64_t k, i
   }
 }
 
+// counts and float64 coordinate sums per centroid of one subspace's assignment, in point order
+// (the subspace's points are still in cache from the assignment).
+void accumulate_subspace(const float* x, const int64_t* index, int64_t n, int64_t d, double* sums,
+                         int64_t* counts) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t c = index[i];
+    counts[c] += 1;
+    double* sc = sums + c * d;
+    for (int64_t j = 0; j < d; ++j) sc[j] += static_cast<double>(x[j * n + i]);
+  }
+}
+
 template <int D>
 void assign_range(const KmeansAssignParams& p, int64_t begin, int64_t end) {
   for (int64_t s = begin; s < end; ++s) {
     const float* x = p.x + s * p.d * p.n;
     const float* c = p.c + s * p.k * p.d;
+    int64_t* index = p.index + s * p.n;
     if constexpr (D > 0) {
-      assign_subspace<D>(x, c, p.n, p.k, p.dist + s * p.n, p.index + s * p.n);
+      assign_subspace<D>(x, c, p.n, p.k, p.dist + s * p.n, index);
     } else {
-      assign_subspace_any(x, c, p.n, p.k, p.d, p.dist + s * p.n, p.index + s * p.n);
+      assign_subspace_any(x, c, p.n, p.k, p.d, p.dist + s * p.n, index);
     }
+    accumulate_subspace(x, index, p.n, p.d, p.sums + s * p.k * p.d, p.counts + s * p.k);
   }
 }
 
