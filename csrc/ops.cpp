@@ -91,6 +91,9 @@ TORCH_LIBRARY(compressops, m) {
   // PQ lookup-table linear (DESIGN.md section 4, compressops/formats/pq.py).
   m.def("pq_pack(Tensor codes, Tensor codebooks, int in_features) -> Tensor");
   m.def("pq_linear(Tensor x, Tensor packed, Tensor? bias=None, ScalarType? out_dtype=None) -> Tensor");
+  // A step of PQ's k-means (compressops/algorithms/kmeans.py): nearest centroid per point, and the
+  // per-centroid counts and coordinate sums of that assignment.
+  m.def("kmeans_assign(Tensor x_planar, Tensor centroids) -> (Tensor, Tensor, Tensor, Tensor)");
 
   // binary (DESIGN.md section 4, compressops/formats/binary.py): sign bits packed along channels into int64
   // words, fp32 alpha [OC]; the weight pack holds OC, C and the kernel size.

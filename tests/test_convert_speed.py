@@ -237,16 +237,19 @@ def test_gptq_falls_back_to_float64_for_an_ill_conditioned_hessian():
 
 
 def test_kmeans_assignment_blocks_give_the_unblocked_result(monkeypatch):
-    # the distances of a block of subspaces are the batched product's: blocking changes only memory
+    # the reference's distances of a block of subspaces are the batched product's: blocking changes only memory
     from compressops.algorithms import kmeans
+    from compressops.reference import pq as ref_pq
 
     g = torch.Generator().manual_seed(1)
     x = torch.randn(9, 200, 4, generator=g)
-    want = kmeans.kmeans_subspaces(x, 16, seed=3, max_iter=6)
-    monkeypatch.setattr(kmeans, "_ASSIGN_BLOCK_ELEMS", 200 * 16 * 2)  # two subspaces a block
-    got = kmeans.kmeans_subspaces(x, 16, seed=3, max_iter=6)
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-    c, a = got
+    xt = x.permute(0, 2, 1).contiguous()
+    c = torch.randn(9, 16, 4, generator=g)
+    want = ref_pq.kmeans_assign(xt, c)
+    monkeypatch.setattr(ref_pq, "_ASSIGN_BLOCK_ELEMS", 200 * 16 * 2)  # two subspaces a block
+    got = ref_pq.kmeans_assign(xt, c)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    c, a = kmeans.kmeans_subspaces(x, 16, seed=3, max_iter=6)
     # and every point went to its nearest centroid
     d = ((x[:, :, None, :] - c[:, None, :, :]) ** 2).sum(-1)
     assert torch.equal(d.gather(2, a[..., None]).squeeze(2), d.amin(2))

@@ -5,50 +5,24 @@ from __future__ import annotations
 
 import torch
 
+from .. import _loader, ops
 from ..formats import pq as pq_format
 from ..formats.checks import all_finite
-
-# Distances per block of subspaces in _assign: the [block, k, N] distance tensor stays a few MiB
-# (cache-resident) instead of S * k * N floats (4 GiB for a 4096x4096 layer at k=256).
-_ASSIGN_BLOCK_ELEMS = 1 << 20
+from ..reference import pq as ref_pq
 
 
-def _assign(xt: torch.Tensor, c: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(squared distance to the nearest centroid [S, N], its index int64 [S, N]) for points
-    xt [S, d, N] (coordinates planar), centroids c [S, k, d] and x2 = |x|^2 [S, N].
+def _assign(xt: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(squared distance to the nearest centroid float32 [S, N], its index int64 [S, N], the
+    coordinate sums float64 [S, k, d] and counts int64 [S, k] per centroid) for points xt float32
+    [S, d, N] (coordinates planar) and centroids c float32 [S, k, d] (compressops.ops.kmeans_assign).
 
-    The distances are |x|^2 + |c|^2 - 2 c.x, a block of subspaces at a time: by d fused
-    multiply-adds for d <= 4 (a batched matrix product with an inner dimension that small is
-    slower), else one batched product. The nearest centroid is found with a min over k of int32 keys: a distance >= 0 orders
-    like its float32 bit pattern, whose lowest ceil(log2 k) mantissa bits are replaced by the
-    centroid index. torch.min(dim) with indices over k is a slow scalar loop; amin over an outer
-    dimension is vectorized and about 20x faster. Candidates closer than 2^(log2 k - 23) relative
-    count as tied (the lower index wins), and the distance returned is truncated to those bits.
-    A distance that rounding made slightly negative (a point on a centroid) sorts below every
-    positive one and is returned as is.
+    The native op when the library is loaded (exact differences, one pass over the points per
+    block of centroids), else its pure-PyTorch reference called directly, without the op's
+    fallback warning: k-means is conversion, not inference, and runs fine in torch.
     """
-    s, _, n = xt.shape
-    k = c.shape[1]
-    bits = max(1, (k - 1).bit_length())
-    low = (1 << bits) - 1
-    d = c.shape[2]
-    index = torch.arange(k, dtype=torch.int32, device=xt.device)[None, :, None]
-    c2 = (c * c).sum(-1)[:, :, None]  # [S, k, 1]
-    dist = xt.new_empty(s, n)
-    assign = torch.empty(s, n, dtype=torch.long, device=xt.device)
-    step = max(1, _ASSIGN_BLOCK_ELEMS // max(1, n * k))
-    for s0 in range(0, s, step):
-        s1 = min(s, s0 + step)
-        if d <= 4:
-            part = torch.add(c2[s0:s1], x2[s0:s1, None, :])  # [b, k, N]
-            for j in range(d):
-                part.addcmul_(c[s0:s1, :, j, None], xt[s0:s1, None, j, :], value=-2)
-        else:
-            part = torch.baddbmm(c2[s0:s1], c[s0:s1], xt[s0:s1], alpha=-2).add_(x2[s0:s1, None, :])
-        key = part.view(torch.int32).bitwise_and_(~low).bitwise_or_(index).amin(1)  # [b, N]
-        assign[s0:s1] = key & low
-        dist[s0:s1] = (key & ~low).view(torch.float32)
-    return dist, assign
+    if _loader.native_loaded():
+        return ops.kmeans_assign(xt, c)
+    return ref_pq.kmeans_assign(xt, c)
 
 
 def _sample(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -117,11 +91,10 @@ def kmeans_subspaces(x: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 
     xt = xp.permute(1, 0, 2).contiguous()  # [S, d, N]: the batched product's operand
     x2 = (xp * xp).sum(0)  # [S, N]
     cents = kmeans_pp_init(x, k, g, xp, x2)
-    offsets = (torch.arange(s, device=x.device) * k)[:, None]
     assign = None
     prev_inertia = None
     for _ in range(max_iter):
-        err, new_assign = _assign(xt, cents, x2)  # [S, N]
+        err, new_assign, sums, counts = _assign(xt, cents)  # [S, N], [S, N], [S, k, d], [S, k]
         inertia = float(err.sum())
         if assign is not None and torch.equal(new_assign, assign):
             break
@@ -129,11 +102,7 @@ def kmeans_subspaces(x: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 
             assign = new_assign
             break
         assign, prev_inertia = new_assign, inertia
-        # per-cluster sums and counts: bincount over (subspace, centroid) slots, one coordinate at a time
-        flat = (assign + offsets).view(-1)
-        counts = torch.bincount(flat, minlength=s * k).view(s, k).to(x.dtype)
-        sums = torch.stack([x.new_zeros(s * k).scatter_add_(0, flat, xp[j].view(-1)) for j in range(d)], -1)
-        new = sums.view(s, k, d) / counts.clamp_min(1)[..., None]
+        new = (sums / counts.clamp_min(1)[..., None]).to(x.dtype)
         empty = counts == 0
         if empty.any() and n >= k:
             far = err.topk(k, dim=1).indices  # [S, k] worst-served points
@@ -142,7 +111,7 @@ def kmeans_subspaces(x: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 
         else:
             new = torch.where(empty[..., None], cents, new)
         cents = new
-    assign = _assign(xt, cents, x2)[1]
+    assign = _assign(xt, cents)[1]
     return cents.contiguous(), assign
 
 

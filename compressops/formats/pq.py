@@ -306,3 +306,30 @@ def check_linear(op: str, x: torch.Tensor, packed: torch.Tensor, bias: torch.Ten
         check_k(x, k_in, op, "the weight has K")
     check_bias(bias, n, op)
     return n, k_in, resolve_out_dtype(x, out_dtype, op), h
+
+
+def check_kmeans_assign(x_planar: torch.Tensor, centroids: torch.Tensor, op: str = "kmeans_assign"):
+    """The validation of kmeans_assign: float32 points x_planar [S, d, N] and centroids [S, k, d] on one
+    device, d >= 1, 1 <= k < 2^31, neither requiring grad (the op has no gradient).
+
+    Reads no data, so it runs in full on fake tensors. Returns (S, d, N, k).
+    Raises:
+        ValueError: an invalid argument; the message names it.
+    """
+    check_devices(op, "x_planar", x_planar, {"centroids": centroids})
+    torch._check_value(x_planar.dtype == torch.float32 and x_planar.dim() == 3,
+                       lambda: f"{op}: x_planar must be float32 [S, d, N], got {x_planar.dtype} {tuple(x_planar.shape)}")
+    torch._check_value(centroids.dtype == torch.float32 and centroids.dim() == 3,
+                       lambda: f"{op}: centroids must be float32 [S, k, d], got {centroids.dtype} "
+                               f"{tuple(centroids.shape)}")
+    s, d, n = x_planar.shape
+    k = centroids.shape[1]
+    torch._check_value(centroids.shape[0] == s and centroids.shape[2] == d,
+                       lambda: f"{op}: centroids must be [S, k, d] = [{s}, k, {d}] to match x_planar "
+                               f"{tuple(x_planar.shape)}, got {tuple(centroids.shape)}")
+    torch._check_value(d >= 1 and k >= 1, lambda: f"{op}: need d >= 1 and k >= 1 centroids, got x_planar "
+                                                   f"{tuple(x_planar.shape)} and centroids {tuple(centroids.shape)}")
+    torch._check_value(k <= 2**31 - 1, lambda: f"{op}: at most 2^31 - 1 centroids, got k={k}")
+    torch._check_value(not ((x_planar.requires_grad or centroids.requires_grad) and torch.is_grad_enabled()),
+                       lambda: f"{op}: has no gradient; detach x_planar and centroids")
+    return s, d, n, k

@@ -10,7 +10,7 @@ from ..formats import pq as fpq
 from ..reference import pq as ref
 from . import _register
 
-__all__ = ["pq_pack", "pq_linear"]
+__all__ = ["pq_pack", "pq_linear", "kmeans_assign"]
 
 
 def _fake_pack(codes, codebooks, in_features):
@@ -23,7 +23,14 @@ def _fake_linear(x, packed, bias=None, out_dtype=None):
     return x.new_empty((*x.shape[:-1], n), dtype=out_t)
 
 
+def _fake_kmeans_assign(x_planar, centroids):
+    s, d, n, k = fpq.check_kmeans_assign(x_planar, centroids)
+    return (x_planar.new_empty((s, n)), x_planar.new_empty((s, n), dtype=torch.int64),
+            x_planar.new_empty((s, k, d), dtype=torch.float64), x_planar.new_empty((s, k), dtype=torch.int64))
+
+
 _register("pq_pack", _fake_pack, ref.pq_pack)
+_register("kmeans_assign", _fake_kmeans_assign, ref.kmeans_assign)
 _register("pq_linear", _fake_linear, ref.pq_linear, triton="pq_linear.pq_linear", dense_weight=fpq.dense_weight)
 
 
@@ -69,3 +76,28 @@ def pq_linear(x: Tensor, packed: Tensor, bias: Tensor | None = None, out_dtype: 
         grad_out summed over the leading dims. The pack is frozen.
     """
     return torch.ops.compressops.pq_linear(x, packed, bias, out_dtype)
+
+
+def kmeans_assign(x_planar: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One Lloyd step of k-means, batched over independent subspaces (PQ's codebook fit): each
+    point's nearest centroid in its own subspace, and what the centroid update needs.
+
+    Args:
+        x_planar: float32 [S, d, N]: N points of dimension d per subspace, coordinates planar
+            (x_planar[s, j, i] = coordinate j of point i), any strides.
+        centroids: float32 [S, k, d], k >= 1 centroids per subspace, on x_planar's device.
+    Returns:
+        (dist float32 [S, N], index int64 [S, N], sums float64 [S, k, d], counts int64 [S, k]):
+        index[s, i] = argmin_c |x_i - C_s[c]|^2, dist[s, i] that squared distance, counts[s, c]
+        the points with index c and sums[s, c] the sum of those points (float64, added in point
+        order by the CPU kernel). The CPU kernel computes sum_j (x_j - c_j)^2 directly,
+        each term one float32 subtraction and product, summed in j order without fused
+        multiply-adds (so the distance is exact up to those d roundings, and a point on a centroid
+        gets 0); ties go to the lower index; a point whose distances are all NaN gets index 0.
+        The reference (compressops.reference.kmeans_assign, used without the native library)
+        expands |x|^2 + |c|^2 - 2 c.x and takes candidates within 2^(ceil(log2 k) - 23) relative as
+        tied, so the two may pick different centroids only where two distances are that close.
+    Raises:
+        ValueError: a wrong dtype, rank or shape, tensors on two devices, or an input requiring grad.
+    """
+    return torch.ops.compressops.kmeans_assign(x_planar, centroids)
