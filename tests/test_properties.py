@@ -166,7 +166,7 @@ def assert_bits(y, ref):
         nan = torch.isnan(y)
         assert torch.equal(nan, torch.isnan(ref)), "NaN pattern differs"
         y, ref = y.masked_fill(nan, 0), ref.masked_fill(nan, 0)
-        ints_of = {4: torch.int32, 2: torch.int16}[y.element_size()]
+        ints_of = {8: torch.int64, 4: torch.int32, 2: torch.int16}[y.element_size()]
         y, ref = y.contiguous().view(ints_of), ref.contiguous().view(ints_of)
     assert torch.equal(y, ref), f"differs at {(y != ref).nonzero()[:5].tolist()}"
 
@@ -674,6 +674,19 @@ def test_int4_embedding(data):
     scales = floats(data, (v, g), scales=W_SCALES, specials=W_SPECIALS)
     zeros = ints(data, (v, g), 0, 16, torch.uint8) if data.draw(st.booleans(), label="asymmetric") else None
     check_gather(data, ops.int4_embedding, reference.int4_embedding, draw_indices(data, v), qweight, scales, zeros, d)
+
+
+@examples(0.5)  # one loop with few branches: half the examples cover it
+@given(st.data())
+def test_kmeans_assign(data):
+    # Integer coordinates keep every distance and sum exact, so native and reference must agree bit for
+    # bit, ties (the lower index wins) included; near-ties of real data are tests/test_ops_kmeans_assign.py's.
+    s, d, n, k = dims(data, 5), dims(data, 8), data.draw(st.integers(0, 40), label="points"), dims(data, 20)
+    x_planar = strided(data, ints(data, (s, d, n), -8, 9, torch.float32))
+    centroids = strided(data, ints(data, (s, k, d), -8, 9, torch.float32))
+    want = outcome(reference.kmeans_assign, x_planar, centroids)
+    for level in levels(data):
+        same_outcome(outcome(native, level, ops.kmeans_assign, x_planar, centroids), want)
 
 
 PROPERTY_TESTS = {name[len("test_"):] for name in dir() if name.startswith("test_")}
