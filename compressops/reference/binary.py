@@ -40,7 +40,10 @@ def _conv_acc(op, x_packed, w_packed, alpha, bias, stride, padding):
     c = s.pack.c
     xs = fb.unpack_bits(x_packed, c, torch.float64).permute(0, 3, 1, 2)
     ws = fb.unpack_bits(fb.unpack_weight(w_packed, op), c, torch.float64).permute(0, 3, 1, 2)
-    return torch.nn.functional.conv2d(xs, ws, stride=tuple(stride), padding=tuple(padding))
+    # + 0.0 turns -0.0 into +0.0: the count is an integer, which has no sign of zero, but a float conv
+    # may return -0.0 where only padded taps meet negative weights (torch 2.13's CPU conv does), and
+    # times a negative alpha the zero's sign would reach the output.
+    return torch.nn.functional.conv2d(xs, ws, stride=tuple(stride), padding=tuple(padding)) + 0.0
 
 
 def binary_conv2d(x_packed, w_packed, alpha, bias, stride, padding, *, clamp_min=None, clamp_max=None):
