@@ -61,19 +61,21 @@ def _ort_session(lin: nn.Linear, threads: int):
         "linear", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["M", k])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])], [w, b])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    tmp = tempfile.mkdtemp(prefix="compressops_bench_")
-    src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
-    onnx.save(model, src)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # Without VNNI, MatMulInteger's u8 x s8 product goes through vpmaddubsw, whose int16 pair sums
-        # saturate: on this AVX2 CPU the full-range model had 0.18 relative error vs 0.012 with
-        # 7-bit activations (reduce_range, what ORT documents for non-VNNI CPUs and what fbgemm does).
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, reduce_range=True)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(dst, opts, providers=["CPUExecutionProvider"]), None
+    # The session keeps the model in memory, so the files go as soon as it is built (a 4096² layer
+    # leaves ~200 MB per run otherwise).
+    with tempfile.TemporaryDirectory(prefix="compressops_bench_") as tmp:
+        src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
+        onnx.save(model, src)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # Without VNNI, MatMulInteger's u8 x s8 product goes through vpmaddubsw, whose int16 pair sums
+            # saturate: on this AVX2 CPU the full-range model had 0.18 relative error vs 0.012 with
+            # 7-bit activations (reduce_range, what ORT documents for non-VNNI CPUs and what fbgemm does).
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8, reduce_range=True)
+        return ort.InferenceSession(dst, opts, providers=["CPUExecutionProvider"]), None
 
 
 def _at_level(level, q, x):
