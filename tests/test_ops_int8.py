@@ -106,6 +106,39 @@ def test_int8_linear_bit_exact(level, shape, bias, dtype):
 
 
 @pytest.mark.parametrize("level", isa_params())
+def test_int8_linear_every_tile_tail_bit_exact(level):
+    """Rows 1..19 and 1..14 column blocks cover every register-tile tail (the VNNI kernel's 8 rows x 3
+    blocks, groups of 12 blocks; the AVX2 kernel's 3 rows), the one-row GEMV and the multi-tile paths,
+    in one layer per row count."""
+    _, w_s, packed, b = make_layer(68, 16 * 14 - 5)
+    for m in range(1, 20):
+        x = randn_nonzero(m, 68)
+        with co.cpu_isa(level):
+            y = ops.int8_linear(x, packed, w_s, b)
+        assert torch.equal(y, reference.int8_linear(x, packed, w_s, b)), f"M={m}"
+
+
+@pytest.mark.parametrize("level", isa_params())
+def test_int8_linear_k_beyond_int32_headroom_of_biased_sums_bit_exact(level):
+    """K = 70000: a kernel that biases one operand by 128 (VNNI's unsigned x signed bytes) overflows
+    int32 in its intermediate sums past K ~ 66000; the corrected sum must still be exact."""
+    k = 70000
+    w_q = torch.full((16, k), 127, dtype=torch.int8)
+    w_q[1::2] = -127
+    packed = ops.int8_pack_weight(w_q)
+    w_s = torch.full((16,), 1e-3)
+    x = torch.full((2, k), 1.0)
+    x[1, ::2] = -1.0
+    with co.cpu_isa(level):
+        y = ops.int8_linear(x, packed, w_s, None)
+    y_ref = reference.int8_linear(x, packed, w_s, None)
+    assert torch.equal(y, y_ref)
+    # the all-ones row quantizes to 127, so each column's int32 sum is +-127 * 127 * K (exact here)
+    signs = torch.tensor([1.0, -1.0] * 8)
+    assert torch.allclose(y_ref[0], signs * (127 * k * 1e-3), rtol=1e-6)
+
+
+@pytest.mark.parametrize("level", isa_params())
 def test_int8_linear_static_scale_bit_exact(level):
     _, w_s, packed, b = make_layer(200, 40)
     x = randn_nonzero(9, 200) * 4  # some values beyond the static range: they must clamp
