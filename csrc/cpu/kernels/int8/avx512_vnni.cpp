@@ -1,6 +1,6 @@
-// int8 linear kernels at the avx512_vnni level: vpdpbusd on 512-bit vectors for the GEMM.
-// Quantization and the weight-only GEMM are common.h's AVX2 code, compiled here with this level's
-// flags.
+// int8 linear kernels at the avx512_vnni level: vpdpbusd on 512-bit vectors for the GEMM, and
+// activation quantization 16 lanes at a time. The weight-only GEMM is common.h's AVX2 code, compiled
+// here with this level's flags.
 //
 // vpdpbusd multiplies unsigned by signed bytes. The weights take the unsigned side as w + 128
 // (w xor 0x80, once per loaded vector and shared by every row of the tile) and the activations
@@ -31,6 +31,67 @@ constexpr int kMaxNV = 3;
 constexpr int64_t kGroupBlocks = 4 * kMaxNV;
 // Software prefetch distance into each weight stream at M = 1 (k-groups of one block ahead).
 constexpr int64_t kPrefetchBytes = 1024;
+
+// 16 inputs from element i of a row, as floats (bf16 widens exactly: it is a float's top half).
+inline __m512 load16_x(const void* x, FloatKind kind, int64_t i) {
+  if (kind == FloatKind::kF32) return _mm512_loadu_ps(static_cast<const float*>(x) + i);
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(x) + i));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// Quantize one row: quantize_row_avx2's arithmetic (and the scalar rules in common.h for the tail),
+// 16 lanes at a time, so every level returns the same bytes.
+inline void quantize_row_vnni(const Int8QuantizeParams& p, int64_t r) {
+  const void* x = p.x_kind == FloatKind::kF32
+                      ? static_cast<const void*>(static_cast<const float*>(p.x) + r * p.ldx)
+                      : static_cast<const void*>(static_cast<const uint16_t*>(p.x) + r * p.ldx);
+  int8_t* q = p.q + r * p.ldq;
+  const int64_t k = p.k;
+  float scale = 0.0f, inv = 0.0f;
+  bool zero_row = false;
+  if (p.static_scale) {
+    scale = p.static_scale[0];
+    inv = p.static_inv[0];
+  } else {
+    const __m512 fmax = _mm512_set1_ps(std::numeric_limits<float>::max());
+    __m512 vmax = _mm512_setzero_ps();
+    __mmask16 bad = 0;
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+      const __m512 a = _mm512_abs_ps(load16_x(x, p.x_kind, i));
+      bad |= _mm512_cmp_ps_mask(a, fmax, _CMP_NLE_UQ);  // inf or NaN
+      vmax = _mm512_max_ps(vmax, a);
+    }
+    alignas(64) float lanes[16];
+    _mm512_store_ps(lanes, vmax);
+    float amax = 0.0f;
+    for (float l : lanes) amax = std::max(amax, l);
+    bool nonfinite = bad != 0;
+    for (; i < k; ++i) {
+      const float a = std::fabs(load_x(x, p.x_kind, i));
+      nonfinite |= !std::isfinite(a);
+      amax = std::max(amax, a);
+    }
+    zero_row = !dynamic_scale(amax, nonfinite, &scale, &inv);
+  }
+  p.scale[r] = scale;
+  if (zero_row) {
+    std::memset(q, 0, p.k_pad);
+    return;
+  }
+  const __m512 vinv = _mm512_set1_ps(inv);
+  const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+  int64_t i = 0;
+  for (; i + 16 <= k; i += 16) {
+    __m512 v = _mm512_mul_ps(load16_x(x, p.x_kind, i), vinv);
+    v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), v);  // NaN -> 0
+    v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+    // MXCSR default: round to nearest even; the values are in [-127, 127], so narrowing is exact
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v)));
+  }
+  for (; i < k; ++i) q[i] = quantize_value(load_x(x, p.x_kind, i) * inv);
+  for (; i < p.k_pad; ++i) q[i] = 0;
+}
 
 // 128 * sum of row m's k_pad quantized values (mod 2^32: see the header comment).
 inline int32_t bias_correction(const Int8GemmParams& p, int64_t m) {
@@ -140,7 +201,7 @@ inline void gemv_vnni(const Int8GemmParams& p, int64_t nb_begin, int64_t nb_end,
 }  // namespace
 
 bool COMPRESSOPS_KERNEL(int8_quantize_rows)(const Int8QuantizeParams& p, int64_t row_begin, int64_t row_end) {
-  for (int64_t r = row_begin; r < row_end; ++r) quantize_row_avx2(p, r);
+  for (int64_t r = row_begin; r < row_end; ++r) quantize_row_vnni(p, r);
   return true;
 }
 
