@@ -1,6 +1,6 @@
 // int4 (W4A8) linear GEMM at the avx512_vnni level: vpdpbusd on 512-bit vectors. Activation
-// quantization has no 512-bit form here (a few percent of a call at M >= 8, and memory-bound at
-// M = 1): that op falls down the chain to the avx2 kernel.
+// quantization has no 512-bit form here (with the call's fixed costs it is under 2% of a 4096x4096
+// call at M = 64, measured with N = 8): that op falls down the chain to the avx2 kernel.
 //
 // The weight nibbles are unsigned (0..15), so they are vpdpbusd's unsigned operand as they stand and
 // the signed int8 activations its signed one: no +128 shift of either side and no correction term
@@ -11,16 +11,20 @@
 //
 // One zmm holds the 32-byte chunk j (4 k in each nibble of 8 columns, int4_layout.h) of two
 // neighbouring column blocks: lanes 0-7 block b, lanes 8-15 block b + 1. Then both nibble halves
-// pair with one activation dword broadcast to all 16 lanes (an embedded {1to16} memory operand), and
-// each accumulator lane is one output column for the whole group: no in-register reduction.
+// pair with one activation dword broadcast to all 16 lanes, and each accumulator lane is one output
+// column for the whole group: no in-register reduction. The broadcast is a separate vpbroadcastd
+// shared by the row's vpdpbusds: the embedded {1to16} memory form of vpdpbusd ran at about half the
+// speed on Zen 4.
 //
 // Speed of light on AMD Zen 4 (the development CPU: EPYC family 25 model 17): one 512-bit vpdpbusd
-// per cycle per core (two 256-bit halves), i.e. 64 int8 MACs a cycle; the nibble unpack (vpand,
-// vpsrlw, vpand and one vinserti64x4 per 16 columns x 8 k) goes to the other vector pipes and is
-// shared by every row of the tile.
-// - M >= 8 (tile 8 rows x 32 columns): per 8 k, 32 vpdpbusd against 6 unpack ops and 4 weight
-//   loads; bound by vpdpbusd: K / 64 cycles per output, 4096x4096x64 = 16.8 M cycles per core-pair,
-//   about 3.2 ms on 2 cores at 2.6 GHz.
+// per cycle per core, 64 int8 MACs a cycle (measured: 204-228 GMAC/s on one core at about 3.5 GHz,
+// 16 independent chains). The nibble unpack (vpand, vpsrlw, vpand, one vinserti64x4 per 16 columns
+// x 8 k) is shared by every row of the tile and costs nothing measurable.
+// - M >= 8 (tile 8 rows x 32 columns): per 8 k, 32 vpdpbusd, 16 broadcasts, 4 weight loads and 6
+//   unpack ops; bound by vpdpbusd: K / 64 cycles per output. 4096x4096x64 is 16.8 M vpdpbusd-cycles,
+//   2.4 ms on 2 cores at 3.5 GHz. Measured on one core: about 150-165 GMAC/s, 70-80% of it; the
+//   per-group fp32 epilogue (8 ops for each of the 16 accumulators per 512 vpdpbusd at g128, y
+//   through L1) is ~10%.
 // - M = 1 (64 columns, 8 weight streams): K / 2 + 8 * K / group_size bytes per output column
 //   (2304 at K = 4096, g128: 9.4 MB for 4096 columns); bound by the read bandwidth of whichever
 //   cache holds the weights (L3 when they fit, else DRAM), not by the 4 vpdpbusd per 64 bytes.
