@@ -27,19 +27,19 @@ SHAPES = [  # (batch shape, K, N, group_size, symmetric): odd K (not a multiple 
 # int4 has kernels for scalar, avx2 and avx512_vnni (the GEMM; activation quantization has no
 # avx512_vnni form and runs avx2's there); avx512 runs avx2 and amx runs avx512_vnni.
 
-# Shapes that reach every tail of the register tiles (avx512_vnni: rows in tiles of 8, columns in
-# 4-block tiles at M > 1 and 8-block tiles at M = 1, an odd last block; avx2: 4 rows x 2 blocks):
+# Shapes that reach every tail of the register tiles (avx512_vnni: rows in tiles of 4, columns in
+# 6-block tiles at M > 1 and 8-block tiles at M = 1, an odd last block; avx2: 4 rows x 2 blocks):
 # (M, K, N, group_size), K not a multiple of the group where it can be.
 TILE_TAILS = [
     (1, 200, 8 * 8 * 2 + 7 * 8 - 3, 64),  # M = 1: two whole 8-block tiles, then 7 blocks, N % 8 = 5
     (1, 96, 8, 32),                       # M = 1: one block
     (2, 256, 24, 128),                    # 3 blocks: one pair and one lone block
     (3, 130, 33, 128),                    # 5 blocks, last one 1 column wide
-    (7, 64, 64, 32),
-    (8, 320, 40, 256),                    # one whole row tile
-    (9, 129, 17, 64),                     # a row tile and one row
-    (13, 300, 70, 32),                    # a row tile and 5 rows
-    (17, 1000, 129, 256),                 # two row tiles and one row, 17 blocks
+    (6, 200, 56, 64),                     # a row tile and 2 rows; a 6-block tile and 1 block
+    (7, 64, 64, 32),                      # a row tile and 3 rows; 6 + 2 blocks
+    (8, 320, 77, 256),                    # two whole row tiles; 6 + 4 blocks
+    (9, 129, 17, 64),                     # two row tiles and one row
+    (17, 1000, 129, 256),                 # four row tiles and one row, 6 + 6 + 5 blocks
 ]
 
 

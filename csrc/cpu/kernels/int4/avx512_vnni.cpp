@@ -20,11 +20,10 @@
 // per cycle per core, 64 int8 MACs a cycle (measured: 204-228 GMAC/s on one core at about 3.5 GHz,
 // 16 independent chains). The nibble unpack (vpand, vpsrlw, vpand, one vinserti64x4 per 16 columns
 // x 8 k) is shared by every row of the tile and costs nothing measurable.
-// - M >= 8 (tile 8 rows x 32 columns): per 8 k, 32 vpdpbusd, 16 broadcasts, 4 weight loads and 6
+// - M > 1 (tile 4 rows x 48 columns): per 8 k, 24 vpdpbusd, 8 broadcasts, 6 weight loads and 9
 //   unpack ops; bound by vpdpbusd: K / 64 cycles per output. 4096x4096x64 is 16.8 M vpdpbusd-cycles,
-//   2.4 ms on 2 cores at 3.5 GHz. Measured on one core: about 150-165 GMAC/s, 70-80% of it; the
-//   per-group fp32 epilogue (8 ops for each of the 16 accumulators per 512 vpdpbusd at g128, y
-//   through L1) is ~10%.
+//   2.4 ms on 2 cores at 3.5 GHz. Measured on one core: about 155-175 GMAC/s, 70-80% of it. With
+//   the fp32 accumulators in L1 instead of registers the same loop ran ~15% slower.
 // - M = 1 (64 columns, 8 weight streams): K / 2 + 8 * K / group_size bytes per output column
 //   (2304 at K = 4096, g128: 9.4 MB for 4096 columns); bound by the read bandwidth of whichever
 //   cache holds the weights (L3 when they fit, else DRAM), not by the 4 vpdpbusd per 64 bytes.
@@ -89,8 +88,10 @@ void tile_vnni(const Int4GemmParams& p, int64_t nb, int64_t r0) {
   const int64_t gstride = int4_group_stride(gs);
   const int64_t bstride = gstride * p.groups;
   const __m512i mask = _mm512_set1_epi8(0x0f);
-  // fp32 accumulators in L1 (touched once per group), leaving the registers to the int8 loop.
-  alignas(64) float y[MR][NZ][16] = {};
+  // fp32 accumulators in registers: through L1 (load, store per group) they cost ~15% at M = 64.
+  __m512 y[MR][NZ];
+  for (int r = 0; r < MR; ++r)
+    for (int z = 0; z < NZ; ++z) y[r][z] = _mm512_setzero_ps();
   const uint8_t* wb[2 * NZ];
   for (int b = 0; b < 2 * NZ; ++b) wb[b] = p.w + (nb + std::min(b, NB - 1)) * bstride;
   const int8_t* xr[MR];
@@ -139,8 +140,8 @@ void tile_vnni(const Int4GemmParams& p, int64_t nb, int64_t r0) {
         if constexpr (kSplit) a = _mm512_add_epi32(a, acc2[r * NZ + z]);
         const float as = p.a_scale[(r0 + r) * p.ldas + g], ac = p.a_corr[(r0 + r) * p.ldas + g];
         const __m512 t = _mm512_mul_ps(s, _mm512_set1_ps(as));
-        const __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), t, _mm512_load_ps(y[r][z]));
-        _mm512_store_ps(y[r][z], _mm512_fnmadd_ps(zs, _mm512_set1_ps(ac), v));
+        const __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), t, y[r][z]);
+        y[r][z] = _mm512_fnmadd_ps(zs, _mm512_set1_ps(ac), v);
       }
     }
   }
@@ -149,7 +150,8 @@ void tile_vnni(const Int4GemmParams& p, int64_t nb, int64_t r0) {
     const int64_t cols = std::min<int64_t>(NR, p.n - n0);
     const __m256 bias = load_bias8(p, n0, cols);
     for (int r = 0; r < MR; ++r) {
-      const __m256 v = _mm256_load_ps(&y[r][b / 2][(b % 2) * NR]);
+      const __m512 yz = y[r][b / 2];
+      const __m256 v = b % 2 ? _mm512_extractf32x8_ps(yz, 1) : _mm512_castps512_ps256(yz);
       store8(p, r0 + r, n0, cols, _mm256_add_ps(v, bias));
     }
   }
@@ -172,16 +174,14 @@ void cols_vnni(const Int4GemmParams& p, int64_t c0, int64_t c1, int64_t r0) {
   }
 }
 
-// Row tiles of 8 (4 blocks = 32 columns each), the last one 1..7 rows.
-constexpr int kMR = 8;
-constexpr int kNB = 4;
+// Row tiles of 4 x 6 blocks (48 columns: 12 int32 and 12 fp32 accumulators, 6 unpacked weight
+// vectors), the last one 1..3 rows. Measured against 8 x 32, 6 x 32, 4 x 32 and 8 x 32 with the fp32
+// accumulators in L1 (one thread, 4096x4096): the fastest at M = 16 and 64, level at M = 8.
+constexpr int kMR = 4;
+constexpr int kNB = 6;
 
 void rows_vnni(const Int4GemmParams& p, int64_t c0, int64_t c1, int64_t r0, int64_t rows) {
   switch (rows) {
-    case 8: cols_vnni<8, kNB, false, false>(p, c0, c1, r0); break;
-    case 7: cols_vnni<7, kNB, false, false>(p, c0, c1, r0); break;
-    case 6: cols_vnni<6, kNB, false, false>(p, c0, c1, r0); break;
-    case 5: cols_vnni<5, kNB, false, false>(p, c0, c1, r0); break;
     case 4: cols_vnni<4, kNB, false, false>(p, c0, c1, r0); break;
     case 3: cols_vnni<3, kNB, false, false>(p, c0, c1, r0); break;
     case 2: cols_vnni<2, kNB, true, false>(p, c0, c1, r0); break;
@@ -195,7 +195,7 @@ void gemm_vnni(const Int4GemmParams& p, int64_t nb_begin, int64_t nb_end) {
     cols_vnni<1, 8, true, true>(p, nb_begin, nb_end, 0);
     return;
   }
-  // Column chunks of one tile width: their weights (kNB * K_pad / 2 bytes plus scales, 72 KiB at
+  // Column chunks of one tile width: their weights (kNB * K_pad / 2 bytes plus scales, 108 KiB at
   // K = 4096) stay in L2 while every row tile of the batch passes over them.
   for (int64_t c0 = nb_begin; c0 < nb_end; c0 += kNB) {
     const int64_t c1 = std::min(nb_end, c0 + kNB);
