@@ -175,8 +175,8 @@ void cols_vnni(const Int4GemmParams& p, int64_t c0, int64_t c1, int64_t r0) {
 }
 
 // Row tiles of 4 x 6 blocks (48 columns: 12 int32 and 12 fp32 accumulators, 6 unpacked weight
-// vectors), the last one 1..3 rows. Measured against 8 x 32, 6 x 32, 4 x 32 and 8 x 32 with the fp32
-// accumulators in L1 (one thread, 4096x4096): the fastest at M = 16 and 64, level at M = 8.
+// vectors), the last one 1..3 rows. Against 6 x 32, 4 x 32 and 8 x 32 (one thread, 4096x4096, Zen 4):
+// the fastest at M = 16 and 64, level at M = 8.
 constexpr int kMR = 4;
 constexpr int kNB = 6;
 
