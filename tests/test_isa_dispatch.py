@@ -214,7 +214,8 @@ def test_fallback_chains_come_from_the_kernel_records():
     assert kernel_isas("int8_pack_weight") == []
     assert kernel_isas("binary_pack_activation") == ["scalar", "avx2"]
     assert "avx512_vnni" in kernel_isas("binary_conv2d") and "avx512_vnni" in kernel_isas("int8_linear")
-    assert kernel_level_for("int4_linear", "amx+emulated") == "avx2"
+    assert kernel_level_for("int4_linear", "amx+emulated") == "avx512_vnni+emulated"
+    assert kernel_level_for("int4_linear", "avx512+emulated") == "avx2"
     assert kernel_level_for("int8_linear", "avx512+emulated") == "avx2"
     assert kernel_level_for("binary_conv2d", "amx+emulated") == "avx512_vnni+emulated"
     with pytest.raises(RuntimeError, match="no CPU kernel record"):

@@ -24,7 +24,23 @@ SHAPES = [  # (batch shape, K, N, group_size, symmetric): odd K (not a multiple 
     ((65,), 512, 75, 64, False),
 ]
 
-# int4 has kernels for scalar and avx2 only; every higher level runs avx2.
+# int4 has kernels for scalar, avx2 and avx512_vnni (the GEMM; activation quantization has no
+# avx512_vnni form and runs avx2's there); avx512 runs avx2 and amx runs avx512_vnni.
+
+# Shapes that reach every tail of the register tiles (avx512_vnni: rows in tiles of 4, columns in
+# 6-block tiles at M > 1 and 8-block tiles at M = 1, an odd last block; avx2: 4 rows x 2 blocks):
+# (M, K, N, group_size), K not a multiple of the group where it can be.
+TILE_TAILS = [
+    (1, 200, 8 * 8 * 2 + 7 * 8 - 3, 64),  # M = 1: two whole 8-block tiles, then 7 blocks, N % 8 = 5
+    (1, 96, 8, 32),                       # M = 1: one block
+    (2, 256, 24, 128),                    # 3 blocks: one pair and one lone block
+    (3, 130, 33, 128),                    # 5 blocks, last one 1 column wide
+    (6, 200, 56, 64),                     # a row tile and 2 rows; a 6-block tile and 1 block
+    (7, 64, 64, 32),                      # a row tile and 3 rows; 6 + 2 blocks
+    (8, 320, 77, 256),                    # two whole row tiles; 6 + 4 blocks
+    (9, 129, 17, 64),                     # two row tiles and one row
+    (17, 1000, 129, 256),                 # four row tiles and one row, 6 + 6 + 5 blocks
+]
 
 
 def make_layer(k, n, group_size=128, symmetric=False, bias=True):
@@ -137,6 +153,34 @@ def test_int4_linear_matches_reference(level, shape, bias, dtype):
     y_fp = x.double() @ wd.double().t() + (b.double() if b is not None else 0)
     if k >= 64 and dtype == torch.float32:
         assert rel_err(y_ref, y_fp) < 0.02
+
+
+@requires_native
+@pytest.mark.parametrize("m, k, n, gs", TILE_TAILS, ids=str)
+def test_every_level_gives_the_same_bits(m, k, n, gs):
+    """The integer group sums are exact and every level runs the same fp32 epilogue in the same order
+    (fma(acc, s * a_scale), fma(-z * s, a_corr), + bias), so every level's output equals scalar's bit for
+    bit, at every row and column tail of each level's register tiles (one thread: one task holds every
+    column block, so the tails are the ones TILE_TAILS names)."""
+    _, _, packed, b = make_layer(k, n, gs, symmetric=False)
+    x = randn_nonzero(m, k)
+    outs = {}
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        for param in isa_params():
+            level = param.values[0]
+            with co.cpu_isa(level):
+                outs[level] = (ops.int4_linear(x, packed, b), ops.int4_linear(x.bfloat16(), packed))
+                ran = torch.ops.compressops._last_kernel_isa("int4_linear")
+            assert ran == expected_kernel_level("int4_linear", level)
+    finally:
+        torch.set_num_threads(old)
+    want = outs.pop("scalar")
+    assert close_to_reference(want[0], reference.int4_linear(x, packed, b))
+    for level, got in outs.items():
+        assert torch.equal(got[0], want[0]), level
+        assert torch.equal(got[1], want[1]), level
 
 
 @pytest.mark.parametrize("level", isa_params())

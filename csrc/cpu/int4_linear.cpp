@@ -26,7 +26,8 @@ using kernels::Int4QuantizeParams;
 using QuantizeFn = bool (*)(const Int4QuantizeParams&, int64_t, int64_t);
 using GemmFn = bool (*)(const Int4GemmParams&, int64_t, int64_t);
 
-// Only scalar and avx2 kernels: every higher level falls down the chain to avx2.
+// GEMM kernels at scalar, avx2 and avx512_vnni; quantization at scalar and avx2. A level without
+// a kernel falls down the chain (avx512 runs avx2's, amx avx512_vnni's GEMM).
 const KernelTable<QuantizeFn> kQuantize = COMPRESSOPS_KERNEL_TABLE(kernels::int4_quantize_rows);
 const KernelTable<GemmFn> kGemm = COMPRESSOPS_KERNEL_TABLE(kernels::int4_gemm);
 // What each op's last call ran on, and the levels its kernels exist at (kernel_record.h).

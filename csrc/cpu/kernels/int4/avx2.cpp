@@ -1,5 +1,5 @@
-// int4 (W4A8) linear kernels at the AVX2 level. The family has no avx512, avx512_vnni or amx file,
-// so those levels fall down the chain to these kernels.
+// int4 (W4A8) linear kernels at the AVX2 level. The avx512 level runs these (the family has no
+// avx512 file), and the avx512_vnni level its quantization kernel.
 #include "../kernel_macros.h"
 #include "../simd.h"
 #include "common.h"
