@@ -3,18 +3,25 @@
 // one row; quantization and the weight-only GEMM are common.h's AVX2 code.
 //
 // Why int16 for batches. AVX2 has no exact one-instruction int8 x int8 dot product: vpmaddubsw
-// wants one unsigned operand, so the sign-trick tile spends, per 32 multiply-adds (one ymm of
-// 8 columns x 4 k), vpsignb + vpmaddubsw + vpmaddwd(ones) + vpaddd, plus a broadcast and vpabsb
-// per row shared by the tile's vectors: about 4.5 vector-ALU uops per 32 MACs, two of them on the
-// multiply units. With both operands widened to int16 (weights once per K chunk into a per-thread
-// scratch, activations once per row pair and chunk), vpmaddwd does 16 exact MACs and a vpaddd
-// accumulates them: 2 x (vpmaddwd + vpaddd) per 32 MACs plus one 32-bit broadcast per row shared
-// by four weight vectors, 4 ALU uops + 0.5 broadcast per 32 MACs, and no vpsignb on the critical
-// ports. Either way the bound is the two vector-multiply pipes (AMD Zen 2-4: FP0/FP3; Intel
-// Skylake/Ice Lake: p0/p1) issuing 2 multiplies per 32 MACs, i.e. 32 MACs a cycle; int16 leaves
-// the remaining ports free of the sign and abs work, so the multiply pipes stay fed (Intel: 4
-// uops per 32 MACs on its 3 vector ports instead of 5; llvm-mca 14, -mcpu=skylake: 1.35 cycles
-// per 32 MACs against 1.6 for the sign trick).
+// wants one unsigned operand, so the sign-trick tile spends, per 32 multiply-adds (one ymm of 8
+// columns x 4 k), vpsignb + vpmaddubsw + vpmaddwd(ones) + vpaddd, plus a broadcast and vpsignb(a, a)
+// per row shared by its 2 vectors: 5 vector-ALU uops per 32 MACs, 2 of them multiplies (3 rows x
+// 16 columns fit the 16 ymm registers). With both operands widened to int16 (the weights of two
+// column blocks once per 256-k chunk into a 16 KiB per-thread scratch, the activations once per
+// row pair and chunk), vpmaddwd does 16 exact MACs and vpaddd accumulates them: per 32 MACs
+// 2 x (vpmaddwd + vpaddd), plus one 32-bit broadcast per row and k pair shared by 4 weight
+// vectors: 4 ALU uops + 0.5 broadcast, 2 multiplies (2 rows x 32 columns: 8 accumulators, 4
+// weight vectors). The inner loop is 26 instructions per 128 MACs (6.5 per 32), the sign-trick
+// loop 37 per 192 (6.2 per 32); what changes is where they go: no vpsignb and no vpmaddwd(ones)
+// competing with the multiplies for the vector ports.
+//
+// The bound either way is the two vector-multiply pipes (Zen 2-4: FP0/FP3; Skylake and later:
+// p0/p1) at 2 multiplies per 32 MACs, 32 MACs a cycle per core; the int16 loop also needs 4 ALU
+// uops per 32 MACs on Zen's 4 vector pipes, so all 4 pipes bound it at the same 1 cycle per 32
+// MACs. Measured on an AMD EPYC Zen 4 thread forced to avx2, weights in cache: 0.156-0.166 int8
+// TOP/s, against 0.122 for the sign trick (the bound: 0.24 at 3.7 GHz). llvm-mca 14 -mcpu=skylake:
+// 1.35 cycles per 32 MACs against 1.85 (Intel has 3 vector ALU ports, so the sign trick's fifth
+// uop costs more there); Haswell, with one vpmaddwd port, is at 2.0 either way.
 #include "common.h"
 
 namespace compressops::cpu::kernels {
@@ -153,10 +160,10 @@ inline void widen_row(const int8_t* a, int64_t kl, int16_t* a16) {
   for (; i < kl; ++i) a16[i] = a[i];
 }
 
-// acc[r][v] += sum over k pairs q of a16[r][2q..2q+1] . w16[q][8v..8v+7][0..1]. Kept out of line:
-// GCC's partial PRE (-O3's -ftree-partial-pre) turns each accumulator update of this loop into
-// vpaddd plus a register copy and spills at 8 accumulators, which costs a third of the loop's
-// issue slots (llvm-mca 14, -mcpu=znver3); without it the loop is loads, vpmaddwd and vpaddd only.
+// acc[r][v] += sum over k pairs q of a16[r][2q..2q+1] . w16[q][8v..8v+7][0..1]. Kept out of line
+// with GCC's partial PRE (-O3's -ftree-partial-pre) off: it turns every accumulator update of this
+// loop into vpaddd plus a register copy (a third more instructions; with more accumulators, spills
+// to the stack); without it the loop is loads, vpmaddwd and vpaddd only.
 template <int MR, int NV>
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((noinline, optimize("no-tree-partial-pre")))
