@@ -106,10 +106,10 @@ def test_int8_linear_bit_exact(level, shape, bias, dtype):
 
 
 @pytest.mark.parametrize("level", [p for p in isa_params() if p.values[0].startswith("avx2")])
-@pytest.mark.parametrize("m", [7, 8, 9, 263], ids=lambda m: f"m{m}")
+@pytest.mark.parametrize("m", [63, 64, 65, 263], ids=lambda m: f"m{m}")
 def test_int8_linear_blocked_gemm_bit_exact(level, m):
     """The avx2 level's batch GEMM widens its operands in chunks (256 k values, 128 rows, pairs of
-    16-column blocks) from 8 rows up: shapes across every chunk edge and both sides of the 8-row
+    16-column blocks) from 64 rows up: shapes across every chunk edge and both sides of the 64-row
     switch, with odd tails, match the reference bit for bit."""
     k, n = 600, 130  # k chunks of 256, 256 and 88; 9 column blocks: 4 pairs and a single, N % 16 = 2
     _, w_s, packed, b = make_layer(k, n)

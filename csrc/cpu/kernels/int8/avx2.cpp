@@ -112,12 +112,12 @@ inline void ukernel_rows(const Int8GemmParams& p, int64_t m0, int rows, int64_t 
 // wait in `part` between k chunks. Each int8 weight is widened once per kMc rows and each
 // activation once per 32 columns, so the widening costs about 8 / kMc and 0.2 uops per 32 MACs.
 
-// Below this many rows the weight widening (about 8 uops per 32 weights, shared by the rows)
-// costs more than the sign trick's extra uops save, and the sign-trick tiles take the batch.
-// Measured on AMD EPYC Zen 4 forced to avx2, one thread: int16 1.1-1.25x faster from 8 rows with
-// the weights in cache, even at 8 rows with K=N=4096 weights streaming from memory, and 0.7-0.8x
-// at 4-6 rows.
-constexpr int64_t kInt16MinRows = 8;
+// Below this many rows the sign-trick tiles take the batch. Measured on an AMD EPYC Zen 4 thread
+// forced to avx2 (old and new kernel interleaved in one process): with the weights in cache the
+// int16 path is 1.07x faster at 8 rows and 1.2-1.3x from 16, but with K=N=4096 weights streaming
+// from memory it is 0.75x at 8 rows, 0.9x at 24-32, even at 48 and 1.1-1.25x from 64 (why the
+// streaming case lags at few rows is not understood yet: it is not bandwidth, about 1 GB/s).
+constexpr int64_t kInt16MinRows = 64;
 constexpr int64_t kKc = 256;  // k values per chunk: w16 is 2 * NR * kKc int16
 constexpr int64_t kMc = 128;  // rows per chunk: `part` is kMc * 2 * NR int32
 constexpr int kPairMR = 2;    // rows per register tile: 2 x 4 accumulators + 4 weight vectors
@@ -135,9 +135,6 @@ inline void widen_weights(const int8_t* wblk, int64_t k_pad, int64_t g0, int64_t
     int16_t* hi = lo + row;
     for (int b = 0; b < NB; ++b) {
       const int8_t* src = wblk + b * NR * k_pad + (g0 + g) * NR * KR;
-      // The same line of the next chunk: it arrives while this chunk's rows are multiplied, which
-      // at a few rows take about as long as fetching it from memory.
-      _mm_prefetch(reinterpret_cast<const char*>(src + kKc * NR), _MM_HINT_T0);
       for (int h = 0; h < 2; ++h) {
         __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 32 * h));
         // Bring both lanes' (k0, k1) halves into the low 128 bits and the (k2, k3) halves into the high.
@@ -243,15 +240,39 @@ inline void int16_rows(const Int8GemmParams& p, Int16Scratch& s, int64_t kc, int
   }
 }
 
+// Lines [l0, l1) of the weights the next widen_weights call reads (the next k chunk of blocks nb
+// and nb + 1, or the first chunk of the next pair); prefetching past the pack is harmless.
+inline void prefetch_next_chunk(const Int8GemmParams& p, int64_t kc, int64_t nb, int64_t k0, int64_t l0,
+                                int64_t l1) {
+  const bool same = k0 + kc < p.k_pad;
+  const int8_t* next = p.w + (same ? nb : nb + 2) * NR * p.k_pad + (same ? k0 + kc : 0) * NR;
+  const int64_t lines = kc * NR / 64;  // per block
+  for (int64_t l = l0; l < l1; ++l) {
+    const int8_t* line = next + (l / lines) * NR * p.k_pad + (l % lines) * 64;
+    _mm_prefetch(reinterpret_cast<const char*>(line), _MM_HINT_T0);
+  }
+}
+
 template <int NB>
 inline void int16_block_pair(const Int8GemmParams& p, Int16Scratch& s, int64_t kc, int64_t m_chunk, int64_t rows,
                              int64_t nb) {
+  // The next chunk's weights are prefetched a slice per row tile, so they arrive while this
+  // chunk is multiplied: at a few rows that takes about as long as fetching them from memory,
+  // and one burst of prefetches would overrun the outstanding-miss slots.
+  const int64_t tiles = (rows + kPairMR - 1) / kPairMR;
+  const int64_t next_lines = 2 * kc * NR / 64;
   for (int64_t k0 = 0; k0 < p.k_pad; k0 += kc) {
     const int64_t kl = std::min(kc, p.k_pad - k0);
     widen_weights<NB>(p.w + nb * NR * p.k_pad, p.k_pad, k0 / KR, kl / KR, s.w16);
-    int64_t m0 = 0;
-    for (; m0 + kPairMR <= rows; m0 += kPairMR) int16_rows<kPairMR, NB>(p, s, kc, m_chunk, m0, nb, k0, kl);
-    if (m0 < rows) int16_rows<1, NB>(p, s, kc, m_chunk, m0, nb, k0, kl);
+    for (int64_t t = 0; t < tiles; ++t) {
+      prefetch_next_chunk(p, kc, nb, k0, t * next_lines / tiles, (t + 1) * next_lines / tiles);
+      const int64_t m0 = t * kPairMR;
+      if (m0 + kPairMR <= rows) {
+        int16_rows<kPairMR, NB>(p, s, kc, m_chunk, m0, nb, k0, kl);
+      } else {
+        int16_rows<1, NB>(p, s, kc, m_chunk, m0, nb, k0, kl);
+      }
+    }
   }
 }
 
