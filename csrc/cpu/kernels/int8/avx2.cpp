@@ -1,6 +1,6 @@
 // int8 linear kernels at the avx2 level: an int16 vpmaddwd GEMM over widened copies of the
-// operands for batches, the vpmaddubsw sign-trick tiles for a few rows, and a two-stream GEMV for
-// one row; quantization and the weight-only GEMM are common.h's AVX2 code.
+// operands for batches of 64 rows and more, the vpmaddubsw sign-trick tiles for fewer rows, and a
+// two-stream GEMV for one row; quantization and the weight-only GEMM are common.h's AVX2 code.
 //
 // Why int16 for batches. AVX2 has no exact one-instruction int8 x int8 dot product: vpmaddubsw
 // wants one unsigned operand, so the sign-trick tile spends, per 32 multiply-adds (one ymm of 8
@@ -229,7 +229,9 @@ inline void int16_rows(const Int8GemmParams& p, Int16Scratch& s, int64_t kc, int
   int16_tile<MR, NV>(s.a16, kc, s.w16, kl / 2, acc);
   if (k0 + kl < p.k_pad) {
     for (int r = 0; r < MR; ++r) {
-      for (int v = 0; v < NV; ++v) _mm256_store_si256(reinterpret_cast<__m256i*>(part + r * 2 * NR) + v, acc[r * NV + v]);
+      for (int v = 0; v < NV; ++v) {
+        _mm256_store_si256(reinterpret_cast<__m256i*>(part + r * 2 * NR) + v, acc[r * NV + v]);
+      }
     }
     return;
   }
@@ -256,9 +258,8 @@ inline void prefetch_next_chunk(const Int8GemmParams& p, int64_t kc, int64_t nb,
 template <int NB>
 inline void int16_block_pair(const Int8GemmParams& p, Int16Scratch& s, int64_t kc, int64_t m_chunk, int64_t rows,
                              int64_t nb) {
-  // The next chunk's weights are prefetched a slice per row tile, so they arrive while this
-  // chunk is multiplied: at a few rows that takes about as long as fetching them from memory,
-  // and one burst of prefetches would overrun the outstanding-miss slots.
+  // The next chunk's weights are prefetched a slice per row tile, so they arrive while this chunk
+  // is multiplied, spread out rather than in one burst of 128 lines.
   const int64_t tiles = (rows + kPairMR - 1) / kPairMR;
   const int64_t next_lines = 2 * kc * NR / 64;
   for (int64_t k0 = 0; k0 < p.k_pad; k0 += kc) {
