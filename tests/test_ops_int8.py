@@ -105,6 +105,27 @@ def test_int8_linear_bit_exact(level, shape, bias, dtype):
     assert torch.equal(y, y_ref)
 
 
+@pytest.mark.parametrize("level", [p for p in isa_params() if p.values[0].startswith("avx2")])
+@pytest.mark.parametrize("m", [63, 64, 65, 263], ids=lambda m: f"m{m}")
+def test_int8_linear_blocked_gemm_bit_exact(level, m):
+    """The avx2 level's batch GEMM widens its operands in chunks (256 k values, 128 rows, pairs of
+    16-column blocks) from 64 rows up: shapes across every chunk edge and both sides of the 64-row
+    switch, with odd tails, match the reference bit for bit."""
+    k, n = 600, 130  # k chunks of 256, 256 and 88; 9 column blocks: 4 pairs and a single, N % 16 = 2
+    _, w_s, packed, b = make_layer(k, n)
+    x = randn_nonzero(m, k)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # one call sees every row, so the 128-row chunks are crossed
+        with co.cpu_isa(level):
+            y = ops.int8_linear(x, packed, w_s, b)
+            ran = torch.ops.compressops._last_kernel_isa("int8_linear")
+    finally:
+        torch.set_num_threads(old)
+    assert ran == expected_kernel_level("int8_linear", level)
+    assert torch.equal(y, reference.int8_linear(x, packed, w_s, b))
+
+
 @pytest.mark.parametrize("level", isa_params())
 def test_int8_linear_every_tile_tail_bit_exact(level):
     """Rows 1..19 and 1..14 column blocks cover every register-tile tail (the VNNI kernel's 8 rows x 3
