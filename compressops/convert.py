@@ -18,7 +18,7 @@ from torch import nn
 
 from .adapters import adapted_reason, adapter_for, as_linear
 from .algorithms.observers import calibrate
-from .configs import Config, compressed_types, families, family_of
+from .configs import Config, compressed_types, families, family_of, model_passes
 from .hf_record import record as record_hf
 from .nn.compressed_linear import on_meta
 
@@ -229,6 +229,8 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
     for name, new in tied:
         _set_submodule(model, name, new)
         _turn_off_fast_paths(model, name)
+    for model_pass in model_passes():  # rewrites across converted layers that change no result (fused Q/K/V)
+        model_pass(model)
     setattr(model, REPORT_ATTR, skipped)
     # A transformers model records its compressed layers in config.quantization_config, so that
     # save_pretrained writes them to config.json and from_pretrained rebuilds them (compressops.hf).

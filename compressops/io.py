@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .adapters import as_linear
-from .configs import compressed_types, config_from_dict, family_of
+from .configs import compressed_types, config_from_dict, family_of, model_passes
 from .convert import _set_submodule
 
 _META_KEY = "compressops_layers"
@@ -123,6 +123,8 @@ def load(model: nn.Module, path: str, strict: bool = True) -> nn.Module:
     for name, new in staged.items():  # commit: nothing below can fail on what was checked above
         _set_submodule(model, name, new)
     model.load_state_dict(rest, strict=False)
+    for model_pass in model_passes():  # what convert does after converting (fused Q/K/V), for the same model
+        model_pass(model)
     return model
 
 

@@ -6,7 +6,8 @@ same tokenized inputs and timed in turns (round-robin, many rounds, median):
 
 - fp32 eager: the Hugging Face model as loaded;
 - compressops int8: `co.convert(model, co.Int8())` (what examples/minilm_demo.py does), eager and under
-  `torch.compile`;
+  `torch.compile`, and eager with the query/key/value projections unfused (compressops.nn.unfuse_qkv: one
+  activation quantization and GEMM each, as before convert fused them);
 - torch.ao dynamic int8: `torch.ao.quantization.quantize_dynamic` on every nn.Linear, x86 engine;
 - onnxruntime fp32 and int8: the model exported with `torch.onnx.export` (TorchScript exporter), int8 by
   `quantize_dynamic(per_channel=True, weight_type=QInt8)`; sessions with `ORT_ENABLE_ALL` graph
@@ -56,6 +57,7 @@ from compressops.bench.runner import (
     Table,
     Target,
 )
+from compressops.nn import unfuse_qkv
 
 FAMILY = "models"
 
@@ -68,6 +70,7 @@ MEDIAN_MS = ("ms", "median ms", ".1f")
 MEAN_COS, MIN_COS = ("mean_cos", "mean cos", ".5f"), ("min_cos", "min cos", ".5f")
 FP32 = "fp32 eager"
 OURS, OURS_COMPILED = "compressops int8 eager", "compressops int8 torch.compile"
+OURS_UNFUSED = "compressops int8 eager, q/k/v unfused"
 AO = "torch.ao dynamic int8 (x86)"
 ORT_FP32, ORT_INT8 = "onnxruntime fp32", "onnxruntime int8"
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -210,7 +213,9 @@ class ModelsBench(Family):
                                   for i in range(0, len(sentences), EMBED_BATCH)]
         self.sentences = sentences
         quantized = co.convert(copy.deepcopy(model), co.Int8(), progress=False).eval()
-        self.torch_models = {FP32: model, OURS: quantized}
+        unfused = copy.deepcopy(quantized)
+        unfuse_qkv(unfused)
+        self.torch_models = {FP32: model, OURS: quantized, OURS_UNFUSED: unfused}
         if not (run.args.no_compile or run.skip_slow_peer("torch.compile row")):
             self.torch_models[OURS_COMPILED] = torch.compile(quantized)
         with warnings.catch_warnings():
@@ -239,7 +244,7 @@ class ModelsBench(Family):
         name, batch, tokens = shape
         enc = _inputs(batch, tokens, self.tokenizer, self.sentences)
         impls = []
-        roles = {FP32: "dense", OURS: "ours", OURS_COMPILED: "ours", AO: "peer", ORT_INT8: "peer",
+        roles = {FP32: "dense", OURS: "ours", OURS_UNFUSED: "ours", OURS_COMPILED: "ours", AO: "peer", ORT_INT8: "peer",
                  ORT_FP32: "peer"}
         for label, m in self.torch_models.items():
             impls.append(Impl(label, lambda m=m: m(**enc), roles[label]))
