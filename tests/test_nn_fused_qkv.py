@@ -143,6 +143,15 @@ def test_save_load_pickle_deepcopy(models, tmp_path):
         assert torch.equal(_out(copied, enc), expected)
 
 
+def test_hugging_face_round_trip(models, tmp_path):
+    _, fused, plain = models
+    fused.save_pretrained(tmp_path)
+    loaded = transformers.BertModel.from_pretrained(tmp_path).eval()
+    _assert_fused(loaded)
+    enc = _inputs()
+    assert torch.equal(_out(loaded, enc), _out(plain, enc))
+
+
 def test_a_projection_called_on_its_own(models):
     _, fused, plain = models
     x = torch.randn(5, 48)
