@@ -184,6 +184,11 @@ def test_not_fused_where_one_quantization_cannot_serve_three():
     assert fuse_qkv(static) == 0 and fuse_qkv(torch.nn.Linear(3, 3)) == 0
     with pytest.raises(TypeError, match="fuse_qkv: model must be an nn.Module, got int"):
         fuse_qkv(3)
+    with pytest.raises(TypeError, match="unfuse_qkv: model must be an nn.Module, got str"):
+        unfuse_qkv("model")
+    with pytest.raises(TypeError, match="register_model_pass: expected a callable, got int"):
+        configs.register_model_pass(1)
+    assert fuse_qkv in configs.model_passes()
 
 
 def test_compile_and_export(models):
