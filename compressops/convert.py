@@ -122,6 +122,8 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
             True: shown from the start; False: never.
     Returns:
         The converted model. Layers left dense and why are listed by compressops.report(model).
+        The registered model passes then run over it (configs.register_model_pass): e.g. the
+        query/key/value projections of a BERT-style self-attention become one GEMM (nn.fused_qkv).
         A transformers model also gets config.quantization_config (compressops.hf_record), so
         model.save_pretrained(d) and AutoModel.from_pretrained(d) round-trip it.
 

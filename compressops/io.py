@@ -66,7 +66,8 @@ def load(model: nn.Module, path: str, strict: bool = True) -> nn.Module:
     with another config is replaced too), the state dict loads and tied weights are tied again.
     Atomic: every compressed layer is built and loaded off the model and the rest of the file is
     checked against the model (keys, shapes) first; on any error the model is left exactly as it
-    was. Returns the model (modified in place).
+    was. Once loaded, the model passes convert runs run too (fused Q/K/V). Returns the model
+    (modified in place).
 
     Raises:
         ValueError: the file's layer records do not fit the model (an unknown class or config, a

@@ -28,7 +28,9 @@ class Int8Linear(CompressedLinear):
     act_scale float32 [] (static only): the canonical format of compressops/formats/int8.py. In
     memory the layer holds the pack (`weight_packed`, not saved) instead of `weight`, which is an
     exact unpack of it (a copy, since the pack is blocked: writes to it do not change the layer);
-    state_dict and load_state_dict translate, so the weight is never held twice.
+    state_dict and load_state_dict translate, so the weight is never held twice. In a BERT-style
+    self-attention, convert fuses query/key/value into one pack and GEMM (compressops/nn/fused_qkv.py);
+    the three stay Int8Linear and read their rows of that pack.
 
     Example:
         >>> lin = torch.nn.Linear(64, 32)
