@@ -18,7 +18,7 @@ from torch import nn
 
 from .adapters import adapted_reason, adapter_for, as_linear
 from .algorithms.observers import calibrate
-from .configs import Config, compressed_types, families, family_of
+from .configs import Config, compressed_types, families, family_of, model_passes
 from .hf_record import record as record_hf
 from .nn.compressed_linear import on_meta
 
@@ -122,6 +122,8 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
             True: shown from the start; False: never.
     Returns:
         The converted model. Layers left dense and why are listed by compressops.report(model).
+        The registered model passes then run over it (configs.register_model_pass): e.g. the
+        query/key/value projections of a BERT-style self-attention become one GEMM (nn.fused_qkv).
         A transformers model also gets config.quantization_config (compressops.hf_record), so
         model.save_pretrained(d) and AutoModel.from_pretrained(d) round-trip it.
 
@@ -229,6 +231,8 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
     for name, new in tied:
         _set_submodule(model, name, new)
         _turn_off_fast_paths(model, name)
+    for model_pass in model_passes():  # rewrites across converted layers that change no result (fused Q/K/V)
+        model_pass(model)
     setattr(model, REPORT_ATTR, skipped)
     # A transformers model records its compressed layers in config.quantization_config, so that
     # save_pretrained writes them to config.json and from_pretrained rebuilds them (compressops.hf).

@@ -37,7 +37,7 @@ except ImportError as e:
                       f"{e}") from e
 
 from .adapters import as_linear
-from .configs import Config, compressed_types, family_of
+from .configs import Config, compressed_types, family_of, model_passes
 from .convert import _set_submodule, convert
 from .hf_record import FORMAT_VERSION, QUANT_METHOD, config_from_json, config_to_json, record, untie
 
@@ -210,6 +210,8 @@ class CompressopsHfQuantizer(HfQuantizer):
                                  f"load as a compressed layer that {type(layer).__name__} can read")
             layer.tie_to(source)
         self._pending.clear()
+        for model_pass in model_passes():  # what convert does after converting (fused Q/K/V)
+            model_pass(model)
         return model
 
     def _dequantize(self, model, dtype=None):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .adapters import as_linear
-from .configs import compressed_types, config_from_dict, family_of
+from .configs import compressed_types, config_from_dict, family_of, model_passes
 from .convert import _set_submodule
 
 _META_KEY = "compressops_layers"
@@ -66,7 +66,8 @@ def load(model: nn.Module, path: str, strict: bool = True) -> nn.Module:
     with another config is replaced too), the state dict loads and tied weights are tied again.
     Atomic: every compressed layer is built and loaded off the model and the rest of the file is
     checked against the model (keys, shapes) first; on any error the model is left exactly as it
-    was. Returns the model (modified in place).
+    was. Once loaded, the model passes convert runs run too (fused Q/K/V). Returns the model
+    (modified in place).
 
     Raises:
         ValueError: the file's layer records do not fit the model (an unknown class or config, a
@@ -123,6 +124,8 @@ def load(model: nn.Module, path: str, strict: bool = True) -> nn.Module:
     for name, new in staged.items():  # commit: nothing below can fail on what was checked above
         _set_submodule(model, name, new)
     model.load_state_dict(rest, strict=False)
+    for model_pass in model_passes():  # what convert does after converting (fused Q/K/V), for the same model
+        model_pass(model)
     return model
 
 

@@ -91,3 +91,36 @@ def test_smoke_run_writes_rows(family, tmp_path, capsys):
     # Relative errors, where measured, are small: the rows computed the layer they claim to.
     errors = [r["relerr"] for r in rows if r.get("relerr") is not None]
     assert all(0 <= e < 0.5 for e in errors)
+
+
+def test_models_smoke_rows_compare_int8_with_fp32(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    assert FAMILIES["models"].main(["--smoke", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "models_smoke.json").read_text())["rows"]
+    by_impl = {r["impl"]: r for r in rows}
+    assert by_impl["fp32 eager"]["mean_cos"] == pytest.approx(1.0)
+    # int8 changed the output (the converted model ran) but kept it close to fp32
+    ours = by_impl["compressops int8 eager"]
+    assert 0.99 < ours["mean_cos"] < 1.0 and ours["min_cos"] <= ours["mean_cos"]
+    assert ours["speedup_peer"] > 0 and ours["best_peer"] == "torch.ao dynamic int8 (x86)"
+    assert "mean cos" in capsys.readouterr().out
+
+
+def test_models_onnx_export_runs_at_other_shapes():
+    # The smoke run leaves the onnxruntime rows out (seconds to export): check that path here, on the
+    # tiny model, at a shape other than the one it was exported with (the axes are dynamic).
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("transformers")
+    from compressops.bench import models
+
+    model = models._tiny_bert()
+    onnx, why = models._onnx_models(model, models._inputs(2, 16, None, []))
+    assert why is None and set(onnx) == {models.ORT_FP32, models.ORT_INT8}
+    enc = models._inputs(3, 24, None, [])
+    with torch.inference_mode():
+        expected = model(**enc).last_hidden_state
+    for label, data in onnx.items():
+        y = torch.as_tensor(models._ort_run(models._ort_session(data, 1), enc)())
+        assert y.shape == expected.shape
+        err = ((y - expected).norm() / expected.norm()).item()
+        assert err < (1e-4 if label == models.ORT_FP32 else 0.1), (label, err)

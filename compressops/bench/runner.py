@@ -140,6 +140,7 @@ class Family:
     default_shapes, quick_shapes, smoke_shapes = "design", "quick", "smoke"
     min_run_time = 0.3
     quick_min_run_time = 0.2
+    rounds = 3  # turns per implementation and row (timing.interleaved)
     has_cold = False  # weights-beyond-cache rows (--no-cold)
     quick_cold = True  # --quick keeps them
     measures_bandwidth = False  # read bandwidth per thread count: bw_ref, % SoL
@@ -267,7 +268,7 @@ def measure(family: Family, group: Group, run: Run) -> list[dict]:
             if impl.exact is not None:
                 row["relerr"] = rel_err(y, impl.exact)
             rows.append(row)
-        times = timing.interleaved([impl.fn for impl in group.impls], run.min_run_time)
+        times = timing.interleaved([impl.fn for impl in group.impls], run.min_run_time, family.rounds)
     for row, impl, t in zip(rows, group.impls, times):
         us = t.us / impl.calls
         row.update(us=us, other_load=t.other_load)
@@ -354,7 +355,8 @@ def _print_heading(family: Family, run: Run, meta: dict, rows: list[dict]) -> No
           f"torch {meta['torch']}{family.heading_extra(run)}, LLC {run.llc >> 20} MiB)")
     for line in [*run.notes, *family.legend]:
         print(f"- {line}")
-    print("- timing: the implementations of a row run on the same inputs and are timed in turns (3 each); "
+    print("- timing: the implementations of a row run on the same inputs and are timed in turns "
+          f"({family.rounds} each); "
           "median over every timed block")
     print(f"- other load: cores other processes kept busy while the row was timed; above {timing.VOID_LOAD} the "
           f"row is void and its time is marked {report.VOID_MARK} (on a 2-core machine one busy neighbour "

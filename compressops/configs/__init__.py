@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 _FORMATS: dict[str, type[Config]] = {}
 # config class -> its family (filled by register_family)
 _FAMILIES: dict[type[Config], Family] = {}
+# functions convert runs over the whole model once its layers are converted (register_model_pass)
+_MODEL_PASSES: list[Callable] = []
 
 
 class Config:
@@ -227,6 +229,26 @@ def register_family(family: Family) -> Family:
     return family
 
 
+def register_model_pass(fn: Callable) -> Callable:
+    """Register fn(model) -> int to run over the whole model at the end of every compressops.convert
+    (and compressops.load), after the layers are converted: a rewrite across converted layers that
+    changes no result (e.g. compressops.nn.fused_qkv). It returns how many places it changed. Returns fn.
+
+    Raises:
+        TypeError: fn is not callable.
+    """
+    if not callable(fn):
+        raise TypeError(f"register_model_pass: expected a callable, got {type(fn).__name__}")
+    if fn not in _MODEL_PASSES:
+        _MODEL_PASSES.append(fn)
+    return fn
+
+
+def model_passes() -> tuple[Callable, ...]:
+    """The registered model passes, in registration order."""
+    return tuple(_MODEL_PASSES)
+
+
 def families() -> tuple[Family, ...]:
     """Every registered family, in registration order."""
     return tuple(_FAMILIES.values())
@@ -269,4 +291,4 @@ for _cls in config_types():
     globals()[_cls.__name__] = _cls
 
 __all__ = ["Config", "Family", "register_family", "families", "family_of", "compressed_types", "config_types",
-           "config_from_dict", *(c.__name__ for c in config_types())]
+           "config_from_dict", "register_model_pass", "model_passes", *(c.__name__ for c in config_types())]

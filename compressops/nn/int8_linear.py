@@ -28,7 +28,9 @@ class Int8Linear(CompressedLinear):
     act_scale float32 [] (static only): the canonical format of compressops/formats/int8.py. In
     memory the layer holds the pack (`weight_packed`, not saved) instead of `weight`, which is an
     exact unpack of it (a copy, since the pack is blocked: writes to it do not change the layer);
-    state_dict and load_state_dict translate, so the weight is never held twice.
+    state_dict and load_state_dict translate, so the weight is never held twice. In a BERT-style
+    self-attention, convert fuses query/key/value into one pack and GEMM (compressops/nn/fused_qkv.py);
+    the three stay Int8Linear and read their rows of that pack.
 
     Example:
         >>> lin = torch.nn.Linear(64, 32)
@@ -42,6 +44,10 @@ class Int8Linear(CompressedLinear):
     _value_bounds: ClassVar[dict[str, float | None]] = {"weight_scale": 0.0, "act_scale": int8_format.MIN_ACT_SCALE}
 
     _version = 1
+    # (FusedQKV, first row, end row) while this layer's rows live in an attention's fused pack
+    # (compressops/nn/fused_qkv.py); its own pack is then an empty placeholder. Also set per instance
+    # (TorchScript sees only those); the class value serves layers pickled before it existed.
+    _qkv = None
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, act: str = "dynamic",
                  device=None):
@@ -53,6 +59,7 @@ class Int8Linear(CompressedLinear):
         self.in_features = in_features
         self.out_features = out_features
         self.act = act
+        self._qkv = None
         self.register_buffer("weight_packed", int8_format.zero_pack(out_features, in_features, device),
                              persistent=False)
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
@@ -62,6 +69,9 @@ class Int8Linear(CompressedLinear):
     @property
     def weight(self) -> torch.Tensor:
         """The int8 weight [out, in]: an exact unpack of the pack (a copy; writes to it change nothing)."""
+        if self._qkv is not None:
+            group, start, stop = self._qkv
+            return group.rows(start, stop)
         return int8_format.unpack_weight(self.weight_packed)
 
     @classmethod
@@ -110,15 +120,37 @@ class Int8Linear(CompressedLinear):
     @property
     def format_label(self) -> str:
         """Short format description for compressops.report."""
-        return f"int8 ({self.act})"
+        return f"int8 ({self.act}, fused q/k/v)" if self._qkv is not None else f"int8 ({self.act})"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._qkv is not None:
+            return self._fused_forward(x)
         if self.act == "weight_only":
             return ops.int8_weight_only_linear(x, self.weight_packed, self.weight_scale, self.bias)
         # The op itself, not the ops.int8_linear wrapper: TorchScript cannot compile a Python
         # function with a keyword-only argument that has a default.
         return torch.ops.compressops.int8_linear(x, self.weight_packed, self.weight_scale, self.bias,
                                                  act_scale=self.act_scale)
+
+    @torch.jit.unused
+    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        group, start, stop = self._qkv
+        # The attention's pre-hook hands over the fused result [..., 3H] (3H != K: fuse_qkv checks);
+        # any other input is this layer's own, through the fused GEMM.
+        if x.shape[-1] != group.out_features:
+            x = group(x)
+        return x[..., start:stop]
+
+    def _join(self, group: nn.Module, start: int, stop: int) -> None:
+        """Read rows [start, stop) of `group`'s fused pack from now on, and drop this layer's own pack."""
+        self._qkv = (group, start, stop)
+        self.weight_packed = self.weight_packed.new_empty(0)
+
+    def _leave(self) -> None:
+        """Hold this layer's rows of the fused pack in its own pack again (undoes _join)."""
+        weight = self.weight
+        self._qkv = None
+        self.weight_packed = ops.int8_pack_weight(weight)
 
     def dequantize(self) -> torch.Tensor:
         """The float32 weight [out, in] this layer computes with."""
@@ -140,11 +172,23 @@ class Int8Linear(CompressedLinear):
         return None
 
     def _pack_canonical(self, tensors):
+        if self._qkv is not None:
+            group, start, _ = self._qkv
+            group.set_rows(start, tensors["weight"])
+            return
         self.weight_packed = ops.int8_pack_weight(tensors["weight"])
 
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        loaded = super()._load_from_state_dict(state_dict, prefix, *args)
+        if loaded and self._qkv is not None:
+            group, start, _ = self._qkv
+            group.set_params(start, self.weight_scale, self.bias)
+        return loaded
+
     def extra_repr(self) -> str:
+        fused = f", rows {self._qkv[1]}:{self._qkv[2]} of the fused q/k/v pack" if self._qkv is not None else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, weight=int8 per-channel, act={self.act}")
+                f"bias={self.bias is not None}, weight=int8 per-channel, act={self.act}{fused}")
 
 
 def _convert(mod: nn.Module, config: Int8, name: str, calibration=None, prepared=None) -> nn.Module:
