@@ -174,8 +174,10 @@ def measure(dense: nn.Module, compressed: nn.Module, args: tuple, kwargs: dict,
     turns (the module docstring says how).
 
     Args:
-        dense, compressed: modules that take the same input (the compressed one replaces the dense one).
-        args, kwargs: one call's arguments (e.g. (x,) with x float32 [8, 128, 384]).
+        dense: the float module.
+        compressed: the module that replaces it (it takes the same input).
+        args: one call's positional arguments (e.g. (x,) with x float32 [8, 128, 384]).
+        kwargs: its keyword arguments.
         budget_s: seconds of timed calls (both modules together); LAYER_BUDGET_S when None.
     Returns:
         Measurement (dense_s, compressed_s medians in seconds, the input's shape, the rounds run).
@@ -208,7 +210,7 @@ class LayerTimer:
     Args:
         model: the float model, before any layer is replaced.
         modules: the candidate layers (the model's own modules).
-        example_inputs: one batch (checked by check_example_inputs).
+        example_inputs (Tensor | tuple | dict): one batch (checked by check_example_inputs).
     """
 
     def __init__(self, model: nn.Module, modules: list[nn.Module], example_inputs):
