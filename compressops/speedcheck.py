@@ -121,6 +121,8 @@ def capture_inputs(model: nn.Module, modules: list[nn.Module], example_inputs) -
     """Run `model` once on `example_inputs` and return {id(module): (args, kwargs)} of the first call
     of each of `modules` (tensors cloned). A module the run never calls has no entry."""
     seen: dict[int, tuple[tuple, dict]] = {}
+    if not modules:
+        return seen
 
     def hook(mod, args, kwargs):
         if id(mod) not in seen:
@@ -219,9 +221,10 @@ class LayerTimer:
         self._verdicts: dict[int, tuple[Measurement | None, str | None]] = {}  # id(dense module) -> verdict
         self._other_s = self._wall_s = 0.0
 
-    def verdict(self, name: str, dense: nn.Module, compressed: nn.Module) -> str | None:
+    def verdict(self, name: str, dense: nn.Module, compressed: nn.Module | None) -> str | None:
         """None when `compressed` is faster than `dense` (keep it), else why the dense layer stays.
-        A module met under several names is timed once."""
+        A module met under several names is timed once: at its later names `compressed` may be
+        None, and the first verdict is recorded under the new name too."""
         if id(dense) not in self._verdicts:
             self._verdicts[id(dense)] = self._judge(dense, compressed)
         found, reason = self._verdicts[id(dense)]

@@ -252,8 +252,9 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=20,
                     help=f"timed runs per model at batch {LATENCY_BATCH} x seq {LATENCY_SEQ} (default 20; "
                          f"{WARMUP_RUNS} warmup runs come first)")
-    ap.add_argument("--only", default=None, metavar="TEXT",
-                    help="run only the formats whose label contains TEXT (e.g. --only int4)")
+    ap.add_argument("--only", default=None, metavar="TEXT[,TEXT...]",
+                    help="run only the formats whose label contains one of the TEXTs (e.g. --only int4 or "
+                         "--only '2:4 fp32,CSR')")
     ap.add_argument("--only-if-faster", action="store_true",
                     help="also convert every format with only_if_faster=True (a layer stays compressed only "
                          f"where it is faster than dense here at batch {LATENCY_BATCH} x {LATENCY_SEQ}): one more row each")
@@ -302,7 +303,8 @@ def main(argv=None) -> int:
 
     models = {BASELINE_LABEL: model}
     reports = {BASELINE_LABEL: co.report(model)}
-    formats = [f for f in FORMATS if args.only is None or args.only in f[0]]
+    wanted = None if args.only is None else [t for t in args.only.split(",") if t]
+    formats = [f for f in FORMATS if wanted is None or any(t in f[0] for t in wanted)]
     if not formats:
         ap.error(f"--only {args.only!r} matches no format label")
     targets = {label: target for label, _, target in formats}
