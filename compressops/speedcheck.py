@@ -13,8 +13,9 @@ Timing, per layer (under torch.inference_mode, at the process's torch thread cou
   MIN_ROUNDS (so a layer whose call takes longer than LAYER_BUDGET_S / (2 * MIN_ROUNDS) runs past
   the budget) and at most MAX_ROUNDS;
 - speedup = median dense call time / median compressed call time.
-A model with L candidate layers adds about L * (LAYER_BUDGET_S + warmup) seconds to convert, e.g.
-about 2-3 s for MiniLM-L6's 36 Linear layers at 8 x 128 tokens.
+A model with L candidate layers adds about L * (LAYER_BUDGET_S + warmup) seconds to convert (MiniLM-L6:
+37 Linear layers, about 2 s on a quiet machine; far more on a busy one, where a stalled call can take
+tens of ms and MIN_ROUNDS decides).
 
 A layer timed alone sees its weights stay in cache between calls, which it may not in the model; the
 measurement is of the layer, the guarantee it gives is per layer.
@@ -39,10 +40,11 @@ MIN_ROUNDS = 3
 MAX_ROUNDS = 1000
 WARMUP_CALLS = 2
 
-# A compressed layer stays only when its measured speedup is at least 1 + NOISE_MARGIN. Timing a
-# dense layer against a copy of itself the way this module does (MiniLM-L6's Linear shapes at
-# 8 x 128 tokens, 2 threads, AMD EPYC Zen 4; benchmarks/RESULTS.md) measured "speedups" within
-# about +-2% on a quiet machine: a compressed layer measured below 1.03x is not known to be faster.
+# A compressed layer stays only when its measured speedup is at least 1 + NOISE_MARGIN: inside it,
+# two identical layers can measure apart (benchmarks/speedcheck_noise.py times a dense layer against
+# a copy of itself exactly as convert does). 3% is a choice for a quiet machine that that script has
+# yet to confirm there; under load the spread is far wider (+-20-40% at 1.5 busy cores of 2,
+# benchmarks/RESULTS.md), which no margin covers: convert warns instead (BUSY_LOAD).
 NOISE_MARGIN = 0.03
 # Cores other processes may keep busy on average while the layers are timed before convert warns
 # that its choices may be noise (on a 2-core machine one busy neighbour stalls 2-thread regions).
