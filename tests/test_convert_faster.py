@@ -82,6 +82,11 @@ def test_slower_layers_stay_dense_with_the_measured_speedup_and_reason(fake_cloc
     assert torch.equal(model[0](x), everything[0](x))
     same_choice = co.convert(_model(), {"0": co.Int8(), "*": None})
     assert torch.equal(model(x), same_choice(x))
+    assert "speedup" not in str(co.report(same_choice)).splitlines()[0]  # the column only for a timed model
+    # converting again without timing: the layers it converts now lose their timing, the earlier one keeps it
+    co.convert(model, co.Int8())
+    rows = _rows(model)
+    assert isinstance(model[2], Int8Linear) and rows["2"].speedup is None and rows["0"].speedup == pytest.approx(2.0)
 
 
 def test_timing_rounds_alternate_and_stay_within_the_budget(fake_clock, monkeypatch):
