@@ -236,3 +236,25 @@ def test_real_timing_gives_every_candidate_a_speedup(monkeypatch):
         else:
             assert r.note.startswith("faster than dense at [16, ") and r.speedup >= 1 + speedcheck.NOISE_MARGIN
     assert next(r for r in rows if r.module == "LayerNorm").speedup is None
+
+
+def test_gpt2_conv1d_layers_are_timed_as_the_module_they_replace(monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    monkeypatch.setattr(speedcheck, "LAYER_BUDGET_S", 0.003)
+    cfg = transformers.GPT2Config(vocab_size=500, n_positions=32, n_embd=64, n_layer=1, n_head=2, bos_token_id=0,
+                                  eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    ids = torch.randint(0, 500, (2, 12))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a loaded test machine: the decisions may be noise
+        co.convert(model, co.Int8(), only_if_faster=True, example_inputs={"input_ids": ids}, progress=False)
+    rows = _rows(model)
+    conv1d = ["transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj", "transformer.h.0.mlp.c_fc",
+              "transformer.h.0.mlp.c_proj"]
+    for name in conv1d:
+        assert rows[name].speedup is not None and rows[name].module in ("Conv1D", "Int8Linear")
+        assert ("at [2, 12, 64]" in rows[name].note) != (name == "transformer.h.0.mlp.c_proj")
+    assert "at [2, 12, 256]" in rows["transformer.h.0.mlp.c_proj"].note
+    assert rows["lm_head"].speedup is None and "tied" in rows["lm_head"].note
+    assert model(ids).logits.shape == (2, 12, 500)
