@@ -14,7 +14,7 @@ Timing, per layer (under torch.inference_mode, at the process's torch thread cou
   the budget) and at most MAX_ROUNDS;
 - speedup = median dense call time / median compressed call time.
 A model with L candidate layers adds about L * (LAYER_BUDGET_S + warmup) seconds to convert (MiniLM-L6:
-37 Linear layers, about 2 s on a quiet machine; far more on a busy one, where a stalled call can take
+37 Linear layers, about 3 s on a quiet machine; far more on a busy one, where a stalled call can take
 tens of ms and MIN_ROUNDS decides).
 
 A layer timed alone sees its weights stay in cache between calls, which it may not in the model; the
@@ -36,15 +36,16 @@ SPEED_ATTR = "_compressops_speedups"  # on a converted model: {layer name: Measu
 
 # Seconds of timed calls per layer (both modules together), and the bounds on the rounds.
 LAYER_BUDGET_S = 0.05
-MIN_ROUNDS = 3
+MIN_ROUNDS = 5  # a median of 3 calls moved a copy of a layer by +-10-15% even on a quiet machine
 MAX_ROUNDS = 1000
 WARMUP_CALLS = 2
 
 # A compressed layer stays only when its measured speedup is at least 1 + NOISE_MARGIN: inside it,
 # two identical layers can measure apart (benchmarks/speedcheck_noise.py times a dense layer against
-# a copy of itself exactly as convert does). 3% is a choice for a quiet machine that that script has
-# yet to confirm there; under load the spread is far wider (+-20-40% at 1.5 busy cores of 2,
-# benchmarks/RESULTS.md), which no margin covers: convert warns instead (BUSY_LOAD).
+# a copy of itself exactly as convert does). On a quiet 2-vCPU Zen 4 it covered 90% of the trials of a
+# layer timed over 10+ rounds (p5-p95 0.965-1.033x, benchmarks/RESULTS.md); fewer rounds (a layer
+# slower than ~5 ms a call) spread wider, and under load far wider (+-20-40% at 1.5 busy cores of
+# 2), which no margin covers: convert warns instead (BUSY_LOAD).
 NOISE_MARGIN = 0.03
 # Cores other processes may keep busy on average while the layers are timed before convert warns
 # that its choices may be noise (on a 2-core machine one busy neighbour stalls 2-thread regions).

@@ -90,14 +90,14 @@ def test_slower_layers_stay_dense_with_the_measured_speedup_and_reason(fake_cloc
 
 
 def test_timing_rounds_alternate_and_stay_within_the_budget(fake_clock, monkeypatch):
-    monkeypatch.setattr(speedcheck, "LAYER_BUDGET_S", 10.0)
+    monkeypatch.setattr(speedcheck, "LAYER_BUDGET_S", 20.0)
     dense = nn.Linear(32, 64)
     compressed = Int8Linear.from_float(dense, co.Int8())
     found = speedcheck.measure(dense, compressed, (torch.randn(2, 32),), {})
-    # 3 fake seconds a round: the 10 s budget is spent after 4 rounds
-    assert found.rounds == 4 and found.dense_s == 2.0 and found.compressed_s == 1.0 and found.shape == (2, 32)
+    # 3 fake seconds a round: the 20 s budget is spent after 7 rounds
+    assert found.rounds == 7 and found.dense_s == 2.0 and found.compressed_s == 1.0 and found.shape == (2, 32)
     timed = fake_clock.calls[2 * speedcheck.WARMUP_CALLS:]
-    assert timed == [(False, 64), (True, 64), (True, 64), (False, 64)] * 2
+    assert timed == [(False, 64), (True, 64), (True, 64), (False, 64)] * 3 + [(False, 64), (True, 64)]
     # a layer slower than the budget still gets MIN_ROUNDS rounds, and only those
     monkeypatch.setattr(speedcheck, "LAYER_BUDGET_S", 0.5)
     assert speedcheck.measure(dense, compressed, (torch.randn(2, 32),), {}).rounds == speedcheck.MIN_ROUNDS
