@@ -559,3 +559,18 @@ def test_int8_linear_cuda_matches_cpu():
                        reference.int8_linear(x, packed, w_s, b))
     y = ops.int8_weight_only_linear(x.cuda(), packed.cuda(), w_s.cuda(), b.cuda())
     assert torch.allclose(y.cpu(), reference.int8_weight_only_linear(x, packed, w_s, b), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_int8_linear_row_split_across_threads_bit_exact(threads):
+    """From 64 rows a thread, each thread takes one run of whole rows (csrc/cpu/kernels/int8/policy.h):
+    row counts on both sides of the switch and uneven last runs give the reference's bits."""
+    _, w_s, packed, b = make_layer(200, 70)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for m in (64 * threads - 1, 64 * threads, 64 * threads + 1, 301):
+            x = randn_nonzero(m, 200)
+            assert torch.equal(ops.int8_linear(x, packed, w_s, b), reference.int8_linear(x, packed, w_s, b)), m
+    finally:
+        torch.set_num_threads(before)

@@ -100,13 +100,25 @@ std::optional<float> checked_act_scale(const std::optional<at::Tensor>& act_scal
   return s;
 }
 
-// Splits (rows x column blocks) into tiles: whole column blocks when there are enough of them to
+// Splits (rows x column blocks) into tiles: one run of whole rows per thread for a large batch (the
+// policy's row_split_min_rows); otherwise whole column blocks when there are enough of them to
 // keep every thread busy, otherwise row chunks too, so a narrow layer on a big batch still
 // spreads over all threads (the policy's numbers). `body(row0, rows, nb_begin, nb_end)` runs once
 // per contiguous run.
 template <typename Body>
 void parallel_tiles(const Int8Policy& policy, int64_t m, int64_t blocks, const Body& body) {
-  const int64_t tasks = policy.tasks_per_thread * at::get_num_threads();
+  const int64_t threads = at::get_num_threads();
+  if (threads > 1 && m >= policy.row_split_min_rows * threads) {
+    const int64_t rows = (m + threads - 1) / threads;
+    at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t row0 = t * rows;
+        if (row0 < m) body(row0, std::min(rows, m - row0), 0, blocks);
+      }
+    });
+    return;
+  }
+  const int64_t tasks = policy.tasks_per_thread * threads;
   const int64_t row_chunk = blocks >= tasks ? m : std::max<int64_t>(policy.min_row_chunk, (m + tasks - 1) / tasks);
   const int64_t row_chunks = (m + row_chunk - 1) / row_chunk;
   at::parallel_for(0, row_chunks * blocks, 1, [&](int64_t begin, int64_t end) {
