@@ -159,7 +159,7 @@ def _syncs(args: tuple, kwargs: dict) -> bool:
 
 def other_busy_seconds() -> float | None:
     """CPU seconds spent so far by every process on this machine but this one (Linux /proc; None
-    elsewhere). compressops.bench.timing has the benchmarks' twin, in a layer this one cannot import."""
+    elsewhere). The benchmarks' other-load column reads it too (compressops.bench.timing)."""
     try:
         with open("/proc/stat") as f:
             ticks = [int(v) for v in f.readline().split()[1:]]

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.benchmark import Timer
 
+from compressops.speedcheck import other_busy_seconds
+
 # Cores other processes may keep busy while a row is timed before the row is void: on a 2-core
 # machine more than this stalls every 2-thread parallel region (see other_cpu_seconds).
 VOID_LOAD = 0.1
@@ -116,17 +118,8 @@ def other_cpu_seconds() -> float:
     Take it before and after a measurement: on a 2-core VM one busy neighbour stalls every 2-thread
     parallel region for a scheduler slice (a 300 us GEMV became 8 ms), so rows need this to be trusted.
     """
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-        with open("/proc/self/stat") as f:
-            own = f.read().rsplit(")", 1)[1].split()
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    # /proc/stat: user nice system idle iowait irq softirq steal ...; idle and iowait are not busy.
-    busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)
-    own_ticks = int(own[11]) + int(own[12])  # utime, stime (fields 14 and 15 of /proc/self/stat)
-    return max(busy - own_ticks, 0) / os.sysconf("SC_CLK_TCK")
+    busy = other_busy_seconds()
+    return 0.0 if busy is None else busy
 
 
 def llc_bytes() -> int:
