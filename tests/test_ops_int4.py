@@ -524,3 +524,22 @@ def test_int4_linear_cuda_matches_cpu():
     y_cpu = ops.int4_linear(x, packed, b)
     y = ops.int4_linear(x.cuda(), packed.cuda(), b.cuda())
     assert y.is_cuda and rel_err(y.cpu(), y_cpu) < 0.02
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_row_split_across_threads_gives_the_one_thread_bits(threads):
+    """From 64 rows a thread, each thread takes one run of whole rows (kernels/int4/policy.h): row
+    counts on both sides of the switch and an uneven last run equal the one-thread result and stay
+    close to the reference."""
+    _, _, packed, b = make_layer(256, 70, 128)
+    old = torch.get_num_threads()
+    try:
+        for m in (64 * threads - 1, 64 * threads, 64 * threads + 1, 301):
+            x = randn_nonzero(m, 256)
+            torch.set_num_threads(1)
+            one = ops.int4_linear(x, packed, b)
+            torch.set_num_threads(threads)
+            assert torch.equal(ops.int4_linear(x, packed, b), one), m
+            close_to_reference(one, reference.int4_linear(x, packed, b))
+    finally:
+        torch.set_num_threads(old)

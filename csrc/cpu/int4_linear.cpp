@@ -196,10 +196,15 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& w_packed, cons
     record_kernel_isa(op, level);
     const GemmFn kernel = fn;
     const int64_t blocks = h.n_pad / kInt4NR;
-    // Whole column blocks per thread when there are enough; otherwise split rows too.
+    // One run of whole rows per thread for a large batch (the policy's row_split_min_rows: at::parallel_for
+    // gives each thread `blocks` consecutive tasks, one row chunk); otherwise whole column blocks per
+    // thread when there are enough, and row chunks too when there are not.
     const Int4Policy policy = kernels::int4_policy(level);
-    const int64_t tasks = policy.tasks_per_thread * at::get_num_threads();
-    const int64_t row_chunk = blocks >= tasks ? m : std::max<int64_t>(policy.min_row_chunk, (m + tasks - 1) / tasks);
+    const int64_t threads = at::get_num_threads();
+    const int64_t tasks = policy.tasks_per_thread * threads;
+    const int64_t row_chunk = threads > 1 && m >= policy.row_split_min_rows * threads ? (m + threads - 1) / threads
+                              : blocks >= tasks ? m
+                                                : std::max<int64_t>(policy.min_row_chunk, (m + tasks - 1) / tasks);
     const int64_t row_chunks = (m + row_chunk - 1) / row_chunk;
     const size_t out_elem = out.element_size();
     at::parallel_for(0, row_chunks * blocks, 1, [&](int64_t begin, int64_t end) {

@@ -16,6 +16,10 @@ struct Int4Policy {
   // blocks per thread; otherwise the batch is cut into row chunks too, for about tasks_per_thread
   // tiles per thread, with chunks of at least min_row_chunk rows.
   int64_t tasks_per_thread, min_row_chunk;
+  // With at least this many rows per thread, each thread takes one run of whole rows and every
+  // column block: the next op (torch splits elementwise work by contiguous rows) then reads what its
+  // own core wrote (int8's policy.h has the measurement).
+  int64_t row_split_min_rows;
 };
 
 // Never swept on any machine: chosen when the kernels were written (on the 2-vCPU AMD EPYC Zen 3
@@ -26,6 +30,7 @@ inline constexpr Int4Policy kInt4Chosen = {
     .quantize_grain_values = 16384,
     .tasks_per_thread = 4,
     .min_row_chunk = 16,
+    .row_split_min_rows = 64,
 };
 
 // The policy for a kernel that runs at `choice`. No level has measurements, so every level,
